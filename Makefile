@@ -1,0 +1,77 @@
+# crmflow — every target sets up what it needs: a virtualenv in .venv, the Python package, and (as root)
+# the Debian packages the local stack runs on. Kafka and the registry come from Maven Central on first use.
+
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PYTEST_ARGS ?=
+DEMO_CUSTOMERS ?= 20000
+DEMO_DIR ?= $(CURDIR)/.crmflow/demo-data
+
+.PHONY: help setup system-deps venv stack stack-down demo test test-unit test-integration test-e2e lint bench clean
+
+help:
+	@echo "make demo   - set everything up, start the local stack, migrate generated sample data"
+	@echo "make test   - set everything up and run all tests (unit, integration, e2e)"
+	@echo "make test-unit | test-integration | test-e2e | lint | bench | stack | stack-down | clean"
+
+# Debian packages: Java 17 and Maven for Kafka/Apicurio, the PostgreSQL server, Prometheus (promtool).
+system-deps:
+	@missing=""; \
+	command -v java >/dev/null || missing="$$missing openjdk-17-jre-headless"; \
+	command -v mvn >/dev/null || missing="$$missing maven"; \
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
+	command -v promtool >/dev/null || missing="$$missing prometheus"; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "installing Debian packages:$$missing"; \
+	    export DEBIAN_FRONTEND=noninteractive; \
+	    apt-get update -qq && apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	  else \
+	    echo "missing Debian packages:$$missing — run: sudo apt-get install$$missing"; exit 1; \
+	  fi; \
+	fi
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+setup: system-deps venv
+
+stack: setup
+	$(BIN)/crmflow stack up
+
+stack-down:
+	-$(BIN)/crmflow stack down
+
+demo: stack
+	$(BIN)/crmflow demo-data --out $(DEMO_DIR) --customers $(DEMO_CUSTOMERS) --seed 7
+	CRMFLOW_DEMO_DATA=$(DEMO_DIR) $(BIN)/crmflow migrate -c deploy/demo/crmflow.yaml
+
+test: setup
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+test-unit: setup
+	$(BIN)/pytest -m unit $(PYTEST_ARGS)
+
+test-integration: setup
+	$(BIN)/pytest -m integration $(PYTEST_ARGS)
+
+test-e2e: setup
+	$(BIN)/pytest -m e2e $(PYTEST_ARGS)
+
+lint: venv
+	$(BIN)/ruff check crmflow producers processors sinks tests
+	$(BIN)/mypy
+
+bench: stack
+	$(BIN)/crmflow bench --customers 100000
+
+clean: stack-down
+	rm -rf $(VENV) .crmflow .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,3 @@
+from crmflow.cli.main import app
+
+app()

@@ -1,0 +1,1 @@
+"""The `crmflow` command line. Each sub-module owns one command group; `main` wires them together."""

@@ -1,0 +1,40 @@
+"""Entry point of the `crmflow` console script."""
+
+from __future__ import annotations
+
+import logging
+
+import typer
+
+from crmflow import __version__
+from crmflow.cli import config_cmd, demo_data, schemas, stack
+from crmflow.logs import configure_logging
+
+app = typer.Typer(
+    name="crmflow",
+    help="Migrate a legacy CRM into a new one through Kafka, and keep them in sync during cutover.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+)
+app.add_typer(stack.app, name="stack")
+app.add_typer(schemas.app, name="schemas")
+app.add_typer(config_cmd.app, name="config")
+app.command("demo-data")(demo_data.demo_data)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"crmflow {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log at DEBUG level."),
+    log_json: bool = typer.Option(False, "--log-json", help="Log one JSON object per line."),
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
+    """crmflow: legacy CRM → Kafka → cleanse, mask, dedupe, map → target CRM."""
+    configure_logging(logging.DEBUG if verbose else logging.INFO, json_lines=log_json)

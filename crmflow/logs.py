@@ -1,0 +1,49 @@
+"""Logging set-up for the CLI. Library code only calls ``logging.getLogger(__name__)``."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from typing import Any
+
+# Structured fields a log call may pass through ``extra=``; they are rendered, never anything else.
+STRUCTURED_FIELDS = ("stage", "entity", "topic", "partition", "offset", "run_id", "part")
+
+
+class _JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, Any] = {
+            "ts": self.formatTime(record),
+            "level": record.levelname,
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        for key in STRUCTURED_FIELDS:
+            if hasattr(record, key):
+                out[key] = getattr(record, key)
+        if record.exc_info:
+            out["exc"] = self.formatException(record.exc_info)
+        return json.dumps(out, default=str)
+
+
+class _KeyValueFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        base = super().format(record)
+        fields = [f"{k}={getattr(record, k)}" for k in STRUCTURED_FIELDS if hasattr(record, k)]
+        return f"{base} {' '.join(fields)}" if fields else base
+
+
+def configure_logging(level: int = logging.INFO, *, json_lines: bool = False) -> None:
+    """Send logs to stderr (stdout stays clean for --json output)."""
+    handler = logging.StreamHandler(sys.stderr)
+    if json_lines:
+        handler.setFormatter(_JsonFormatter())
+    else:
+        handler.setFormatter(_KeyValueFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    # librdkafka/aiokafka chatter stays at WARNING unless asked for.
+    for noisy in ("aiokafka", "kafka", "faust", "mode", "httpx", "testcontainers"):
+        logging.getLogger(noisy).setLevel(max(level, logging.WARNING))

@@ -1,0 +1,68 @@
+"""Settings of the local stack and of how crmflow reaches Kafka, the registry and PostgreSQL.
+
+Every value can be set by an environment variable prefixed ``CRMFLOW_`` (``CRMFLOW_STACK=external``,
+``CRMFLOW_KAFKA_PORT=29092``...). ``CRMFLOW_STACK`` picks where the services come from:
+
+- ``local``: crmflow starts Kafka, Apicurio Registry and PostgreSQL itself, from Maven Central jars and
+  Debian's PostgreSQL binaries, under ``home`` (no Docker);
+- ``docker``: the same three parts as containers through testcontainers;
+- ``external``: an existing cluster named by ``bootstrap_servers``, ``registry_url`` and ``postgres_dsn``.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+StackMode = Literal["local", "docker", "external"]
+
+
+def _default_home() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "crmflow"
+
+
+class StackSettings(BaseSettings):
+    """Where the stack runs and how to reach it. Frozen; unknown ``CRMFLOW_*`` keys are ignored."""
+
+    model_config = SettingsConfigDict(env_prefix="CRMFLOW_", frozen=True, extra="ignore")
+
+    stack: StackMode = "local"
+    home: Path = Field(default_factory=_default_home, description="cache dir: jars, data, logs, pids")
+
+    kafka_version: str = "4.1.1"
+    apicurio_version: str = "3.0.9"
+    kafka_port: int = 19092
+    kafka_controller_port: int = 19093
+    registry_port: int = 18081
+    postgres_port: int = 15432
+    postgres_user: str = "crmflow"
+    postgres_password: SecretStr = SecretStr("crmflow")
+    postgres_os_user: str = Field(
+        default="crmflow", description="OS user that runs PostgreSQL when crmflow runs as root"
+    )
+    postgres_dir: Path | None = Field(
+        default=None, description="data dir of the private cluster; default under home (or /var/tmp as root)"
+    )
+    target_database: str = "crm_target"
+    legacy_database: str = "crm_legacy"
+    ready_timeout_s: float = 120.0
+    kafka_heap: str = "768m"
+    registry_heap: str = "384m"
+
+    # external mode (also filled in by the docker mode once its containers run)
+    bootstrap_servers: str | None = None
+    registry_url: str | None = None
+    postgres_dsn: SecretStr | None = Field(
+        default=None, description="DSN of any database on the server; crmflow derives the others from it"
+    )
+
+
+@lru_cache(maxsize=1)
+def stack_settings() -> StackSettings:
+    return StackSettings()

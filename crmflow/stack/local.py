@@ -1,0 +1,291 @@
+"""The local stack: Kafka (KRaft), Apicurio Registry and a private PostgreSQL cluster, no Docker.
+
+Layout under ``settings.home``::
+
+    dist/       Kafka jars and the Apicurio assembly, fetched from Maven Central once
+    kafka/      server.properties, data/ (the formatted log dir)
+    run/        <part>.pid and <part>.log of the Java processes
+    postgres/   the private cluster (data/, run/ for its socket, postgres.log) — under /var/tmp as root,
+                because PostgreSQL refuses to run as root and its OS user cannot enter /root
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import os
+import pwd
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+import psycopg
+from confluent_kafka.admin import AdminClient
+
+from crmflow.exceptions import StackError
+from crmflow.settings import StackSettings
+from crmflow.stack import tools
+from crmflow.stack.base import Endpoints, PartStatus, Stack, wait_until
+from crmflow.stack.process import ManagedProcess, tail
+
+log = logging.getLogger(__name__)
+
+
+class LocalStack(Stack):
+    mode = "local"
+
+    def __init__(self, settings: StackSettings) -> None:
+        self.s = settings
+        self.home = settings.home.expanduser().resolve()
+        self.dist = self.home / "dist"
+        self.run_dir = self.home / "run"
+        self.kafka = ManagedProcess("kafka", self.run_dir, marker=str(self.home / "kafka" / "server.properties"))
+        self.registry = ManagedProcess("registry", self.run_dir, marker=f"-Dquarkus.http.port={settings.registry_port}")
+        self.pg = _Postgres(settings, self.home)
+
+    # -- endpoints ---------------------------------------------------------------------------------
+    def endpoints(self) -> Endpoints:
+        s = self.s
+        pw = s.postgres_password.get_secret_value()
+        return Endpoints(
+            bootstrap_servers=f"127.0.0.1:{s.kafka_port}",
+            registry_url=f"http://127.0.0.1:{s.registry_port}/apis/ccompat/v7",
+            postgres_dsn=f"postgresql://{s.postgres_user}:{pw}@127.0.0.1:{s.postgres_port}/postgres",
+            target_database=s.target_database,
+            legacy_database=s.legacy_database,
+        )
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+    def fetch(self) -> None:
+        """Download what is missing (Maven Central); a no-op when the cache is complete."""
+        tools.java()
+        tools.fetch_kafka(self.dist, self.s.kafka_version)
+        tools.fetch_apicurio(self.dist, self.s.apicurio_version)
+
+    def up(self) -> Endpoints:
+        self.fetch()
+        ep = self.endpoints()
+        started = time.monotonic()
+        # Start all three before waiting on any: the JVMs warm up in parallel.
+        if not self.kafka.running():
+            self._start_kafka()
+        if not self.registry.running():
+            self._start_registry()
+        self.pg.start()
+        timeout = self.s.ready_timeout_s
+        wait_until("postgres", lambda: self.pg.accepts(ep), timeout_s=timeout,
+                   log_tail=lambda: tail(self.pg.log_file), alive=self.pg.running)
+        self.pg.ensure_databases(ep)
+        wait_until("kafka", lambda: _kafka_ready(ep.bootstrap_servers), timeout_s=timeout,
+                   log_tail=lambda: tail(self.kafka.log_file),
+                   alive=lambda: self.kafka.alive_or_starting(started))
+        wait_until("registry", lambda: _registry_ready(ep.registry_url), timeout_s=timeout,
+                   log_tail=lambda: tail(self.registry.log_file),
+                   alive=lambda: self.registry.alive_or_starting(started))
+        log.info("local stack ready in %.1fs", time.monotonic() - started)
+        return ep
+
+    def down(self) -> None:
+        self.registry.stop()
+        self.kafka.stop()
+        self.pg.stop()
+
+    def status(self) -> list[PartStatus]:
+        ep = self.endpoints()
+        return [
+            PartStatus("kafka", self.kafka.running(), ep.bootstrap_servers, self.kafka.pid(), str(self.kafka.log_file)),
+            PartStatus("registry", self.registry.running(), ep.registry_url, self.registry.pid(),
+                       str(self.registry.log_file)),
+            PartStatus("postgres", self.pg.running(), ep.redacted_postgres(), self.pg.pid(), str(self.pg.log_file)),
+        ]
+
+    def logs(self, part: str, lines: int = 50) -> str:
+        files = {"kafka": self.kafka.log_file, "registry": self.registry.log_file, "postgres": self.pg.log_file}
+        if part not in files:
+            raise StackError(f"unknown part {part!r}; expected one of: {', '.join(files)}")
+        return tail(files[part], lines)
+
+    # -- parts -------------------------------------------------------------------------------------
+    def _start_kafka(self) -> None:
+        s = self.s
+        libs = tools.fetch_kafka(self.dist, s.kafka_version)
+        kdir = self.home / "kafka"
+        data = kdir / "data"
+        props = kdir / "server.properties"
+        kdir.mkdir(parents=True, exist_ok=True)
+        props.write_text(_server_properties(s, data))
+        java = tools.java()
+        classpath = f"{libs}/*"
+        log4j = f"-Dlog4j2.configurationFile={tools.STACK_PKG_DIR / 'log4j2.yaml'}"
+        if not (data / "meta.properties").exists():
+            cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+            res = subprocess.run(
+                [java, log4j, "-cp", classpath, "kafka.tools.StorageTool", "format", "-t", cluster_id,
+                 "-c", str(props)],
+                capture_output=True, text=True, check=False,
+            )
+            if res.returncode != 0:
+                raise StackError(f"formatting Kafka's log dir failed:\n{res.stdout}{res.stderr}")
+        self.kafka.start(
+            [java, f"-Xmx{s.kafka_heap}", "-Xms256m", "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20",
+             "-Djava.awt.headless=true", log4j, "-cp", classpath, "kafka.Kafka", str(props)],
+            cwd=kdir,
+        )
+
+    def _start_registry(self) -> None:
+        s = self.s
+        jar = tools.fetch_apicurio(self.dist, s.apicurio_version)
+        self.registry.start(
+            [tools.java(), f"-Xmx{s.registry_heap}", f"-Dquarkus.http.port={s.registry_port}",
+             "-Dquarkus.http.host=127.0.0.1", "-Dquarkus.log.level=WARN",
+             "-Dquarkus.log.category.\"io.apicurio\".level=INFO", "-jar", str(jar)],
+            cwd=jar.parent,
+        )
+
+
+def _server_properties(s: StackSettings, data: Path) -> str:
+    # One node, both roles. Small internal topics: the default 50 offset partitions cost seconds
+    # of start-up on two cores and buy nothing on one broker.
+    return "\n".join([
+        "process.roles=broker,controller",
+        "node.id=1",
+        f"controller.quorum.voters=1@127.0.0.1:{s.kafka_controller_port}",
+        f"listeners=PLAINTEXT://127.0.0.1:{s.kafka_port},CONTROLLER://127.0.0.1:{s.kafka_controller_port}",
+        f"advertised.listeners=PLAINTEXT://127.0.0.1:{s.kafka_port}",
+        "controller.listener.names=CONTROLLER",
+        "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+        "inter.broker.listener.name=PLAINTEXT",
+        f"log.dirs={data}",
+        "num.partitions=1",
+        "auto.create.topics.enable=true",
+        "offsets.topic.replication.factor=1",
+        "offsets.topic.num.partitions=8",
+        "transaction.state.log.replication.factor=1",
+        "transaction.state.log.min.isr=1",
+        "transaction.state.log.num.partitions=4",
+        "share.coordinator.state.topic.replication.factor=1",
+        "share.coordinator.state.topic.min.isr=1",
+        "group.initial.rebalance.delay.ms=0",
+        "log.retention.hours=168",
+        "log.segment.bytes=268435456",
+        "",
+    ])
+
+
+def _kafka_ready(bootstrap: str) -> bool:
+    try:
+        md = AdminClient({"bootstrap.servers": bootstrap, "log_level": 0}).list_topics(timeout=2)
+        return bool(md.brokers)
+    except Exception:  # noqa: BLE001 - any failure means "not yet"
+        return False
+
+
+def _registry_ready(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/subjects", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+class _Postgres:
+    """A private cluster run with pg_ctl. As root it runs as ``settings.postgres_os_user``."""
+
+    def __init__(self, s: StackSettings, home: Path) -> None:
+        self.s = s
+        self.as_root = os.geteuid() == 0
+        default = Path(f"/var/tmp/crmflow-postgres-{s.postgres_port}") if self.as_root else home / "postgres"
+        self.root = (s.postgres_dir or default).expanduser().resolve()
+        self.data = self.root / "data"
+        self.sock = self.root / "run"
+        self.log_file = self.root / "postgres.log"
+
+    def _run(self, argv: list[str], *, check: bool = True) -> subprocess.CompletedProcess[str]:
+        if self.as_root:
+            argv = ["runuser", "-u", self.s.postgres_os_user, "--", *argv]
+        res = subprocess.run(argv, capture_output=True, text=True, check=False, cwd="/")
+        if check and res.returncode != 0:
+            raise StackError(f"{' '.join(argv)} failed:\n{res.stdout}{res.stderr}\n{tail(self.log_file)}")
+        return res
+
+    def _ensure_os_user(self) -> None:
+        name = self.s.postgres_os_user
+        try:
+            pwd.getpwnam(name)
+        except KeyError:
+            subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", name],
+                           check=True, capture_output=True)
+        subprocess.run(["chown", "-R", f"{name}:", str(self.root)], check=True)
+
+    def initialised(self) -> bool:
+        return (self.data / "PG_VERSION").exists()
+
+    def init(self) -> None:
+        bindir = tools.postgres_bindir()
+        self.sock.mkdir(parents=True, exist_ok=True)
+        pwfile = self.root / ".pwfile"
+        pwfile.write_text(self.s.postgres_password.get_secret_value() + "\n")
+        pwfile.chmod(0o600)
+        if self.as_root:
+            self._ensure_os_user()
+        self._run([str(bindir / "initdb"), "-D", str(self.data), "-U", self.s.postgres_user,
+                   f"--pwfile={pwfile}", "--auth-local=trust", "--auth-host=scram-sha-256",
+                   "-E", "UTF8", "--no-locale"])
+        pwfile.unlink()
+        with (self.data / "postgresql.conf").open("a") as conf:
+            conf.write("\n# crmflow local stack\n" + "\n".join([
+                f"port = {self.s.postgres_port}",
+                "listen_addresses = '127.0.0.1'",
+                f"unix_socket_directories = '{self.sock}'",
+                "wal_level = logical",
+                "max_replication_slots = 20",
+                "max_wal_senders = 20",
+                "max_connections = 200",
+                "shared_buffers = 256MB",
+                "logging_collector = off",
+                "",
+            ]))
+
+    def running(self) -> bool:
+        return self.pid() is not None
+
+    def pid(self) -> int | None:
+        pidfile = self.data / "postmaster.pid"
+        try:
+            pid = int(pidfile.read_text().splitlines()[0])
+            os.kill(pid, 0)
+            return pid
+        except (FileNotFoundError, ValueError, IndexError, ProcessLookupError, PermissionError):
+            return None
+
+    def start(self) -> None:
+        if not self.initialised():
+            self.init()
+        if self.running():
+            return
+        if self.as_root:
+            self._ensure_os_user()
+        bindir = tools.postgres_bindir()
+        self._run([str(bindir / "pg_ctl"), "-D", str(self.data), "-l", str(self.log_file), "-w", "-t",
+                   str(int(self.s.ready_timeout_s)), "start"])
+
+    def stop(self) -> None:
+        if not self.running():
+            return
+        bindir = tools.postgres_bindir()
+        self._run([str(bindir / "pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "stop"])
+
+    def accepts(self, ep: Endpoints) -> bool:
+        try:
+            with psycopg.connect(ep.postgres_dsn, connect_timeout=2):
+                return True
+        except psycopg.OperationalError:
+            return False
+
+    def ensure_databases(self, ep: Endpoints) -> None:
+        with psycopg.connect(ep.postgres_dsn, autocommit=True) as conn:
+            have = {r[0] for r in conn.execute("select datname from pg_database")}
+            for db in (ep.target_database, ep.legacy_database):
+                if db not in have:
+                    conn.execute(f'create database "{db}"')

@@ -1,0 +1,92 @@
+"""Shared fixtures: one real stack per session (picked by CRMFLOW_STACK), unique names per test.
+
+- ``local`` (default): the stack crmflow runs itself; reused if it is already up, and stopped at the end
+  only if this session started it.
+- ``docker``: testcontainers, removed at the end of the session.
+- ``external``: CRMFLOW_BOOTSTRAP_SERVERS, CRMFLOW_REGISTRY_URL, CRMFLOW_POSTGRES_DSN.
+
+Unit tests never touch these fixtures, so ``pytest -m unit`` starts nothing.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterator
+
+import psycopg
+import pytest
+from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.schema_registry import SchemaRegistryClient
+
+from crmflow.settings import stack_settings
+from crmflow.stack import Endpoints, get_stack
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture(scope="session")
+def endpoints() -> Iterator[Endpoints]:
+    settings = stack_settings()
+    stack = get_stack(settings)
+    already_running = settings.stack == "local" and all(p.running for p in stack.status())
+    ep = stack.up()
+    yield ep
+    if settings.stack == "docker" or (settings.stack == "local" and not already_running):
+        stack.down()
+
+
+@pytest.fixture(scope="session")
+def admin(endpoints: Endpoints) -> AdminClient:
+    return AdminClient({"bootstrap.servers": endpoints.bootstrap_servers})
+
+
+@pytest.fixture(scope="session")
+def registry_client(endpoints: Endpoints) -> SchemaRegistryClient:
+    return SchemaRegistryClient({"url": endpoints.registry_url})
+
+
+@pytest.fixture
+def topic_factory(admin: AdminClient) -> Iterator[Callable[..., str]]:
+    """``topic_factory(prefix="t", partitions=1) -> str``: a new topic, deleted after the test."""
+    created: list[str] = []
+
+    def make(prefix: str = "t", partitions: int = 1) -> str:
+        name = unique(prefix)
+        futures = admin.create_topics([NewTopic(name, num_partitions=partitions, replication_factor=1)])
+        futures[name].result(timeout=30)
+        created.append(name)
+        return name
+
+    yield make
+    if created:
+        for fut in admin.delete_topics(created).values():
+            try:
+                fut.result(timeout=30)
+            except Exception:  # noqa: BLE001 - best-effort clean-up
+                pass
+
+
+@pytest.fixture
+def group_factory() -> Callable[[], str]:
+    """``group_factory() -> str``: a consumer group id no other test uses."""
+    return lambda: unique("g")
+
+
+@pytest.fixture
+def pg_dsn_factory(endpoints: Endpoints) -> Iterator[Callable[[], str]]:
+    """``pg_dsn_factory() -> str``: the DSN of a fresh, empty database, dropped after the test."""
+    created: list[str] = []
+
+    def make() -> str:
+        name = unique("t").replace("-", "_")
+        with psycopg.connect(endpoints.postgres_dsn, autocommit=True) as conn:
+            conn.execute(f'create database "{name}"')
+        created.append(name)
+        return endpoints.dsn(name)
+
+    yield make
+    with psycopg.connect(endpoints.postgres_dsn, autocommit=True) as conn:
+        for name in created:
+            conn.execute(f'drop database if exists "{name}" with (force)')
