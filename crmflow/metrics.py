@@ -1,0 +1,59 @@
+"""Every Prometheus metric crmflow exports, declared once.
+
+Naming: ``crmflow_<what>_<unit>``. Labels are low-cardinality only: stage (snapshot, process, sink),
+entity (account, contact, sale, case), outcome, reason (a rule name), topic, partition. Never ids or PII.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Literal
+
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+log = logging.getLogger(__name__)
+
+Stage = Literal["snapshot", "cdc", "process", "sink", "replay"]
+Outcome = Literal["in", "out", "rejected", "filtered", "merged", "parked"]
+
+RECORDS = Counter(
+    "crmflow_records_total",
+    "Records seen by a stage, by outcome: in (read), out (written downstream), rejected (dead-lettered), "
+    "filtered (segment filter), merged (deduplicated), parked (waiting for a parent).",
+    ["stage", "entity", "outcome"],
+)
+DLQ_RECORDS = Counter(
+    "crmflow_dlq_records_total", "Records sent to the dead-letter topic, by stage and rule.", ["stage", "reason"]
+)
+CONSUMER_LAG = Gauge(
+    "crmflow_consumer_lag_messages",
+    "Messages between the consumer's position and the partition's high watermark.",
+    ["stage", "topic", "partition"],
+)
+BATCH_SIZE = Histogram(
+    "crmflow_batch_size_records",
+    "Records per batch at a stage boundary.",
+    ["stage"],
+    buckets=(1, 10, 50, 100, 250, 500, 1000, 2500, 5000, 10000),
+)
+BATCH_DURATION = Histogram(
+    "crmflow_batch_duration_seconds",
+    "Time to process and durably hand off one batch.",
+    ["stage"],
+    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+LAST_SUCCESS = Gauge(
+    "crmflow_last_success_timestamp_seconds",
+    "Unix time of the last batch a stage completed (offsets committed or records acknowledged).",
+    ["stage"],
+)
+PARKED = Gauge(
+    "crmflow_parked_records", "Child records waiting in the sink for their parent record.", ["entity"]
+)
+
+
+def serve(port: int, registry: CollectorRegistry = REGISTRY) -> None:
+    """Expose /metrics on ``port`` (0 disables). Called once per service process by the CLI."""
+    if port:
+        start_http_server(port, addr="0.0.0.0", registry=registry)  # noqa: S104 - scraped by Prometheus
+        log.info("metrics on :%d/metrics", port)
