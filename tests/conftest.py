@@ -10,6 +10,7 @@ Unit tests never touch these fixtures, so ``pytest -m unit`` starts nothing.
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from collections.abc import Callable, Iterator
 
@@ -62,10 +63,8 @@ def topic_factory(admin: AdminClient) -> Iterator[Callable[..., str]]:
     yield make
     if created:
         for fut in admin.delete_topics(created).values():
-            try:
+            with contextlib.suppress(Exception):  # best-effort clean-up
                 fut.result(timeout=30)
-            except Exception:  # noqa: BLE001 - best-effort clean-up
-                pass
 
 
 @pytest.fixture

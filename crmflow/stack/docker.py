@@ -99,4 +99,4 @@ class DockerStack(Stack):
 
 def _container_logs(container: Any) -> str:
     out, err = container.get_logs()
-    return (out + err).decode("utf-8", "replace")[-4000:]
+    return str((out + err).decode("utf-8", "replace")[-4000:])
