@@ -82,7 +82,7 @@ class DeadLetterWriter:
 
     def __init__(
         self,
-        producer: Producer,
+        producer: Producer | None,
         registry_client: SchemaRegistryClient,
         topic: str,
         cipher: DlqCipher | None = None,
@@ -131,9 +131,12 @@ class DeadLetterWriter:
             field=field, entity=entity, run_id=run_id, source_position=source_position, attempt=1,
         )
 
-    def _produce(self, *, value: bytes, key: bytes | None, topic: str, partition: int, offset: int,
-                 stage: str, rule: str, error: str, field: str | None, entity: str | None,
-                 run_id: str | None, source_position: str | None, attempt: int) -> None:
+    def letter(self, *, value: bytes, key: bytes | None, topic: str, partition: int, offset: int,
+               stage: str, rule: str, error: str, field: str | None = None, entity: str | None = None,
+               run_id: str | None = None, source_position: str | None = None, attempt: int = 1,
+               ) -> tuple[bytes, list[tuple[str, str | bytes | None]]]:
+        """The encoded dead letter and its headers, for callers that produce with their own client
+        (the faust processor sends through faust's producer)."""
         record = {
             "stage": stage, "rule": rule, "field": field, "error": error, "entity": entity,
             "source_topic": topic, "source_partition": partition, "source_offset": offset,
@@ -142,17 +145,27 @@ class DeadLetterWriter:
             "payload_key": self.cipher.encrypt(key) if key is not None else None,
             "payload": self.cipher.encrypt(value), "key_id": self.cipher.key_id,
         }
-        headers: list[tuple[str, str | bytes | None]] = [("crmflow-stage", stage), ("crmflow-rule", rule), ("crmflow-field", field or ""),
-                   ("crmflow-position", source_position or f"{topic}[{partition}]@{offset}")]
+        headers: list[tuple[str, str | bytes | None]] = [
+            ("crmflow-stage", stage), ("crmflow-rule", rule), ("crmflow-field", field or ""),
+            ("crmflow-position", source_position or f"{topic}[{partition}]@{offset}"),
+        ]
+        DLQ_RECORDS.labels(stage=stage, reason=rule).inc()
+        return self.codec.encode(record), headers
+
+    def _produce(self, **kwargs: Any) -> None:
+        value, headers = self.letter(**kwargs)
+        if self.producer is None:
+            raise TerminalError("this DeadLetterWriter has no producer; use letter() and send it yourself")
         while True:
             try:
-                self.producer.produce(self.topic, value=self.codec.encode(record), headers=headers)
-                break
+                self.producer.produce(self.topic, value=value, headers=headers)
+                return
             except BufferError:
                 self.producer.poll(0.1)
-        DLQ_RECORDS.labels(stage=stage, reason=rule).inc()
 
     def flush(self, timeout: float = 30.0) -> None:
+        if self.producer is None:
+            return
         remaining = self.producer.flush(timeout)
         if remaining:
             raise TerminalError(f"{remaining} dead letters not acknowledged by Kafka within {timeout:.0f}s")
