@@ -45,5 +45,5 @@ def configure_logging(level: int = logging.INFO, *, json_lines: bool = False) ->
     root.handlers[:] = [handler]
     root.setLevel(level)
     # librdkafka/aiokafka chatter stays at WARNING unless asked for.
-    for noisy in ("aiokafka", "kafka", "faust", "mode", "httpx", "testcontainers"):
+    for noisy in ("aiokafka", "kafka", "faust", "mode", "httpx", "httpx2", "testcontainers"):
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
