@@ -1,0 +1,64 @@
+"""``crmflow config``: work with migration configs without running anything."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from crmflow.config import ConfigLoadError, MigrationConfig, Problem, check_config, load_config
+
+app = typer.Typer(no_args_is_help=True)
+
+
+@app.callback()
+def config() -> None:
+    """Work with migration configs (crmflow.yaml) without running anything."""
+
+
+def _print(problems: list[Problem]) -> None:
+    for problem in problems:
+        typer.echo(str(problem), err=True)
+
+
+def _summary(config: MigrationConfig) -> str:
+    fields = sum(len(m.fields) for m in config.entities.values())
+    sources = ", ".join(f"{name} ({src.kind} → {src.entity})" for name, src in config.sources.items())
+    entities = ", ".join(f"{name} ({len(m.fields)} fields)" for name, m in config.entities.items())
+    return (
+        f"sources: {len(config.sources)}: {sources}\n"
+        f"entities: {len(config.entities)}: {entities}\n"
+        f"fields mapped: {fields}; topics: {config.kafka.raw_topic('<source>')}, "
+        f"{config.kafka.mapped_topic('<entity>')}, {config.kafka.dlq_topic}"
+    )
+
+
+@app.command("check")
+def check(
+    config_file: Annotated[Path, typer.Option("--config", "-c", help="The migration config (YAML).")],
+    schemas: Annotated[
+        Path | None,
+        typer.Option("--schemas", help="Schema dir (default: $CRMFLOW_SCHEMAS_DIR or the repo's schemas/)."),
+    ] = None,
+    strict: Annotated[bool, typer.Option("--strict", help="Treat warnings as errors.")] = False,
+) -> None:
+    """Validate a config against the transforms, the entity models and the Avro schemas.
+
+    Prints each problem as ``file:line: severity: key.path: message``; exits 1 if there is an error.
+    """
+    try:
+        config = load_config(config_file)
+    except ConfigLoadError as exc:
+        _print(exc.problems)
+        typer.echo(f"{config_file}: {len(exc.problems)} error(s); the config does not load", err=True)
+        raise typer.Exit(1) from None
+    problems = check_config(config, schemas_dir=schemas)
+    _print(problems)
+    errors = sum(1 for p in problems if p.severity == "error" or strict)
+    warnings = len(problems) - sum(1 for p in problems if p.severity == "error")
+    if errors:
+        typer.echo(f"{config_file}: {errors} error(s), {warnings} warning(s)", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"{config_file}: OK ({warnings} warning(s))")
+    typer.echo(_summary(config))

@@ -1,0 +1,376 @@
+"""The migration config: one YAML file that says what to read, how to clean and map it, where to write.
+
+Validated by pydantic: one frozen model per component, unknown keys are errors. Loading errors name the
+file, the key path (``entities.account.fields[2].transform``), the line and what was expected.
+Source paths may use ``${VAR}`` and ``${VAR:-default}`` (nothing else is expanded) and resolve against
+the config file's directory. Secrets never appear in the file: ``dsn_env`` names the environment variable
+that holds a DSN. ``deploy/demo/crmflow.yaml`` is a complete, commented example::
+
+    run: {name: demo, base_currency: USD}
+    kafka: {topic_prefix: crmflow.demo, partitions: 6}
+    sources:
+      customers: {kind: csv, path: "${DATA:-data}/customers.csv", entity: account, key: Customer_ID,
+                  segment: {field: Region, in: [EU]}}
+      contacts: {kind: table, dsn_env: LEGACY_DSN, table: legacy.contacts, entity: contact, key: contact_id,
+                 parent: {entity: account, field: customer_id}}
+    reference: {currency_rates: {EUR: 1.08}, lookups: {priorities: {P1: High}}}
+    entities:
+      account:
+        fields:
+          - {source: [First_Name, Last_Name], target: Full_Name, transform: [merge, name_case]}
+          - {source: Phone, target: phone, transform: {phone_e164: {region_from: country}}, missing: flag}
+          - {source: Job, target: job_title, missing: {default: Not Available}}
+    target: {kind: postgres, dsn_env: TARGET_DSN, batch_size: 500}
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from crmflow import topics
+from crmflow.exceptions import ConfigError
+from processors.entities import EntityName
+from processors.mapping import Finding, mapping_problems
+from processors.transforms.base import ReferenceData, clean_text
+from processors.transforms.spec import EntityMapping, FieldMapping, TransformStep, invalid
+
+__all__ = [
+    "ConfigLoadError", "EntityMapping", "FieldMapping", "KafkaConfig", "MigrationConfig", "Problem",
+    "ReferenceConfig", "RunConfig", "SourceConfig", "TargetConfig", "TransformStep", "check_config",
+    "expand_env", "load_config",
+]  # fmt: skip
+
+Severity = Literal["error", "warning"]
+KeyPath = tuple[str | int, ...]
+
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def _env_name(value: Any) -> Any:
+    if isinstance(value, str) and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", value):
+        # Never echo it: it may be a DSN with a password pasted in by mistake.
+        raise invalid("expected the NAME of an environment variable holding the DSN, never the DSN itself")
+    return value
+
+
+EnvVarName = Annotated[str, BeforeValidator(_env_name)]
+Identifier = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.\-]+$")]
+CurrencyCode = Annotated[str, Field(pattern=r"^[A-Z]{3}$")]
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One finding of loading or checking a config; ``str()`` is ``file:line: severity: path: message``."""
+
+    severity: Severity
+    message: str
+    path: str = ""
+    file: Path | None = None
+    line: int | None = None
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}" if self.file and self.line else str(self.file or "<config>")
+        return f"{where}: {self.severity}: {self.path + ': ' if self.path else ''}{self.message}"
+
+
+class ConfigLoadError(ConfigError):
+    """The config file cannot be read or is invalid; ``problems`` lists every error found."""
+
+    def __init__(self, problems: list[Problem]) -> None:
+        super().__init__("\n".join(str(p) for p in problems))
+        self.problems = problems
+
+
+def expand_env(text: str) -> str:
+    """Expand ``${VAR}`` and ``${VAR:-default}``; an unset VAR without default is a ValueError."""
+
+    def repl(match: re.Match[str]) -> str:
+        name, default = match[1], match[2]
+        value = os.environ.get(name)
+        if value:
+            return value
+        if default is None:
+            raise ValueError(f"environment variable {name} is not set and ${{{name}}} has no :-default")
+        return default
+
+    return _ENV_REF.sub(repl, text)
+
+
+def format_path(path: KeyPath) -> str:
+    """``('entities', 'account', 'fields', 2, 'transform')`` → ``entities.account.fields[2].transform``."""
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class RunConfig(_Model):
+    name: Identifier = Field(description="names the run; ids and consumer groups derive from it")
+    base_currency: CurrencyCode = "USD"
+
+
+class KafkaConfig(_Model):
+    topic_prefix: Identifier = "crmflow"
+    partitions: int = Field(default=6, ge=1)
+    replication_factor: int = Field(default=1, ge=1)
+
+    def raw_topic(self, source: str) -> str:
+        return topics.raw_topic(self.topic_prefix, source)
+
+    def mapped_topic(self, entity: str) -> str:
+        return topics.mapped_topic(self.topic_prefix, entity)
+
+    @property
+    def dlq_topic(self) -> str:
+        return topics.dlq_topic(self.topic_prefix)
+
+
+class SegmentFilter(_Model):
+    """Keep only records whose ``field`` (after the whitespace rule) is one of ``in``.
+
+    The field name also matches in lower case (database columns), as in ``producers.sources``.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+    field: str
+    values: tuple[str, ...] = Field(alias="in", min_length=1)
+
+    def matches(self, raw: Mapping[str, str | None]) -> bool:
+        value = raw[self.field] if self.field in raw else raw.get(self.field.lower())
+        return clean_text(value) in self.values
+
+
+class ParentRef(_Model):
+    """A child source's reference to its parent: the source field holding the parent entity's key."""
+
+    entity: EntityName = "account"
+    field: str
+
+
+class SourceConfig(_Model):
+    kind: Literal["csv", "jsonl", "table"]
+    entity: EntityName
+    key: str = Field(description="the source's primary-key field")
+    path: Path | None = Field(default=None, description="csv/jsonl: file; ${VAR:-default} expanded")
+    dsn_env: EnvVarName | None = Field(default=None, description="table: env var holding the DSN")
+    table: str | None = Field(default=None, description="table: [schema.]table")
+    segment: SegmentFilter | None = None
+    parent: ParentRef | None = None
+
+    @field_validator("path", mode="before")
+    @classmethod
+    def _expand(cls, value: Any, info: ValidationInfo) -> Any:
+        if not isinstance(value, str):
+            return value
+        try:
+            path = Path(expand_env(value))
+        except ValueError as exc:
+            raise invalid(str(exc)) from None
+        base = (info.context or {}).get("base_dir")
+        return path if path.is_absolute() or base is None else Path(os.path.normpath(Path(base) / path))
+
+    @model_validator(mode="after")
+    def _kind_fields(self) -> SourceConfig:
+        if self.kind == "table" and (self.dsn_env is None or self.table is None):
+            raise ValueError("a table source needs dsn_env and table")
+        if self.kind != "table" and self.path is None:
+            raise ValueError(f"a {self.kind} source needs path")
+        return self
+
+    def dsn(self) -> SecretStr:
+        """The DSN from the environment; ConfigError naming the variable if it is unset."""
+        return _secret_from_env(self.dsn_env)
+
+
+def _secret_from_env(name: str | None) -> SecretStr:
+    value = os.environ.get(name) if name else None
+    if not value:
+        raise ConfigError(f"environment variable {name} (dsn_env) is not set; export it with the DSN")
+    return SecretStr(value)
+
+
+class ReferenceConfig(_Model):
+    currency_rates: dict[CurrencyCode, Annotated[Decimal, Field(gt=0)]] = Field(
+        default_factory=dict, description="units of the base currency per unit of the keyed currency"
+    )
+    lookups: dict[str, dict[str, str]] = Field(default_factory=dict, description="named key → value tables")
+
+
+class TargetConfig(_Model):
+    kind: Literal["postgres"] = "postgres"
+    dsn_env: EnvVarName = Field(description="env var holding the target database's DSN")
+    batch_size: int = Field(default=500, ge=1)
+    flush_interval_s: float = Field(default=1.0, gt=0)
+
+    def dsn(self) -> SecretStr:
+        return _secret_from_env(self.dsn_env)
+
+
+class MigrationConfig(_Model):
+    version: Literal[1] = 1
+    run: RunConfig
+    kafka: KafkaConfig = Field(default_factory=KafkaConfig)
+    sources: dict[Identifier, SourceConfig] = Field(min_length=1)
+    reference: ReferenceConfig = Field(default_factory=ReferenceConfig)
+    entities: dict[EntityName, EntityMapping] = Field(min_length=1)
+    target: TargetConfig | None = None
+    pii: dict[str, Any] | None = Field(default=None, description="placeholder for the masking stage")
+
+    _file: Path | None = PrivateAttr(default=None)
+    _lines: dict[KeyPath, int] = PrivateAttr(default_factory=dict)
+
+    @property
+    def file(self) -> Path | None:
+        """The file the config was loaded from (None when built in code)."""
+        return self._file
+
+    def line_of(self, path: KeyPath) -> int | None:
+        """Line of the longest prefix of ``path`` written in the file (None when unknown)."""
+        for end in range(len(path), -1, -1):
+            line = self._lines.get(path[:end])
+            if line is not None:
+                return line
+        return None
+
+    def reference_data(self) -> ReferenceData:
+        rates = {code: Decimal(rate) for code, rate in self.reference.currency_rates.items()}
+        rates.setdefault(self.run.base_currency, Decimal(1))
+        return ReferenceData(base_currency=self.run.base_currency, rates=rates, lookups=self.reference.lookups)
+
+
+# ------------------------------------------------------------------------------------------- loading
+
+
+def _compose(text: str, file: Path) -> tuple[Any, dict[KeyPath, int]]:
+    """Parse YAML (safe tags only) and note the 1-based line of every key and list item."""
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        lines: dict[KeyPath, int] = {}
+
+        def build(node: yaml.Node, path: KeyPath) -> Any:
+            lines.setdefault(path, node.start_mark.line + 1)
+            if isinstance(node, yaml.MappingNode):
+                loader.flatten_mapping(node)  # YAML merge keys (<<)
+                out: dict[Any, Any] = {}
+                for key_node, value_node in node.value:
+                    key = loader.construct_object(key_node, deep=True)
+                    if key in out:  # PyYAML would silently keep the last one
+                        raise yaml.MarkedYAMLError(problem=f"duplicate key {key!r}", problem_mark=key_node.start_mark)
+                    lines[(*path, key)] = key_node.start_mark.line + 1
+                    out[key] = build(value_node, (*path, key))
+                return out
+            if isinstance(node, yaml.SequenceNode):
+                return [build(item, (*path, i)) for i, item in enumerate(node.value)]
+            return loader.construct_object(node, deep=True)
+
+        return (build(node, ()) if node is not None else None), lines
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark else None
+        raise ConfigLoadError([Problem("error", f"not valid YAML: {exc.problem}", "", file, line)]) from None
+    finally:
+        loader.dispose()
+
+
+def _problems(exc: ValidationError, file: Path, lines: dict[KeyPath, int]) -> list[Problem]:
+    out: list[Problem] = []
+    for err in exc.errors(include_url=False, include_input=False):
+        loc: KeyPath = tuple(err["loc"])
+        # Keep the parts of pydantic's location that are keys of the file (drop union-member tags), plus
+        # the name of a missing key.
+        path: KeyPath = ()
+        for i, part in enumerate(loc):
+            if (*path, part) in lines or (err["type"] == "missing" and i == len(loc) - 1):
+                path = (*path, part)
+        line = next((lines[path[:end]] for end in range(len(path), -1, -1) if path[:end] in lines), None)
+        message = err["msg"]
+        if err["type"] == "extra_forbidden":
+            message = "unknown key (a typo?); this section does not have it"
+        elif err["type"] == "missing":
+            message = "required key is missing"
+        elif err["type"] in ("literal_error", "enum"):
+            message = message.replace("Input should be", "expected")
+        out.append(Problem("error", message, format_path(path), file, line))
+    return out
+
+
+def load_config(path: str | Path) -> MigrationConfig:
+    """Read and validate a migration config; raises :class:`ConfigLoadError` listing every problem."""
+    file = Path(path)
+    try:
+        text = file.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        problem = Problem("error", f"cannot read the config: {exc.__class__.__name__}", "", file)
+        raise ConfigLoadError([problem]) from None
+    data, lines = _compose(text, file)
+    if not isinstance(data, dict):
+        raise ConfigLoadError([Problem("error", "expected a mapping of sections (run, sources, entities...)",
+                                       "", file, 1)])  # fmt: skip
+    try:
+        config = MigrationConfig.model_validate(data, context={"base_dir": file.resolve().parent})
+    except ValidationError as exc:
+        raise ConfigLoadError(_problems(exc, file, lines)) from None
+    config._file = file
+    config._lines = lines
+    return config
+
+
+# ------------------------------------------------------------------------------------------ checking
+
+
+def check_config(config: MigrationConfig, *, schemas_dir: Path | None = None) -> list[Problem]:
+    """Everything wrong with a loaded config that loading cannot see, without running anything.
+
+    Errors: entity mappings that do not compile (see :func:`processors.mapping.mapping_problems`:
+    targets missing from the model or the Avro schema, unmapped required fields, unknown lookup tables...),
+    sources feeding an unmapped entity, parents that are not mapped. Warnings: missing source files (demo
+    data may come later), unset DSN variables, entities no source feeds.
+    """
+
+    found: list[Finding] = list(mapping_problems(config, schemas_dir=schemas_dir))
+    fed = {src.entity for src in config.sources.values()}
+    for name, src in config.sources.items():
+        where: KeyPath = ("sources", name)
+        if src.entity not in config.entities:
+            found.append(("error", (*where, "entity"), f"no mapping for entity {src.entity!r} under entities"))
+        if src.parent is not None and src.parent.entity not in config.entities:
+            found.append(("error", (*where, "parent"), f"parent entity {src.parent.entity!r} is not mapped"))
+        if src.path is not None and not src.path.exists():
+            found.append(("warning", (*where, "path"), f"file {src.path} does not exist (yet)"))
+        if src.dsn_env is not None and not os.environ.get(src.dsn_env):
+            found.append(("warning", (*where, "dsn_env"), f"environment variable {src.dsn_env} is not set"))
+    for entity in config.entities:
+        if entity not in fed:
+            found.append(("warning", ("entities", entity), "no source feeds this entity"))
+    if config.target is not None and not os.environ.get(config.target.dsn_env):
+        found.append(("warning", ("target", "dsn_env"), f"environment variable {config.target.dsn_env} is not set"))
+    return [
+        Problem(severity, message, format_path(path), config.file, config.line_of(path))
+        for severity, path, message in found
+    ]

@@ -1,0 +1,143 @@
+"""The target entities of the new CRM (docs/data-contract.md), as pydantic models.
+
+Field names are snake_case and match ``schemas/target/<entity>.avsc``. Each entity carries the record
+metadata (run_id, source, source_position, quality_flags, mapped_at, golden_id). Validation is the last
+step of mapping; :func:`validate_entity` returns a plain dict ready for Avro (dates as ``datetime.date``,
+money as ``Decimal``) without building a model dump.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import date
+from decimal import Decimal
+from types import MappingProxyType
+from typing import Annotated, Any, Literal, get_args
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic_core import SchemaValidator
+
+EntityName = Literal["account", "contact", "sale", "case"]
+ENTITY_NAMES: tuple[str, ...] = get_args(EntityName)
+
+
+Id = Annotated[str, StringConstraints(min_length=1, max_length=64)]
+Name = Annotated[str, StringConstraints(min_length=1, max_length=100)]
+FullName = Annotated[str, StringConstraints(min_length=1, max_length=201)]
+Email = Annotated[str, StringConstraints(min_length=3, max_length=254)]
+Street = Annotated[str, StringConstraints(min_length=1, max_length=200)]
+ShortText = Annotated[str, StringConstraints(min_length=1, max_length=50)]
+Text = Annotated[str, StringConstraints(min_length=1, max_length=200)]
+Subject = Annotated[str, StringConstraints(min_length=1, max_length=500)]
+MetaText = Annotated[str, StringConstraints(min_length=1, max_length=512)]
+Phone = Annotated[str, StringConstraints(pattern=r"^\+[1-9]\d{1,14}$")]
+CountryCode = Annotated[str, StringConstraints(pattern=r"^[A-Z]{2}$")]
+CurrencyCode = Annotated[str, StringConstraints(pattern=r"^[A-Z]{3}$")]
+PostalCode = Annotated[str, StringConstraints(min_length=1, max_length=16)]
+Money = Annotated[Decimal, Field(max_digits=18, decimal_places=2)]
+
+
+class TargetEntity(BaseModel):
+    """Metadata every target entity carries."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    run_id: MetaText
+    source: MetaText
+    source_position: MetaText
+    quality_flags: list[str] = Field(default_factory=list, description="sorted data-quality findings")
+    mapped_at: AwareDatetime
+    golden_id: Id | None = None
+
+
+class Account(TargetEntity):
+    """A customer account, from legacy customers."""
+
+    customer_id: Id
+    full_name: FullName
+    first_name: Name | None = None
+    last_name: Name | None = None
+    email: Email | None = None
+    phone: Phone | None = None
+    street: Street | None = None
+    city: Name | None = None
+    postal_code: PostalCode | None = None
+    country: CountryCode | None = None
+    region: ShortText | None = None
+    birth_date: date | None = None
+    customer_since: date | None = None
+
+
+class Contact(TargetEntity):
+    """A person at a customer, from legacy contacts; child of an account."""
+
+    contact_id: Id
+    customer_id: Id
+    full_name: FullName
+    first_name: Name | None = None
+    last_name: Name | None = None
+    email: Email | None = None
+    phone: Phone | None = None
+    job_title: Text | None = None
+
+
+class Sale(TargetEntity):
+    """A sale booked to an account, from legacy sales; total_sales is in the base currency."""
+
+    sale_id: Id
+    customer_id: Id
+    total_sales: Money
+    currency: CurrencyCode | None = None
+    original_amount: Money | None = None
+    original_currency: CurrencyCode | None = None
+    sale_date: date | None = None
+    product: Text | None = None
+
+
+class Case(TargetEntity):
+    """A support case, from legacy tickets (case_id is the Ticket_ID)."""
+
+    case_id: Id
+    customer_id: Id
+    case_creation_date: date
+    subject: Subject | None = None
+    status: ShortText | None = None
+    priority: ShortText | None = None
+
+
+ENTITIES: Mapping[str, type[TargetEntity]] = MappingProxyType(
+    {"account": Account, "contact": Contact, "sale": Sale, "case": Case}
+)
+METADATA_FIELDS: frozenset[str] = frozenset(TargetEntity.model_fields)
+
+
+def entity_model(name: str) -> type[TargetEntity]:
+    """The model of entity ``name``; KeyError names the valid entities."""
+    try:
+        return ENTITIES[name]
+    except KeyError:
+        raise KeyError(f"unknown entity {name!r}; expected one of: {', '.join(ENTITY_NAMES)}") from None
+
+
+def business_fields(name: str) -> tuple[str, ...]:
+    """The entity's own fields (not the metadata), in contract order."""
+    return tuple(f for f in entity_model(name).model_fields if f not in METADATA_FIELDS)
+
+
+def required_fields(name: str) -> frozenset[str]:
+    """The entity's required business fields (a mapping must fill them or reject the record)."""
+    model = entity_model(name)
+    return frozenset(f for f in business_fields(name) if model.model_fields[f].is_required())
+
+
+def validator(name: str) -> SchemaValidator:
+    """The compiled validator of entity ``name`` (build once, call per record)."""
+    return entity_model(name).__pydantic_validator__  # type: ignore[return-value]
+
+
+def validate_entity(name: str, data: Mapping[str, Any]) -> dict[str, Any]:
+    """Validate one target record; returns its fields as a plain dict. Raises pydantic's ValidationError.
+
+    The model instance's ``__dict__`` is the validated field dict, so no model dump is needed.
+    """
+    return dict(vars(validator(name).validate_python(data)))
