@@ -234,18 +234,25 @@ class _Postgres:
                    "-E", "UTF8", "--no-locale"])
         pwfile.unlink()
         with (self.data / "postgresql.conf").open("a") as conf:
-            conf.write("\n# crmflow local stack\n" + "\n".join([
-                f"port = {self.s.postgres_port}",
-                "listen_addresses = '127.0.0.1'",
-                f"unix_socket_directories = '{self.sock}'",
-                "wal_level = logical",
-                "max_replication_slots = 20",
-                "max_wal_senders = 20",
-                "max_connections = 200",
-                "shared_buffers = 256MB",
-                "logging_collector = off",
-                "",
-            ]))
+            conf.write("\n# crmflow local stack: settings rewritten at every start\ninclude_if_exists = 'crmflow.conf'\n")
+
+    def write_settings(self) -> None:
+        """(Re)write the stack's settings, so a changed port or setting applies on the next start."""
+        (self.data / "crmflow.conf").write_text("\n".join([
+            f"port = {self.s.postgres_port}",
+            "listen_addresses = '127.0.0.1'",
+            f"unix_socket_directories = '{self.sock}'",
+            "wal_level = logical",
+            "max_replication_slots = 20",
+            "max_wal_senders = 20",
+            "max_connections = 200",
+            "shared_buffers = 256MB",
+            # Segments in the data dir, not /dev/shm: a container's /dev/shm is small, and anything that
+            # clears it (IPC clean-up on logout) would break every new connection.
+            "dynamic_shared_memory_type = mmap",
+            "logging_collector = off",
+            "",
+        ]))
 
     def running(self) -> bool:
         return self.pid() is not None
@@ -264,6 +271,7 @@ class _Postgres:
             self.init()
         if self.running():
             return
+        self.write_settings()
         if self.as_root:
             self._ensure_os_user()
         bindir = tools.postgres_bindir()

@@ -1,0 +1,88 @@
+"""What the sink runner is given (:class:`SinkParams`) and what it reports back (:class:`SinkStats`)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from crmflow.exceptions import ConfigError
+from crmflow.topics import dlq_topic, mapped_topic
+from sinks.base import RetryPolicy
+
+if TYPE_CHECKING:
+    from crmflow.config import MigrationConfig
+
+ENTITIES = ("account", "contact", "sale", "case")
+@dataclass(frozen=True)
+class SinkParams:
+    """Everything the runner needs; ``topics`` maps each mapped topic to its entity."""
+
+    bootstrap_servers: str
+    registry_url: str
+    target_dsn: str = field(repr=False)
+    topics: Mapping[str, str]
+    dlq_topic: str
+    group_id: str = "crmflow-sink"
+    batch_size: int = 1000
+    max_batch_age_s: float = 1.0
+    consume_batch: int = 1000
+    poll_timeout_s: float = 0.2
+    orphan_timeout_s: float = 3600.0
+    maintenance_interval_s: float = 5.0
+    dlq_flush_timeout_s: float = 30.0
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    consumer_config: Mapping[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def for_prefix(cls, prefix: str, **kwargs: Any) -> SinkParams:
+        """Params reading ``<prefix>.mapped.<entity>`` for every entity, dead letters to ``<prefix>.dlq``."""
+        defaults: dict[str, Any] = {"topics": {mapped_topic(prefix, e): e for e in ENTITIES},
+                                    "dlq_topic": dlq_topic(prefix)}
+        return cls(**{**defaults, **kwargs})
+
+    @classmethod
+    def from_config(
+        cls,
+        cfg: MigrationConfig,
+        *,
+        bootstrap_servers: str,
+        registry_url: str,
+        target_dsn: str | None = None,
+        **kwargs: Any,
+    ) -> SinkParams:
+        """Params of a migration config: its mapped topics and DLQ, group ``crmflow-sink.<run name>``, the
+        target's batch size and flush interval; the DSN from the target's ``dsn_env`` unless given."""
+        if target_dsn is None:
+            if cfg.target is None:
+                raise ConfigError(f"{cfg.file or 'the config'}: key target is missing; the sink needs it")
+            target_dsn = cfg.target.dsn().get_secret_value()
+        defaults: dict[str, Any] = {
+            "group_id": f"crmflow-sink.{cfg.run.name}",
+            "topics": {cfg.kafka.mapped_topic(e): e for e in ENTITIES if e in cfg.entities},
+            "dlq_topic": cfg.kafka.dlq_topic,
+        }
+        if cfg.target is not None:
+            defaults.update(batch_size=cfg.target.batch_size, max_batch_age_s=cfg.target.flush_interval_s)
+        return cls(
+            bootstrap_servers=bootstrap_servers,
+            registry_url=registry_url,
+            target_dsn=target_dsn,
+            **{**defaults, **kwargs},
+        )
+
+
+@dataclass
+class SinkStats:
+    """What one run did. ``committed`` maps ``topic[partition]`` to the last committed offset."""
+
+    consumed: int = 0
+    written: int = 0
+    unchanged: int = 0
+    rejected: int = 0
+    poison: int = 0
+    parked: int = 0
+    orphaned: int = 0
+    held_dead_lettered: int = 0
+    batches: int = 0
+    committed: dict[str, int] = field(default_factory=dict)

@@ -1,0 +1,348 @@
+"""The PostgreSQL target CRM: batched, idempotent upserts into the ``crm`` schema.
+
+Per batch, in ONE transaction:
+
+1. for each entity, parents first: ``COPY`` the records (binary) into a temporary staging table, then
+   one ``INSERT … SELECT … ON CONFLICT (external_id) DO UPDATE … WHERE <row changed>`` that also upserts
+   ``crm.xref``; children get ``account_id`` by joining their ``customer_id`` to ``crm.accounts``, and
+   those whose account is not there yet are parked in ``crm.parked`` by the same statement;
+2. parked children whose account now exists are staged from ``crm.parked`` and written the same way;
+3. one ``crm.migration_audit`` row per entity.
+
+Re-delivering records changes nothing: the upsert skips rows whose values are equal, so ``updated_at``
+stays. When a whole-entity statement fails on a record the database refuses (check constraint, value it
+cannot store), the sink retries that entity's rows in halves under savepoints until the offending records
+are isolated; they come back as rejects and the rest of the batch lands.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import defaultdict
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+from psycopg.rows import TupleRow
+
+from sinks.base import BatchResult, HeldDeadLetter, Reject, Sink, SinkRecord
+from sinks.exceptions import SinkTransientError
+from sinks.postgres.migrate import apply_migrations
+from sinks.postgres.refusals import Refusal, is_refusal, refusal
+from sinks.postgres.tables import CHILDREN, TABLES, EntityTable
+
+logger = logging.getLogger(__name__)
+
+Cursor = psycopg.Cursor[TupleRow]
+@dataclass
+class _Merged:
+    """What merging some staged rows did; ``refused`` maps a seq to why the database refused it."""
+
+    records: int = 0
+    inserted: int = 0
+    updated: int = 0
+    parked: list[int] = field(default_factory=list)
+    refused: dict[int, Refusal] = field(default_factory=dict)
+
+    @property
+    def unchanged(self) -> int:
+        return max(self.records - self.inserted - self.updated - len(self.parked) - len(self.refused), 0)
+
+    def __iadd__(self, other: _Merged) -> _Merged:
+        self.records += other.records
+        self.inserted += other.inserted
+        self.updated += other.updated
+        self.parked += other.parked
+        self.refused.update(other.refused)
+        return self
+
+
+class PostgresSink(Sink):
+    """Writes mapped records into the ``crm`` schema of a PostgreSQL database.
+
+    ``orphan_timeout_s``: how long a child may wait for its account before it is dead-lettered with
+    rule ``orphan`` (at the end of a drain, every child still waiting is). ``migrate``: apply the schema
+    migrations in :meth:`setup`.
+    """
+
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        orphan_timeout_s: float = 3600.0,
+        migrate: bool = True,
+        stage: str = "sink",
+        resolve_chunk: int = 5000,
+        dead_letter_chunk: int = 1000,
+    ) -> None:
+        self._dsn = dsn
+        self.orphan_timeout_s = orphan_timeout_s
+        self.migrate = migrate
+        self.stage = stage
+        self.resolve_chunk = resolve_chunk
+        self.dead_letter_chunk = dead_letter_chunk
+        self._conn: psycopg.Connection[TupleRow] | None = None
+
+    # ------------------------------------------------------------------------------------ lifecycle
+
+    def setup(self) -> None:
+        """Called once before the first write: apply migrations, connect, create the staging tables."""
+        with self._guard("set up the target database"):
+            if self.migrate:
+                conn = self._connection()
+                apply_migrations(conn)
+            self._connection()
+
+    def close(self) -> None:
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            finally:
+                self._conn = None
+
+    def _connection(self) -> psycopg.Connection[TupleRow]:
+        if self._conn is None or self._conn.closed or self._conn.broken:
+            self.close()
+            conn = psycopg.connect(self._dsn, autocommit=True, application_name="crmflow-sink")
+            try:
+                for table in TABLES.values():
+                    conn.execute(table.create_stage_sql.encode())
+            except BaseException:
+                conn.close()
+                raise
+            self._conn = conn
+        return self._conn
+
+    # ------------------------------------------------------------------------------------ writing
+
+    def write_batch(self, batch: Sequence[SinkRecord]) -> BatchResult:
+        """Called by the driver on every flush: write ``batch`` in one transaction (module docstring)."""
+        by_entity: dict[str, list[int]] = defaultdict(list)
+        rejects: list[Reject] = []
+        for index, record in enumerate(batch):
+            if record.entity in TABLES:
+                by_entity[record.entity].append(index)
+            else:
+                rejects.append(
+                    Reject(
+                        index,
+                        "unknown_entity",
+                        f"the target has no table for entity {record.entity!r} ({record.origin})",
+                    )
+                )
+        written = unchanged = 0
+        parked: list[int] = []
+        with self._guard("write a batch"):
+            conn = self._connection()
+            with conn.transaction(), conn.cursor() as cur:
+                started = cur.execute("select clock_timestamp()").fetchone()
+                for entity, table in TABLES.items():
+                    indexes = by_entity.get(entity)
+                    if not indexes:
+                        continue
+                    loader = self._batch_loader(table, batch)
+                    merged = self._merge(cur, table, indexes, loader)
+                    written += merged.inserted + merged.updated
+                    unchanged += merged.unchanged
+                    parked += merged.parked
+                    rejects += [Reject(i, r.rule, r.error, r.field) for i, r in merged.refused.items()]
+                    self._audit(cur, table, [batch[i] for i in indexes], merged, started[0] if started else None)
+                if by_entity.get("account"):
+                    self._resolve(cur, [str(batch[i].value.get("customer_id")) for i in by_entity["account"]])
+        return BatchResult(rejects=rejects, parked=parked, written=written, unchanged=unchanged)
+
+    def _batch_loader(self, table: EntityTable, batch: Sequence[SinkRecord]) -> Callable[[Cursor, list[int]], None]:
+        copy_sql = table.copy_sql.encode()
+        types = table.copy_types
+
+        def load(cur: Cursor, indexes: list[int]) -> None:
+            with cur.copy(copy_sql) as copy:
+                copy.set_types(types)
+                for i in indexes:
+                    rec = batch[i]
+                    row = table.row(i, rec.value)
+                    if table.is_child:
+                        row += [rec.topic, rec.partition, rec.offset, rec.key, rec.raw_value or b""]
+                    copy.write_row(row)
+
+        return load
+
+    def _merge(
+        self, cur: Cursor, table: EntityTable, seqs: list[int], load: Callable[[Cursor, list[int]], None]
+    ) -> _Merged:
+        """Stage and merge ``seqs``; on a refusal, split in halves under savepoints to find the culprits."""
+        conn = cur.connection
+        try:
+            with conn.transaction():
+                cur.execute(f"truncate {table.stage}".encode())
+                load(cur, seqs)
+                row = cur.execute(table.merge_sql.encode()).fetchone()
+        except psycopg.Error as exc:
+            if not is_refusal(exc):
+                raise
+            if len(seqs) == 1:
+                why = refusal(exc, table)
+                logger.info(
+                    "%s record refused by the database: %s",
+                    table.entity,
+                    why.error,
+                    extra={"stage": self.stage, "entity": table.entity},
+                )
+                return _Merged(records=1, refused={seqs[0]: why})
+            half = len(seqs) // 2
+            merged = self._merge(cur, table, seqs[:half], load)
+            merged += self._merge(cur, table, seqs[half:], load)
+            return merged
+        assert row is not None
+        records, inserted, updated, parked = row
+        return _Merged(records=int(records), inserted=int(inserted), updated=int(updated), parked=list(parked))
+
+    def _audit(self, cur: Cursor, table: EntityTable, records: list[SinkRecord], merged: _Merged, started: Any) -> None:
+        spans: dict[str, dict[str, int]] = {}
+        for r in records:
+            span = spans.setdefault(f"{r.topic}[{r.partition}]", {"first": r.offset, "last": r.offset})
+            span["first"] = min(span["first"], r.offset)
+            span["last"] = max(span["last"], r.offset)
+        run_id = next((str(r.value["run_id"]) for r in records if r.value.get("run_id")), None)
+        cur.execute(
+            "insert into crm.migration_audit (run_id, stage, entity, records, inserted, updated, unchanged, "
+            "parked, rejected, offsets, started_at) values (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, "
+            "coalesce(%s, now()))",
+            (
+                run_id,
+                self.stage,
+                table.entity,
+                len(records),
+                merged.inserted,
+                merged.updated,
+                merged.unchanged,
+                len(merged.parked),
+                len(merged.refused),
+                json.dumps(spans),
+                started,
+            ),
+        )
+
+    # -------------------------------------------------------------------------------------- parking
+
+    def _resolve(self, cur: Cursor, parents: list[str] | None = None) -> int:
+        """Write parked children whose account exists now (of ``parents`` only, when given: the accounts
+        of the batch, an index lookup instead of a scan of everything parked); mark those the database
+        refuses as dead."""
+        resolved = 0
+        only = "" if parents is None else "and p.parent_external_id = any(%(parents)s) "
+        while True:
+            progress = 0
+            rows = cur.execute(
+                "select p.entity, p.id from crm.parked p where p.dead_rule is null "
+                f"{only}and exists (select 1 from crm.accounts a where a.external_id = p.parent_external_id) "
+                "order by p.id limit %(limit)s for update of p skip locked".encode(),
+                {"parents": parents, "limit": self.resolve_chunk},
+            ).fetchall()
+            ids: dict[str, list[int]] = defaultdict(list)
+            for entity, pid in rows:
+                ids[entity].append(pid)
+            for table in CHILDREN:
+                if not ids.get(table.entity):
+                    continue
+                load_sql = table.load_parked_sql.encode()
+
+                def load(c: Cursor, seqs: list[int], sql: bytes = load_sql) -> None:
+                    c.execute(sql, (seqs,))
+
+                merged = self._merge(cur, table, ids[table.entity], load)
+                for pid, why in merged.refused.items():
+                    cur.execute(
+                        "update crm.parked set dead_rule = %s, dead_field = %s, dead_error = %s where id = %s",
+                        (why.rule, why.field, why.error, pid),
+                    )
+                resolved += merged.records - len(merged.refused)
+                progress += merged.records
+                if merged.records:
+                    self._audit_resolved(cur, table, merged)
+            if len(rows) < self.resolve_chunk or not progress:
+                break
+        if resolved:
+            logger.info("wrote %d parked records whose account arrived", resolved, extra={"stage": self.stage})
+        return resolved
+
+    def _audit_resolved(self, cur: Cursor, table: EntityTable, merged: _Merged) -> None:
+        cur.execute(
+            "insert into crm.migration_audit (run_id, stage, entity, records, inserted, updated, unchanged, "
+            "rejected, started_at) values (null, %s, %s, %s, %s, %s, %s, %s, now())",
+            (
+                f"{self.stage}-resolve",
+                table.entity,
+                merged.records,
+                merged.inserted,
+                merged.updated,
+                merged.unchanged,
+                len(merged.refused),
+            ),
+        )
+
+    def dead_letters(self, *, final: bool) -> list[HeldDeadLetter]:
+        """Called periodically and at the end of a drain: resolve what can be, mark children parked longer
+        than ``orphan_timeout_s`` (every one, when ``final``) as orphans, and return the dead ones."""
+        with self._guard("list parked records to dead-letter"):
+            conn = self._connection()
+            with conn.transaction(), conn.cursor() as cur:
+                self._resolve(cur)
+                cur.execute(
+                    "update crm.parked set dead_rule = 'orphan', dead_field = 'customer_id', dead_error = "
+                    "format('%%s %%s waited %%s for its parent account %%s, which did not arrive', entity, "
+                    "external_id, date_trunc('second', now() - parked_at), parent_external_id) "
+                    "where dead_rule is null and (%s or parked_at < now() - make_interval(secs => %s))",
+                    (final, self.orphan_timeout_s),
+                )
+                rows = cur.execute(
+                    "select id, entity, source_topic, source_partition, source_offset, raw_key, raw_value, "
+                    "dead_rule, dead_error, dead_field, run_id, source_position from crm.parked "
+                    "where dead_rule is not null order by id limit %s",
+                    (self.dead_letter_chunk,),
+                ).fetchall()
+        return [
+            HeldDeadLetter(
+                int(r[0]), r[1], r[2], int(r[3]), int(r[4]), r[5], bytes(r[6]), r[7], r[8], r[9], r[10], r[11]
+            )
+            for r in rows
+        ]
+
+    def ack_dead_letters(self, records: Sequence[HeldDeadLetter]) -> None:
+        """Called once the dead letters are in Kafka: forget them."""
+        with self._guard("forget dead-lettered parked records"):
+            self._connection().execute(
+                "delete from crm.parked where id = any(%s) and dead_rule is not null",
+                ([r.handle for r in records],),
+            )
+
+    def held(self) -> Mapping[str, int]:
+        with self._guard("count parked records"):
+            rows = (
+                self._connection()
+                .execute("select entity, count(*) from crm.parked where dead_rule is null group by entity")
+                .fetchall()
+            )
+        counts = {t.entity: 0 for t in CHILDREN}
+        counts.update({str(e): int(n) for e, n in rows})
+        return counts
+
+    # -------------------------------------------------------------------------------------- errors
+
+    @contextmanager
+    def _guard(self, what: str) -> Iterator[None]:
+        """Turn connection-level failures into :class:`SinkTransientError` (dropping a broken connection)."""
+        try:
+            yield
+        except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+            if is_refusal(exc):
+                raise
+            if self._conn is not None and (self._conn.broken or self._conn.closed):
+                self.close()
+            raise SinkTransientError(
+                f"could not {what}: {type(exc).__name__} (SQLSTATE {exc.sqlstate or 'none'}); "
+                "the transaction was rolled back"
+            ) from exc

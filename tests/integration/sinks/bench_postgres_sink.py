@@ -1,0 +1,123 @@
+"""Throughput of the PostgreSQL sink (not a test): rows/s for N accounts, on the running local stack.
+
+    .venv/bin/python tests/integration/sinks/bench_postgres_sink.py [--rows 100000] [--batch 1000 5000]
+
+For each batch size, in a fresh database: (1) ``write_batch`` straight into PostgreSQL (COPY + one upsert
+per batch, one transaction each), (2) the same records again (a re-delivery: every row unchanged), and
+(3) end to end through Kafka — Avro-encoded records on a fresh 6-partition topic, ``run_sink`` in drain
+mode (consume, decode, write, commit). Prints rows/s for each.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+import uuid
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+import psycopg
+from confluent_kafka import Producer
+from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
+from confluent_kafka.schema_registry import SchemaRegistryClient
+
+from crmflow.serialization import AvroCodec
+from crmflow.stack import Endpoints, get_stack
+from sinks.base import SinkRecord
+from sinks.params import SinkParams
+from sinks.postgres import PostgresSink
+from sinks.runner import run_sink
+
+
+def account(n: int) -> dict[str, Any]:
+    return {
+        "customer_id": f"C{n:07d}", "full_name": f"Ann Lee{n}", "first_name": "Ann", "last_name": f"Lee{n}",
+        "email": f"ann.lee{n}@example.com", "phone": f"+1415{n % 10_000_000:07d}", "street": f"{n} Main Street",
+        "city": "Springfield", "postal_code": f"{n % 100_000:05d}", "country": "US", "region": "NA",
+        "birth_date": date(1950, 1, 1) + timedelta(days=n % 18_000), "customer_since": date(2010, 1, 1),
+        "run_id": "bench", "source": "legacy", "source_position": f"customers.csv:{n + 2}",
+        "quality_flags": ["email_invalid"] if n % 7 == 0 else [], "mapped_at": datetime.now(UTC), "golden_id": None,
+    }
+
+
+def fresh_db(ep: Endpoints) -> tuple[str, str]:
+    name = f"bench_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(ep.postgres_dsn, autocommit=True) as conn:
+        conn.execute(f'create database "{name}"'.encode())
+    return name, ep.dsn(name)
+
+
+def drop_db(ep: Endpoints, name: str) -> None:
+    with psycopg.connect(ep.postgres_dsn, autocommit=True) as conn:
+        conn.execute(f'drop database if exists "{name}" with (force)'.encode())
+
+
+def direct(ep: Endpoints, values: list[dict[str, Any]], batch: int) -> tuple[float, float]:
+    name, dsn = fresh_db(ep)
+    sink = PostgresSink(dsn)
+    try:
+        sink.setup()
+        records = [SinkRecord("account", v, "bench.mapped.account", 0, i, None, b"") for i, v in enumerate(values)]
+        rates = []
+        for _ in range(2):  # first: inserts; second: the same records again (all unchanged)
+            started = time.perf_counter()
+            for i in range(0, len(records), batch):
+                result = sink.write_batch(records[i : i + batch])
+                assert not result.rejects
+            rates.append(len(records) / (time.perf_counter() - started))
+        return rates[0], rates[1]
+    finally:
+        sink.close()
+        drop_db(ep, name)
+
+
+def through_kafka(ep: Endpoints, values: list[dict[str, Any]], batch: int) -> float:
+    topic, dlq = f"bench-{uuid.uuid4().hex[:8]}", f"bench-dlq-{uuid.uuid4().hex[:8]}"
+    admin = AdminClient({"bootstrap.servers": ep.bootstrap_servers})
+    for fut in admin.create_topics([NewTopic(topic, 6, 1), NewTopic(dlq, 1, 1)]).values():
+        fut.result(30)
+    name, dsn = fresh_db(ep)
+    try:
+        codec = AvroCodec.for_topic(SchemaRegistryClient({"url": ep.registry_url}), topic, "target/account")
+        producer = Producer({"bootstrap.servers": ep.bootstrap_servers, "linger.ms": 20, "enable.idempotence": True})
+        for v, data in zip(values, codec.encode_many(values), strict=True):
+            while True:
+                try:
+                    producer.produce(topic, key=v["customer_id"].encode(), value=data)
+                    break
+                except BufferError:
+                    producer.poll(0.1)
+        assert producer.flush(60) == 0
+        params = SinkParams(bootstrap_servers=ep.bootstrap_servers, registry_url=ep.registry_url, target_dsn=dsn,
+                            topics={topic: "account"}, dlq_topic=dlq, group_id=f"bench-{uuid.uuid4().hex[:8]}",
+                            batch_size=batch, consume_batch=max(batch, 1000), max_batch_age_s=0.5)
+        PostgresSink(dsn).setup()  # migrations outside the timed part
+        started = time.perf_counter()
+        stats = run_sink(params, drain=True)
+        elapsed = time.perf_counter() - started
+        assert stats.written == len(values), stats
+        return len(values) / elapsed
+    finally:
+        drop_db(ep, name)
+        admin.delete_topics([topic, dlq])  # best effort
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", type=int, default=100_000)
+    parser.add_argument("--batch", type=int, nargs="+", default=[1000, 5000])
+    parser.add_argument("--no-kafka", action="store_true", help="Only the direct database figures.")
+    args = parser.parse_args()
+    ep = get_stack().endpoints()
+    values = [account(n) for n in range(args.rows)]
+    print(f"{args.rows:,} accounts into PostgreSQL")
+    for batch in args.batch:
+        insert, unchanged = direct(ep, values, batch)
+        line = f"batch {batch:>6,}: write_batch {insert:>9,.0f} rows/s, re-delivery {unchanged:>9,.0f} rows/s"
+        if not args.no_kafka:
+            line += f", Kafka→Avro→PostgreSQL (drain) {through_kafka(ep, values, batch):>9,.0f} rows/s"
+        print(line, flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,289 @@
+"""The sink end to end on the real Kafka, registry and PostgreSQL: Avro in, rows out, offsets committed."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka.schema_registry import SchemaRegistryClient
+
+from crmflow.dlq import read_dead_letters
+from crmflow.serialization import AvroCodec
+from crmflow.stack import Endpoints
+from sinks.params import SinkParams, SinkStats
+from sinks.runner import run_sink
+
+pytestmark = pytest.mark.integration
+
+Query = Callable[[str, str], list[tuple[Any, ...]]]
+REPO = Path(__file__).resolve().parents[3]
+
+
+class Setup:
+    """Unique topics (2 partitions for accounts and contacts), a DLQ topic, a group and a database."""
+
+    def __init__(self, ep: Endpoints, registry: SchemaRegistryClient, topic_factory: Callable[..., str],
+                 group: str, dsn: str) -> None:
+        self.ep, self.dsn, self.group = ep, dsn, group
+        self.topics = {entity: topic_factory(f"mapped-{entity}", partitions=2 if entity in ("account", "contact")
+                                             else 1) for entity in ("account", "contact", "sale", "case")}
+        self.dlq = topic_factory("dlq")
+        self.codecs = {e: AvroCodec.for_topic(registry, t, f"target/{e}") for e, t in self.topics.items()}
+        self.registry = registry
+
+    def params(self, **over: Any) -> SinkParams:
+        kw: dict[str, Any] = {"bootstrap_servers": self.ep.bootstrap_servers, "registry_url": self.ep.registry_url,
+                              "target_dsn": self.dsn, "topics": {t: e for e, t in self.topics.items()},
+                              "dlq_topic": self.dlq, "group_id": self.group, "batch_size": 40,
+                              "max_batch_age_s": 0.3, "maintenance_interval_s": 1.0}
+        return SinkParams(**{**kw, **over})
+
+    def produce(self, entity: str, values: list[dict[str, Any]], producer: Producer | None = None) -> None:
+        p = producer or Producer({"bootstrap.servers": self.ep.bootstrap_servers, "enable.idempotence": True})
+        id_field = {"account": "customer_id", "contact": "contact_id", "sale": "sale_id", "case": "case_id"}[entity]
+        for value, data in zip(values, self.codecs[entity].encode_many(values), strict=True):
+            p.produce(self.topics[entity], key=value[id_field].encode(), value=data)
+        if producer is None:
+            assert p.flush(30) == 0
+
+    def produce_raw(self, entity: str, data: bytes) -> None:
+        p = Producer({"bootstrap.servers": self.ep.bootstrap_servers})
+        p.produce(self.topics[entity], key=b"poison", value=data)
+        assert p.flush(30) == 0
+
+    def committed_and_ends(self, group: str | None = None) -> tuple[dict[Any, int], dict[Any, int]]:
+        c = Consumer({"bootstrap.servers": self.ep.bootstrap_servers, "group.id": group or self.group})
+        try:
+            md = c.list_topics(timeout=10)
+            tps = [TopicPartition(t, p) for t in self.topics.values() for p in md.topics[t].partitions]
+            committed = {(tp.topic, tp.partition): tp.offset for tp in c.committed(tps, timeout=10)}
+            ends = {(tp.topic, tp.partition): c.get_watermark_offsets(tp, timeout=10)[1] for tp in tps}
+        finally:
+            c.close()
+        return committed, ends
+
+    def dead_letters(self) -> list[dict[str, Any]]:
+        return [d.record for d in read_dead_letters(self.ep.bootstrap_servers, self.registry, self.dlq)]
+
+
+@pytest.fixture
+def setup(endpoints: Endpoints, registry_client: SchemaRegistryClient, topic_factory: Callable[..., str],
+          group_factory: Callable[[], str], pg_dsn_factory: Callable[[], str]) -> Iterator[Setup]:
+    yield Setup(endpoints, registry_client, topic_factory, group_factory(), pg_dsn_factory())
+
+
+def drain(params: SinkParams, timeout_s: float = 180.0) -> SinkStats:
+    """Run a drain in a thread so a bug makes the test fail instead of hang."""
+    stop = threading.Event()
+    out: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            out["stats"] = run_sink(params, stop_event=stop, drain=True)
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the test thread
+            out["error"] = exc
+
+    t = threading.Thread(target=target, daemon=True)
+    t.start()
+    t.join(timeout_s)
+    if t.is_alive():
+        stop.set()
+        t.join(60)
+        pytest.fail(f"drain did not finish within {timeout_s:.0f}s")
+    if "error" in out:
+        raise out["error"]
+    stats: SinkStats = out["stats"]
+    return stats
+
+
+def test_drain_writes_everything_dead_letters_the_rest_and_commits_the_high_watermarks(
+    setup: Setup, records: Any, query: Query
+) -> None:
+    # Children first, so many of them wait in crm.parked until their account arrives.
+    contacts = [records.contact(i, i % 120) for i in range(150)]
+    contacts[10] = records.contact(10, 10, email="not-an-address")  # refused by a check constraint
+    contacts += [records.contact(900 + i, 9000 + i) for i in range(3)]  # orphans: no such account
+    setup.produce("contact", contacts)
+    setup.produce("sale", [records.sale(i, i % 120) for i in range(100)])
+    setup.produce("case", [records.case(i, i % 120) for i in range(50)])
+    setup.produce("account", [records.account(i) for i in range(120)])
+    setup.produce_raw("account", b"\x00\x00\x00\x00\x01 not avro at all")  # poison
+
+    stats = drain(setup.params())
+
+    # The refused contact is rejected in its batch, or, when it was parked first, when its account arrives.
+    assert (stats.poison, stats.orphaned, stats.rejected + stats.held_dead_lettered) == (1, 3, 4)
+    counts = query(setup.dsn, "select (select count(*) from crm.accounts), (select count(*) from crm.contacts), "
+                              "(select count(*) from crm.sales), (select count(*) from crm.cases), "
+                              "(select count(*) from crm.parked)")
+    assert counts == [(120, 149, 100, 50, 0)]
+    assert query(setup.dsn, "select count(*) from crm.contacts c join crm.accounts a on a.id = c.account_id "
+                            "and a.external_id = c.customer_id") == [(149,)]
+    rules = Counter((d["stage"], d["rule"]) for d in setup.dead_letters())
+    assert rules == {("sink", "avro_decode"): 1, ("sink", "constraint"): 1, ("sink", "orphan"): 3}
+    committed, ends = setup.committed_and_ends()
+    assert committed == ends
+
+
+def test_redelivery_through_kafka_changes_nothing(setup: Setup, records: Any, query: Query,
+                                                  group_factory: Callable[[], str]) -> None:
+    setup.produce("account", [records.account(i) for i in range(60)])
+    setup.produce("sale", [records.sale(i, i) for i in range(60)])
+    first = drain(setup.params())
+    assert first.written == 120
+    before = {t: query(setup.dsn, f"select * from crm.{t} order by id") for t in ("accounts", "sales")}
+    # A new group reads everything again, as after a crash before the offsets were committed.
+    second = drain(setup.params(group_id=group_factory()))
+    assert (second.consumed, second.written, second.unchanged) == (120, 0, 120)
+    assert {t: query(setup.dsn, f"select * from crm.{t} order by id") for t in ("accounts", "sales")} == before
+    # The first group has nothing left to read.
+    assert drain(setup.params()).consumed == 0
+
+
+def test_drain_ends_after_transactional_producers_and_commits_past_the_markers(
+    setup: Setup, records: Any, query: Query
+) -> None:
+    p = Producer({"bootstrap.servers": setup.ep.bootstrap_servers, "transactional.id": f"t-{setup.group}"})
+    p.init_transactions(30)
+    p.begin_transaction()
+    setup.produce("account", [records.account(i) for i in range(30)], producer=p)
+    p.commit_transaction(30)
+    p.begin_transaction()
+    setup.produce("account", [records.account(i) for i in range(100, 110)], producer=p)
+    p.abort_transaction(30)  # read_committed: these never reach the target
+
+    stats = drain(setup.params())
+    assert stats.written == 30
+    assert query(setup.dsn, "select count(*) from crm.accounts") == [(30,)]
+    committed, ends = setup.committed_and_ends()
+    assert committed == ends
+
+
+def test_a_stopped_runner_flushes_and_commits_what_it_read(setup: Setup, records: Any, query: Query) -> None:
+    setup.produce("account", [records.account(i) for i in range(25)])
+    stop = threading.Event()
+    result: dict[str, Any] = {}
+    params = setup.params(batch_size=1000, max_batch_age_s=60.0)  # nothing flushes before the stop
+    t = threading.Thread(target=lambda: result.setdefault("stats", run_sink(params, stop_event=stop)), daemon=True)
+    t.start()
+    deadline = time.monotonic() + 60
+    while not _consumed_all(setup) and time.monotonic() < deadline:
+        time.sleep(0.2)  # polling with a deadline: the runner reports its position through the lag gauge
+    assert query(setup.dsn, "select count(*) from crm.accounts") == [(0,)]  # read, buffered, not written
+    stop.set()
+    t.join(60)
+    assert not t.is_alive()
+    assert result["stats"].consumed == 25
+    assert query(setup.dsn, "select count(*) from crm.accounts") == [(25,)]
+    committed, ends = setup.committed_and_ends()
+    accounts = {tp: off for tp, off in ends.items() if tp[0] == setup.topics["account"]}
+    assert {tp: committed[tp] for tp in accounts} == accounts
+
+
+def _consumed_all(setup: Setup) -> bool:
+    """True once the group's consumer has fetched every account (its lag gauge reads zero)."""
+    from crmflow.metrics import CONSUMER_LAG
+
+    topic = setup.topics["account"]
+    samples = [s for m in CONSUMER_LAG.collect() for s in m.samples if s.labels.get("topic") == topic]
+    return len(samples) == 2 and all(s.value == 0 for s in samples)
+
+
+def test_the_runner_starts_as_a_subprocess_and_drains(setup: Setup, records: Any, query: Query) -> None:
+    setup.produce("account", [records.account(i) for i in range(20)])
+    env = {**os.environ, "SINK_TEST_DSN": setup.dsn}
+    args = [sys.executable, "-m", "sinks.runner", "--group", setup.group, "--dlq-topic", setup.dlq,
+            "--target-dsn-env", "SINK_TEST_DSN", "--drain", "--json",
+            "--bootstrap-servers", setup.ep.bootstrap_servers, "--registry-url", setup.ep.registry_url]
+    for entity, topic in setup.topics.items():
+        args += ["--topic", f"{topic}={entity}"]
+    done = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=180, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    stats = json.loads(done.stdout.strip().splitlines()[-1])
+    assert stats["consumed"] == 20 and stats["written"] == 20
+    assert query(setup.dsn, "select count(*) from crm.accounts") == [(20,)]
+
+
+def test_a_drain_does_not_wait_for_topics_nobody_created(setup: Setup, records: Any, query: Query) -> None:
+    setup.produce("account", [records.account(i) for i in range(5)])
+    topics = {setup.topics["account"]: "account", f"never-created-{setup.group}": "contact"}
+    stats = drain(setup.params(topics=topics), timeout_s=60)
+    assert stats.written == 5
+
+
+def test_sigterm_stops_the_subprocess_cleanly_after_committing(setup: Setup, records: Any, query: Query) -> None:
+    setup.produce("account", [records.account(i) for i in range(30)])
+    env = {**os.environ, "SINK_TEST_DSN": setup.dsn}
+    args = [sys.executable, "-m", "sinks.runner", "--group", setup.group, "--dlq-topic", setup.dlq,
+            "--target-dsn-env", "SINK_TEST_DSN", "--topic", f"{setup.topics['account']}=account", "--json",
+            "--bootstrap-servers", setup.ep.bootstrap_servers, "--registry-url", setup.ep.registry_url]
+    proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 90
+        while query(setup.dsn, "select to_regclass('crm.accounts') is not null") != [(True,)] or query(
+            setup.dsn, "select count(*) from crm.accounts"
+        ) != [(30,)]:
+            assert proc.poll() is None and time.monotonic() < deadline, "the sink did not write the accounts"
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, err[-2000:]
+    assert json.loads(out.strip().splitlines()[-1])["consumed"] == 30
+    committed, ends = setup.committed_and_ends()
+    accounts = {tp: off for tp, off in ends.items() if tp[0] == setup.topics["account"]}
+    assert {tp: committed[tp] for tp in accounts} == accounts
+
+
+def test_a_rebalance_between_two_runners_loses_nothing(setup: Setup, records: Any, query: Query) -> None:
+    def start(stop: threading.Event, out: dict[str, Any]) -> threading.Thread:
+        def target() -> None:
+            try:
+                out["stats"] = run_sink(setup.params(), stop_event=stop)
+            except BaseException as exc:  # noqa: BLE001 - checked below
+                out["error"] = exc
+
+        t = threading.Thread(target=target, daemon=True)
+        t.start()
+        return t
+
+    def wait_for_rows(n: int) -> None:
+        deadline = time.monotonic() + 90
+        while query(setup.dsn, "select to_regclass('crm.accounts') is not null") != [(True,)] or query(
+            setup.dsn, "select count(*) from crm.accounts"
+        ) != [(n,)]:
+            assert time.monotonic() < deadline, f"{n} accounts were not written in time"
+            time.sleep(0.2)
+
+    stops = [threading.Event(), threading.Event()]
+    outs: list[dict[str, Any]] = [{}, {}]
+    setup.produce("account", [records.account(i) for i in range(50)])
+    first = start(stops[0], outs[0])
+    wait_for_rows(50)
+    second = start(stops[1], outs[1])  # joins the group: the first runner's partitions are revoked
+    setup.produce("account", [records.account(i) for i in range(50, 120)])
+    wait_for_rows(120)
+    for stop in stops:
+        stop.set()
+    first.join(60)
+    second.join(60)
+    assert not first.is_alive() and not second.is_alive()
+    assert "error" not in outs[0] and "error" not in outs[1], outs
+    assert outs[0]["stats"].consumed + outs[1]["stats"].consumed >= 120
+    committed, ends = setup.committed_and_ends()
+    accounts = {tp: off for tp, off in ends.items() if tp[0] == setup.topics["account"]}
+    assert {tp: committed[tp] for tp in accounts} == accounts
