@@ -134,7 +134,7 @@ class DeadLetterWriter:
     def letter(self, *, value: bytes, key: bytes | None, topic: str, partition: int, offset: int,
                stage: str, rule: str, error: str, field: str | None = None, entity: str | None = None,
                run_id: str | None = None, source_position: str | None = None, attempt: int = 1,
-               ) -> tuple[bytes, list[tuple[str, str | bytes | None]]]:
+               ) -> tuple[bytes, list[tuple[str, bytes]]]:
         """The encoded dead letter and its headers, for callers that produce with their own client
         (the faust processor sends through faust's producer)."""
         record = {
@@ -145,9 +145,10 @@ class DeadLetterWriter:
             "payload_key": self.cipher.encrypt(key) if key is not None else None,
             "payload": self.cipher.encrypt(value), "key_id": self.cipher.key_id,
         }
-        headers: list[tuple[str, str | bytes | None]] = [
-            ("crmflow-stage", stage), ("crmflow-rule", rule), ("crmflow-field", field or ""),
-            ("crmflow-position", source_position or f"{topic}[{partition}]@{offset}"),
+        headers = [
+            ("crmflow-stage", stage.encode()), ("crmflow-rule", rule.encode()),
+            ("crmflow-field", (field or "").encode()),
+            ("crmflow-position", (source_position or f"{topic}[{partition}]@{offset}").encode()),
         ]
         DLQ_RECORDS.labels(stage=stage, reason=rule).inc()
         return self.codec.encode(record), headers
@@ -158,7 +159,7 @@ class DeadLetterWriter:
             raise TerminalError("this DeadLetterWriter has no producer; use letter() and send it yourself")
         while True:
             try:
-                self.producer.produce(self.topic, value=value, headers=headers)
+                self.producer.produce(self.topic, value=value, headers=list(headers))
                 return
             except BufferError:
                 self.producer.poll(0.1)

@@ -235,7 +235,7 @@ class SnapshotProducer:
         callback = partial(run.reject_delivered, seq)
         while True:
             try:
-                self.producer.produce(self.dlq_topic, value, None, headers=headers, on_delivery=callback)
+                self.producer.produce(self.dlq_topic, value, None, headers=list(headers), on_delivery=callback)
                 break
             except BufferError:
                 self.producer.poll(0.05)

@@ -7,7 +7,7 @@ import logging
 import typer
 
 from crmflow import __version__
-from crmflow.cli import config_cmd, demo_data, schemas, stack
+from crmflow.cli import config_cmd, demo_data, process, schemas, sink, snapshot, stack
 from crmflow.logs import configure_logging
 
 app = typer.Typer(
@@ -20,6 +20,9 @@ app.add_typer(stack.app, name="stack")
 app.add_typer(schemas.app, name="schemas")
 app.add_typer(config_cmd.app, name="config")
 app.command("demo-data")(demo_data.demo_data)
+app.command("snapshot")(snapshot.snapshot)
+app.command("process")(process.process)
+app.command("sink")(sink.sink)
 
 
 def _version(value: bool) -> None:
