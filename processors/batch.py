@@ -24,6 +24,7 @@ class Rejected:
     field: str | None
     error: str
     position: str | None
+    run_id: str | None = None
 
 
 @dataclass
@@ -47,13 +48,14 @@ def map_batch(
         entity = source_entities.get(source)
         if entity is None or entity not in mappers:
             out.rejected.append(Rejected(index, None, "process", "unknown_source", None,
-                                         f"no entity mapping for source {source!r}", position))
+                                         f"no entity mapping for source {source!r}", position, rec.get("run_id")))
             continue
         meta = {"run_id": rec.get("run_id"), "source": source, "source_position": position}
         try:
             mapped = mappers[entity](rec["fields"], meta)
         except RecordRejected as rej:
-            out.rejected.append(Rejected(index, entity, rej.stage, rej.rule, rej.field, rej.message, position))
+            out.rejected.append(Rejected(index, entity, rej.stage, rej.rule, rej.field, rej.message, position,
+                                         rec.get("run_id")))
             continue
         key = str(rec["source_key"]).encode()
         out.mapped.setdefault(entity, []).append((index, key, mapped))

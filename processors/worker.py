@@ -68,7 +68,6 @@ def build_app(
     dlq = DeadLetterWriter(None, registry, dlq_name)
     raw_topics = [raw_topic(prefix, name) for name in cfg.sources]
     source = app.topic(*raw_topics, key_type=bytes, value_type=bytes)
-    run_id = cfg.run.name
 
     @app.agent(source)
     async def cleanse_and_map(stream: faust.StreamT[bytes]) -> None:
@@ -87,7 +86,7 @@ def build_app(
                 except SerializationError as exc:
                     value, headers = dlq.letter(
                         value=event.value or b"", key=msg.key, topic=msg.topic, partition=msg.partition,
-                        offset=msg.offset, stage=STAGE, rule="avro_decode", error=str(exc), run_id=run_id)
+                        offset=msg.offset, stage=STAGE, rule="avro_decode", error=str(exc), run_id=None)
                     pending.append(await app.producer.send(dlq_name, None, value, None, None, headers))
                     RECORDS.labels(stage=STAGE, entity="unknown", outcome="in").inc()
                     RECORDS.labels(stage=STAGE, entity="unknown", outcome="rejected").inc()
@@ -103,7 +102,7 @@ def build_app(
                 value, headers = dlq.letter(
                     value=events[rej.index].value or b"", key=msg.key, topic=msg.topic,
                     partition=msg.partition, offset=msg.offset, stage=rej.stage, rule=rej.rule,
-                    field=rej.field, error=rej.error, entity=rej.entity, run_id=run_id,
+                    field=rej.field, error=rej.error, entity=rej.entity, run_id=rej.run_id,
                     source_position=rej.position)
                 pending.append(await app.producer.send(dlq_name, None, value, None, None, headers))
                 RECORDS.labels(stage=STAGE, entity=rej.entity or "unknown", outcome="rejected").inc()

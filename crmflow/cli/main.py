@@ -7,7 +7,7 @@ import logging
 import typer
 
 from crmflow import __version__
-from crmflow.cli import config_cmd, demo_data, process, schemas, sink, snapshot, stack
+from crmflow.cli import config_cmd, demo_data, migrate, process, schemas, sink, snapshot, stack
 from crmflow.logs import configure_logging
 
 app = typer.Typer(
@@ -23,6 +23,7 @@ app.command("demo-data")(demo_data.demo_data)
 app.command("snapshot")(snapshot.snapshot)
 app.command("process")(process.process)
 app.command("sink")(sink.sink)
+app.command("migrate")(migrate.migrate)
 
 
 def _version(value: bool) -> None:

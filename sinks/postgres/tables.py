@@ -144,13 +144,20 @@ class EntityTable:
             f"on conflict (external_id) do update set {sets}, updated_at = now() where {changed} "
             "returning t.id, t.external_id, (t.xmax = 0) as inserted)"
         )
+        # Every staged row confirms its xref entry, changed or not, so the xref's run_id says which run
+        # last delivered the record (what `crmflow migrate` reconciles against). A re-delivery within the
+        # same run writes nothing. Rows inserted by ``up`` are not visible to the table scan of this same
+        # statement, hence both joins.
         xref = (
             "xr as (insert into crm.xref as x (entity, source, source_id, target_id, golden_id, run_id) "
-            f"select '{self.entity}', j.source, j.external_id, up.id, j.golden_id, j.run_id "
-            "from up join joined j using (external_id) "
+            f"select '{self.entity}', j.source, j.external_id, coalesce(up.id, t.id), j.golden_id, j.run_id "
+            "from joined j left join up using (external_id) "
+            f"left join crm.{self.table} t on t.external_id = j.external_id "
+            "where coalesce(up.id, t.id) is not null "
             "on conflict (entity, source, source_id) do update set target_id = excluded.target_id, "
             "golden_id = excluded.golden_id, run_id = excluded.run_id, updated_at = now() "
-            "where (x.target_id, x.golden_id) is distinct from (excluded.target_id, excluded.golden_id))"
+            "where (x.target_id, x.golden_id, x.run_id) is distinct from "
+            "(excluded.target_id, excluded.golden_id, excluded.run_id))"
         )
         ctes = [latest, joined, upsert, xref]
         parked = "'{}'::bigint[]"

@@ -1,0 +1,1 @@
+"""Running the stages together: `crmflow migrate` and `crmflow bench`."""

@@ -1,0 +1,87 @@
+"""Stage services as child processes, and how far a consumer group has read."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+from confluent_kafka import Consumer, TopicPartition
+
+from crmflow.exceptions import StackError
+from crmflow.stack.process import tail
+
+log = logging.getLogger(__name__)
+
+
+class Service:
+    """``python -m crmflow <args>`` in the background, its output in ``log_file``; tracks peak RSS."""
+
+    def __init__(self, name: str, args: list[str], log_file: Path, env: dict[str, str]) -> None:
+        self.name = name
+        self.log_file = log_file
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        with log_file.open("ab") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "crmflow", *args], stdout=out, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL, env={**os.environ, **env},
+            )
+        self.peak_rss = 0
+
+    def sample(self) -> None:
+        """Record the process's memory; raise if it died (its log's tail says why)."""
+        if self.proc.poll() is not None:
+            raise StackError(f"{self.name} exited with {self.proc.returncode}:\n{tail(self.log_file)}")
+        try:
+            self.peak_rss = max(self.peak_rss, psutil.Process(self.proc.pid).memory_info().rss)
+        except psutil.NoSuchProcess:
+            pass
+
+    def stop(self, timeout_s: float = 60.0) -> int:
+        """SIGTERM (the stages flush, commit and exit), SIGKILL if that takes longer than ``timeout_s``."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                log.warning("%s did not stop in %.0fs; killing it", self.name, timeout_s)
+                self.proc.kill()
+                self.proc.wait(10)
+        return int(self.proc.returncode)
+
+
+def group_lag(bootstrap_servers: str, group: str, topics: list[str], timeout_s: float = 10.0) -> int:
+    """Messages the group still has to read on ``topics``: high watermark minus committed offset."""
+    consumer = Consumer({"bootstrap.servers": bootstrap_servers, "group.id": group, "enable.auto.commit": False})
+    try:
+        md = consumer.list_topics(timeout=timeout_s)
+        tps = [TopicPartition(t, p) for t in topics if t in md.topics for p in md.topics[t].partitions]
+        committed = {(tp.topic, tp.partition): tp.offset for tp in consumer.committed(tps, timeout=timeout_s)}
+        lag = 0
+        for tp in tps:
+            low, high = consumer.get_watermark_offsets(tp, timeout=timeout_s)
+            done = committed.get((tp.topic, tp.partition), -1)
+            lag += high - (done if done >= 0 else low)
+        return lag
+    finally:
+        consumer.close()
+
+
+def wait_drained(
+    bootstrap_servers: str, group: str, topics: list[str], services: list[Service], timeout_s: float
+) -> float:
+    """Poll until ``group`` has committed everything on ``topics``; returns when (monotonic) it did."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        for s in services:
+            s.sample()
+        if group_lag(bootstrap_servers, group, topics) == 0:
+            return time.monotonic()
+        if time.monotonic() > deadline:
+            raise StackError(f"consumer group {group} still had lag after {timeout_s:.0f}s")
+        time.sleep(0.5)
