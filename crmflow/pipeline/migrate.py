@@ -149,7 +149,8 @@ def run_migration(
     _count_written(summary, target_dsn, run_id)
     _count_rejected(summary, ep, registry, cfg.kafka.dlq_topic, run_id)
     summary.peak_rss_bytes = {s.name: s.peak_rss for s in services}
-    summary.peak_rss_bytes["migrate (snapshot + final sink)"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    own_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+    summary.peak_rss_bytes["migrate (snapshot + final sink)"] = own_peak
     return summary
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -37,10 +38,8 @@ class Service:
         """Record the process's memory; raise if it died (its log's tail says why)."""
         if self.proc.poll() is not None:
             raise StackError(f"{self.name} exited with {self.proc.returncode}:\n{tail(self.log_file)}")
-        try:
+        with contextlib.suppress(psutil.NoSuchProcess):
             self.peak_rss = max(self.peak_rss, psutil.Process(self.proc.pid).memory_info().rss)
-        except psutil.NoSuchProcess:
-            pass
 
     def stop(self, timeout_s: float = 60.0) -> int:
         """SIGTERM (the stages flush, commit and exit), SIGKILL if that takes longer than ``timeout_s``."""

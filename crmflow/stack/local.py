@@ -234,7 +234,8 @@ class _Postgres:
                    "-E", "UTF8", "--no-locale"])
         pwfile.unlink()
         with (self.data / "postgresql.conf").open("a") as conf:
-            conf.write("\n# crmflow local stack: settings rewritten at every start\ninclude_if_exists = 'crmflow.conf'\n")
+            conf.write("\n# crmflow local stack: settings rewritten at every start\n")
+            conf.write("include_if_exists = 'crmflow.conf'\n")
 
     def write_settings(self) -> None:
         """(Re)write the stack's settings, so a changed port or setting applies on the next start."""
