@@ -7,7 +7,7 @@ import logging
 import typer
 
 from crmflow import __version__
-from crmflow.cli import config_cmd, demo_data, migrate, process, schemas, sink, snapshot, stack
+from crmflow.cli import config_cmd, demo_data, dlq, migrate, process, schemas, sink, snapshot, stack
 from crmflow.logs import configure_logging
 
 app = typer.Typer(
@@ -19,6 +19,7 @@ app = typer.Typer(
 app.add_typer(stack.app, name="stack")
 app.add_typer(schemas.app, name="schemas")
 app.add_typer(config_cmd.app, name="config")
+app.add_typer(dlq.app, name="dlq")
 app.command("demo-data")(demo_data.demo_data)
 app.command("snapshot")(snapshot.snapshot)
 app.command("process")(process.process)
