@@ -1,0 +1,112 @@
+"""``crmflow demo-data``: write the demo legacy CRM (CSV files + ground truth), optionally load it."""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from crmflow.demo_data import Summary, generate, parse_rate_overrides, rate_names
+from crmflow.demo_data.exceptions import InvalidRateError, LegacyLoadError, UnknownRateError
+from crmflow.demo_data.layout import SNAPSHOT_RULES, SOURCE_FILES
+from crmflow.demo_data.legacy_db import LEGACY_SCHEMA, load_legacy_db
+
+_RATE_HELP = (
+    f"Override a quality-problem rate, name=value with value in [0, 1]; repeatable. Names: {', '.join(rate_names())}."
+)
+
+
+@contextmanager
+def _progress(console: Console, description: str, total: int | None) -> Iterator[Callable[[int], None]]:
+    """A rich progress bar when stdout is a terminal, else a callback that does nothing."""
+    if not sys.stdout.isatty():
+        yield lambda _done: None
+        return
+    # auto_refresh off: no refresh thread, so worker processes are forked from a single-threaded parent.
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console, auto_refresh=False, transient=True) as progress:
+        task = progress.add_task(description, total=total)
+
+        def update(done: int) -> None:
+            progress.update(task, completed=done)
+            progress.refresh()
+
+        yield update
+
+
+def _summary_table(summary: Summary, out: Path, seconds: float, customers: int) -> Table:
+    table = Table(title=f"demo data in {out} (seed {summary.seed})")
+    for column in ("file", "lines", "ok", "rejected"):
+        table.add_column(column, justify="left" if column in ("file", "rejected") else "right")
+    for name, f in summary.files.items():
+        rejected = ", ".join(f"{rule} {n}" for rule, n in f.rejected.items()) or "-"
+        table.add_row(name, str(f.lines), str(f.ok), rejected)
+    table.caption = (
+        f"{summary.persons} persons, {summary.clusters_with_duplicates} with duplicates "
+        f"({summary.duplicate_records} duplicate records); {summary.deleted_customers} deleted customers "
+        f"left orphans; rejects by rule: {summary.rejected_by_rule}; "
+        f"{seconds:.1f}s, {customers / seconds if seconds else 0:,.0f} customers/s"
+    )
+    return table
+
+
+def demo_data(
+    out: Annotated[Path, typer.Option("--out", help="Directory for the CSV files and truth.jsonl.")] = Path(
+        "demo-data"
+    ),
+    customers: Annotated[int, typer.Option("--customers", min=0, help="Number of customer records to write.")] = 10_000,
+    seed: Annotated[int, typer.Option("--seed", help="Random seed: the same seed and rates give the same bytes.")] = 42,
+    rate: Annotated[list[str] | None, typer.Option("--rate", help=_RATE_HELP)] = None,
+    legacy_dsn: Annotated[
+        str | None,
+        typer.Option("--legacy-dsn", help=f"Also load the files into PostgreSQL at this DSN (schema {LEGACY_SCHEMA})."),
+    ] = None,
+    workers: Annotated[int, typer.Option("--workers", min=0, help="Worker processes; 0 means one per CPU.")] = 0,
+    json_summary: Annotated[bool, typer.Option("--json", help="Print the summary as JSON instead of a table.")] = False,
+) -> None:
+    """Generate the demo legacy CRM: customers, contacts, sales, tickets, with quality problems.
+
+    Writes the four legacy CSV files and truth.jsonl (see docs/data-contract.md) into --out.
+    """
+    try:
+        rates = parse_rate_overrides(rate or [])
+    except (UnknownRateError, InvalidRateError) as err:
+        raise typer.BadParameter(str(err), param_hint="--rate") from None
+    console = Console()
+    started = time.perf_counter()
+    with _progress(console, "customers", customers) as on_progress:
+        summary = generate(out, customers, seed, rates, workers=workers or None, on_progress=on_progress)
+    seconds = time.perf_counter() - started
+    if json_summary:
+        typer.echo(summary.model_dump_json(indent=2))
+    else:
+        console.print(_summary_table(summary, out, seconds, customers))
+    if legacy_dsn is None:
+        return
+    total = sum(f.lines - sum(f.rejected.get(rule, 0) for rule in SNAPSHOT_RULES) for f in summary.files.values())
+    done: dict[str, int] = {}
+    try:
+        with _progress(console, f"loading {LEGACY_SCHEMA}", total) as bar:
+
+            def on_table(table: str, rows: int) -> None:
+                done[table] = rows
+                bar(sum(done.values()))
+
+            loaded = load_legacy_db(legacy_dsn, out, on_progress=on_table)
+    except LegacyLoadError as err:
+        console.print(f"[red]error:[/red] {err}")
+        raise typer.Exit(1) from None
+    rows = ", ".join(f"{s.table} {loaded[s.table]}" for s in SOURCE_FILES)
+    message = f"loaded {LEGACY_SCHEMA}: {rows}"
+    if json_summary:
+        typer.echo(message, err=True)
+    else:
+        console.print(message)
