@@ -7,7 +7,7 @@ import logging
 import typer
 
 from crmflow import __version__
-from crmflow.cli import config_cmd, demo_data, dlq, migrate, process, schemas, sink, snapshot, stack
+from crmflow.cli import bench, config_cmd, demo_data, dlq, migrate, process, schemas, sink, snapshot, stack
 from crmflow.logs import configure_logging
 
 app = typer.Typer(
@@ -25,6 +25,7 @@ app.command("snapshot")(snapshot.snapshot)
 app.command("process")(process.process)
 app.command("sink")(sink.sink)
 app.command("migrate")(migrate.migrate)
+app.command("bench")(bench.bench)
 
 
 def _version(value: bool) -> None:

@@ -1,0 +1,44 @@
+"""`crmflow bench` — the whole pipeline on generated data, measured. Speed is measured here, never in tests."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from crmflow.exceptions import CrmflowError
+
+err_console = Console(stderr=True)
+
+
+def bench(
+    customers: Annotated[int, typer.Option(min=1, help="Customers to generate (children come with them).")] = 100_000,
+    seed: Annotated[int, typer.Option(help="Generator seed.")] = 1,
+    workers: Annotated[int, typer.Option(min=1, max=8, help="Processor worker processes.")] = 1,
+    partitions: Annotated[int, typer.Option(min=1, help="Partitions per topic.")] = 4,
+    keep: Annotated[bool, typer.Option(help="Keep the generated data and the target database.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the figures as one JSON object on stdout.")] = False,
+) -> None:
+    """Generate N customers, migrate them end to end on the real stack, and report records/s and memory."""
+    from crmflow.pipeline.bench import run_bench
+    from crmflow.stack import get_stack
+
+    try:
+        result = run_bench(get_stack().endpoints(), customers, seed=seed, workers=workers, partitions=partitions,
+                           keep=keep)
+    except CrmflowError as exc:
+        err_console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    figures = result.to_json()
+    if as_json:
+        print(json.dumps(figures))
+        return
+    err_console.print(f"{figures['records']:,} records ({customers:,} customers) in {figures['elapsed_s']}s: "
+                      f"[bold]{figures['records_per_second']:,.0f} records/s[/bold] end to end, "
+                      f"reconciled: {figures['reconciled']}")
+    for stage, f in figures["stages"].items():
+        err_console.print(f"  {stage:9} done after {f['done_after_s']:7.2f}s  {f['records_per_second']:>10,.0f} rec/s")
+    for proc, rss in figures["peak_rss_bytes"].items():
+        err_console.print(f"  peak RSS {proc}: {rss / 2**20:,.0f} MiB")
