@@ -49,6 +49,7 @@ from pydantic import (
 
 from crmflow import topics
 from crmflow.exceptions import ConfigError
+from crmflow.pii import PiiConfig
 from processors.entities import EntityName
 from processors.mapping import Finding, mapping_problems
 from processors.transforms.base import ReferenceData, clean_text
@@ -239,7 +240,7 @@ class MigrationConfig(_Model):
     reference: ReferenceConfig = Field(default_factory=ReferenceConfig)
     entities: dict[EntityName, EntityMapping] = Field(min_length=1)
     target: TargetConfig | None = None
-    pii: dict[str, Any] | None = Field(default=None, description="placeholder for the masking stage")
+    pii: PiiConfig | None = Field(default=None, description="PII masking: profile, key, per-field policies")
 
     _file: Path | None = PrivateAttr(default=None)
     _lines: dict[KeyPath, int] = PrivateAttr(default_factory=dict)

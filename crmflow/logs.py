@@ -7,6 +7,8 @@ import logging
 import sys
 from typing import Any
 
+from crmflow.pii import PiiRedactingFilter
+
 # Structured fields a log call may pass through ``extra=``; they are rendered, never anything else.
 STRUCTURED_FIELDS = ("stage", "entity", "topic", "partition", "offset", "run_id", "part")
 
@@ -22,8 +24,10 @@ class _JsonFormatter(logging.Formatter):
         for key in STRUCTURED_FIELDS:
             if hasattr(record, key):
                 out[key] = getattr(record, key)
-        if record.exc_info:
-            out["exc"] = self.formatException(record.exc_info)
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.formatException(record.exc_info)
+        if record.exc_text:
+            out["exc"] = record.exc_text
         return json.dumps(out, default=str)
 
 
@@ -41,6 +45,8 @@ def configure_logging(level: int = logging.INFO, *, json_lines: bool = False) ->
         handler.setFormatter(_JsonFormatter())
     else:
         handler.setFormatter(_KeyValueFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    # Defence in depth: our own messages carry no PII, but third-party libraries' might.
+    handler.addFilter(PiiRedactingFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

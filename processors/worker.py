@@ -27,6 +27,7 @@ from crmflow.stack import Endpoints
 from crmflow.topics import dlq_topic, mapped_topic, raw_topic
 from processors.batch import MapFn, map_batch
 from processors.mapping import build_mappers
+from processors.masking import Masker
 
 log = logging.getLogger(__name__)
 STAGE = "process"
@@ -59,6 +60,9 @@ def build_app(
     registry = SchemaRegistryClient({"url": endpoints.registry_url})
     decoder = AvroDecoder(registry, load_schema("legacy/legacy_record"))
     mappers: Mapping[str, MapFn] = build_mappers(cfg)
+    # Masking runs last, on clean values (dedupe and validation need the real ones). In production it is
+    # inactive: the target gets real values and nothing else carries them.
+    masker = Masker.from_config(cfg)
     source_entities = {name: src.entity for name, src in cfg.sources.items()}
     codecs = {
         entity: AvroCodec(registry, topic_subject(mapped_topic(prefix, entity)), load_schema(f"target/{entity}"))
@@ -93,7 +97,10 @@ def build_app(
             outcome = map_batch(decoded, mappers, source_entities)
             for entity, rows in outcome.mapped.items():
                 topic = mapped_topic(prefix, entity)
-                values = codecs[entity].encode_many([row for _, _, row in rows])
+                records = [row for _, _, row in rows]
+                if masker.active:
+                    records = [masker.mask(entity, r) for r in records]
+                values = codecs[entity].encode_many(records)
                 for (_, key, _), value in zip(rows, values, strict=True):
                     pending.append(await app.producer.send(topic, key, value, None, None, None))
                 RECORDS.labels(stage=STAGE, entity=entity, outcome="out").inc(len(rows))
