@@ -1,0 +1,143 @@
+"""Masking, proven on the outputs: run the pipeline on generated data and search everything downstream of
+the masking stage for the input's personal data — the mapped topics, the dead-letter topic, the target
+database, every log line and the processor's metrics page."""
+
+from __future__ import annotations
+
+import csv
+import os
+import socket
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psycopg
+import pytest
+from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka.schema_registry import SchemaRegistryClient
+from cryptography.fernet import Fernet
+
+from crmflow.config import load_config
+from crmflow.pipeline.migrate import prepare
+from crmflow.pipeline.services import Service, wait_drained
+from crmflow.stack import Endpoints
+from producers.snapshot import run_snapshot
+from sinks.params import SinkParams
+from sinks.runner import run_sink
+from tests.e2e.conftest import Dataset, Run
+
+pytestmark = pytest.mark.e2e
+
+
+def _pii(dataset: Dataset) -> set[bytes]:
+    """Distinctive personal values of the input, raw and clean: emails, phones, full names, streets."""
+    values: set[str] = set()
+    for t in dataset.truth:
+        if t["entity"] in ("account", "contact") and t["outcome"] == "ok":
+            c = t["clean"]
+            values.update(v for v in (c.get("email"), c.get("phone"), c.get("full_name"), c.get("street")) if v)
+    with (dataset.dir / "customers.csv").open(encoding="utf-8", errors="replace", newline="") as fh:
+        for row in csv.DictReader(fh):
+            values.update(v.strip() for v in (row.get("Contact_Email"), row.get("Street_Address")) if v and v.strip())
+    return {v.encode() for v in values if len(v) >= 8}
+
+
+def _hits(blobs: Iterable[bytes], pii: set[bytes]) -> list[bytes]:
+    return [p for blob in blobs for p in pii if p in blob][:10]
+
+
+def _topic_values(ep: Endpoints, topic: str) -> list[bytes]:
+    c = Consumer({"bootstrap.servers": ep.bootstrap_servers, "group.id": f"scan-{topic}", "enable.auto.commit": False})
+    md = c.list_topics(topic, timeout=10)
+    ends = {}
+    for p in md.topics[topic].partitions:
+        low, high = c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
+        if high > low:
+            ends[p] = (low, high)
+    c.assign([TopicPartition(topic, p, low) for p, (low, _) in ends.items()])
+    out: list[bytes] = []
+    remaining = {p: high for p, (_, high) in ends.items()}
+    deadline = time.monotonic() + 60
+    while remaining and time.monotonic() < deadline:
+        for m in c.consume(1000, timeout=1):
+            if m.error():
+                continue
+            out.append((m.key() or b"") + (m.value() or b""))
+            if m.offset() + 1 >= remaining.get(m.partition(), 0):
+                remaining.pop(m.partition(), None)
+    c.close()
+    assert not remaining, f"could not read {topic} to its end"
+    return out
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _staging(raw: dict[str, Any]) -> None:
+    raw["pii"]["profile"] = "staging"
+
+
+def test_staging_profile_leaves_no_pii_downstream_of_masking(
+    small_dataset: Dataset, run_factory: Callable[..., Run], endpoints: Endpoints,
+    registry_client: SchemaRegistryClient, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    run = run_factory(small_dataset, _staging)
+    run.env["CRMFLOW_PII_KEY"] = Fernet.generate_key().decode()
+    monkeypatch.setenv("CRMFLOW_PII_KEY", run.env["CRMFLOW_PII_KEY"])
+    cfg = load_config(run.config)
+    pii = _pii(small_dataset)
+    assert len(pii) > 1000
+
+    prepare(cfg, endpoints, registry_client, run.target_dsn)
+    run_snapshot(cfg, bootstrap_servers=endpoints.bootstrap_servers, registry_client=registry_client,
+                 state_dir=tmp_path / "state")
+    port = _free_port()
+    processor = Service("process", ["--verbose", "process", "-c", str(run.config), "--metrics-port", str(port)],
+                        tmp_path / "process.log", dict(run.env))
+    sink = Service("sink", ["--verbose", "sink", "-c", str(run.config)], tmp_path / "sink.log", dict(run.env))
+    try:
+        wait_drained(endpoints.bootstrap_servers, f"crmflow-process-{cfg.kafka.topic_prefix}",
+                     [cfg.kafka.raw_topic(s) for s in cfg.sources], [processor, sink], 300)
+        metrics_page = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).content
+    finally:
+        processor.stop()
+        sink.stop()
+    run_sink(SinkParams.from_config(cfg, bootstrap_servers=endpoints.bootstrap_servers,
+                                    registry_url=endpoints.registry_url, target_dsn=run.target_dsn), drain=True)
+
+    mapped = [v for e in cfg.entities for v in _topic_values(endpoints, cfg.kafka.mapped_topic(e))]
+    assert len(mapped) > 5000
+    assert _hits(mapped, pii) == []
+    assert _hits(_topic_values(endpoints, cfg.kafka.dlq_topic), pii) == []
+    logs = [p.read_bytes() for p in tmp_path.glob("*.log")]
+    assert sum(map(len, logs)) > 0
+    assert _hits(logs, pii) == []
+    assert b"crmflow_records_total" in metrics_page
+    assert _hits([metrics_page], pii) == []
+    with psycopg.connect(run.target_dsn) as conn:
+        rows = conn.execute("select row_to_json(a)::text from crm.accounts a union all "
+                            "select row_to_json(c)::text from crm.contacts c").fetchall()
+    assert len(rows) > 3000
+    assert _hits([r[0].encode() for r in rows], pii) == []
+    os.environ.pop("CRMFLOW_PII_KEY", None)
+
+
+def test_production_profile_writes_real_values_to_the_target_only(
+    small_dataset: Dataset, run_factory: Callable[..., Run], endpoints: Endpoints,
+    registry_client: SchemaRegistryClient,
+) -> None:
+    """The control: in production the same search finds the PII in the target, but not in the DLQ."""
+    run = run_factory(small_dataset)
+    res = run.cli("migrate", "-c", str(run.config), "--json")
+    assert res.returncode == 0, res.stderr[-2000:]
+    pii = _pii(small_dataset)
+    with psycopg.connect(run.target_dsn) as conn:
+        rows = conn.execute("select row_to_json(a)::text from crm.accounts a").fetchall()
+    assert _hits([r[0].encode() for r in rows], pii) != []
+    assert _hits(_topic_values(endpoints, load_config(run.config).kafka.dlq_topic), pii) == []
+    assert _hits([res.stderr.encode()], pii) == []
