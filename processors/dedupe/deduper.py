@@ -1,0 +1,219 @@
+"""The deduper: one record at a time, in arrival order, against the state of the records seen before.
+
+Per record (:meth:`Deduper.process`):
+
+1. its features and block keys; the records sharing an open block are its candidates;
+2. each candidate is compared (:class:`~processors.dedupe.scoring.Scorer`); matches are grouped by the
+   candidate's cluster, the strongest match per cluster kept (deterministic before fuzzy, then score);
+3. the record joins the clusters it matched, strongest first. Joining a cluster is refused when the
+   union would hold two birth dates or exceed ``max_cluster_size``; when the record matches several
+   clusters they are merged (the record bridges them): the smallest golden id survives, every member
+   of the others is re-pointed, and each absorbed id is reported as ``(absorbed, survivor)``;
+4. a record that matched nothing founds a cluster whose golden id is its own external id. A golden id
+   therefore never changes while its cluster grows; it only disappears into a smaller one on a merge.
+
+A record whose id is already known is an update (CDC): its features and block memberships are
+replaced, its cluster's golden record is rebuilt from the members, and it may bridge to further
+clusters. Clusters are never split: a wrong merge needs an operator, which is why every merge and
+every vetoed near-merge is returned as evidence.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from processors.dedupe.blocking import BlockKeyer
+from processors.dedupe.config import DedupeConfig
+from processors.dedupe.exceptions import DedupeStateError, RecordWithoutId
+from processors.dedupe.features import ID_FIELDS, Features, extract
+from processors.dedupe.golden import Golden, Survivor, golden_record
+from processors.dedupe.scoring import Comparison, Scorer
+from processors.dedupe.state import DedupeState
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class DedupeResult:
+    """What processing one record decided.
+
+    ``merged_into``: the existing golden id the record joined, None when it founded a cluster (or, for
+    an update, matched no further cluster). ``evidence``: one plain dict per merge decision and per vetoed
+    or refused near-merge (rule, score, matched record id, its golden id, decision). ``cluster_merges``:
+    ``(absorbed golden id, surviving golden id)`` pairs the sink must re-point children for.
+    ``closed_blocks``: how many of the record's block keys were closed (oversized).
+    """
+
+    record_id: str
+    golden_id: str
+    golden_record: dict[str, Any]
+    merged_into: str | None
+    evidence: list[dict[str, Any]] = field(default_factory=list)
+    cluster_merges: list[tuple[str, str]] = field(default_factory=list)
+    closed_blocks: int = 0
+    updated: bool = False
+
+
+def _strength(c: Comparison) -> tuple[int, float]:
+    return (0 if c.rule == "fuzzy" else 1, c.score)
+
+
+def _strongest_first(item: tuple[str, tuple[Comparison, str]]) -> tuple[int, float, str]:
+    """Sort key of matched clusters: deterministic before fuzzy, higher score first, then golden id."""
+    deterministic, score = _strength(item[1][0])
+    return (-deterministic, -score, item[0])
+
+
+class Deduper:
+    """Incremental entity resolution of one entity over a :class:`DedupeState`; not thread-safe."""
+
+    def __init__(self, config: DedupeConfig | None = None, state: DedupeState | None = None) -> None:
+        self.config = config or DedupeConfig()
+        self.state = state if state is not None else DedupeState()
+        self.id_field = ID_FIELDS[self.config.entity]
+        self.keyer = BlockKeyer(self.config)
+        self.scorer = Scorer(self.config)
+        self.survivor = Survivor(self.config)
+
+    def process(self, record: Mapping[str, Any], *, parent_golden_id: str | None = None) -> DedupeResult:
+        """Resolve one clean record (an ``account`` or ``contact`` dict as the mapper produces it).
+
+        For contacts, ``parent_golden_id`` (the parent account's golden id, when known) replaces
+        ``customer_id`` as the parent feature, so contacts of merged accounts meet.
+        """
+        rid = record.get(self.id_field)
+        if not rid:
+            raise RecordWithoutId(self.config.entity, self.id_field, record.get("source_position"))
+        rid = str(rid)
+        feats = extract(record, self.config.entity)
+        if parent_golden_id is not None:
+            feats["pa"] = parent_golden_id
+        st = self.state
+        old = st.records.get(rid)
+        candidates, closed = self._block(rid, feats, old)
+        st.records[rid] = feats
+        own_gid = st.clusters.get(rid)
+        evidence: list[dict[str, Any]] = []
+        matches = self._match(rid, feats, candidates, own_gid, evidence)
+
+        if own_gid is None:
+            golden = self.survivor.single(rid, feats)
+        else:
+            evidence.append({"rule": "external_id", "score": None, "matched_id": rid, "golden_id": own_gid,
+                             "decision": "updated"})  # fmt: skip
+            golden = self.survivor.rebuild((m, self._features(m)) for m in self._golden(own_gid)["members"])
+        joined: list[str] = []
+        for gid, (comparison, cand) in sorted(matches.items(), key=_strongest_first):
+            other = self._golden(gid)
+            ev = comparison.evidence(cand, gid)
+            refusal = self._refusal(golden, other)
+            if refusal is None:
+                golden = self.survivor.merge(golden, other)
+                joined.append(gid)
+            ev["decision"] = "merged" if refusal is None else "refused"
+            ev["veto"] = ev["veto"] or refusal
+            evidence.append(ev)
+
+        involved = sorted({*joined, *([own_gid] if own_gid else [])})
+        survivor = involved[0] if involved else rid
+        merges = [(gid, survivor) for gid in involved[1:]]
+        for gid, _ in merges:
+            for member in st.goldens[gid]["members"]:
+                st.clusters[member] = survivor
+            del st.goldens[gid]
+        st.clusters[rid] = survivor
+        st.goldens[survivor] = golden
+        if merges:
+            log.debug("clusters merged", extra={"stage": "dedupe", "entity": self.config.entity,
+                                                "merges": len(merges)})  # fmt: skip
+        return DedupeResult(
+            record_id=rid,
+            golden_id=survivor,
+            golden_record=golden_record(survivor, golden),
+            merged_into=survivor if joined else None,
+            evidence=evidence,
+            cluster_merges=merges,
+            closed_blocks=closed,
+            updated=old is not None,
+        )
+
+    def golden(self, golden_id: str) -> dict[str, Any] | None:
+        """The current golden record of ``golden_id`` (None if there is no such cluster)."""
+        value = self.state.goldens.get(golden_id)
+        return None if value is None else golden_record(golden_id, value)
+
+    # ------------------------------------------------------------------------------------------ steps
+
+    def _block(self, rid: str, feats: Features, old: Features | None) -> tuple[set[str], int]:
+        """Candidates from the record's open blocks; joins the open blocks, leaves blocks of old keys."""
+        st, cap = self.state, self.config.max_block_size
+        keys = self.keyer.keys(feats)
+        candidates: set[str] = set()
+        closed = 0
+        for key in keys:
+            ids = st.blocks.get(key)
+            if ids is None:
+                st.blocks[key] = [rid]
+            elif len(ids) >= cap:
+                closed += 1
+            else:
+                candidates.update(ids)
+                if rid not in ids:
+                    st.blocks[key] = [*ids, rid]
+        if old is not None:
+            for key in set(self.keyer.keys(old)).difference(keys):
+                ids = st.blocks.get(key)
+                if ids is not None and rid in ids:
+                    rest = [i for i in ids if i != rid]
+                    if rest:
+                        st.blocks[key] = rest
+                    else:
+                        del st.blocks[key]
+        candidates.discard(rid)
+        return candidates, closed
+
+    def _match(
+        self, rid: str, feats: Features, candidates: set[str], own_gid: str | None, evidence: list[dict[str, Any]]
+    ) -> dict[str, tuple[Comparison, str]]:
+        """The strongest match per candidate cluster (other than the record's own); vetoes go to evidence."""
+        st = self.state
+        best: dict[str, tuple[Comparison, str]] = {}
+        for cand in sorted(candidates):
+            comparison = self.scorer.compare(feats, self._features(cand))
+            if not comparison.matched and comparison.veto is None:
+                continue
+            gid = st.clusters.get(cand)
+            if gid is None:
+                raise DedupeStateError(f"record {cand} has features but no cluster")
+            if comparison.veto is not None:
+                evidence.append({**comparison.evidence(cand, gid), "decision": "vetoed"})
+                continue
+            if gid == own_gid:
+                continue
+            held = best.get(gid)
+            if held is None or _strength(comparison) > _strength(held[0]):
+                best[gid] = (comparison, cand)
+        return best
+
+    def _refusal(self, a: Golden, b: Golden) -> str | None:
+        """Why clusters ``a`` and ``b`` must not be merged (None when they may be)."""
+        if len({*a["births"], *b["births"]}) > 1:
+            return "birth_date"
+        if len({*a["members"], *b["members"]}) > self.config.max_cluster_size:
+            return "cluster_size"
+        return None
+
+    def _features(self, rid: str) -> Features:
+        feats = self.state.records.get(rid)
+        if feats is None:
+            raise DedupeStateError(f"record {rid} is in a block or cluster but has no features")
+        return feats
+
+    def _golden(self, gid: str) -> Golden:
+        golden = self.state.goldens.get(gid)
+        if golden is None:
+            raise DedupeStateError(f"cluster {gid} has members but no golden value")
+        return golden
