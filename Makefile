@@ -52,7 +52,7 @@ stack-down:
 
 demo: stack
 	$(BIN)/crmflow demo-data --out $(DEMO_DIR) --customers $(DEMO_CUSTOMERS) --seed 7
-	CRMFLOW_DEMO_DATA=$(DEMO_DIR) $(BIN)/crmflow migrate -c deploy/demo/crmflow.yaml
+	CRMFLOW_DEMO_DATA=$(DEMO_DIR) $(BIN)/crmflow migrate -c deploy/demo/crmflow.yaml --workers 2
 
 test: setup
 	$(BIN)/pytest $(PYTEST_ARGS)
@@ -71,7 +71,7 @@ lint: venv
 	$(BIN)/mypy
 
 bench: stack
-	$(BIN)/crmflow bench --customers 100000
+	$(BIN)/crmflow bench --customers 100000 --workers 2
 
 clean: stack-down
 	rm -rf $(VENV) .crmflow .pytest_cache .mypy_cache .ruff_cache
