@@ -5,13 +5,17 @@ from __future__ import annotations
 import json
 from collections import Counter
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from crmflow.exceptions import CrmflowError
+
+if TYPE_CHECKING:
+    from crmflow.dlq import DeadLetter
+    from crmflow.stack import Endpoints
 
 app = typer.Typer(no_args_is_help=True, help="Inspect and replay the dead-letter topic.")
 err_console = Console(stderr=True)
@@ -22,7 +26,9 @@ StageOpt = Annotated[str | None, typer.Option("--stage", help="Only letters of t
 RuleOpt = Annotated[str | None, typer.Option("--rule", help="Only letters of this rule.")]
 
 
-def _letters(config: Path, run_id: str | None, stage: str | None, rule: str | None):  # type: ignore[no-untyped-def]
+def _letters(
+    config: Path, run_id: str | None, stage: str | None, rule: str | None
+) -> tuple[Endpoints, list[DeadLetter]]:
     from confluent_kafka.schema_registry import SchemaRegistryClient
 
     from crmflow.config import load_config
