@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import psutil
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from crmflow.exceptions import StackError
 from crmflow.stack.process import tail
@@ -54,21 +54,45 @@ class Service:
         return int(self.proc.returncode)
 
 
-def group_lag(bootstrap_servers: str, group: str, topics: list[str], timeout_s: float = 10.0) -> int:
-    """Messages the group still has to read on ``topics``: high watermark minus committed offset."""
+def group_lag(bootstrap_servers: str, group: str, topics: list[str], timeout_s: float = 30.0) -> int:
+    """Messages the group still has to read on ``topics``: high watermark minus committed offset.
+
+    Retriable broker answers (the group coordinator moving or still loading, as right after a broker
+    starts) are retried until ``timeout_s``."""
     consumer = Consumer({"bootstrap.servers": bootstrap_servers, "group.id": group, "enable.auto.commit": False})
+    deadline = time.monotonic() + timeout_s
     try:
-        md = consumer.list_topics(timeout=timeout_s)
-        tps = [TopicPartition(t, p) for t in topics if t in md.topics for p in md.topics[t].partitions]
-        committed = {(tp.topic, tp.partition): tp.offset for tp in consumer.committed(tps, timeout=timeout_s)}
-        lag = 0
-        for tp in tps:
-            low, high = consumer.get_watermark_offsets(tp, timeout=timeout_s)
-            done = committed.get((tp.topic, tp.partition), -1)
-            lag += high - (done if done >= 0 else low)
-        return lag
+        while True:
+            try:
+                return _lag(consumer, topics, timeout_s=10.0)
+            except KafkaException as exc:
+                err = exc.args[0] if exc.args else None
+                retriable = isinstance(err, KafkaError) and (err.retriable() or err.code() in _COORDINATOR_ERRORS)
+                if not retriable or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
     finally:
         consumer.close()
+
+
+_COORDINATOR_ERRORS = {
+    KafkaError.NOT_COORDINATOR,
+    KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+    KafkaError.COORDINATOR_NOT_AVAILABLE,
+    KafkaError._TIMED_OUT,
+}
+
+
+def _lag(consumer: Consumer, topics: list[str], timeout_s: float) -> int:
+    md = consumer.list_topics(timeout=timeout_s)
+    tps = [TopicPartition(t, p) for t in topics if t in md.topics for p in md.topics[t].partitions]
+    committed = {(tp.topic, tp.partition): tp.offset for tp in consumer.committed(tps, timeout=timeout_s)}
+    lag = 0
+    for tp in tps:
+        low, high = consumer.get_watermark_offsets(tp, timeout=timeout_s)
+        done = committed.get((tp.topic, tp.partition), -1)
+        lag += high - (done if done >= 0 else low)
+    return lag
 
 
 def wait_drained(
