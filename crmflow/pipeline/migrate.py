@@ -133,9 +133,7 @@ def run_migration(
         for s in services:
             s.sample()
             s.stop()
-        params = SinkParams.from_config(cfg, bootstrap_servers=ep.bootstrap_servers, registry_url=ep.registry_url,
-                                        target_dsn=target_dsn)
-        run_sink(params, drain=True)
+        drain_sink(cfg, ep, target_dsn)
         done["sink"] = time.monotonic() - started
     finally:
         for s in services:
@@ -152,6 +150,12 @@ def run_migration(
     own_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
     summary.peak_rss_bytes["migrate (snapshot + final sink)"] = own_peak
     return summary
+
+
+def drain_sink(cfg: MigrationConfig, ep: Endpoints, target_dsn: str) -> None:
+    """The final sink pass: write what the mapped topics still hold, resolve or dead-letter parked children."""
+    run_sink(SinkParams.from_config(cfg, bootstrap_servers=ep.bootstrap_servers, registry_url=ep.registry_url,
+                                    target_dsn=target_dsn), drain=True)
 
 
 def _service_env(cfg: MigrationConfig, target_dsn: str) -> dict[str, str]:

@@ -16,12 +16,10 @@ import pytest
 from confluent_kafka.schema_registry import SchemaRegistryClient
 
 from crmflow.config import load_config
-from crmflow.pipeline.migrate import prepare
+from crmflow.pipeline.migrate import drain_sink, prepare
 from crmflow.pipeline.services import Service, group_lag, wait_drained
 from crmflow.stack import Endpoints
 from producers.snapshot import run_snapshot
-from sinks.params import SinkParams
-from sinks.runner import run_sink
 from tests.e2e.conftest import Dataset, Run, assert_target_matches_truth
 
 pytestmark = pytest.mark.e2e
@@ -92,8 +90,7 @@ def test_sigkill_mid_run_loses_and_doubles_nothing(
     finally:
         for s in services:
             s.stop()
-    run_sink(SinkParams.from_config(cfg, bootstrap_servers=endpoints.bootstrap_servers,
-                                    registry_url=endpoints.registry_url, target_dsn=run.target_dsn), drain=True)
+    drain_sink(cfg, endpoints, run.target_dsn)
 
     counts = assert_target_matches_truth(run.target_dsn, medium_dataset)
     with psycopg.connect(run.target_dsn) as conn:

@@ -20,12 +20,10 @@ from confluent_kafka.schema_registry import SchemaRegistryClient
 from cryptography.fernet import Fernet
 
 from crmflow.config import load_config
-from crmflow.pipeline.migrate import prepare
+from crmflow.pipeline.migrate import drain_sink, prepare
 from crmflow.pipeline.services import Service, wait_drained
 from crmflow.stack import Endpoints
 from producers.snapshot import run_snapshot
-from sinks.params import SinkParams
-from sinks.runner import run_sink
 from tests.e2e.conftest import Dataset, Run
 
 pytestmark = pytest.mark.e2e
@@ -107,8 +105,7 @@ def test_staging_profile_leaves_no_pii_downstream_of_masking(
     finally:
         processor.stop()
         sink.stop()
-    run_sink(SinkParams.from_config(cfg, bootstrap_servers=endpoints.bootstrap_servers,
-                                    registry_url=endpoints.registry_url, target_dsn=run.target_dsn), drain=True)
+    drain_sink(cfg, endpoints, run.target_dsn)
 
     mapped = [v for e in cfg.entities for v in _topic_values(endpoints, cfg.kafka.mapped_topic(e))]
     assert len(mapped) > 5000

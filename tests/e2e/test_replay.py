@@ -16,10 +16,9 @@ from confluent_kafka.schema_registry import SchemaRegistryClient
 
 from crmflow.config import load_config
 from crmflow.dlq import read_dead_letters
+from crmflow.pipeline.migrate import drain_sink
 from crmflow.pipeline.services import Service, wait_drained
 from crmflow.stack import Endpoints
-from sinks.params import SinkParams
-from sinks.runner import run_sink
 from tests.e2e.conftest import Dataset, Run, assert_target_matches_truth
 
 pytestmark = pytest.mark.e2e
@@ -82,8 +81,7 @@ def test_rejects_reconcile_and_replay_after_a_fix_lands_them(
                      [cfg.kafka.raw_topic(s) for s in cfg.sources], [processor], 300)
     finally:
         processor.stop()
-    run_sink(SinkParams.from_config(cfg, bootstrap_servers=endpoints.bootstrap_servers,
-                                    registry_url=endpoints.registry_url, target_dsn=broken.target_dsn), drain=True)
+    drain_sink(cfg, endpoints, broken.target_dsn)
 
     # Now the target is exactly the truth: the replayed cases landed once, the rest is unchanged.
     assert_target_matches_truth(broken.target_dsn, dataset)
