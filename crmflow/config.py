@@ -50,6 +50,7 @@ from pydantic import (
 from crmflow import topics
 from crmflow.exceptions import ConfigError
 from crmflow.pii import PiiConfig
+from processors.dedupe.config import DedupeConfig
 from processors.entities import EntityName
 from processors.mapping import Finding, mapping_problems
 from processors.transforms.base import ReferenceData, clean_text
@@ -145,6 +146,9 @@ class KafkaConfig(_Model):
     def mapped_topic(self, entity: str) -> str:
         return topics.mapped_topic(self.topic_prefix, entity)
 
+    def dedupe_topic(self, entity: str) -> str:
+        return topics.dedupe_topic(self.topic_prefix, entity)
+
     @property
     def dlq_topic(self) -> str:
         return topics.dlq_topic(self.topic_prefix)
@@ -232,6 +236,46 @@ class TargetConfig(_Model):
         return _secret_from_env(self.dsn_env)
 
 
+class DedupeSettings(DedupeConfig):
+    """The ``dedupe`` section: the matcher's settings (:class:`~processors.dedupe.config.DedupeConfig`) plus
+    whether the stage runs and where the block-key pepper comes from. ::
+
+        dedupe:
+          enabled: true
+          source_priority: [crm_eu, customers]    # record `source` values, most trusted first
+          match_threshold: 7.0
+          weights: {birth_date: 5}
+          block_key_env: CRMFLOW_BLOCK_KEY        # optional pepper for the hashed block keys
+
+    It resolves the entity the config maps to ``account`` (from any source); the processor keeps one
+    golden record per cluster and the target one account per golden record.
+    """
+
+    enabled: bool = Field(default=True, description="run the deduplication stage")
+    block_key_env: EnvVarName | None = Field(
+        default=None, description="env var holding the block-key pepper (never the pepper itself in the file)"
+    )
+
+    @model_validator(mode="after")
+    def _no_secret_in_file(self) -> DedupeSettings:
+        if self.block_key_secret is not None:
+            raise ValueError("block_key_secret does not belong in the config file: name an env var in block_key_env")
+        if self.entity != "account":
+            raise ValueError("the stream deduplicates accounts; contacts are deduplicated by the evaluate tool only")
+        return self
+
+    def matcher(self) -> DedupeConfig:
+        """The deduper's config, with the pepper read from ``block_key_env`` (when named)."""
+        data = self.model_dump(exclude={"enabled", "block_key_env", "block_key_secret"})
+        secret: SecretStr | None = None
+        if self.block_key_env:
+            value = os.environ.get(self.block_key_env)
+            if not value:
+                raise ConfigError(f"environment variable {self.block_key_env} (dedupe.block_key_env) is not set")
+            secret = SecretStr(value)
+        return DedupeConfig(**data, block_key_secret=secret)
+
+
 class MigrationConfig(_Model):
     version: Literal[1] = 1
     run: RunConfig
@@ -241,6 +285,7 @@ class MigrationConfig(_Model):
     entities: dict[EntityName, EntityMapping] = Field(min_length=1)
     target: TargetConfig | None = None
     pii: PiiConfig | None = Field(default=None, description="PII masking: profile, key, per-field policies")
+    dedupe: DedupeSettings | None = Field(default=None, description="deduplication of accounts into golden records")
 
     _file: Path | None = PrivateAttr(default=None)
     _lines: dict[KeyPath, int] = PrivateAttr(default_factory=dict)
@@ -257,6 +302,11 @@ class MigrationConfig(_Model):
             if line is not None:
                 return line
         return None
+
+    @property
+    def dedupe_enabled(self) -> bool:
+        """Whether the processor deduplicates accounts (a ``dedupe`` section, enabled, and accounts mapped)."""
+        return self.dedupe is not None and self.dedupe.enabled and "account" in self.entities
 
     def reference_data(self) -> ReferenceData:
         rates = {code: Decimal(rate) for code, rate in self.reference.currency_rates.items()}

@@ -1,7 +1,8 @@
 """Every Prometheus metric crmflow exports, declared once.
 
 Naming: ``crmflow_<what>_<unit>``. Labels are low-cardinality only: stage (snapshot, process, sink),
-entity (account, contact, sale, case), outcome, reason (a rule name), topic, partition. Never ids or PII.
+entity (account, contact, sale, case), outcome, reason (a rule name), decision (a dedupe decision), topic,
+partition. Never ids or PII.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histo
 
 log = logging.getLogger(__name__)
 
-Stage = Literal["snapshot", "cdc", "process", "sink", "replay"]
+Stage = Literal["snapshot", "cdc", "process", "dedupe", "sink", "replay"]
 Outcome = Literal["in", "out", "rejected", "filtered", "merged", "parked"]
 
 RECORDS = Counter(
@@ -46,6 +47,13 @@ LAST_SUCCESS = Gauge(
     "crmflow_last_success_timestamp_seconds",
     "Unix time of the last batch a stage completed (offsets committed or records acknowledged).",
     ["stage"],
+)
+DEDUPE_DECISIONS = Counter(
+    "crmflow_dedupe_decisions_total",
+    "Deduplication decisions: founded (a new golden record), joined (matched an existing one), updated (a "
+    "record seen before), cluster_merge (two golden records became one), vetoed and refused (near-merges "
+    "not made), closed_block (a block key too common to compare under).",
+    ["entity", "decision"],
 )
 PARKED = Gauge(
     "crmflow_parked_records", "Child records waiting in the sink for their parent record.", ["entity"]

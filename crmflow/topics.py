@@ -13,6 +13,11 @@ def mapped_topic(prefix: str, entity: str) -> str:
     return f"{prefix}.mapped.{entity}"
 
 
+def dedupe_topic(prefix: str, entity: str) -> str:
+    """Clean records of one entity on their way into deduplication, keyed by shard key (internal)."""
+    return f"{prefix}.dedupe.{entity}"
+
+
 def dlq_topic(prefix: str) -> str:
     """Dead letters of every stage, with their reason; replayable."""
     return f"{prefix}.dlq"

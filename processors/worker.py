@@ -6,6 +6,15 @@ dead letters through faust's producer, waits until Kafka acknowledged every send
 events — so the offsets faust commits never run ahead of durable output (at-least-once; the sink's
 upsert by external id makes a replay harmless). A message that cannot be decoded or mapped is
 dead-lettered with its reason; the partition keeps moving.
+
+With ``dedupe`` on, clean accounts are not masked and sent on by this agent: they go to the internal
+topic ``<prefix>.dedupe.account`` keyed by :func:`~processors.dedupe.blocking.shard_key`, whose
+partitions a second agent resolves into golden records (:mod:`processors.dedupe`). Its state is one
+faust Table backed by a compacted changelog topic, co-partitioned with that topic: a restarted or
+rebalanced worker recovers the state of its partitions before it resumes, and because the changelog is
+flushed before offsets are committed, a replayed record meets a state that already has it (an update,
+which changes nothing). The golden-record updates go to the mapped account topic under the same shard
+key, so the sink sees the updates of one cluster in order.
 """
 
 from __future__ import annotations
@@ -13,24 +22,32 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import weakref
 from collections.abc import Awaitable, Mapping
 from typing import Any, cast
 
 import faust
+import faust.streams
 from confluent_kafka.schema_registry import SchemaRegistryClient
 
 from crmflow.config import MigrationConfig
 from crmflow.dlq import DeadLetterWriter
-from crmflow.metrics import BATCH_DURATION, BATCH_SIZE, CONSUMER_LAG, LAST_SUCCESS, RECORDS
+from crmflow.metrics import BATCH_DURATION, BATCH_SIZE, CONSUMER_LAG, DEDUPE_DECISIONS, LAST_SUCCESS, RECORDS
 from crmflow.serialization import AvroCodec, AvroDecoder, SerializationError, load_schema, topic_subject
 from crmflow.stack import Endpoints
-from crmflow.topics import dlq_topic, mapped_topic, raw_topic
+from crmflow.topics import dedupe_topic, dlq_topic, mapped_topic, raw_topic
 from processors.batch import MapFn, map_batch
+from processors.dedupe import DedupeError, Deduper, DedupeResult, DedupeState, shard_key
+from processors.dedupe.stream import golden_account
 from processors.mapping import build_mappers
 from processors.masking import Masker
 
 log = logging.getLogger(__name__)
 STAGE = "process"
+DEDUPE_STAGE = "dedupe"
+# faust's task-local "event being processed" (faust.streams.current_event reads it). Tables route each
+# write to the changelog partition of that event; inside a batch from noack_take it is set per event.
+_CURRENT_EVENT = faust.streams._current_event
 
 
 def build_app(
@@ -72,6 +89,10 @@ def build_app(
     dlq = DeadLetterWriter(None, registry, dlq_name)
     raw_topics = [raw_topic(prefix, name) for name in cfg.sources]
     source = app.topic(*raw_topics, key_type=bytes, value_type=bytes)
+    dedupe_name = dedupe_topic(prefix, "account")
+    dedupe_codec = (
+        AvroCodec(registry, topic_subject(dedupe_name), load_schema("target/account")) if cfg.dedupe_enabled else None
+    )
 
     @app.agent(source)
     async def cleanse_and_map(stream: faust.StreamT[bytes]) -> None:
@@ -96,8 +117,16 @@ def build_app(
                     RECORDS.labels(stage=STAGE, entity="unknown", outcome="rejected").inc()
             outcome = map_batch(decoded, mappers, source_entities)
             for entity, rows in outcome.mapped.items():
-                topic = mapped_topic(prefix, entity)
                 records = [row for _, _, row in rows]
+                if entity == "account" and dedupe_codec is not None:
+                    # Unmasked: the matcher needs the real values; the resolving agent masks its output.
+                    values = dedupe_codec.encode_many(records)
+                    for record, value in zip(records, values, strict=True):
+                        key = shard_key(record).encode()
+                        pending.append(await app.producer.send(dedupe_name, key, value, None, None, None))
+                    RECORDS.labels(stage=STAGE, entity=entity, outcome="out").inc(len(rows))
+                    continue
+                topic = mapped_topic(prefix, entity)
                 if masker.active:
                     records = [masker.mask(entity, r) for r in records]
                 values = codecs[entity].encode_many(records)
@@ -118,12 +147,94 @@ def build_app(
             for event in events:
                 await manual.ack(event)
             _count_in(decoded, source_entities)
-            _record_lag(app, events)
+            _record_lag(app, events, STAGE)
             BATCH_SIZE.labels(stage=STAGE).observe(len(events))
             BATCH_DURATION.labels(stage=STAGE).observe(time.perf_counter() - started)
             LAST_SUCCESS.labels(stage=STAGE).set_to_current_time()
 
+    if cfg.dedupe is not None and dedupe_codec is not None:
+        # One table for the whole state (see processors.dedupe.state: one changelog keeps write order).
+        state = app.Table(
+            "dedupe-account",
+            default=None,
+            partitions=cfg.kafka.partitions,
+            schema=faust.Schema(key_serializer="json", value_serializer="json"),
+            help="deduplication state of accounts: blocks, record features, clusters, golden records",
+        )
+        deduper = Deduper(cfg.dedupe.matcher(), DedupeState.over(cast("Any", state)))
+        account_decoder = AvroDecoder(registry, load_schema("target/account"))
+        account_decoder.know(dedupe_codec.schema_id, dedupe_codec.schema)
+        dedupe_source = app.topic(dedupe_name, key_type=bytes, value_type=bytes)
+        account_topic = mapped_topic(prefix, "account")
+
+        @app.agent(dedupe_source)
+        async def resolve_accounts(stream: faust.StreamT[bytes]) -> None:
+            manual = cast("faust.Stream[bytes]", cast("faust.Stream[bytes]", stream).noack())
+            async for taken in manual.noack_take(batch_size, within=batch_within_s):
+                events = cast("list[faust.EventT[bytes]]", taken)
+                started = time.perf_counter()
+                pending: list[Awaitable[Any]] = []
+                out: list[tuple[bytes | None, dict[str, Any]]] = []
+                decisions: dict[str, int] = {}
+                for event in events:
+                    msg = event.message
+                    where = f"{msg.topic}[{msg.partition}]@{msg.offset}"
+                    rule, error = "avro_decode", ""
+                    try:
+                        record = account_decoder.decode(event.value, origin=where)
+                        # The table writes go to the changelog partition of the event being processed;
+                        # faust knows it from its task-local current event, which a batch must set itself.
+                        token = _CURRENT_EVENT.set(weakref.ref(event))
+                        rule = "dedupe"
+                        try:
+                            result = deduper.process(record)
+                        finally:
+                            _CURRENT_EVENT.reset(token)
+                    except (SerializationError, DedupeError) as exc:
+                        error = str(exc)
+                    else:
+                        _count_decisions(result, decisions)
+                        account = golden_account(record, result)
+                        out.append((msg.key, masker.mask("account", account) if masker.active else account))
+                        continue
+                    value, headers = dlq.letter(
+                        value=event.value or b"", key=msg.key, topic=msg.topic, partition=msg.partition,
+                        offset=msg.offset, stage=DEDUPE_STAGE, rule=rule, error=error, entity="account",
+                        run_id=None)  # fmt: skip
+                    pending.append(await app.producer.send(dlq_name, None, value, None, None, headers))
+                    RECORDS.labels(stage=DEDUPE_STAGE, entity="account", outcome="rejected").inc()
+                values = codecs["account"].encode_many([account for _, account in out])
+                for (key, _), value in zip(out, values, strict=True):
+                    pending.append(await app.producer.send(account_topic, key, value, None, None, None))
+                await asyncio.gather(*pending)
+                for event in events:
+                    await manual.ack(event)
+                RECORDS.labels(stage=DEDUPE_STAGE, entity="account", outcome="in").inc(len(events))
+                RECORDS.labels(stage=DEDUPE_STAGE, entity="account", outcome="out").inc(len(out))
+                merged = decisions.get("joined", 0)
+                if merged:
+                    RECORDS.labels(stage=DEDUPE_STAGE, entity="account", outcome="merged").inc(merged)
+                for decision, n in decisions.items():
+                    DEDUPE_DECISIONS.labels(entity="account", decision=decision).inc(n)
+                _record_lag(app, events, DEDUPE_STAGE)
+                BATCH_SIZE.labels(stage=DEDUPE_STAGE).observe(len(events))
+                BATCH_DURATION.labels(stage=DEDUPE_STAGE).observe(time.perf_counter() - started)
+                LAST_SUCCESS.labels(stage=DEDUPE_STAGE).set_to_current_time()
+
     return app
+
+
+def _count_decisions(result: DedupeResult, counts: dict[str, int]) -> None:
+    """Tally one record's decisions (what DEDUPE_DECISIONS counts)."""
+    key = "updated" if result.updated else "joined" if result.merged_into is not None else "founded"
+    counts[key] = counts.get(key, 0) + 1
+    for ev in result.evidence:
+        if ev.get("decision") in ("vetoed", "refused"):
+            counts[ev["decision"]] = counts.get(ev["decision"], 0) + 1
+    if result.cluster_merges:
+        counts["cluster_merge"] = counts.get("cluster_merge", 0) + len(result.cluster_merges)
+    if result.closed_blocks:
+        counts["closed_block"] = counts.get("closed_block", 0) + result.closed_blocks
 
 
 def _count_in(decoded: list[tuple[int, dict[str, Any]]], source_entities: Mapping[str, str]) -> None:
@@ -135,7 +246,7 @@ def _count_in(decoded: list[tuple[int, dict[str, Any]]], source_entities: Mappin
         RECORDS.labels(stage=STAGE, entity=entity, outcome="in").inc(n)
 
 
-def _record_lag(app: faust.App, events: list[faust.EventT[bytes]]) -> None:
+def _record_lag(app: faust.App, events: list[faust.EventT[bytes]], stage: str) -> None:
     """Lag per partition after this batch: the partition's high watermark minus the next offset to read."""
     last: dict[Any, int] = {}
     for event in events:
@@ -143,7 +254,7 @@ def _record_lag(app: faust.App, events: list[faust.EventT[bytes]]) -> None:
     for tp, offset in last.items():
         high = app.consumer.highwater(tp)
         if high is not None:
-            CONSUMER_LAG.labels(stage=STAGE, topic=tp.topic, partition=str(tp.partition)).set(
+            CONSUMER_LAG.labels(stage=stage, topic=tp.topic, partition=str(tp.partition)).set(
                 max(high - offset - 1, 0))
 
 

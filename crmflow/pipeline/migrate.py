@@ -101,6 +101,8 @@ def prepare(cfg: MigrationConfig, ep: Endpoints, registry: SchemaRegistryClient,
     register_all(registry)
     k = cfg.kafka
     topics = [k.raw_topic(s) for s in cfg.sources] + [k.mapped_topic(e) for e in cfg.entities] + [k.dlq_topic]
+    if cfg.dedupe_enabled:
+        topics.append(k.dedupe_topic("account"))
     ensure_topics(ep.bootstrap_servers, topics, k.partitions, k.replication_factor)
     apply_migrations(target_dsn)
 

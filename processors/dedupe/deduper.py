@@ -96,6 +96,9 @@ class Deduper:
         candidates, closed = self._block(rid, feats, old)
         st.records[rid] = feats
         own_gid = st.clusters.get(rid)
+        if own_gid is not None and own_gid not in st.goldens:
+            # A crash cut the changelog between this record's writes; its replay founds the cluster anew.
+            own_gid = None
         evidence: list[dict[str, Any]] = []
         matches = self._match(rid, feats, candidates, own_gid, evidence)
 
@@ -120,12 +123,18 @@ class Deduper:
         involved = sorted({*joined, *([own_gid] if own_gid else [])})
         survivor = involved[0] if involved else rid
         merges = [(gid, survivor) for gid in involved[1:]]
-        for gid, _ in merges:
-            for member in st.goldens[gid]["members"]:
-                st.clusters[member] = survivor
-            del st.goldens[gid]
-        st.clusters[rid] = survivor
+        absorbed = [self._golden(gid)["members"] for gid, _ in merges]
+        # Write order matters when the state is a changelog a crash may cut anywhere (see state.py): the
+        # new golden value first, then the members pointing at it, the absorbed golden values last. Any
+        # prefix of these writes leaves every cluster reference resolvable.
         st.goldens[survivor] = golden
+        for members in absorbed:
+            for member in members:
+                if member != rid:
+                    st.clusters[member] = survivor
+        st.clusters[rid] = survivor
+        for gid, _ in merges:
+            del st.goldens[gid]
         if merges:
             log.debug("clusters merged", extra={"stage": "dedupe", "entity": self.config.entity,
                                                 "merges": len(merges)})  # fmt: skip
@@ -182,12 +191,14 @@ class Deduper:
         st = self.state
         best: dict[str, tuple[Comparison, str]] = {}
         for cand in sorted(candidates):
-            comparison = self.scorer.compare(feats, self._features(cand))
+            cand_feats = st.records.get(cand)
+            gid = st.clusters.get(cand)
+            if cand_feats is None or gid is None or gid not in st.goldens:
+                # Only a record whose processing a crash cut short: its replay comes and re-links it.
+                continue
+            comparison = self.scorer.compare(feats, cand_feats)
             if not comparison.matched and comparison.veto is None:
                 continue
-            gid = st.clusters.get(cand)
-            if gid is None:
-                raise DedupeStateError(f"record {cand} has features but no cluster")
             if comparison.veto is not None:
                 evidence.append({**comparison.evidence(cand, gid), "decision": "vetoed"})
                 continue

@@ -12,16 +12,62 @@ mapping        key                         value
 Keys are strings and values JSON types (lists, dicts, strings, numbers, null), so any store that
 serialises JSON can hold them. The deduper never mutates a value it read: it builds a new value and
 assigns it (``table[key] = value``), which is what a changelog-backed table needs to persist a change.
+
+In the stream processor the four mappings are views (:meth:`DedupeState.over`) of ONE faust Table,
+their keys prefixed ``b:``, ``r:``, ``c:``, ``g:``. One table means one changelog partition per shard, so
+the writes of a shard are persisted in the order they were made and a crash keeps a prefix of them. The
+deduper orders its writes so that every prefix is a state it can continue from (a golden value before
+the cluster references to it, absorbed golden values deleted last); four tables would each keep a
+prefix of their own and could leave a record pointing at a golden value that was never persisted.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import MutableMapping
+from collections.abc import Iterator, MutableMapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from processors.dedupe.exceptions import DedupeStateError
+
+V = TypeVar("V")
+
+
+class PrefixedView(MutableMapping[str, V], Generic[V]):
+    """The entries of ``store`` whose keys start with ``prefix``, with the prefix taken off.
+
+    Lookups cost one lookup of the store; iterating and ``len`` scan the whole store (evaluation and
+    tests only).
+    """
+
+    __slots__ = ("_prefix", "_store")
+
+    def __init__(self, store: MutableMapping[str, Any], prefix: str) -> None:
+        self._store = store
+        self._prefix = prefix
+
+    def __getitem__(self, key: str) -> V:
+        value: V = self._store[self._prefix + key]
+        return value
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self._store.get(self._prefix + key, default)
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, str) and (self._prefix + key) in self._store
+
+    def __setitem__(self, key: str, value: V) -> None:
+        self._store[self._prefix + key] = value
+
+    def __delitem__(self, key: str) -> None:
+        del self._store[self._prefix + key]
+
+    def __iter__(self) -> Iterator[str]:
+        n = len(self._prefix)
+        return (k[n:] for k in list(self._store) if k.startswith(self._prefix))
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +82,12 @@ class DedupeState:
     records: MutableMapping[str, dict[str, Any]] = field(default_factory=dict)
     clusters: MutableMapping[str, str] = field(default_factory=dict)
     goldens: MutableMapping[str, dict[str, Any]] = field(default_factory=dict)
+
+    @classmethod
+    def over(cls, store: MutableMapping[str, Any]) -> DedupeState:
+        """A state whose four mappings live in one store (a faust Table), keys prefixed by mapping."""
+        return cls(PrefixedView(store, "b:"), PrefixedView(store, "r:"), PrefixedView(store, "c:"),
+                   PrefixedView(store, "g:"))  # fmt: skip
 
     def to_json(self) -> str:
         """All four mappings as one JSON document (keys sorted: equal states give equal text)."""

@@ -72,10 +72,13 @@ class Run:
 @pytest.fixture
 def run_factory(tmp_path: Path, pg_dsn_factory: Callable[[], str]) -> Iterator[Callable[..., Run]]:
     """``run_factory(dataset, **overrides) -> Run``: the demo config with this test's own topic prefix, run
-    name, target database and data dir; ``overrides`` patch the config (e.g. a mapping to break)."""
+    name, target database and data dir; ``overrides`` patch the config (e.g. a mapping to break).
+    Deduplication is off unless ``dedupe=True``: the other tests compare one account per source record."""
 
-    def make(dataset: Dataset, patch: Callable[[dict[str, Any]], None] | None = None, suffix: str = "") -> Run:
+    def make(dataset: Dataset, patch: Callable[[dict[str, Any]], None] | None = None, suffix: str = "",
+             dedupe: bool = False) -> Run:
         raw = yaml.safe_load(DEMO_CONFIG.read_text())
+        raw["dedupe"]["enabled"] = dedupe
         tag = uuid.uuid4().hex[:8]
         prefix, name = f"e2e-{tag}", f"e2e{tag}"
         raw["kafka"]["topic_prefix"] = prefix

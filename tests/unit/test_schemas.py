@@ -66,6 +66,8 @@ TARGET: dict[str, dict[str, tuple[str, bool]]] = {
     },
 }
 METADATA = ["run_id", "source", "source_position", "quality_flags", "mapped_at", "golden_id"]
+#: Fields the deduplication stage fills, after the metadata (added later, with defaults: BACKWARD-compatible).
+DEDUPE = {"account": ["merged_golden_ids", "match_evidence"]}
 
 EXPECTED_FILES = {
     "legacy/legacy_record.avsc": "io.crmflow.legacy.LegacyRecord",
@@ -156,7 +158,7 @@ def test_namespace_matches_its_folder_and_subject_is_the_full_name(path: Path) -
 @pytest.mark.parametrize("entity", sorted(TARGET))
 def test_target_fields_follow_the_contract(entity: str) -> None:
     fields = fields_of(f"target/{entity}")
-    assert list(fields) == [*TARGET[entity], *METADATA]
+    assert list(fields) == [*TARGET[entity], *METADATA, *DEDUPE.get(entity, [])]
     for name, (expected_kind, required) in TARGET[entity].items():
         avro_type = fields[name]["type"]
         if required:
@@ -179,6 +181,10 @@ def test_target_metadata_fields(entity: str) -> None:
     assert fields["golden_id"]["type"] == ["null", "string"]
     assert fields["golden_id"]["default"] is None
     assert "deduplication" in fields["golden_id"]["doc"]
+    if entity in DEDUPE:
+        assert fields["merged_golden_ids"]["type"] == {"type": "array", "items": "string"}
+        assert fields["merged_golden_ids"]["default"] == []
+        assert fields["match_evidence"]["type"] == ["null", "string"] and fields["match_evidence"]["default"] is None
 
 
 def test_legacy_record_envelope() -> None:
@@ -257,6 +263,8 @@ SAMPLES: dict[str, dict[str, Any]] = {
         "birth_date": date(1980, 2, 29),
         "customer_since": None,
         **META,
+        "merged_golden_ids": ["C0000007"],
+        "match_evidence": '[{"rule":"email","score":null}]',
     },
     "target/contact": {
         "contact_id": "K0000001",

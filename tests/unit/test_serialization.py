@@ -64,6 +64,8 @@ def account(**overrides: Any) -> dict[str, Any]:
         "quality_flags": [],
         "mapped_at": NOW,
         "golden_id": None,
+        "merged_golden_ids": [],
+        "match_evidence": None,
     }
     record.update(overrides)
     return record

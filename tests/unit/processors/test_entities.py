@@ -57,7 +57,8 @@ def test_models_match_the_avro_schemas(name: str) -> None:
     avro = avro_field_names(name)
     if avro is None:
         pytest.skip("schemas/target not written yet")
-    assert set(entity_model(name).model_fields) == set(avro)
+    # The deduplication stage's own fields are not the mapping's business: it never sets them.
+    assert set(entity_model(name).model_fields) == set(avro) - {"merged_golden_ids", "match_evidence"}
 
 
 def test_validate_returns_a_plain_dict_with_typed_values() -> None:

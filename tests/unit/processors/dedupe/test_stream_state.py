@@ -1,0 +1,144 @@
+"""The deduper over ONE changelog-like store, cut anywhere by a crash and replayed: the same clusters.
+
+This is the property the faust agent relies on (processors.worker): its state is one table whose
+changelog keeps its writes in order, a SIGKILL keeps any prefix of them, and the records after the last
+committed offset are processed again.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Iterator, MutableMapping
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from crmflow.demo_data import generate
+from processors.dedupe import DedupeConfig, Deduper, DedupeState
+from processors.dedupe.evaluate import load_demo_records
+from processors.dedupe.stream import golden_account
+
+pytestmark = pytest.mark.unit
+
+
+class Changelog(MutableMapping[str, Any]):
+    """A dict that logs every write (value JSON-encoded, None for a delete), like a compacted changelog."""
+
+    def __init__(self) -> None:
+        self.data: dict[str, Any] = {}
+        self.log: list[tuple[str, str | None]] = []
+
+    def __getitem__(self, key: str) -> Any:
+        return self.data[key]
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        self.data[key] = value
+        self.log.append((key, json.dumps(value)))
+
+    def __delitem__(self, key: str) -> None:
+        del self.data[key]
+        self.log.append((key, None))
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.data)
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+
+def recover(log: list[tuple[str, str | None]]) -> Changelog:
+    """The store a restarted worker rebuilds from a prefix of the changelog."""
+    store = Changelog()
+    for key, value in log:
+        if value is None:
+            store.data.pop(key, None)
+        else:
+            store.data[key] = json.loads(value)
+    return store
+
+
+def clusters(state: DedupeState, ids: list[str]) -> dict[str, str]:
+    return {rid: state.clusters[rid] for rid in ids}
+
+
+@pytest.fixture(scope="module")
+def accounts(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
+    directory: Path = tmp_path_factory.mktemp("stream-state")
+    generate(directory, 400, seed=5, workers=1)
+    return load_demo_records(directory).accounts
+
+
+def test_a_crash_anywhere_then_replay_gives_the_clusters_of_an_uninterrupted_run(
+    accounts: list[dict[str, Any]],
+) -> None:
+    ids = [str(a["customer_id"]) for a in accounts]
+    store = Changelog()
+    marks: list[int] = []  # changelog length after each record: where offsets could have been committed
+    joins: list[int] = []  # records that joined or merged clusters: their writes are the risky ones
+    deduper = Deduper(DedupeConfig(), DedupeState.over(store))
+    for i, account in enumerate(accounts):
+        result = deduper.process(account)
+        marks.append(len(store.log))
+        if result.merged_into is not None or result.cluster_merges:
+            joins.append(i)
+    expected = clusters(deduper.state, ids)
+    golden_values = dict(deduper.state.goldens)
+    assert len(joins) > 20, "the sample holds duplicates"
+
+    # Cuts inside the writes of joining records (and a few anywhere); replay from a committed offset
+    # up to 40 records before the crash, as a worker would after SIGKILL.
+    inside = [cut for i in joins for cut in range(marks[i - 1] if i else 0, marks[i])]
+    rng = random.Random(3)
+    cuts = sorted(rng.sample(inside, min(len(inside), 150)) + rng.sample(range(len(store.log)), 20))
+    for cut in cuts:
+        done = sum(1 for m in marks if m <= cut)  # records whose every write survived
+        committed = rng.randint(max(done - 40, 0), done)
+        replayed = Deduper(DedupeConfig(), DedupeState.over(recover(store.log[:cut])))
+        for account in accounts[committed:]:
+            replayed.process(account)
+        assert clusters(replayed.state, ids) == expected, f"cut after write {cut}, replay from record {committed}"
+        assert dict(replayed.state.goldens) == golden_values, f"golden records differ after cut {cut}"
+
+
+def test_the_views_of_one_store_hold_prefixed_keys(accounts: list[dict[str, Any]]) -> None:
+    store: dict[str, Any] = {}
+    state = DedupeState.over(store)
+    Deduper(DedupeConfig(), state).process(accounts[0])
+    rid = str(accounts[0]["customer_id"])
+    assert state.clusters[rid] == rid and f"c:{rid}" in store and f"r:{rid}" in store and f"g:{rid}" in store
+    assert {k[:2] for k in store} == {"b:", "r:", "c:", "g:"}
+    assert len(state.records) == 1 and list(state.goldens) == [rid] and rid in state.clusters
+    plain = DedupeState.from_json(state.to_json())
+    assert plain.clusters == {rid: rid}
+
+
+def test_golden_account_carries_the_clusters_values_under_the_members_lineage(account: Any) -> None:
+    deduper = Deduper(DedupeConfig())
+    first = account(customer_id="C1", email="john@example.com", street=None, city=None, postal_code=None)
+    deduper.process(first)
+    second = account(customer_id="C2", first_name="J.", email="john@example.com", source_position="customers.csv:9",
+                     birth_date=date(1971, 4, 28))
+    result = deduper.process(second)
+    out = golden_account(second, result)
+    assert out["customer_id"] == "C2" and out["golden_id"] == "C1"
+    assert out["first_name"] == "John", "the full first name survives over the initial"
+    assert out["street"] == second["street"], "the more complete address survives"
+    assert out["birth_date"] == date(1971, 4, 28) and isinstance(out["customer_since"], date)
+    assert out["source_position"] == "customers.csv:9" and out["merged_golden_ids"] == []
+    evidence = json.loads(out["match_evidence"])
+    assert evidence[0]["rule"] == "email" and evidence[0]["decision"] == "merged"
+    assert "john" not in out["match_evidence"].lower(), "evidence holds ids and scores, no personal data"
+
+
+def test_golden_account_lists_the_golden_ids_a_bridging_record_absorbed(account: Any) -> None:
+    deduper = Deduper(DedupeConfig())
+    deduper.process(account(customer_id="C1", email="a@example.com", phone=None, birth_date=None))
+    deduper.process(account(customer_id="C2", email="b@example.com", phone="+14155550100", birth_date=None,
+                            street=None, city=None, postal_code=None))
+    assert deduper.state.clusters["C2"] == "C2", "nothing but the name links C1 and C2"
+    bridge = account(customer_id="C3", email="a@example.com", phone="+14155550100", birth_date=None)
+    out = golden_account(bridge, deduper.process(bridge))
+    assert out["golden_id"] == "C1" and out["merged_golden_ids"] == ["C2"]
