@@ -179,9 +179,10 @@ def build_app(
                 for event in events:
                     msg = event.message
                     where = f"{msg.topic}[{msg.partition}]@{msg.offset}"
-                    rule, error = "avro_decode", ""
+                    rule, error, run_id = "avro_decode", "", None
                     try:
                         record = account_decoder.decode(event.value, origin=where)
+                        run_id = record.get("run_id")
                         # The table writes go to the changelog partition of the event being processed;
                         # faust knows it from its task-local current event, which a batch must set itself.
                         token = _CURRENT_EVENT.set(weakref.ref(event))
@@ -200,7 +201,7 @@ def build_app(
                     value, headers = dlq.letter(
                         value=event.value or b"", key=msg.key, topic=msg.topic, partition=msg.partition,
                         offset=msg.offset, stage=DEDUPE_STAGE, rule=rule, error=error, entity="account",
-                        run_id=None)  # fmt: skip
+                        run_id=run_id)  # fmt: skip
                     pending.append(await app.producer.send(dlq_name, None, value, None, None, headers))
                     RECORDS.labels(stage=DEDUPE_STAGE, entity="account", outcome="rejected").inc()
                 values = codecs["account"].encode_many([account for _, account in out])

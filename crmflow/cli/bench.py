@@ -19,6 +19,7 @@ def bench(
     workers: Annotated[int, typer.Option(min=1, max=8, help="Processor worker processes.")] = 1,
     partitions: Annotated[int, typer.Option(min=1, help="Partitions per topic.")] = 4,
     keep: Annotated[bool, typer.Option(help="Keep the generated data and the target database.")] = False,
+    dedupe: Annotated[bool, typer.Option(help="Deduplicate accounts; score the clusters against the truth.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the figures as one JSON object on stdout.")] = False,
 ) -> None:
     """Generate N customers, migrate them end to end on the real stack, and report records/s and memory."""
@@ -27,7 +28,7 @@ def bench(
 
     try:
         result = run_bench(get_stack().endpoints(), customers, seed=seed, workers=workers, partitions=partitions,
-                           keep=keep)
+                           keep=keep, dedupe=dedupe)
     except CrmflowError as exc:
         err_console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from exc
@@ -40,5 +41,8 @@ def bench(
                       f"reconciled: {figures['reconciled']}")
     for stage, f in figures["stages"].items():
         err_console.print(f"  {stage:9} done after {f['done_after_s']:7.2f}s  {f['records_per_second']:>10,.0f} rec/s")
+    if (q := figures.get("dedupe")) is not None:
+        err_console.print(f"  dedupe: precision {q['precision']:.4f}, recall {q['recall']:.4f}, F1 {q['f1']:.4f}; "
+                          f"{q['clusters']:,} golden accounts for {q['true_clusters']:,} true customers")
     for proc, rss in figures["peak_rss_bytes"].items():
         err_console.print(f"  peak RSS {proc}: {rss / 2**20:,.0f} MiB")

@@ -27,7 +27,8 @@ def migrate(
 ) -> None:
     """Register schemas, snapshot every source, cleanse and map, write the target, and reconcile.
 
-    Exits 1 when an entity does not reconcile (read = written + rejected + filtered + merged)."""
+    Exits 1 when an entity does not reconcile (read = written + rejected + filtered). With deduplication,
+    merged says how many accounts were folded into another record's golden account."""
     from crmflow.config import load_config
     from crmflow.pipeline.migrate import MigrateOptions, run_migration
     from crmflow.stack import get_stack

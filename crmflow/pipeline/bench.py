@@ -4,10 +4,14 @@ Each run gets its own topic prefix, consumer groups and target database, so benc
 (or profit from) earlier runs. Figures: end-to-end records/s, per stage the records it handled divided by
 the time from the start until that stage had finished them (stages run concurrently, so a stage's figure
 includes waiting for the one before it), and the peak RSS of every process.
+
+Deduplication is off unless ``dedupe=True`` (``crmflow bench --dedupe``); then the clusters the target
+ends with (crm.xref: source account → golden id) are scored pairwise against the generator's truth.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 import time
@@ -24,6 +28,7 @@ from crmflow.demo_data.run import generate
 from crmflow.pipeline.migrate import MigrateOptions, MigrationSummary, run_migration
 from crmflow.settings import stack_settings
 from crmflow.stack import Endpoints
+from processors.dedupe.quality import pairwise_scores
 
 log = logging.getLogger(__name__)
 DEMO_CONFIG = Path(__file__).resolve().parents[2] / "deploy" / "demo" / "crmflow.yaml"
@@ -34,6 +39,7 @@ class BenchResult:
     customers: int
     generate_s: float
     summary: MigrationSummary
+    dedupe: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         s = self.summary
@@ -52,11 +58,12 @@ class BenchResult:
             "stages": stages,
             "peak_rss_bytes": s.peak_rss_bytes,
             "generate_s": round(self.generate_s, 2),
+            **({"dedupe": self.dedupe} if self.dedupe is not None else {}),
         }
 
 
 def run_bench(ep: Endpoints, customers: int, *, seed: int = 1, workers: int = 1, partitions: int = 4,
-              keep: bool = False) -> BenchResult:
+              keep: bool = False, dedupe: bool = False) -> BenchResult:
     tag = uuid.uuid4().hex[:8]
     root = stack_settings().home / "bench" / tag
     data = root / "data"
@@ -70,18 +77,40 @@ def run_bench(ep: Endpoints, customers: int, *, seed: int = 1, workers: int = 1,
     for src in raw["sources"].values():
         src["path"] = str(data / Path(src["path"]).name)
     raw["target"]["batch_size"] = 5000
+    raw.setdefault("dedupe", {})["enabled"] = dedupe
     config = root / "crmflow.yaml"
     config.write_text(yaml.safe_dump(raw, sort_keys=False))
 
     database = f"bench_{tag}"
     with psycopg.connect(ep.postgres_dsn, autocommit=True) as conn:
         conn.execute(f'create database "{database}"')
+    quality: dict[str, Any] | None = None
     try:
         summary = run_migration(load_config(config), config, ep, ep.dsn(database),
                                 MigrateOptions(workers=workers, logs_dir=root / "logs"))
+        if dedupe:
+            quality = dedupe_quality(ep.dsn(database), data / "truth.jsonl")
     finally:
         if not keep:
             with psycopg.connect(ep.postgres_dsn, autocommit=True) as conn:
                 conn.execute(f'drop database if exists "{database}" with (force)')
             shutil.rmtree(data, ignore_errors=True)
-    return BenchResult(customers, generate_s, summary)
+    return BenchResult(customers, generate_s, summary, quality)
+
+
+def dedupe_quality(target_dsn: str, truth_file: Path) -> dict[str, Any]:
+    """Pairwise precision, recall and F1 of the target's clusters against the generator's truth clusters."""
+    truth: dict[str, str] = {}
+    with truth_file.open() as fh:
+        for line in fh:
+            t = json.loads(line)
+            if t["entity"] == "account" and t["outcome"] == "ok":
+                truth[t["source_key"]] = t["cluster"]
+    with psycopg.connect(target_dsn) as conn:
+        rows = conn.execute("select source_id, golden_id from crm.xref where entity = 'account'").fetchall()
+        (accounts,) = conn.execute("select count(*) from crm.accounts").fetchone() or (0,)
+    predicted = {str(source): str(golden) for source, golden in rows}
+    s = pairwise_scores(predicted, truth)
+    return {"precision": round(s.precision, 4), "recall": round(s.recall, 4), "f1": round(s.f1, 4),
+            "clusters": len(set(predicted.values())), "true_clusters": s.true_clusters,
+            "target_accounts": int(accounts), "true_pairs": s.true_pairs, "predicted_pairs": s.predicted_pairs}

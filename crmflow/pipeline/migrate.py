@@ -40,15 +40,22 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class EntityCounts:
+    """Per entity: ``read`` = ``written`` (cross-referenced in the target) + ``rejected`` + ``filtered``.
+
+    With deduplication, ``written`` still counts every source record (each has its cross-reference);
+    ``golden`` is how many target accounts they became and ``merged`` how many of them were folded into
+    another record's golden account (``written - golden``)."""
+
     read: int = 0
     written: int = 0
     rejected: int = 0
     filtered: int = 0
     merged: int = 0
+    golden: int | None = None
 
     @property
     def reconciled(self) -> bool:
-        return self.read == self.written + self.rejected + self.filtered + self.merged
+        return self.read == self.written + self.rejected + self.filtered
 
 
 @dataclass
@@ -78,7 +85,7 @@ class MigrationSummary:
             "reconciled": self.reconciled,
             "entities": {
                 e: {"read": c.read, "written": c.written, "rejected": c.rejected, "filtered": c.filtered,
-                    "merged": c.merged}
+                    "merged": c.merged, **({"golden": c.golden} if c.golden is not None else {})}
                 for e, c in sorted(self.entities.items())
             },
             "rejected_by_rule": dict(sorted(self.rejected_by_rule.items())),
@@ -129,9 +136,8 @@ def run_migration(
         stats = run_snapshot(cfg, bootstrap_servers=ep.bootstrap_servers, registry_client=registry,
                              run_id=run_id, limit=opts.limit)
         done["snapshot"] = time.monotonic() - started
-        raw = [cfg.kafka.raw_topic(s) for s in cfg.sources]
-        done["process"] = wait_drained(ep.bootstrap_servers, f"crmflow-process-{cfg.kafka.topic_prefix}", raw,
-                                       services, opts.drain_timeout_s) - started
+        done["process"] = wait_drained(ep.bootstrap_servers, f"crmflow-process-{cfg.kafka.topic_prefix}",
+                                       processor_topics(cfg), services, opts.drain_timeout_s) - started
         for s in services:
             s.sample()
             s.stop()
@@ -154,6 +160,14 @@ def run_migration(
     return summary
 
 
+def processor_topics(cfg: MigrationConfig) -> list[str]:
+    """The topics the processor's consumer group reads: the raw topics, and the dedupe topic if on."""
+    topics = [cfg.kafka.raw_topic(s) for s in cfg.sources]
+    if cfg.dedupe_enabled:
+        topics.append(cfg.kafka.dedupe_topic("account"))
+    return topics
+
+
 def drain_sink(cfg: MigrationConfig, ep: Endpoints, target_dsn: str) -> None:
     """The final sink pass: write what the mapped topics still hold, resolve or dead-letter parked children."""
     run_sink(SinkParams.from_config(cfg, bootstrap_servers=ep.bootstrap_servers, registry_url=ep.registry_url,
@@ -174,6 +188,14 @@ def _count_written(summary: MigrationSummary, target_dsn: str, run_id: str) -> N
             "select entity, count(*) from crm.xref where run_id = %s group by entity", (run_id,)
         ):
             summary.entities.setdefault(entity, EntityCounts()).written = int(n)
+        row = conn.execute(
+            "select count(*), count(distinct golden_id) from crm.xref "
+            "where entity = 'account' and run_id = %s and golden_id is not null", (run_id,)
+        ).fetchone()
+    if row is not None and row[0]:
+        counts = summary.entities.setdefault("account", EntityCounts())
+        counts.golden = int(row[1])
+        counts.merged = int(row[0]) - int(row[1])
 
 
 def _count_rejected(
