@@ -4,15 +4,31 @@ Per batch, in ONE transaction:
 
 1. for each entity, parents first: ``COPY`` the records (binary) into a temporary staging table, then
    one ``INSERT … SELECT … ON CONFLICT (external_id) DO UPDATE … WHERE <row changed>`` that also upserts
-   ``crm.xref``; children get ``account_id`` by joining their ``customer_id`` to ``crm.accounts``, and
-   those whose account is not there yet are parked in ``crm.parked`` by the same statement;
-2. parked children whose account now exists are staged from ``crm.parked`` and written the same way;
+   ``crm.xref``; children get ``account_id`` through the ``crm.xref`` entry of their ``customer_id``
+   (entity ``account``), and those whose account is not there yet are parked in ``crm.parked`` by the
+   same statement;
+2. parked children whose account now exists (an account xref entry for their ``customer_id``) are staged
+   from ``crm.parked`` and written the same way;
 3. one ``crm.migration_audit`` row per entity.
 
+Golden records (dedupe on: accounts carry a ``golden_id``): ``crm.accounts`` holds one row per golden id
+(``external_id`` = golden id, the values of the latest record of the cluster in the batch), and every
+staged account record upserts its xref entry ``(account, source, customer_id)`` → that row, with its
+match evidence; children find that row through the xref entry of their parent's source id and take its
+golden id when they have none of their own. A record listing ``merged_golden_ids`` merged those clusters
+into its own: before staging, :func:`~sinks.postgres.golden.plan_goldens` resolves every golden id of the
+batch to its final survivor (following the batch's merges and those already in ``crm.golden_merges``, so
+a chain A→S→R lands on R, and a record re-delivered after its cluster was absorbed only confirms its
+xref entry: it neither re-creates the absorbed row nor writes its stale values); after the account
+upsert one statement re-points the absorbed rows' contacts, sales, cases and xref entries to the
+survivor's row, deletes the absorbed rows and logs each merge in ``crm.golden_merges``. Accounts without a
+golden id (dedupe off) are written exactly as before: one row per ``customer_id``.
+
 Re-delivering records changes nothing: the upsert skips rows whose values are equal, so ``updated_at``
-stays. When a whole-entity statement fails on a record the database refuses (check constraint, value it
-cannot store), the sink retries that entity's rows in halves under savepoints until the offending records
-are isolated; they come back as rejects and the rest of the batch lands.
+stays, and a merge already applied finds no absorbed row left to move. When a whole-entity statement fails
+on a record the database refuses (check constraint, value it cannot store), the sink retries that
+entity's rows in halves under savepoints until the offending records are isolated; they come back as
+rejects and the rest of the batch lands.
 """
 
 from __future__ import annotations
@@ -30,9 +46,10 @@ from psycopg.rows import TupleRow
 
 from sinks.base import BatchResult, HeldDeadLetter, Reject, Sink, SinkRecord
 from sinks.exceptions import SinkTransientError
+from sinks.postgres.golden import GoldenPlan, golden_ids, plan_goldens
 from sinks.postgres.migrate import apply_migrations
 from sinks.postgres.refusals import Refusal, is_refusal, refusal
-from sinks.postgres.tables import CHILDREN, TABLES, EntityTable
+from sinks.postgres.tables import CHILDREN, GOLDEN_CHAINS_SQL, MERGE_GOLDENS_SQL, TABLES, EntityTable
 
 logger = logging.getLogger(__name__)
 
@@ -143,8 +160,12 @@ class PostgresSink(Sink):
                     indexes = by_entity.get(entity)
                     if not indexes:
                         continue
-                    loader = self._batch_loader(table, batch)
-                    merged = self._merge(cur, table, indexes, loader)
+                    plan = self._plan_goldens(cur, batch, indexes) if entity == "account" else GoldenPlan()
+                    loader = self._batch_loader(table, batch, plan)
+                    sql = table.merge_sql if plan.dedupe else table.plain_merge_sql
+                    merged = self._merge(cur, table, indexes, loader, sql)
+                    if plan.merges:
+                        self._merge_goldens(cur, plan)
                     written += merged.inserted + merged.updated
                     unchanged += merged.unchanged
                     parked += merged.parked
@@ -154,9 +175,16 @@ class PostgresSink(Sink):
                     self._resolve(cur, [str(batch[i].value.get("customer_id")) for i in by_entity["account"]])
         return BatchResult(rejects=rejects, parked=parked, written=written, unchanged=unchanged)
 
-    def _batch_loader(self, table: EntityTable, batch: Sequence[SinkRecord]) -> Callable[[Cursor, list[int]], None]:
+    def _batch_loader(
+        self, table: EntityTable, batch: Sequence[SinkRecord], plan: GoldenPlan
+    ) -> Callable[[Cursor, list[int]], None]:
+        """Stages records of ``batch`` by index; ``plan`` replaces the golden id of some (their survivor)
+        and marks those whose golden id an earlier batch absorbed (accounts only)."""
         copy_sql = table.copy_sql.encode()
         types = table.copy_types
+        golden, stale = plan.golden, plan.stale
+        golden_at = table.row_index("golden_id")
+        stale_at = table.row_index("_stale") if stale else 0  # only accounts have it
 
         def load(cur: Cursor, indexes: list[int]) -> None:
             with cur.copy(copy_sql) as copy:
@@ -164,6 +192,10 @@ class PostgresSink(Sink):
                 for i in indexes:
                     rec = batch[i]
                     row = table.row(i, rec.value)
+                    if golden and i in golden:
+                        row[golden_at] = golden[i]
+                    if stale and i in stale:
+                        row[stale_at] = True
                     if table.is_child:
                         row += [rec.topic, rec.partition, rec.offset, rec.key, rec.raw_value or b""]
                     copy.write_row(row)
@@ -171,15 +203,22 @@ class PostgresSink(Sink):
         return load
 
     def _merge(
-        self, cur: Cursor, table: EntityTable, seqs: list[int], load: Callable[[Cursor, list[int]], None]
+        self,
+        cur: Cursor,
+        table: EntityTable,
+        seqs: list[int],
+        load: Callable[[Cursor, list[int]], None],
+        sql: str | None = None,
     ) -> _Merged:
-        """Stage and merge ``seqs``; on a refusal, split in halves under savepoints to find the culprits."""
+        """Stage and merge ``seqs`` (with ``sql``, default ``table.merge_sql``); on a refusal, split in
+        halves under savepoints to find the culprits."""
         conn = cur.connection
+        statement = (sql or table.merge_sql).encode()
         try:
             with conn.transaction():
                 cur.execute(f"truncate {table.stage}".encode())
                 load(cur, seqs)
-                row = cur.execute(table.merge_sql.encode()).fetchone()
+                row = cur.execute(statement).fetchone()
         except psycopg.Error as exc:
             if not is_refusal(exc):
                 raise
@@ -193,12 +232,39 @@ class PostgresSink(Sink):
                 )
                 return _Merged(records=1, refused={seqs[0]: why})
             half = len(seqs) // 2
-            merged = self._merge(cur, table, seqs[:half], load)
-            merged += self._merge(cur, table, seqs[half:], load)
+            merged = self._merge(cur, table, seqs[:half], load, sql)
+            merged += self._merge(cur, table, seqs[half:], load, sql)
             return merged
         assert row is not None
         records, inserted, updated, parked = row
         return _Merged(records=int(records), inserted=int(inserted), updated=int(updated), parked=list(parked))
+
+    # ------------------------------------------------------------------------------- golden records
+
+    def _plan_goldens(self, cur: Cursor, batch: Sequence[SinkRecord], indexes: list[int]) -> GoldenPlan:
+        """Resolve the batch's golden ids to their final survivors (nothing to do with dedupe off)."""
+        if not any(batch[i].value.get("golden_id") for i in indexes):
+            return GoldenPlan()
+        ids = golden_ids(batch[i].value for i in indexes)
+        known = {str(a): str(b) for a, b in cur.execute(GOLDEN_CHAINS_SQL.encode(), {"ids": ids}).fetchall()}
+        return plan_goldens(((i, batch[i].value) for i in indexes), known)
+
+    def _merge_goldens(self, cur: Cursor, plan: GoldenPlan) -> None:
+        """Re-point the absorbed golden rows' children and xref entries to their survivors, drop the rows,
+        log the merges (one statement; a merge already applied changes nothing)."""
+        row = cur.execute(MERGE_GOLDENS_SQL.encode(), plan.params()).fetchone()
+        assert row is not None
+        gone, xrefs, children, logged = (int(v) for v in row)
+        if gone or logged:
+            logger.info(
+                "merged %d golden records into their survivors (%d logged now): re-pointed %d source "
+                "records and %d children",
+                gone,
+                logged,
+                xrefs,
+                children,
+                extra={"stage": self.stage, "entity": "account"},
+            )
 
     def _audit(self, cur: Cursor, table: EntityTable, records: list[SinkRecord], merged: _Merged, started: Any) -> None:
         spans: dict[str, dict[str, int]] = {}
@@ -229,16 +295,18 @@ class PostgresSink(Sink):
     # -------------------------------------------------------------------------------------- parking
 
     def _resolve(self, cur: Cursor, parents: list[str] | None = None) -> int:
-        """Write parked children whose account exists now (of ``parents`` only, when given: the accounts
-        of the batch, an index lookup instead of a scan of everything parked); mark those the database
-        refuses as dead."""
+        """Write parked children whose account exists now, i.e. whose parent id has an account xref entry
+        (of ``parents`` only, when given: the customer ids of the batch's accounts, member ids of golden
+        records included; an index lookup instead of a scan of everything parked); mark those the
+        database refuses as dead."""
         resolved = 0
         only = "" if parents is None else "and p.parent_external_id = any(%(parents)s) "
         while True:
             progress = 0
             rows = cur.execute(
                 "select p.entity, p.id from crm.parked p where p.dead_rule is null "
-                f"{only}and exists (select 1 from crm.accounts a where a.external_id = p.parent_external_id) "
+                f"{only}and exists (select 1 from crm.xref x where x.entity = 'account' "
+                "and x.source_id = p.parent_external_id) "
                 "order by p.id limit %(limit)s for update of p skip locked".encode(),
                 {"parents": parents, "limit": self.resolve_chunk},
             ).fetchall()

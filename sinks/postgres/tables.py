@@ -3,6 +3,17 @@
 One :class:`EntityTable` per entity lists its columns (in the order rows are copied into the staging
 table) and builds the statements :mod:`sinks.postgres.sink` runs. Identifiers here are constants of
 this module, never input, which is why plain string formatting is safe.
+
+Accounts and golden records: an account row's ``external_id`` is ``coalesce(golden_id, customer_id)``.
+With dedupe off (``golden_id`` null) that is the record's own id, one row per source record; with dedupe
+on, ``crm.accounts`` holds one row per golden id, written from the latest staged record of the cluster
+(which carries the golden record's surviving values), and ``crm.xref`` maps EVERY source record
+(``customer_id``) to that row, with its match evidence. Children therefore find their account through
+``crm.xref`` (entity ``account``, ``source_id`` = the child's ``customer_id``), whatever the mode, and
+take the parent's golden id when they have none of their own. A batch without any golden id is written
+with :attr:`EntityTable.plain_merge_sql` (one row and one xref entry per latest record, as before golden
+records existed). :data:`GOLDEN_CHAINS_SQL` and :data:`MERGE_GOLDENS_SQL` are the two statements of
+cluster merges (see :mod:`sinks.postgres.sink`).
 """
 
 from __future__ import annotations
@@ -24,13 +35,16 @@ ORIGIN_COLUMNS = (
 
 @dataclass(frozen=True)
 class Column:
-    """A table column, its type for the binary COPY, the Avro field it comes from, and whether a
-    different value counts as a change (lineage columns do not bump ``updated_at`` on their own)."""
+    """A table column, its type for the binary COPY, the Avro field it comes from, whether a different
+    value counts as a change (lineage columns do not bump ``updated_at`` on their own), and whether the
+    entity's table has it (``stored=False``: staging only, e.g. an account's match evidence, which goes
+    to ``crm.xref``)."""
 
     name: str
     copy_type: str
     field: str | None = None
     compared: bool = True
+    stored: bool = True
 
     @property
     def source_field(self) -> str:
@@ -80,6 +94,10 @@ class EntityTable:
         """The staging row of one decoded record (origin columns are appended by the caller)."""
         return [seq, *map(value.get, self.source_fields)]
 
+    def row_index(self, column: str) -> int:
+        """Where ``column`` is in a staging row of :meth:`row` (after ``seq``)."""
+        return 1 + [c.name for c in self.columns].index(column)
+
     def field_of(self, column: str | None) -> str | None:
         """The contract's field name of a column (``external_id`` is the entity's own id field)."""
         if column is None:
@@ -115,39 +133,103 @@ class EntityTable:
 
     @cached_property
     def merge_sql(self) -> str:
-        """Upsert the staged rows (latest per external id) and their xref entries in one statement.
+        """Upsert the staged rows (latest per target row) and their xref entries in one statement.
 
-        Returns one row: distinct staged records, inserted, updated, and (children) the seqs parked."""
-        target_cols = ([("account_id", "account_id")] if self.is_child else []) + [
-            (c.name, c.name) for c in self.columns
-        ]
-        insert_cols = ", ".join(n for n, _ in target_cols)
-        select_cols = ", ".join(f"j.{src}" for _, src in target_cols)
-        sets = ", ".join(f"{n} = excluded.{n}" for n, _ in target_cols if n != "external_id")
+        Returns one row: distinct target rows staged, inserted, updated, and (children) the seqs parked."""
+        return self._child_merge_sql() if self.is_child else self._account_merge_sql(golden=True)
+
+    @cached_property
+    def plain_merge_sql(self) -> str:
+        """:attr:`merge_sql` for a batch without golden ids (dedupe off): every record is its own row, so
+        the latest record per row is also the latest per source record (accounts: one sort fewer)."""
+        return self._child_merge_sql() if self.is_child else self._account_merge_sql(golden=False)
+
+    def _upsert_parts(self) -> tuple[str, str, str]:
+        """Insert column list, ``set`` list and the "row changed" test of the upsert into the table."""
+        cols = (["account_id"] if self.is_child else []) + [c.name for c in self.columns if c.stored]
+        sets = ", ".join(f"{n} = excluded.{n}" for n in cols if n != "external_id")
         compared = (["account_id"] if self.is_child else []) + [
-            c.name for c in self.columns if c.compared and c.name != "external_id"
+            c.name for c in self.columns if c.stored and c.compared and c.name != "external_id"
         ]
         changed = (
             f"({', '.join('t.' + n for n in compared)}) is distinct from "
             f"({', '.join('excluded.' + n for n in compared)})"
         )
-        latest = f"latest as (select distinct on (external_id) * from {self.stage} order by external_id, seq desc)"
-        if self.is_child:
-            joined = (
-                "joined as (select l.*, a.id as account_id from latest l "
-                f"join crm.accounts a on a.external_id = l.{self.parent_field})"
+        return ", ".join(cols), sets, changed
+
+    def _account_merge_sql(self, *, golden: bool) -> str:
+        # The row of a record is its golden id's (dedupe on) or its own id's (dedupe off): ``_target``.
+        # The latest staged record per target row writes the row; every staged source record (the latest
+        # per source and id) writes its xref entry, pointing to the row of its target.
+        insert_cols, sets, changed = self._upsert_parts()
+        select_cols = ", ".join(
+            "l._target" if c.name == "external_id" else f"l.{c.name}" for c in self.columns if c.stored
+        )
+        if golden:
+            # A record whose golden id an earlier batch absorbed (``_stale``, a re-delivery) is older than
+            # the survivor's values: it confirms its xref entry only.
+            ctes = [
+                f"staged as (select s.*, coalesce(s.golden_id, s.external_id) as _target from {self.stage} s)",
+                "latest as (select distinct on (_target) * from staged where _stale is not true "
+                "order by _target, seq desc)",
+            ]
+            members = (
+                "members as (select distinct on (source, external_id) * from staged "
+                "order by source, external_id, seq desc)"
             )
         else:
-            joined = "joined as (select * from latest)"
+            ctes = [
+                f"latest as (select distinct on (external_id) *, external_id as _target from {self.stage} "
+                "order by external_id, seq desc)"
+            ]
+            members = "members as (select * from latest)"
+        upsert = (
+            f"up as (insert into crm.{self.table} as t ({insert_cols}) select {select_cols} from latest l "
+            f"on conflict (external_id) do update set {sets}, updated_at = now() where {changed} "
+            "returning t.id, t.external_id, (t.xmax = 0) as inserted)"
+        )
+        # Every staged record confirms its xref entry, changed or not, so the xref's run_id says which run
+        # last delivered the record (what `crmflow migrate` reconciles against). A re-delivery within the
+        # same run writes nothing. Rows inserted by ``up`` are not visible to the table scan of this same
+        # statement, hence both joins.
+        xref = (
+            "xr as (insert into crm.xref as x (entity, source, source_id, target_id, golden_id, run_id, evidence) "
+            f"select '{self.entity}', m.source, m.external_id, coalesce(up.id, t.id), m.golden_id, m.run_id, "
+            "m.match_evidence::jsonb from members m left join up on up.external_id = m._target "
+            f"left join crm.{self.table} t on t.external_id = m._target "
+            "where coalesce(up.id, t.id) is not null "
+            "on conflict (entity, source, source_id) do update set target_id = excluded.target_id, "
+            "golden_id = excluded.golden_id, run_id = excluded.run_id, evidence = excluded.evidence, "
+            "updated_at = now() where (x.target_id, x.golden_id, x.run_id, x.evidence) is distinct from "
+            "(excluded.target_id, excluded.golden_id, excluded.run_id, excluded.evidence))"
+        )
+        return (
+            f"with {', '.join(ctes)}, {upsert}, {members}, {xref} select (select count(*) from latest), "
+            "count(*) filter (where inserted), count(*) filter (where not inserted), '{}'::bigint[] from up"
+        )
+
+    def _child_merge_sql(self) -> str:
+        insert_cols, sets, changed = self._upsert_parts()
+        select_cols = ", ".join(f"j.{n}" for n in insert_cols.split(", "))
+        latest = f"latest as (select distinct on (external_id) * from {self.stage} order by external_id, seq desc)"
+        # The account is found through its xref entry: the parent's source id may be a member of a
+        # golden record (dedupe on) or the account's own id (dedupe off). Of two accounts sources with
+        # the same id, the first source by name wins. A child without a golden id of its own takes the
+        # parent's.
+        parent = (
+            "(select x.target_id, x.golden_id from crm.xref x where x.entity = 'account' "
+            f"and x.source_id = l.{self.parent_field} order by x.source limit 1)"
+        )
+        cols = ", ".join(
+            "coalesce(l.golden_id, p.golden_id) as golden_id" if c.name == "golden_id" else f"l.{c.name}"
+            for c in self.columns
+        )
+        joined = f"joined as (select {cols}, p.target_id as account_id from latest l cross join lateral {parent} p)"
         upsert = (
             f"up as (insert into crm.{self.table} as t ({insert_cols}) select {select_cols} from joined j "
             f"on conflict (external_id) do update set {sets}, updated_at = now() where {changed} "
             "returning t.id, t.external_id, (t.xmax = 0) as inserted)"
         )
-        # Every staged row confirms its xref entry, changed or not, so the xref's run_id says which run
-        # last delivered the record (what `crmflow migrate` reconciles against). A re-delivery within the
-        # same run writes nothing. Rows inserted by ``up`` are not visible to the table scan of this same
-        # statement, hence both joins.
         xref = (
             "xr as (insert into crm.xref as x (entity, source, source_id, target_id, golden_id, run_id) "
             f"select '{self.entity}', j.source, j.external_id, coalesce(up.id, t.id), j.golden_id, j.run_id "
@@ -159,33 +241,34 @@ class EntityTable:
             "where (x.target_id, x.golden_id, x.run_id) is distinct from "
             "(excluded.target_id, excluded.golden_id, excluded.run_id))"
         )
-        ctes = [latest, joined, upsert, xref]
-        parked = "'{}'::bigint[]"
-        if self.is_child:
-            record = "to_jsonb(l) - array['seq', " + ", ".join(f"'{n}'" for n, _ in ORIGIN_COLUMNS) + "]"
-            ctes += [
-                # A record written now supersedes an older version of it still parked.
-                "unparked as (delete from crm.parked p using joined j "
-                f"where p.entity = '{self.entity}' and p.external_id = j.external_id)",
-                "orphans as (select * from latest l where not exists "
-                f"(select 1 from crm.accounts a where a.external_id = l.{self.parent_field}))",
-                "park as (insert into crm.parked as p (entity, external_id, parent_external_id, record, "
-                "source_topic, source_partition, source_offset, raw_key, raw_value, run_id, source_position) "
-                f"select '{self.entity}', l.external_id, l.{self.parent_field}, {record}, l._topic, "
-                "l._partition, l._offset, l._key, l._value, l.run_id, l.source_position from orphans l "
-                "on conflict (entity, external_id) do update set "
-                "parent_external_id = excluded.parent_external_id, record = excluded.record, "
-                "source_topic = excluded.source_topic, source_partition = excluded.source_partition, "
-                "source_offset = excluded.source_offset, raw_key = excluded.raw_key, "
-                "raw_value = excluded.raw_value, run_id = excluded.run_id, "
-                "source_position = excluded.source_position, last_seen_at = now(), "
-                "dead_rule = null, dead_field = null, dead_error = null "
-                # A re-delivery of the same record leaves the parked row as it is.
-                "where (p.record, p.parent_external_id, p.source_topic, p.source_partition, p.source_offset) "
-                "is distinct from (excluded.record, excluded.parent_external_id, excluded.source_topic, "
-                "excluded.source_partition, excluded.source_offset))",
-            ]
-            parked = "(select coalesce(array_agg(seq), '{}') from orphans)"
+        record = "to_jsonb(l) - array['seq', " + ", ".join(f"'{n}'" for n, _ in ORIGIN_COLUMNS) + "]"
+        ctes = [
+            latest,
+            joined,
+            upsert,
+            xref,
+            # A record written now supersedes an older version of it still parked.
+            "unparked as (delete from crm.parked p using joined j "
+            f"where p.entity = '{self.entity}' and p.external_id = j.external_id)",
+            "orphans as (select * from latest l where not exists (select 1 from crm.xref x "
+            f"where x.entity = 'account' and x.source_id = l.{self.parent_field}))",
+            "park as (insert into crm.parked as p (entity, external_id, parent_external_id, record, "
+            "source_topic, source_partition, source_offset, raw_key, raw_value, run_id, source_position) "
+            f"select '{self.entity}', l.external_id, l.{self.parent_field}, {record}, l._topic, "
+            "l._partition, l._offset, l._key, l._value, l.run_id, l.source_position from orphans l "
+            "on conflict (entity, external_id) do update set "
+            "parent_external_id = excluded.parent_external_id, record = excluded.record, "
+            "source_topic = excluded.source_topic, source_partition = excluded.source_partition, "
+            "source_offset = excluded.source_offset, raw_key = excluded.raw_key, "
+            "raw_value = excluded.raw_value, run_id = excluded.run_id, "
+            "source_position = excluded.source_position, last_seen_at = now(), "
+            "dead_rule = null, dead_field = null, dead_error = null "
+            # A re-delivery of the same record leaves the parked row as it is.
+            "where (p.record, p.parent_external_id, p.source_topic, p.source_partition, p.source_offset) "
+            "is distinct from (excluded.record, excluded.parent_external_id, excluded.source_topic, "
+            "excluded.source_partition, excluded.source_offset))",
+        ]
+        parked = "(select coalesce(array_agg(seq), '{}') from orphans)"
         return (
             f"with {', '.join(ctes)} select (select count(*) from latest), "
             f"count(*) filter (where inserted), count(*) filter (where not inserted), {parked} from up"
@@ -217,6 +300,9 @@ ACCOUNT = EntityTable(
         Column("birth_date", "date"),
         Column("customer_since", "date"),
         *_LINEAGE,
+        Column("match_evidence", "text", stored=False),
+        # Set by the sink: the record's golden id was absorbed by an earlier batch (xref entry only).
+        Column("_stale", "bool", stored=False),
     ),
 )
 CONTACT = EntityTable(
@@ -264,3 +350,48 @@ CASE = EntityTable(
 # Parents first: within one transaction a child then finds the account written by the same batch.
 TABLES: dict[str, EntityTable] = {t.entity: t for t in (ACCOUNT, CONTACT, SALE, CASE)}
 CHILDREN = tuple(t for t in TABLES.values() if t.is_child)
+
+# Where absorbed golden ids went: for each id of ``%(ids)s`` that crm.golden_merges knows as absorbed, the
+# golden id at the end of its chain of merges (``survivor_golden_id`` is the immediate survivor). A
+# record re-delivered after its cluster was merged then lands on the survivor's row, never re-creating an
+# absorbed one. The depth bound only guards against a cycle in corrupt data.
+GOLDEN_CHAINS_SQL = (
+    "with recursive chain (start, cur, depth) as ("
+    "select g, g, 0 from unnest(%(ids)s::text[]) g "
+    "union all select c.start, m.survivor_golden_id, c.depth + 1 from chain c "
+    "join crm.golden_merges m on m.absorbed_golden_id = c.cur where c.depth < 64) "
+    "select start, cur from (select distinct on (start) start, cur from chain order by start, depth desc) z "
+    "where start <> cur"
+)
+
+# Apply cluster merges, one statement: for each absorbed golden id whose survivor (``final``: the end of
+# the chain) has a row, re-point the absorbed row's contacts, sales and cases (their golden id too, unless
+# they carry one of their own) and the xref entries pointing to it, delete it, and log the merge once.
+# Children and xref rows of the children whose golden id changed follow. Idempotent: once the absorbed
+# row is gone every update matches nothing and the log insert does nothing. Foreign keys are checked at
+# the end of the statement, when no child references the deleted row any more.
+_REPOINT_CHILD = (
+    "{alias}_moved as (update crm.{table} c set account_id = p.new_id, updated_at = now(), golden_id = "
+    "case when c.golden_id is null or c.golden_id = p.absorbed then p.final else c.golden_id end "
+    "from pairs p where c.account_id = p.old_id returning c.id, c.golden_id), "
+    "{alias}_xref as (update crm.xref x set golden_id = m.golden_id, updated_at = now() from {alias}_moved m "
+    "where x.entity = '{entity}' and x.target_id = m.id and x.golden_id is distinct from m.golden_id)"
+)
+MERGE_GOLDENS_SQL = (
+    "with m as (select * from unnest(%(absorbed)s::text[], %(survivor)s::text[], %(final)s::text[], "
+    "%(record)s::text[], %(run)s::text[], %(evidence)s::text[]) "
+    "as m (absorbed, survivor, final, record_id, run_id, evidence)), "
+    "pairs as (select m.*, a.id as old_id, g.id as new_id from m "
+    "join crm.accounts g on g.external_id = m.final "
+    "left join crm.accounts a on a.external_id = m.absorbed and a.id <> g.id), "
+    + ", ".join(_REPOINT_CHILD.format(alias=t.table, table=t.table, entity=t.entity) for t in CHILDREN)
+    + ", account_xref as (update crm.xref x set target_id = p.new_id, golden_id = p.final, updated_at = now() "
+    "from pairs p where x.entity = 'account' and x.target_id = p.old_id returning 1), "
+    "gone as (delete from crm.accounts a using pairs p where a.id = p.old_id returning 1), "
+    "logged as (insert into crm.golden_merges (absorbed_golden_id, survivor_golden_id, record_id, run_id, "
+    "evidence) select absorbed, survivor, record_id, run_id, evidence::jsonb from pairs "
+    "on conflict (absorbed_golden_id) do nothing returning 1) "
+    "select (select count(*) from gone), (select count(*) from account_xref), "
+    + " + ".join(f"(select count(*) from {t.table}_moved)" for t in CHILDREN)
+    + ", (select count(*) from logged)"
+)

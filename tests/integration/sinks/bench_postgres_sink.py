@@ -3,14 +3,17 @@
     .venv/bin/python tests/integration/sinks/bench_postgres_sink.py [--rows 100000] [--batch 1000 5000]
 
 For each batch size, in a fresh database: (1) ``write_batch`` straight into PostgreSQL (COPY + one upsert
-per batch, one transaction each), (2) the same records again (a re-delivery: every row unchanged), and
-(3) end to end through Kafka — Avro-encoded records on a fresh 6-partition topic, ``run_sink`` in drain
-mode (consume, decode, write, commit). Prints rows/s for each.
+per batch, one transaction each), (2) the same records again (a re-delivery: every row unchanged), (3) one
+contact per account (children find their account through ``crm.xref``), and (4) end to end through
+Kafka — Avro-encoded records on a fresh 6-partition topic, ``run_sink`` in drain mode (consume, decode,
+write, commit). Prints rows/s for each. ``--golden`` adds the same with dedupe on: clusters of three
+source records per golden id, every 50th cluster merged into the one before it.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import time
 import uuid
 from datetime import UTC, date, datetime, timedelta
@@ -40,6 +43,29 @@ def account(n: int) -> dict[str, Any]:
     }
 
 
+def golden(n: int) -> dict[str, Any]:
+    """Account ``n`` with dedupe on: clusters of three (golden id = the first member); the last member of
+    every 50th cluster bridges it into the previous cluster, whose golden id survives."""
+    cluster = n // 3
+    gid = f"C{cluster * 3:07d}"
+    value = account(cluster * 3) | {"customer_id": f"C{n:07d}", "source_position": f"customers.csv:{n + 2}",
+                                    "golden_id": gid, "merged_golden_ids": [], "match_evidence": None}
+    if n % 3:
+        value["match_evidence"] = json.dumps([{"rule": "email_exact", "score": 1.0, "matched_id": gid,
+                                               "golden_id": gid, "decision": "merge", "veto": None}])
+    if n % 3 == 2 and cluster % 50 == 49:
+        value["golden_id"] = f"C{(cluster - 1) * 3:07d}"
+        value["merged_golden_ids"] = [gid]
+    return value
+
+
+def contact(n: int) -> dict[str, Any]:
+    return {"contact_id": f"K{n:07d}", "customer_id": f"C{n:07d}", "full_name": "Bo Park", "first_name": "Bo",
+            "last_name": "Park", "email": f"bo{n}@example.com", "phone": None, "job_title": "Buyer",
+            "run_id": "bench", "source": "legacy", "source_position": f"contacts.csv:{n + 2}", "quality_flags": [],
+            "mapped_at": datetime.now(UTC), "golden_id": None}
+
+
 def fresh_db(ep: Endpoints) -> tuple[str, str]:
     name = f"bench_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(ep.postgres_dsn, autocommit=True) as conn:
@@ -52,20 +78,23 @@ def drop_db(ep: Endpoints, name: str) -> None:
         conn.execute(f'drop database if exists "{name}" with (force)'.encode())
 
 
-def direct(ep: Endpoints, values: list[dict[str, Any]], batch: int) -> tuple[float, float]:
+def direct(ep: Endpoints, values: list[dict[str, Any]], batch: int) -> tuple[float, float, float]:
     name, dsn = fresh_db(ep)
     sink = PostgresSink(dsn)
     try:
         sink.setup()
         records = [SinkRecord("account", v, "bench.mapped.account", 0, i, None, b"") for i, v in enumerate(values)]
+        children = [SinkRecord("contact", contact(i), "bench.mapped.contact", 0, i, None, b"")
+                    for i in range(len(values))]
         rates = []
-        for _ in range(2):  # first: inserts; second: the same records again (all unchanged)
+        # first: inserts; second: the same records again (all unchanged); third: a contact per account
+        for recs in (records, records, children):
             started = time.perf_counter()
-            for i in range(0, len(records), batch):
-                result = sink.write_batch(records[i : i + batch])
-                assert not result.rejects
-            rates.append(len(records) / (time.perf_counter() - started))
-        return rates[0], rates[1]
+            for i in range(0, len(recs), batch):
+                result = sink.write_batch(recs[i : i + batch])
+                assert not result.rejects and not result.parked
+            rates.append(len(recs) / (time.perf_counter() - started))
+        return rates[0], rates[1], rates[2]
     finally:
         sink.close()
         drop_db(ep, name)
@@ -107,16 +136,21 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=100_000)
     parser.add_argument("--batch", type=int, nargs="+", default=[1000, 5000])
     parser.add_argument("--no-kafka", action="store_true", help="Only the direct database figures.")
+    parser.add_argument("--golden", action="store_true", help="Also with dedupe on (golden records).")
     args = parser.parse_args()
     ep = get_stack().endpoints()
-    values = [account(n) for n in range(args.rows)]
+    modes = [("dedupe off", [account(n) for n in range(args.rows)])]
+    if args.golden:
+        modes.append(("dedupe on", [golden(n) for n in range(args.rows)]))
     print(f"{args.rows:,} accounts into PostgreSQL")
-    for batch in args.batch:
-        insert, unchanged = direct(ep, values, batch)
-        line = f"batch {batch:>6,}: write_batch {insert:>9,.0f} rows/s, re-delivery {unchanged:>9,.0f} rows/s"
-        if not args.no_kafka:
-            line += f", Kafka→Avro→PostgreSQL (drain) {through_kafka(ep, values, batch):>9,.0f} rows/s"
-        print(line, flush=True)
+    for mode, values in modes:
+        for batch in args.batch:
+            insert, unchanged, contacts = direct(ep, values, batch)
+            line = (f"{mode}, batch {batch:>6,}: write_batch {insert:>9,.0f} rows/s, re-delivery "
+                    f"{unchanged:>9,.0f} rows/s, contacts {contacts:>9,.0f} rows/s")
+            if not args.no_kafka and mode == "dedupe off":
+                line += f", Kafka→Avro→PostgreSQL (drain) {through_kafka(ep, values, batch):>9,.0f} rows/s"
+            print(line, flush=True)
 
 
 if __name__ == "__main__":

@@ -39,7 +39,7 @@ def test_migrations_apply_once_and_are_idempotent(pg_dsn_factory: Callable[[], s
     assert [m.version for m in first] == [m.version for m in load_migrations()]
     assert apply_migrations(dsn) == []
     tables = {r[0] for r in query(dsn, "select table_name from information_schema.tables where table_schema = 'crm'")}
-    assert {"accounts", "contacts", "sales", "cases", "xref", "parked", "migration_audit",
+    assert {"accounts", "contacts", "sales", "cases", "xref", "parked", "migration_audit", "golden_merges",
             "schema_migrations"} <= tables
 
 
