@@ -73,6 +73,10 @@ def build_app(
         broker_commit_every=batch_size,
         broker_commit_interval=1.0,
         stream_buffer_maxsize=4 * batch_size,
+        # A worker that dies (SIGKILL, a lost node) gives its partitions up after this, not faust's 60 s:
+        # during a cutover a minute of stalled partitions is visible on every dashboard.
+        broker_session_timeout=15.0,
+        broker_heartbeat_interval=3.0,
     )
     registry = SchemaRegistryClient({"url": endpoints.registry_url})
     decoder = AvroDecoder(registry, load_schema("legacy/legacy_record"))
