@@ -30,7 +30,10 @@ def _summary(config: MigrationConfig) -> str:
         f"sources: {len(config.sources)}: {sources}\n"
         f"entities: {len(config.entities)}: {entities}\n"
         f"fields mapped: {fields}; topics: {config.kafka.raw_topic('<source>')}, "
-        f"{config.kafka.mapped_topic('<entity>')}, {config.kafka.dlq_topic}"
+        f"{config.kafka.mapped_topic('<entity>')}, {config.kafka.dlq_topic}\n"
+        + (f"dedupe: accounts into golden records (match threshold {config.dedupe.match_threshold}); "
+           f"internal topic {config.kafka.dedupe_topic('account')}"
+           if config.dedupe is not None and config.dedupe_enabled else "dedupe: off (one account per source record)")
     )
 
 

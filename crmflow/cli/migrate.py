@@ -52,6 +52,10 @@ def migrate(
             table.add_row(entity, f"{c.read:,}", f"{c.written:,}", f"{c.rejected:,}", f"{c.filtered:,}",
                           f"{c.merged:,}", "[green]yes[/green]" if c.reconciled else "[red]NO[/red]")
         err_console.print(table)
+        account = summary.entities.get("account")
+        if account is not None and account.golden is not None:
+            err_console.print(f"deduplication: {account.written:,} source accounts became {account.golden:,} "
+                              f"golden accounts ({account.merged:,} merged; evidence in crm.xref, crm.golden_merges)")
         if summary.rejected_by_rule:
             err_console.print("rejected by rule: " + ", ".join(f"{r} {n}" for r, n in summary.rejected_by_rule.items()))
         err_console.print(f"{summary.records:,} records in {summary.elapsed_s:.1f}s "

@@ -268,3 +268,28 @@ def test_segment_filter_matches_database_columns(tmp_path: Path) -> None:
     text = VALID.replace("    key: Customer_ID\n", "    key: Customer_ID\n    segment: {field: Region, in: [EU]}\n")
     segment = load_config(write(tmp_path, text)).sources["customers"].segment
     assert segment is not None and segment.matches({"region": "EU"})
+
+
+# --- dedupe -------------------------------------------------------------------------------------------
+
+
+def test_dedupe_section_configures_the_matcher(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    text = VALID + "dedupe:\n  match_threshold: 7.5\n  weights: {birth_date: 5}\n  block_key_env: T_BLOCK_KEY\n"
+    config = load_config(write(tmp_path, text))
+    assert config.dedupe_enabled and config.kafka.dedupe_topic("account") == "crmflow.dedupe.account"
+    with pytest.raises(ConfigError, match="T_BLOCK_KEY"):
+        config.dedupe.matcher()  # type: ignore[union-attr]
+    monkeypatch.setenv("T_BLOCK_KEY", "pepper-of-the-test")
+    matcher = config.dedupe.matcher()  # type: ignore[union-attr]
+    assert matcher.match_threshold == 7.5 and matcher.weights.birth_date == 5
+    assert matcher.block_key_secret is not None and matcher.block_key_secret.get_secret_value() == "pepper-of-the-test"
+    assert not load_config(write(tmp_path, VALID + "dedupe: {enabled: false}\n")).dedupe_enabled
+    assert not load_config(write(tmp_path, VALID)).dedupe_enabled
+
+
+def test_dedupe_refuses_a_secret_in_the_file_and_unknown_keys_with_their_line(tmp_path: Path) -> None:
+    (problem,) = load_errors(tmp_path, VALID + "dedupe:\n  block_key_secret: hunter22\n")
+    assert problem.path.startswith("dedupe") and "block_key_env" in problem.message
+    assert "hunter22" not in str(problem)
+    (problem,) = load_errors(tmp_path, VALID + "dedupe:\n  enabled: true\n  match_treshold: 7\n")
+    assert problem.path == "dedupe.match_treshold" and problem.line == VALID.count("\n") + 3
