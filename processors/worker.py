@@ -23,7 +23,7 @@ import asyncio
 import logging
 import time
 import weakref
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable, Mapping, MutableMapping
 from typing import Any, cast
 
 import faust
@@ -38,6 +38,7 @@ from crmflow.stack import Endpoints
 from crmflow.topics import dedupe_topic, dlq_topic, mapped_topic, raw_topic
 from processors.batch import MapFn, map_batch
 from processors.dedupe import DedupeError, Deduper, DedupeResult, DedupeState, shard_key
+from processors.dedupe.state import WriteBehind
 from processors.dedupe.stream import golden_account
 from processors.mapping import build_mappers
 from processors.masking import Masker
@@ -45,8 +46,8 @@ from processors.masking import Masker
 log = logging.getLogger(__name__)
 STAGE = "process"
 DEDUPE_STAGE = "dedupe"
-# faust's task-local "event being processed" (faust.streams.current_event reads it). Tables route each
-# write to the changelog partition of that event; inside a batch from noack_take it is set per event.
+# faust's task-local "event being processed" (faust.streams.current_event reads it): a table sends each
+# write to the changelog partition of that event, so a batch spanning partitions sets it per partition.
 _CURRENT_EVENT = faust.streams._current_event
 
 
@@ -77,6 +78,9 @@ def build_app(
         # during a cutover a minute of stalled partitions is visible on every dashboard.
         broker_session_timeout=15.0,
         broker_heartbeat_interval=3.0,
+        # No standby copies of the dedupe state: on two cores, replaying each other's changelog costs more
+        # than it saves; a partition that moves recovers from its (compacted) changelog instead.
+        table_standby_replicas=0,
     )
     registry = SchemaRegistryClient({"url": endpoints.registry_url})
     decoder = AvroDecoder(registry, load_schema("legacy/legacy_record"))
@@ -158,14 +162,26 @@ def build_app(
 
     if cfg.dedupe is not None and dedupe_codec is not None:
         # One table for the whole state (see processors.dedupe.state: one changelog keeps write order).
-        state = app.Table(
+        # Each partition is its own shard (keys namespaced "<partition>|"), so a worker's results do not
+        # depend on which other partitions it happens to hold. Writes are buffered per batch (WriteBehind)
+        # and reach the table, and so its changelog, once per key at the end of the batch.
+        table = app.Table(
             "dedupe-account",
             default=None,
             partitions=cfg.kafka.partitions,
             schema=faust.Schema(key_serializer="json", value_serializer="json"),
             help="deduplication state of accounts: blocks, record features, clusters, golden records",
         )
-        deduper = Deduper(cfg.dedupe.matcher(), DedupeState.over(cast("Any", state)))
+        matcher = cfg.dedupe.matcher()
+        shards: dict[int, tuple[Deduper, WriteBehind]] = {}
+
+        def shard(partition: int) -> tuple[Deduper, WriteBehind]:
+            held = shards.get(partition)
+            if held is None:
+                buffer = WriteBehind(cast("MutableMapping[str, Any]", table), f"{partition}|")
+                held = shards[partition] = (Deduper(matcher, DedupeState.over(buffer)), buffer)
+            return held
+
         account_decoder = AvroDecoder(registry, load_schema("target/account"))
         account_decoder.know(dedupe_codec.schema_id, dedupe_codec.schema)
         dedupe_source = app.topic(dedupe_name, key_type=bytes, value_type=bytes)
@@ -187,14 +203,8 @@ def build_app(
                     try:
                         record = account_decoder.decode(event.value, origin=where)
                         run_id = record.get("run_id")
-                        # The table writes go to the changelog partition of the event being processed;
-                        # faust knows it from its task-local current event, which a batch must set itself.
-                        token = _CURRENT_EVENT.set(weakref.ref(event))
                         rule = "dedupe"
-                        try:
-                            result = deduper.process(record)
-                        finally:
-                            _CURRENT_EVENT.reset(token)
+                        result = shard(msg.partition)[0].process(record)
                     except (SerializationError, DedupeError) as exc:
                         error = str(exc)
                     else:
@@ -208,9 +218,20 @@ def build_app(
                         run_id=run_id)  # fmt: skip
                     pending.append(await app.producer.send(dlq_name, None, value, None, None, headers))
                     RECORDS.labels(stage=DEDUPE_STAGE, entity="account", outcome="rejected").inc()
+                # Each partition's writes, once per key and in their safe order, through the table: faust
+                # sends them to the changelog partition of the current event, and flushes them before it
+                # commits any offset.
+                firsts = {e.message.partition: e for e in reversed(events)}
+                for partition, first in firsts.items():
+                    token = _CURRENT_EVENT.set(weakref.ref(first))
+                    try:
+                        shard(partition)[1].flush()
+                    finally:
+                        _CURRENT_EVENT.reset(token)
                 values = codecs["account"].encode_many([account for _, account in out])
                 for (key, _), value in zip(out, values, strict=True):
                     pending.append(await app.producer.send(account_topic, key, value, None, None, None))
+                # The changelog and the golden records durable before the input is acked (and committed).
                 await asyncio.gather(*pending)
                 for event in events:
                     await manual.ack(event)

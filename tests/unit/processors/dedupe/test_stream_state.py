@@ -19,6 +19,7 @@ import pytest
 from crmflow.demo_data import generate
 from processors.dedupe import DedupeConfig, Deduper, DedupeState
 from processors.dedupe.evaluate import load_demo_records
+from processors.dedupe.state import WriteBehind
 from processors.dedupe.stream import golden_account
 
 pytestmark = pytest.mark.unit
@@ -101,6 +102,62 @@ def test_a_crash_anywhere_then_replay_gives_the_clusters_of_an_uninterrupted_run
             replayed.process(account)
         assert clusters(replayed.state, ids) == expected, f"cut after write {cut}, replay from record {committed}"
         assert dict(replayed.state.goldens) == golden_values, f"golden records differ after cut {cut}"
+
+
+def test_batched_writes_cut_anywhere_then_replayed_from_the_last_batch_give_the_same_clusters(
+    accounts: list[dict[str, Any]],
+) -> None:
+    """What the worker does: one WriteBehind per batch, flushed in its safe order to the changelog, offsets
+    committed at batch ends. A crash keeps any prefix of the flushed writes; replay starts at a batch end."""
+    ids = [str(a["customer_id"]) for a in accounts]
+    batch = 25
+    log: list[tuple[str, str | None]] = []
+    ends: list[int] = [0]  # changelog length at each batch end (committable)
+    backing: dict[str, Any] = {}
+    buffer = WriteBehind(backing, "3|")
+    deduper = Deduper(DedupeConfig(), DedupeState.over(buffer))
+    for start in range(0, len(accounts), batch):
+        for account in accounts[start:start + batch]:
+            deduper.process(account)
+        log += [(k, None if v is None else json.dumps(v)) for k, v in buffer.flush()]
+        ends.append(len(log))
+    expected = clusters(deduper.state, ids)
+    golden_values = dict(deduper.state.goldens)
+    assert all(k.startswith("3|") for k in backing) and len(set(expected.values())) < len(ids)
+
+    rng = random.Random(4)
+    for cut in sorted(rng.sample(range(len(log)), 120)):
+        last_end = max(i for i, e in enumerate(ends) if e <= cut)  # the batch the crash interrupted
+        committed = rng.randint(max(last_end - 2, 0), last_end) * batch
+        recovered = {k: v for k, v in recover(log[:cut]).data.items()}
+        buffer = WriteBehind(recovered, "3|")
+        replayed = Deduper(DedupeConfig(), DedupeState.over(buffer))
+        for start in range(committed, len(accounts), batch):
+            for account in accounts[start:start + batch]:
+                replayed.process(account)
+            buffer.flush()
+        assert clusters(replayed.state, ids) == expected, f"cut after write {cut}, replay from record {committed}"
+        assert dict(replayed.state.goldens) == golden_values, f"golden records differ after cut {cut}"
+
+
+def test_write_behind_reads_its_own_writes_and_flushes_once_per_key_in_safe_order() -> None:
+    backing: dict[str, Any] = {"n|g:A": {"members": ["A"]}, "n|c:A": "A", "other|c:Z": "Z"}
+    wb = WriteBehind(backing, "n|")
+    wb["c:B"] = "A"
+    wb["g:A"] = {"members": ["A", "B"]}
+    wb["b:k"] = ["A"]
+    wb["b:k"] = ["A", "B"]
+    wb["r:B"] = {"fn": "x"}
+    del wb["c:A"]
+    assert wb["g:A"] == {"members": ["A", "B"]} and "c:A" not in wb and wb.get("c:A") is None
+    assert sorted(wb) == ["b:k", "c:B", "g:A", "r:B"] and backing["n|c:A"] == "A", "nothing written yet"
+    assert wb.pending == 5
+    writes = wb.flush()
+    assert [k for k, _ in writes] == ["n|b:k", "n|r:B", "n|g:A", "n|c:B", "n|c:A"]
+    assert writes[0] == ("n|b:k", ["A", "B"]) and writes[-1] == ("n|c:A", None)
+    assert backing == {"n|g:A": {"members": ["A", "B"]}, "n|c:B": "A", "n|b:k": ["A", "B"], "n|r:B": {"fn": "x"},
+                       "other|c:Z": "Z"}
+    assert wb.flush() == []
 
 
 def test_the_views_of_one_store_hold_prefixed_keys(accounts: list[dict[str, Any]]) -> None:
