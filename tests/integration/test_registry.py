@@ -85,6 +85,8 @@ def account(i: int = 0) -> dict[str, Any]:
         "quality_flags": [],
         "mapped_at": NOW,
         "golden_id": None,
+        "merged_golden_ids": [],
+        "match_evidence": None,
     }
 
 
