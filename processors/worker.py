@@ -23,7 +23,7 @@ import asyncio
 import logging
 import time
 import weakref
-from collections.abc import Awaitable, Mapping, MutableMapping
+from collections.abc import AsyncIterator, Awaitable, Mapping, MutableMapping
 from typing import Any, cast
 
 import faust
@@ -104,10 +104,7 @@ def build_app(
 
     @app.agent(source)
     async def cleanse_and_map(stream: faust.StreamT[bytes]) -> None:
-        manual = cast("faust.Stream[bytes]", cast("faust.Stream[bytes]", stream).noack())
-        async for taken in manual.noack_take(batch_size, within=batch_within_s):
-            # noack_take yields the events themselves (typed as values upstream), so they can be acked.
-            events = cast("list[faust.EventT[bytes]]", taken)
+        async for manual, events in _batches(stream, batch_size, batch_within_s):
             started = time.perf_counter()
             pending: list[Awaitable[Any]] = []
             decoded: list[tuple[int, dict[str, Any]]] = []
@@ -189,9 +186,7 @@ def build_app(
 
         @app.agent(dedupe_source)
         async def resolve_accounts(stream: faust.StreamT[bytes]) -> None:
-            manual = cast("faust.Stream[bytes]", cast("faust.Stream[bytes]", stream).noack())
-            async for taken in manual.noack_take(batch_size, within=batch_within_s):
-                events = cast("list[faust.EventT[bytes]]", taken)
+            async for manual, events in _batches(stream, batch_size, batch_within_s):
                 started = time.perf_counter()
                 pending: list[Awaitable[Any]] = []
                 out: list[tuple[bytes | None, dict[str, Any]]] = []
@@ -248,6 +243,17 @@ def build_app(
                 LAST_SUCCESS.labels(stage=DEDUPE_STAGE).set_to_current_time()
 
     return app
+
+
+async def _batches(
+    stream: faust.StreamT[bytes], size: int, within: float
+) -> AsyncIterator[tuple[faust.Stream[bytes], list[faust.EventT[bytes]]]]:
+    """Batches of at most ``size`` events (or what ``within`` seconds gave), NOT acknowledged when taken:
+    the caller acks them on the returned stream once their output is durable."""
+    manual = cast("faust.Stream[bytes]", cast("faust.Stream[bytes]", stream).noack())
+    async for taken in manual.noack_take(size, within=within):
+        # noack_take yields the events themselves (typed as values upstream), so they can be acked.
+        yield manual, cast("list[faust.EventT[bytes]]", taken)
 
 
 def _count_decisions(result: DedupeResult, counts: dict[str, int]) -> None:
