@@ -4,7 +4,8 @@ One agent reads every raw topic of the config. Per batch (``noack_take``: events
 when taken) it decodes the Avro envelopes, maps them with the compiled mappers, sends mapped records and
 dead letters through faust's producer, waits until Kafka acknowledged every send, and only then acks the
 events — so the offsets faust commits never run ahead of durable output (at-least-once; the sink's
-upsert by external id makes a replay harmless). A message that cannot be decoded or mapped is
+upsert by external id makes a replay harmless). faust's own consumer does not hold to that around
+rebalances; :mod:`processors.acks` makes it (only confirmed acks count, events come in offset order). A message that cannot be decoded or mapped is
 dead-lettered with its reason; the partition keeps moving.
 
 With ``dedupe`` on, clean accounts are not masked and sent on by this agent: they go to the internal
@@ -36,6 +37,7 @@ from crmflow.metrics import BATCH_DURATION, BATCH_SIZE, CONSUMER_LAG, DEDUPE_DEC
 from crmflow.serialization import AvroCodec, AvroDecoder, SerializationError, load_schema, topic_subject
 from crmflow.stack import Endpoints
 from crmflow.topics import dedupe_topic, dlq_topic, mapped_topic, raw_topic
+from processors.acks import ConfirmedAckApp, ConfirmedAckConsumer
 from processors.batch import MapFn, map_batch
 from processors.dedupe import DedupeError, Deduper, DedupeResult, DedupeState, shard_key
 from processors.dedupe.state import WriteBehind
@@ -59,8 +61,11 @@ def build_app(
     batch_within_s: float = 0.25,
 ) -> faust.App:
     prefix = cfg.kafka.topic_prefix
-    app = faust.App(
+    raw_topics = [raw_topic(prefix, name) for name in cfg.sources]
+    dedupe_name = dedupe_topic(prefix, "account")
+    app = ConfirmedAckApp(
         f"crmflow-process-{prefix}",
+        guarded_topics=[*raw_topics, dedupe_name],
         broker=[f"kafka://{server}" for server in endpoints.bootstrap_servers.split(",")],
         value_serializer="raw",
         key_serializer="raw",
@@ -95,9 +100,7 @@ def build_app(
     }
     dlq_name = dlq_topic(prefix)
     dlq = DeadLetterWriter(None, registry, dlq_name)
-    raw_topics = [raw_topic(prefix, name) for name in cfg.sources]
     source = app.topic(*raw_topics, key_type=bytes, value_type=bytes)
-    dedupe_name = dedupe_topic(prefix, "account")
     dedupe_codec = (
         AvroCodec(registry, topic_subject(dedupe_name), load_schema("target/account")) if cfg.dedupe_enabled else None
     )
@@ -149,8 +152,7 @@ def build_app(
                 RECORDS.labels(stage=STAGE, entity=rej.entity or "unknown", outcome="rejected").inc()
             # Durable first, then ack: the offsets faust commits cover only delivered output.
             await asyncio.gather(*pending)
-            for event in events:
-                await manual.ack(event)
+            await _ack(app, manual, events)
             _count_in(decoded, source_entities)
             _record_lag(app, events, STAGE)
             BATCH_SIZE.labels(stage=STAGE).observe(len(events))
@@ -228,8 +230,7 @@ def build_app(
                     pending.append(await app.producer.send(account_topic, key, value, None, None, None))
                 # The changelog and the golden records durable before the input is acked (and committed).
                 await asyncio.gather(*pending)
-                for event in events:
-                    await manual.ack(event)
+                await _ack(app, manual, events)
                 RECORDS.labels(stage=DEDUPE_STAGE, entity="account", outcome="in").inc(len(events))
                 RECORDS.labels(stage=DEDUPE_STAGE, entity="account", outcome="out").inc(len(out))
                 merged = decisions.get("joined", 0)
@@ -251,9 +252,19 @@ async def _batches(
     """Batches of at most ``size`` events (or what ``within`` seconds gave), NOT acknowledged when taken:
     the caller acks them on the returned stream once their output is durable."""
     manual = cast("faust.Stream[bytes]", cast("faust.Stream[bytes]", stream).noack())
+    consumer = cast("ConfirmedAckConsumer", cast("faust.App", stream.app).consumer)
     async for taken in manual.noack_take(size, within=within):
         # noack_take yields the events themselves (typed as values upstream), so they can be acked.
-        yield manual, cast("list[faust.EventT[bytes]]", taken)
+        events = await consumer.admit(cast("list[faust.EventT[bytes]]", taken))
+        if events:
+            yield manual, events
+
+
+async def _ack(app: faust.App, manual: faust.Stream[bytes], events: list[faust.EventT[bytes]]) -> None:
+    """Acknowledge a batch whose output is durable; only such acks move the committed offsets."""
+    cast("ConfirmedAckConsumer", app.consumer).confirm(events)
+    for event in events:
+        await manual.ack(event)
 
 
 def _count_decisions(result: DedupeResult, counts: dict[str, int]) -> None:

@@ -1,0 +1,128 @@
+"""The consumer guard of the processor's agents: which acks count, which events reach an agent, when a
+partition is rewound. The consumer is faust's real one; only its calls to the broker (committed and
+earliest offsets, seek) are replaced, since these tests check the guard's decisions, not Kafka. The e2e
+kill test (tests/e2e/test_dedupe.py) proves the whole on the real stack."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import faust
+import pytest
+from faust.types import TP
+from faust.types.tuples import Message
+
+from processors.acks import ConfirmedAckApp, ConfirmedAckConsumer
+
+pytestmark = pytest.mark.unit
+
+GUARDED = "crm.raw.customers"
+CHANGELOG = "crmflow-process-dedupe-account-changelog"
+TP0 = TP(GUARDED, 0)
+
+
+class OfflineConsumer(ConfirmedAckConsumer):
+    """The guard with the broker's answers fixed: committed offset 10, earliest 0; seeks recorded."""
+
+    committed_at = 10
+    seeks: list[tuple[TP, int]]
+
+    async def earliest_offsets(self, *partitions: TP) -> Mapping[TP, int]:
+        return dict.fromkeys(partitions, 0)
+
+    async def _seek(self, partition: TP, offset: int) -> None:
+        self.seeks.append((partition, offset))
+
+
+@pytest.fixture
+def app() -> Iterator[faust.App]:
+    app = ConfirmedAckApp("acks-test", broker="kafka://127.0.0.1:1", guarded_topics=[GUARDED],
+                          store="memory://", web_enabled=False)
+    app.topics.acking_topics.add(GUARDED)  # what an agent reading the topic registers
+    yield app
+
+
+@pytest.fixture
+def consumer(app: faust.App) -> OfflineConsumer:
+    c = OfflineConsumer(app.transport, callback=app.topics.on_message, on_partitions_revoked=app._on_partitions_revoked,
+                        on_partitions_assigned=app._on_partitions_assigned, beacon=app.beacon,
+                        loop=app.transport.loop)
+    c.guarded_topics = frozenset({GUARDED})
+    c.seeks = []
+    c._committed_offset[TP0] = OfflineConsumer.committed_at
+    return c
+
+
+def event(app: faust.App, offset: int, topic: str = GUARDED, partition: int = 0) -> faust.EventT[Any]:
+    message = Message(topic, partition, offset, 0.0, 0, None, b"k", b"v", None)
+    return faust.Event(app, b"k", b"v", {}, message)
+
+
+def offsets(events: list[faust.EventT[Any]]) -> list[int]:
+    return [e.message.offset for e in events]
+
+
+def admit(consumer: ConfirmedAckConsumer, events: list[faust.EventT[Any]]) -> list[faust.EventT[Any]]:
+    return asyncio.run(consumer.admit(events))
+
+
+def test_events_in_order_from_the_committed_offset_are_admitted(app: faust.App, consumer: OfflineConsumer) -> None:
+    assert offsets(admit(consumer, [event(app, o) for o in (10, 11, 12)])) == [10, 11, 12]
+    assert offsets(admit(consumer, [event(app, 13)])) == [13]
+    assert consumer.seeks == [] and consumer.rewinds == 0
+
+
+def test_an_event_read_again_is_dropped_and_forgotten(app: faust.App, consumer: OfflineConsumer) -> None:
+    admit(consumer, [event(app, o) for o in (10, 11, 12)])
+    again = event(app, 11)
+    assert admit(consumer, [again, event(app, 13)]) != [] and consumer.redelivered == 1
+    assert again.message.acked, "a dropped event must not hold up a rebalance's wait for acks"
+    assert again.message not in consumer.unacked
+
+
+def test_a_hole_rewinds_the_partition_and_drops_what_follows_until_it_is_filled(
+    app: faust.App, consumer: OfflineConsumer,
+) -> None:
+    admit(consumer, [event(app, 10)])
+    # faust never delivered 11 and 12: the partition is rewound to 11, and 13, 14 are dropped.
+    assert offsets(admit(consumer, [event(app, 13), event(app, 14)])) == []
+    assert consumer.seeks == [(TP0, 11)] and consumer.rewinds == 1
+    # Fetched before the seek took effect: never handed to faust's stream (its read position would then
+    # discard the rewound events); the first missing event lifts the filter.
+    assert not consumer._fetched_in_order(TP0, 15)
+    assert consumer._fetched_in_order(TP0, 11)
+    assert consumer._fetched_in_order(TP0, 12)
+    assert offsets(admit(consumer, [event(app, o) for o in (11, 12, 13, 14)])) == [11, 12, 13, 14]
+
+
+def test_the_first_event_after_an_assignment_must_be_at_the_committed_offset(
+    app: faust.App, consumer: OfflineConsumer,
+) -> None:
+    assert admit(consumer, [event(app, 25)]) == []
+    assert consumer.seeks == [(TP0, 10)]
+
+
+def test_only_confirmed_events_move_the_committed_offset(app: faust.App, consumer: OfflineConsumer) -> None:
+    skipped, processed = event(app, 10), event(app, 11)
+    # faust acks an event it skipped (rebalance, recovery): refused, so nothing can be committed past it.
+    assert consumer.ack(skipped.message) is False
+    assert consumer._acked[TP0] == [] and consumer.refused_acks == 1
+    consumer.confirm([processed])
+    assert consumer.ack(processed.message) is True
+    assert consumer._acked[TP0] == [11]
+    assert consumer._new_offset(TP0) is None, "offset 10 was never processed: no commit may pass it"
+
+
+def test_read_gaps_are_ignored_on_guarded_topics_only(app: faust.App, consumer: OfflineConsumer) -> None:
+    asyncio.run(consumer._add_gap(TP0, 11, 40))
+    assert not consumer._gap[TP0] and consumer.ignored_gaps == 1
+    changelog = TP(CHANGELOG, 0)
+    asyncio.run(consumer._add_gap(changelog, 11, 40))
+    assert consumer._gap[changelog], "compacted changelogs keep faust's gap handling"
+
+
+def test_other_topics_pass_untouched(app: faust.App, consumer: OfflineConsumer) -> None:
+    other = [event(app, 500, topic=CHANGELOG)]
+    assert admit(consumer, other) == other
