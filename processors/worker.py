@@ -5,13 +5,14 @@ when taken) it decodes the Avro envelopes, maps them with the compiled mappers, 
 dead letters through faust's producer, waits until Kafka acknowledged every send, and only then acks the
 events — so the offsets faust commits never run ahead of durable output (at-least-once; the sink's
 upsert by external id makes a replay harmless). faust's own consumer does not hold to that around
-rebalances; :mod:`processors.acks` makes it (only confirmed acks count, events come in offset order). A message that cannot be decoded or mapped is
-dead-lettered with its reason; the partition keeps moving.
+rebalances; :mod:`processors.acks` makes it (only confirmed acks count, events come in offset order).
+A message that cannot be decoded or mapped is dead-lettered with its reason; the partition keeps moving.
 
 With ``dedupe`` on, clean accounts are not masked and sent on by this agent: they go to the internal
 topic ``<prefix>.dedupe.account`` keyed by :func:`~processors.dedupe.blocking.shard_key`, whose
 partitions a second agent resolves into golden records (:mod:`processors.dedupe`). Its state is one
-faust Table backed by a compacted changelog topic, co-partitioned with that topic: a restarted or
+faust Table backed by a compacted changelog topic, co-partitioned with that topic (it persists the
+records' features and the golden values; blocks and clusters are derived in memory): a restarted or
 rebalanced worker recovers the state of its partitions before it resumes, and because the changelog is
 flushed before offsets are committed, a replayed record meets a state that already has it (an update,
 which changes nothing). The golden-record updates go to the mapped account topic under the same shard
@@ -28,8 +29,11 @@ from collections.abc import AsyncIterator, Awaitable, Mapping, MutableMapping
 from typing import Any, cast
 
 import faust
+import faust.serializers.codecs
 import faust.streams
+import orjson
 from confluent_kafka.schema_registry import SchemaRegistryClient
+from mode.types.signals import BaseSignalT
 
 from crmflow.config import MigrationConfig
 from crmflow.dlq import DeadLetterWriter
@@ -39,7 +43,7 @@ from crmflow.stack import Endpoints
 from crmflow.topics import dedupe_topic, dlq_topic, mapped_topic, raw_topic
 from processors.acks import ConfirmedAckApp, ConfirmedAckConsumer
 from processors.batch import MapFn, map_batch
-from processors.dedupe import DedupeError, Deduper, DedupeResult, DedupeState, shard_key
+from processors.dedupe import DedupeError, Deduper, DedupeResult, shard_key
 from processors.dedupe.state import WriteBehind
 from processors.dedupe.stream import golden_account
 from processors.mapping import build_mappers
@@ -51,6 +55,19 @@ DEDUPE_STAGE = "dedupe"
 # faust's task-local "event being processed" (faust.streams.current_event reads it): a table sends each
 # write to the changelog partition of that event, so a batch spanning partitions sets it per partition.
 _CURRENT_EVENT = faust.streams._current_event
+
+
+class _OrJson(faust.Codec):
+    """JSON through orjson: the dedupe table sends a JSON value per changed key, several per account."""
+
+    def _dumps(self, obj: Any) -> bytes:
+        return orjson.dumps(obj)
+
+    def _loads(self, s: bytes) -> Any:
+        return orjson.loads(s)
+
+
+faust.serializers.codecs.register("orjson", _OrJson())
 
 
 def build_app(
@@ -168,18 +185,28 @@ def build_app(
             "dedupe-account",
             default=None,
             partitions=cfg.kafka.partitions,
-            schema=faust.Schema(key_serializer="json", value_serializer="json"),
+            schema=faust.Schema(key_serializer="orjson", value_serializer="orjson"),
             help="deduplication state of accounts: blocks, record features, clusters, golden records",
         )
         matcher = cfg.dedupe.matcher()
         shards: dict[int, tuple[Deduper, WriteBehind]] = {}
 
         def shard(partition: int) -> tuple[Deduper, WriteBehind]:
+            # Built on a partition's first event after it was assigned, from the table faust recovered
+            # before any event flows: blocks and clusters are derived from the persisted records and goldens.
             held = shards.get(partition)
             if held is None:
                 buffer = WriteBehind(cast("MutableMapping[str, Any]", table), f"{partition}|")
-                held = shards[partition] = (Deduper(matcher, DedupeState.over(buffer)), buffer)
+                held = shards[partition] = (Deduper.over_store(matcher, buffer), buffer)
             return held
+
+        @app.on_partitions_revoked.connect
+        def forget_shards(sender: Any, /, *args: Any, signal: BaseSignalT[Any], **kwargs: Any) -> None:
+            # A partition that comes back may have been processed elsewhere meanwhile: derive it again.
+            revoked: set[Any] = args[0] if args else kwargs.get("revoked", set())
+            for tp in revoked:
+                if tp.topic == dedupe_name:
+                    shards.pop(tp.partition, None)
 
         account_decoder = AvroDecoder(registry, load_schema("target/account"))
         account_decoder.know(dedupe_codec.schema_id, dedupe_codec.schema)

@@ -21,7 +21,7 @@ every vetoed near-merge is returned as evidence.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,7 +31,7 @@ from processors.dedupe.exceptions import DedupeStateError, RecordWithoutId
 from processors.dedupe.features import ID_FIELDS, Features, extract
 from processors.dedupe.golden import Golden, Survivor, golden_record
 from processors.dedupe.scoring import Comparison, Scorer
-from processors.dedupe.state import DedupeState
+from processors.dedupe.state import SEQ, DedupeState
 
 log = logging.getLogger(__name__)
 
@@ -70,13 +70,27 @@ def _strongest_first(item: tuple[str, tuple[Comparison, str]]) -> tuple[int, flo
 class Deduper:
     """Incremental entity resolution of one entity over a :class:`DedupeState`; not thread-safe."""
 
-    def __init__(self, config: DedupeConfig | None = None, state: DedupeState | None = None) -> None:
+    def __init__(self, config: DedupeConfig | None = None, state: DedupeState | None = None, *,
+                 next_seq: int | None = None) -> None:  # fmt: skip
         self.config = config or DedupeConfig()
         self.state = state if state is not None else DedupeState()
         self.id_field = ID_FIELDS[self.config.entity]
         self.keyer = BlockKeyer(self.config)
         self.scorer = Scorer(self.config)
         self.survivor = Survivor(self.config)
+        #: Arrival number of the next new record (see :data:`~processors.dedupe.state.SEQ`); by default one
+        #: past the state's last (a scan: pass it when the state is large).
+        if next_seq is None:
+            next_seq = 1 + max((f.get(SEQ, -1) for f in self.state.records.values()), default=-1)
+        self.next_seq = next_seq
+
+    @classmethod
+    def over_store(cls, config: DedupeConfig, store: MutableMapping[str, Any]) -> Deduper:
+        """A deduper whose records and golden values persist in ``store`` (one faust Table's shard) and whose
+        blocks and clusters are derived from them (:meth:`DedupeState.persisted`)."""
+        keyer = BlockKeyer(config)
+        state, next_seq = DedupeState.persisted(store, keyer.keys, config.max_block_size)
+        return cls(config, state, next_seq=next_seq)
 
     def process(self, record: Mapping[str, Any], *, parent_golden_id: str | None = None) -> DedupeResult:
         """Resolve one clean record (an ``account`` or ``contact`` dict as the mapper produces it).
@@ -93,6 +107,11 @@ class Deduper:
             feats["pa"] = parent_golden_id
         st = self.state
         old = st.records.get(rid)
+        if old is not None and SEQ in old:
+            feats[SEQ] = old[SEQ]
+        else:
+            feats[SEQ] = self.next_seq
+            self.next_seq += 1
         candidates, closed = self._block(rid, feats, old)
         st.records[rid] = feats
         own_gid = st.clusters.get(rid)

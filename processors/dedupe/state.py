@@ -29,9 +29,9 @@ costs one changelog message per changed key instead of one per write.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, MutableMapping
+from collections.abc import Callable, Iterator, MutableMapping
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import Any, Final, Generic, TypeVar
 
 from processors.dedupe.exceptions import DedupeStateError
 
@@ -74,6 +74,9 @@ class PrefixedView(MutableMapping[str, V], Generic[V]):
     def __len__(self) -> int:
         return sum(1 for _ in self)
 
+
+#: Feature key holding a record's arrival number in its shard: derived blocks are rebuilt in arrival order.
+SEQ: Final = "#"
 
 _DELETED: Any = object()
 _MISSING: Any = object()
@@ -168,6 +171,44 @@ class DedupeState:
         """A state whose four mappings live in one store (a faust Table), keys prefixed by mapping."""
         return cls(PrefixedView(store, "b:"), PrefixedView(store, "r:"), PrefixedView(store, "c:"),
                    PrefixedView(store, "g:"))  # fmt: skip
+
+    @classmethod
+    def persisted(
+        cls, store: MutableMapping[str, Any], block_keys: Callable[[dict[str, Any]], list[str]], max_block_size: int
+    ) -> tuple[DedupeState, int]:
+        """A state whose records and golden values live in ``store`` (keys ``r:<id>``, ``g:<id>``) and whose
+        blocks and clusters are derived from them, in memory: ``(state, next arrival number)``.
+
+        Only what cannot be derived is persisted: two writes per record instead of one per block key as
+        well. Blocks are rebuilt in arrival order (:data:`SEQ`), so a block keeps the members it had when
+        it reached ``max_block_size``. A record's cluster is the golden value that lists it; when a crash
+        cut a merge before the absorbed golden value was deleted, two list it, and the smaller golden id
+        is the survivor (a cluster is only ever absorbed into a smaller one): the stale value is deleted.
+        """
+        records: PrefixedView[dict[str, Any]] = PrefixedView(store, "r:")
+        goldens: PrefixedView[dict[str, Any]] = PrefixedView(store, "g:")
+        blocks: dict[str, list[str]] = {}
+        clusters: dict[str, str] = {}
+        arrivals = sorted((feats.get(SEQ, 0), rid, feats) for rid, feats in records.items())
+        for _, rid, feats in arrivals:
+            for key in block_keys(feats):
+                ids = blocks.get(key)
+                if ids is None:
+                    blocks[key] = [rid]
+                elif len(ids) < max_block_size:
+                    ids.append(rid)
+        stale = []
+        for gid in sorted(goldens):
+            members = goldens[gid]["members"]
+            if any(m in clusters for m in members):
+                stale.append(gid)
+                continue
+            for member in members:
+                clusters[member] = gid
+        for gid in stale:
+            del goldens[gid]
+        next_seq = arrivals[-1][0] + 1 if arrivals else 0
+        return cls(blocks, records, clusters, goldens), next_seq
 
     def to_json(self) -> str:
         """All four mappings as one JSON document (keys sorted: equal states give equal text)."""

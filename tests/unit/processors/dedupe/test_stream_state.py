@@ -79,7 +79,7 @@ def test_a_crash_anywhere_then_replay_gives_the_clusters_of_an_uninterrupted_run
     store = Changelog()
     marks: list[int] = []  # changelog length after each record: where offsets could have been committed
     joins: list[int] = []  # records that joined or merged clusters: their writes are the risky ones
-    deduper = Deduper(DedupeConfig(), DedupeState.over(store))
+    deduper = Deduper.over_store(DedupeConfig(), store)
     for i, account in enumerate(accounts):
         result = deduper.process(account)
         marks.append(len(store.log))
@@ -88,6 +88,7 @@ def test_a_crash_anywhere_then_replay_gives_the_clusters_of_an_uninterrupted_run
     expected = clusters(deduper.state, ids)
     golden_values = dict(deduper.state.goldens)
     assert len(joins) > 20, "the sample holds duplicates"
+    assert {k[:2] for k in store} == {"r:", "g:"}, "blocks and clusters are derived, not persisted"
 
     # Cuts inside the writes of joining records (and a few anywhere); replay from a committed offset
     # up to 40 records before the crash, as a worker would after SIGKILL.
@@ -97,7 +98,7 @@ def test_a_crash_anywhere_then_replay_gives_the_clusters_of_an_uninterrupted_run
     for cut in cuts:
         done = sum(1 for m in marks if m <= cut)  # records whose every write survived
         committed = rng.randint(max(done - 40, 0), done)
-        replayed = Deduper(DedupeConfig(), DedupeState.over(recover(store.log[:cut])))
+        replayed = Deduper.over_store(DedupeConfig(), recover(store.log[:cut]))
         for account in accounts[committed:]:
             replayed.process(account)
         assert clusters(replayed.state, ids) == expected, f"cut after write {cut}, replay from record {committed}"
@@ -115,7 +116,7 @@ def test_batched_writes_cut_anywhere_then_replayed_from_the_last_batch_give_the_
     ends: list[int] = [0]  # changelog length at each batch end (committable)
     backing: dict[str, Any] = {}
     buffer = WriteBehind(backing, "3|")
-    deduper = Deduper(DedupeConfig(), DedupeState.over(buffer))
+    deduper = Deduper.over_store(DedupeConfig(), buffer)
     for start in range(0, len(accounts), batch):
         for account in accounts[start:start + batch]:
             deduper.process(account)
@@ -124,6 +125,7 @@ def test_batched_writes_cut_anywhere_then_replayed_from_the_last_batch_give_the_
     expected = clusters(deduper.state, ids)
     golden_values = dict(deduper.state.goldens)
     assert all(k.startswith("3|") for k in backing) and len(set(expected.values())) < len(ids)
+    assert len(log) < 2.2 * len(accounts), "about two changelog writes per account: its features, its golden value"
 
     rng = random.Random(4)
     for cut in sorted(rng.sample(range(len(log)), 120)):
@@ -131,7 +133,7 @@ def test_batched_writes_cut_anywhere_then_replayed_from_the_last_batch_give_the_
         committed = rng.randint(max(last_end - 2, 0), last_end) * batch
         recovered = {k: v for k, v in recover(log[:cut]).data.items()}
         buffer = WriteBehind(recovered, "3|")
-        replayed = Deduper(DedupeConfig(), DedupeState.over(buffer))
+        replayed = Deduper.over_store(DedupeConfig(), buffer)
         for start in range(committed, len(accounts), batch):
             for account in accounts[start:start + batch]:
                 replayed.process(account)
@@ -170,6 +172,24 @@ def test_the_views_of_one_store_hold_prefixed_keys(accounts: list[dict[str, Any]
     assert len(state.records) == 1 and list(state.goldens) == [rid] and rid in state.clusters
     plain = DedupeState.from_json(state.to_json())
     assert plain.clusters == {rid: rid}
+
+
+def test_a_persisted_state_derives_blocks_in_arrival_order_and_drops_a_stale_golden_value(
+    accounts: list[dict[str, Any]],
+) -> None:
+    config = DedupeConfig(max_block_size=2)
+    store: dict[str, Any] = {}
+    deduper = Deduper.over_store(config, store)
+    for account in accounts[:60]:
+        deduper.process(account)
+    derived = Deduper.over_store(config, dict(store))
+    assert derived.state.blocks == deduper.state.blocks, "full blocks keep their first members"
+    assert derived.state.clusters == deduper.state.clusters and derived.next_seq == deduper.next_seq == 60
+    # A merge cut before the absorbed golden value was deleted: two values list the same members.
+    survivor, absorbed = "0-survivor", "1-absorbed"
+    stale = {**store, f"g:{survivor}": {"members": ["a", "b"]}, f"g:{absorbed}": {"members": ["b"]}}
+    recovered = Deduper.over_store(config, stale)
+    assert recovered.state.clusters["b"] == survivor and f"g:{absorbed}" not in stale
 
 
 def test_golden_account_carries_the_clusters_values_under_the_members_lineage(account: Any) -> None:
