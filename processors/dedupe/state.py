@@ -13,13 +13,16 @@ Keys are strings and values JSON types (lists, dicts, strings, numbers, null), s
 serialises JSON can hold them. The deduper never mutates a value it read: it builds a new value and
 assigns it (``table[key] = value``), which is what a changelog-backed table needs to persist a change.
 
-In the stream processor the four mappings are views (:meth:`DedupeState.over`) of ONE faust Table,
-their keys prefixed ``b:``, ``r:``, ``c:``, ``g:`` (and by partition: each partition is an independent
-shard, whatever worker holds it). One table means one changelog partition per shard, so the writes of a
-shard are persisted in the order they are sent and a crash keeps a prefix of them. The deduper orders its
-writes so that every prefix is a state it can continue from (a golden value before the cluster
-references to it, absorbed golden values deleted last); four tables would each keep a prefix of their
-own and could leave a record pointing at a golden value that was never persisted.
+In the stream processor only ``records`` and ``goldens`` are persisted (:meth:`DedupeState.persisted`):
+they are views of ONE faust Table, keys prefixed ``r:`` and ``g:`` (and by partition: each partition is
+an independent shard, whatever worker holds it). ``blocks`` and ``clusters`` are derived from them in
+memory when a worker takes the partition: two changelog writes per account instead of nine. One table
+means one changelog partition per shard, so the writes of a shard are persisted in the order they are
+sent and a crash keeps a prefix of them. The deduper orders its writes so that every prefix is a state it
+can continue from (a record's features before the golden value listing it, absorbed golden values
+deleted last, a stale one told apart by its larger id); two tables would each keep a prefix of their own
+and could leave a golden value listing a record whose features were never persisted.
+:meth:`DedupeState.over` keeps all four mappings in one store (evaluation, tests).
 
 :class:`WriteBehind` buffers one batch's writes and hands them out once per key, grouped in that same
 safe order (blocks, records, golden values, clusters, then deletions): a batch of 2,000 accounts then
