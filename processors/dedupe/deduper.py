@@ -55,6 +55,7 @@ class DedupeResult:
     cluster_merges: list[tuple[str, str]] = field(default_factory=list)
     closed_blocks: int = 0
     updated: bool = False
+    absorbed: list[str] = field(default_factory=list)
 
 
 def _strength(c: Comparison) -> tuple[int, float]:
@@ -143,6 +144,13 @@ class Deduper:
         survivor = involved[0] if involved else rid
         merges = [(gid, survivor) for gid in involved[1:]]
         absorbed = [self._golden(gid)["members"] for gid, _ in merges]
+        # Every golden id the cluster ever absorbed stays in its golden value, so an update of the cluster
+        # (a record replayed after a crash cut between the state and the output, for one) still tells the
+        # sink which accounts to fold into it; the sink's merge is idempotent.
+        history = sorted({g for gid in involved for g in self._golden(gid).get("absorbed", ())}
+                         | {gid for gid, _ in merges})  # fmt: skip
+        if history:
+            golden["absorbed"] = history
         # Write order matters when the state is a changelog a crash may cut anywhere (see state.py): the
         # new golden value first, then the members pointing at it, the absorbed golden values last. Any
         # prefix of these writes leaves every cluster reference resolvable.
@@ -166,6 +174,7 @@ class Deduper:
             cluster_merges=merges,
             closed_blocks=closed,
             updated=old is not None,
+            absorbed=golden.get("absorbed", []),
         )
 
     def golden(self, golden_id: str) -> dict[str, Any] | None:

@@ -39,7 +39,9 @@ def golden_account(record: Mapping[str, Any], result: DedupeResult) -> dict[str,
     if not out.get("full_name"):  # a golden record always has a name part; keep the record's as a guard
         out["full_name"] = record.get("full_name")
     out["golden_id"] = result.golden_id
-    out["merged_golden_ids"] = [absorbed for absorbed, _ in result.cluster_merges]
+    # The cluster's whole absorption history, not only this arrival's: replayed after a crash, the
+    # record that bridged two clusters finds them merged already and reports no merge of its own.
+    out["merged_golden_ids"] = sorted({*result.absorbed, *(absorbed for absorbed, _ in result.cluster_merges)})
     decisions = [e for e in result.evidence if e.get("decision") != "updated"]
     out["match_evidence"] = json.dumps(decisions, separators=(",", ":"), sort_keys=True) if decisions else None
     return out

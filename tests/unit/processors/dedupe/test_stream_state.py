@@ -219,3 +219,8 @@ def test_golden_account_lists_the_golden_ids_a_bridging_record_absorbed(account:
     bridge = account(customer_id="C3", email="a@example.com", phone="+14155550100", birth_date=None)
     out = golden_account(bridge, deduper.process(bridge))
     assert out["golden_id"] == "C1" and out["merged_golden_ids"] == ["C2"]
+    # Replayed after a crash that kept the merge in the state but lost this output: still listed.
+    again = golden_account(bridge, deduper.process(bridge))
+    assert again["golden_id"] == "C1" and again["merged_golden_ids"] == ["C2"]
+    later = account(customer_id="C4", email="a@example.com", phone=None, birth_date=None)
+    assert golden_account(later, deduper.process(later))["merged_golden_ids"] == ["C2"]
