@@ -26,6 +26,7 @@ import logging
 import time
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Mapping, MutableMapping
+from pathlib import Path
 from typing import Any, cast
 
 import faust
@@ -76,6 +77,7 @@ def build_app(
     *,
     batch_size: int = 2000,
     batch_within_s: float = 0.25,
+    datadir: Path | None = None,
 ) -> faust.App:
     prefix = cfg.kafka.topic_prefix
     raw_topics = [raw_topic(prefix, name) for name in cfg.sources]
@@ -87,6 +89,8 @@ def build_app(
         value_serializer="raw",
         key_serializer="raw",
         store="memory://",
+        # faust creates "<app id>-data" in the working directory unless told where its data goes.
+        **({"datadir": str(datadir)} if datadir is not None else {}),
         web_enabled=False,
         topic_replication_factor=cfg.kafka.replication_factor,
         consumer_auto_offset_reset="earliest",

@@ -27,12 +27,14 @@ def process(
     loglevel: Annotated[str, typer.Option(help="faust's log level.")] = "warning",
 ) -> None:
     """Cleanse, validate and map raw legacy records into target entities; rejects go to the DLQ."""
+    from crmflow.settings import stack_settings
     from crmflow.stack import get_stack
     from processors.worker import build_app, run_worker
 
     try:
         cfg = load_config(config)
-        app = build_app(cfg, get_stack().endpoints(), batch_size=batch_size, batch_within_s=batch_within)
+        app = build_app(cfg, get_stack().endpoints(), batch_size=batch_size, batch_within_s=batch_within,
+                        datadir=stack_settings().home / "faust")
     except CrmflowError as exc:
         err_console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from exc
