@@ -55,6 +55,13 @@ DEDUPE_DECISIONS = Counter(
     "not made), closed_block (a block key too common to compare under).",
     ["entity", "decision"],
 )
+REREADS = Counter(
+    "crmflow_consumer_rereads_total",
+    "Events the processor's consumer guard kept from being committed unprocessed, by reason: skipped (faust "
+    "acked an event it never delivered), hole (faust skipped offsets; the partition was rewound), duplicate "
+    "(an event delivered again was dropped). Non-zero around restarts and rebalances.",
+    ["stage", "reason"],
+)
 PARKED = Gauge(
     "crmflow_parked_records", "Child records waiting in the sink for their parent record.", ["entity"]
 )

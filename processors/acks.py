@@ -35,12 +35,14 @@ from __future__ import annotations
 import logging
 import time
 from collections import defaultdict
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Mapping
 from typing import Any
 
 import faust
 from faust.transport.drivers import aiokafka as aiokafka_driver
 from faust.types import TP, Message
+
+from crmflow.metrics import REREADS
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +50,8 @@ log = logging.getLogger(__name__)
 class ConfirmedAckConsumer(aiokafka_driver.Consumer):
     """faust's aiokafka consumer whose ``guarded_topics`` commit only offsets the agents confirmed."""
 
-    guarded_topics: frozenset[str] = frozenset()
+    #: Guarded topic → the stage label its metrics carry.
+    guarded_topics: Mapping[str, str] = {}
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -104,6 +107,7 @@ class ConfirmedAckConsumer(aiokafka_driver.Consumer):
             self._drop(message)
             if message.offset < want:
                 self.redelivered += 1
+                REREADS.labels(stage=self.guarded_topics[tp.topic], reason="duplicate").inc()
             else:
                 await self._rewind(tp, want, message.offset)
         return admitted
@@ -132,6 +136,7 @@ class ConfirmedAckConsumer(aiokafka_driver.Consumer):
         if last is not None and last[0] == want and now - last[1] < 1.0:
             return
         self.rewinds += 1
+        REREADS.labels(stage=self.guarded_topics[tp.topic], reason="hole").inc()
         log.warning("%s[%d]: faust delivered offset %d but not %d..%d; reading them again from %d",
                     tp.topic, tp.partition, seen, want, seen - 1, want)
         self._rewound[tp] = (want, now)
@@ -149,6 +154,7 @@ class ConfirmedAckConsumer(aiokafka_driver.Consumer):
             confirmed = self._confirmed.get(message.tp)
             if confirmed is None or message.offset not in confirmed:
                 self.refused_acks += 1
+                REREADS.labels(stage=self.guarded_topics[message.topic], reason="skipped").inc()
                 log.debug("not acking %s[%d]@%d: no agent confirmed it (faust skipped it)",
                           message.topic, message.partition, message.offset)
                 return False
@@ -182,10 +188,11 @@ class ConfirmedAckConsumer(aiokafka_driver.Consumer):
 
 
 class ConfirmedAckApp(faust.App):
-    """A faust App whose consumer is a :class:`ConfirmedAckConsumer` guarding ``guarded_topics``."""
+    """A faust App whose consumer is a :class:`ConfirmedAckConsumer` guarding ``guarded_topics`` (topic →
+    stage label of its metrics)."""
 
-    def __init__(self, *args: Any, guarded_topics: Iterable[str] = (), **kwargs: Any) -> None:
-        self._guarded_topics = frozenset(guarded_topics)
+    def __init__(self, *args: Any, guarded_topics: Mapping[str, str], **kwargs: Any) -> None:
+        self._guarded_topics = dict(guarded_topics)
         super().__init__(*args, **kwargs)
 
     def _new_consumer(self) -> ConfirmedAckConsumer:

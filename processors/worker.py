@@ -84,7 +84,7 @@ def build_app(
     dedupe_name = dedupe_topic(prefix, "account")
     app = ConfirmedAckApp(
         f"crmflow-process-{prefix}",
-        guarded_topics=[*raw_topics, dedupe_name],
+        guarded_topics={**dict.fromkeys(raw_topics, STAGE), dedupe_name: DEDUPE_STAGE},
         broker=[f"kafka://{server}" for server in endpoints.bootstrap_servers.split(",")],
         value_serializer="raw",
         key_serializer="raw",

@@ -14,6 +14,7 @@ import pytest
 from faust.types import TP
 from faust.types.tuples import Message
 
+from crmflow.metrics import REREADS
 from processors.acks import ConfirmedAckApp, ConfirmedAckConsumer
 
 pytestmark = pytest.mark.unit
@@ -38,7 +39,7 @@ class OfflineConsumer(ConfirmedAckConsumer):
 
 @pytest.fixture
 def app() -> Iterator[faust.App]:
-    app = ConfirmedAckApp("acks-test", broker="kafka://127.0.0.1:1", guarded_topics=[GUARDED],
+    app = ConfirmedAckApp("acks-test", broker="kafka://127.0.0.1:1", guarded_topics={GUARDED: "process"},
                           store="memory://", web_enabled=False)
     app.topics.acking_topics.add(GUARDED)  # what an agent reading the topic registers
     yield app
@@ -49,7 +50,7 @@ def consumer(app: faust.App) -> OfflineConsumer:
     c = OfflineConsumer(app.transport, callback=app.topics.on_message, on_partitions_revoked=app._on_partitions_revoked,
                         on_partitions_assigned=app._on_partitions_assigned, beacon=app.beacon,
                         loop=app.transport.loop)
-    c.guarded_topics = frozenset({GUARDED})
+    c.guarded_topics = {GUARDED: "process"}
     c.seeks = []
     c._committed_offset[TP0] = OfflineConsumer.committed_at
     return c
@@ -62,6 +63,10 @@ def event(app: faust.App, offset: int, topic: str = GUARDED, partition: int = 0)
 
 def offsets(events: list[faust.EventT[Any]]) -> list[int]:
     return [e.message.offset for e in events]
+
+
+def rereads(reason: str) -> float:
+    return REREADS.labels(stage="process", reason=reason)._value.get()
 
 
 def admit(consumer: ConfirmedAckConsumer, events: list[faust.EventT[Any]]) -> list[faust.EventT[Any]]:
@@ -86,9 +91,10 @@ def test_a_hole_rewinds_the_partition_and_drops_what_follows_until_it_is_filled(
     app: faust.App, consumer: OfflineConsumer,
 ) -> None:
     admit(consumer, [event(app, 10)])
+    holes = rereads("hole")
     # faust never delivered 11 and 12: the partition is rewound to 11, and 13, 14 are dropped.
     assert offsets(admit(consumer, [event(app, 13), event(app, 14)])) == []
-    assert consumer.seeks == [(TP0, 11)] and consumer.rewinds == 1
+    assert consumer.seeks == [(TP0, 11)] and consumer.rewinds == 1 and rereads("hole") == holes + 1
     # Fetched before the seek took effect: never handed to faust's stream (its read position would then
     # discard the rewound events); the first missing event lifts the filter.
     assert not consumer._fetched_in_order(TP0, 15)
@@ -106,9 +112,10 @@ def test_the_first_event_after_an_assignment_must_be_at_the_committed_offset(
 
 def test_only_confirmed_events_move_the_committed_offset(app: faust.App, consumer: OfflineConsumer) -> None:
     skipped, processed = event(app, 10), event(app, 11)
+    refused = rereads("skipped")
     # faust acks an event it skipped (rebalance, recovery): refused, so nothing can be committed past it.
     assert consumer.ack(skipped.message) is False
-    assert consumer._acked[TP0] == [] and consumer.refused_acks == 1
+    assert consumer._acked[TP0] == [] and consumer.refused_acks == 1 and rereads("skipped") == refused + 1
     consumer.confirm([processed])
     assert consumer.ack(processed.message) is True
     assert consumer._acked[TP0] == [11]
