@@ -200,7 +200,10 @@ def build_app(
             # before any event flows: blocks and clusters are derived from the persisted records and goldens.
             held = shards.get(partition)
             if held is None:
-                buffer = WriteBehind(cast("MutableMapping[str, Any]", table), f"{partition}|")
+                # Reads from the memory store's dict, what the table's lookups end in; writes go through
+                # the table, which sends them to its changelog.
+                store = cast("Mapping[str, Any]", cast(Any, table.data).data)
+                buffer = WriteBehind(cast("MutableMapping[str, Any]", table), f"{partition}|", reads=store)
                 held = shards[partition] = (Deduper.over_store(matcher, buffer), buffer)
             return held
 

@@ -79,10 +79,16 @@ class Survivor:
         full_first = 1 if first and len(first_name_form(first)) > 1 else 0
         out: dict[str, list[Any]] = {}
         for group, keys in self.groups.items():
-            present = sum(map(feats.__contains__, keys))  # features hold non-null values only
-            complete = present + (full_first if group == "name" else 0)
-            out[group] = [present, *(complete if c == "most_complete" else values[c] for c in self.criteria[group]),
-                          record_id]  # fmt: skip
+            present = 0
+            for key in keys:  # features hold non-null values only
+                if key in feats:
+                    present += 1
+            complete = present + full_first if group == "name" else present
+            rank: list[Any] = [present]
+            for criterion in self.criteria[group]:
+                rank.append(complete if criterion == "most_complete" else values[criterion])
+            rank.append(record_id)
+            out[group] = rank
         return out
 
     def single(self, record_id: str, feats: Features) -> Golden:
