@@ -22,7 +22,7 @@ the kill test of ``tests/e2e/test_dedupe.py`` met them on every restart:
 * gaps are ignored (these topics are neither compacted nor transactional: a real gap cannot occur), and
   a commit starts at the committed offset;
 * :meth:`~ConfirmedAckConsumer.admit` hands the agent each partition's offsets in order and without holes,
-  starting at the committed offset: an event read again is dropped (it was processed), and a hole rewinds
+  starting at the group's committed offset: an event read again is dropped (it was processed), and a hole rewinds
   the partition to its first missing offset; what was fetched before the rewind is dropped until that
   offset comes back. Processing in offset order also keeps a restarted run's results equal to an
   uninterrupted one's.
@@ -32,6 +32,7 @@ Other topics (table changelogs) keep faust's behaviour.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections import defaultdict
@@ -39,6 +40,9 @@ from collections.abc import AsyncIterator, Iterable, Mapping
 from typing import Any
 
 import faust
+from confluent_kafka import ConsumerGroupTopicPartitions, KafkaException
+from confluent_kafka import TopicPartition as KafkaTP
+from confluent_kafka.admin import AdminClient, OffsetSpec  # type: ignore[attr-defined]
 from faust.transport.drivers import aiokafka as aiokafka_driver
 from faust.types import TP, Message
 
@@ -91,15 +95,18 @@ class ConfirmedAckConsumer(aiokafka_driver.Consumer):
         first missing one and the events after it are dropped until it arrives.
         """
         admitted: list[faust.EventT[Any]] = []
+        unknown = {e.message.tp for e in events if e.message.topic in self.guarded_topics} - self._next.keys()
+        if unknown:
+            self._next.update(await self._start_offsets(unknown))
         for event in events:
             message = event.message
             tp = message.tp
-            if tp.topic not in self.guarded_topics:
+            want = self._next.get(tp)
+            if want is None:  # not guarded, or its start offset is unknown (see _start_offsets)
+                if tp.topic in self.guarded_topics:
+                    self._next[tp] = message.offset + 1
                 admitted.append(event)
                 continue
-            want = self._next.get(tp)
-            if want is None:
-                want = await self._start_offset(tp)
             if message.offset == want:
                 admitted.append(event)
                 self._next[tp] = want + 1
@@ -112,17 +119,22 @@ class ConfirmedAckConsumer(aiokafka_driver.Consumer):
                 await self._rewind(tp, want, message.offset)
         return admitted
 
-    async def _start_offset(self, tp: TP) -> int:
-        committed = self._committed_offset.get(tp)
-        if committed is None:
-            # Not seeked yet in faust's books (its first events can precede that): ask the group.
-            thread = self._thread
-            committed = await thread.call_thread(thread._ensure_consumer().committed, tp)
-        earliest = (await self.earliest_offsets(tp)).get(tp) or 0
-        start = max(committed or 0, earliest)
-        self._next[tp] = start
-        return start
+    async def _start_offsets(self, tps: set[TP]) -> dict[TP, int]:
+        """Where each partition resumes: the group's committed offset, or the partition's earliest.
 
+        Asked with an AdminClient of its own, in a thread: faust's consumer thread is busy (and its calls
+        wait) while a rebalance runs, and the rebalance itself waits for the agents' acks. A partition
+        whose answer does not come is admitted from its first event, as faust delivers it (logged).
+        """
+        group = self.app.conf.id
+        servers = ",".join(f"{url.host}:{url.port or 9092}" for url in self.app.conf.broker)
+        try:
+            found = await asyncio.to_thread(_group_start_offsets, servers, group, sorted(tps))
+        except KafkaException as exc:
+            log.warning("cannot read the committed offsets of %s (%s): %d partition(s) start unchecked",
+                        group, exc, len(tps))
+            return {}
+        return {TP(topic, partition): offset for (topic, partition), offset in found.items()}
     def _drop(self, message: Message) -> None:
         """Forget an event the agent will not process (it is read again, or was processed already)."""
         message.acked = True
@@ -185,6 +197,24 @@ class ConfirmedAckConsumer(aiokafka_driver.Consumer):
             self._next.pop(tp, None)
             self._rewound.pop(tp, None)
         await super().on_partitions_revoked(revoked)
+
+
+_ADMIN_TIMEOUT_S = 10.0
+
+
+def _group_start_offsets(servers: str, group: str, tps: list[TP]) -> dict[tuple[str, int], int]:
+    """``{(topic, partition): offset}``: the group's committed offset, or the partition's earliest one."""
+    admin = AdminClient({"bootstrap.servers": servers})
+    wanted = [KafkaTP(tp.topic, tp.partition) for tp in tps]
+    committed = admin.list_consumer_group_offsets([ConsumerGroupTopicPartitions(group, wanted)],
+                                                  request_timeout=_ADMIN_TIMEOUT_S)[group].result()
+    earliest = admin.list_offsets({ktp: OffsetSpec.earliest() for ktp in wanted},  # type: ignore[no-untyped-call]
+                                  request_timeout=_ADMIN_TIMEOUT_S)  # fmt: skip
+    out: dict[tuple[str, int], int] = {}
+    for ktp in committed.topic_partitions or ():
+        low = earliest[KafkaTP(ktp.topic, ktp.partition)].result().offset
+        out[(ktp.topic, ktp.partition)] = max(ktp.offset, low, 0)  # a negative offset: nothing committed
+    return out
 
 
 class ConfirmedAckApp(faust.App):

@@ -6,7 +6,7 @@ kill test (tests/e2e/test_dedupe.py) proves the whole on the real stack."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from typing import Any
 
 import faust
@@ -25,13 +25,14 @@ TP0 = TP(GUARDED, 0)
 
 
 class OfflineConsumer(ConfirmedAckConsumer):
-    """The guard with the broker's answers fixed: committed offset 10, earliest 0; seeks recorded."""
+    """The guard with the broker's answers fixed: the group resumes at offset 10 (None: no answer); seeks
+    recorded."""
 
-    committed_at = 10
+    committed_at: int | None = 10
     seeks: list[tuple[TP, int]]
 
-    async def earliest_offsets(self, *partitions: TP) -> Mapping[TP, int]:
-        return dict.fromkeys(partitions, 0)
+    async def _start_offsets(self, tps: set[TP]) -> dict[TP, int]:
+        return {} if self.committed_at is None else dict.fromkeys(tps, self.committed_at)
 
     async def _seek(self, partition: TP, offset: int) -> None:
         self.seeks.append((partition, offset))
@@ -52,7 +53,7 @@ def consumer(app: faust.App) -> OfflineConsumer:
                         loop=app.transport.loop)
     c.guarded_topics = {GUARDED: "process"}
     c.seeks = []
-    c._committed_offset[TP0] = OfflineConsumer.committed_at
+    c._committed_offset[TP0] = 10
     return c
 
 
@@ -108,6 +109,14 @@ def test_the_first_event_after_an_assignment_must_be_at_the_committed_offset(
 ) -> None:
     assert admit(consumer, [event(app, 25)]) == []
     assert consumer.seeks == [(TP0, 10)]
+
+
+def test_without_an_answer_on_the_committed_offset_the_first_event_starts_the_partition(
+    app: faust.App, consumer: OfflineConsumer,
+) -> None:
+    consumer.committed_at = None
+    assert offsets(admit(consumer, [event(app, 25), event(app, 26)])) == [25, 26]
+    assert offsets(admit(consumer, [event(app, 28)])) == [] and consumer.seeks == [(TP0, 27)]
 
 
 def test_only_confirmed_events_move_the_committed_offset(app: faust.App, consumer: OfflineConsumer) -> None:
