@@ -135,6 +135,7 @@ class ConfirmedAckConsumer(aiokafka_driver.Consumer):
                         group, exc, len(tps))
             return {}
         return {TP(topic, partition): offset for (topic, partition), offset in found.items()}
+
     def _drop(self, message: Message) -> None:
         """Forget an event the agent will not process (it is read again, or was processed already)."""
         message.acked = True
