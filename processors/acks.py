@@ -68,6 +68,7 @@ class ConfirmedAckConsumer(aiokafka_driver.Consumer):
         self.rewinds = 0
         self._next: dict[TP, int] = {}
         self._rewound: dict[TP, tuple[int, float]] = {}
+        self._admin: AdminClient | None = None
 
     async def getmany(self, timeout: float) -> AsyncIterator[tuple[TP, Message]]:
         # After a rewind, drop what was fetched before it until the first missing event comes back: faust
@@ -127,9 +128,11 @@ class ConfirmedAckConsumer(aiokafka_driver.Consumer):
         whose answer does not come is admitted from its first event, as faust delivers it (logged).
         """
         group = self.app.conf.id
-        servers = ",".join(f"{url.host}:{url.port or 9092}" for url in self.app.conf.broker)
+        if self._admin is None:
+            servers = ",".join(f"{url.host}:{url.port or 9092}" for url in self.app.conf.broker)
+            self._admin = AdminClient({"bootstrap.servers": servers})
         try:
-            found = await asyncio.to_thread(_group_start_offsets, servers, group, sorted(tps))
+            found = await asyncio.to_thread(_group_start_offsets, self._admin, group, sorted(tps))
         except KafkaException as exc:
             log.warning("cannot read the committed offsets of %s (%s): %d partition(s) start unchecked",
                         group, exc, len(tps))
@@ -203,9 +206,8 @@ class ConfirmedAckConsumer(aiokafka_driver.Consumer):
 _ADMIN_TIMEOUT_S = 10.0
 
 
-def _group_start_offsets(servers: str, group: str, tps: list[TP]) -> dict[tuple[str, int], int]:
+def _group_start_offsets(admin: AdminClient, group: str, tps: list[TP]) -> dict[tuple[str, int], int]:
     """``{(topic, partition): offset}``: the group's committed offset, or the partition's earliest one."""
-    admin = AdminClient({"bootstrap.servers": servers})
     wanted = [KafkaTP(tp.topic, tp.partition) for tp in tps]
     committed = admin.list_consumer_group_offsets([ConsumerGroupTopicPartitions(group, wanted)],
                                                   request_timeout=_ADMIN_TIMEOUT_S)[group].result()

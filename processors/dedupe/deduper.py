@@ -89,9 +89,9 @@ class Deduper:
     def over_store(cls, config: DedupeConfig, store: MutableMapping[str, Any]) -> Deduper:
         """A deduper whose records and golden values persist in ``store`` (one faust Table's shard) and whose
         blocks and clusters are derived from them (:meth:`DedupeState.persisted`)."""
-        keyer = BlockKeyer(config)
-        state, next_seq = DedupeState.persisted(store, keyer.keys, config.max_block_size)
-        return cls(config, state, next_seq=next_seq)
+        deduper = cls(config, DedupeState(), next_seq=0)
+        deduper.state, deduper.next_seq = DedupeState.persisted(store, deduper.keyer.keys, config.max_block_size)
+        return deduper
 
     def process(self, record: Mapping[str, Any], *, parent_golden_id: str | None = None) -> DedupeResult:
         """Resolve one clean record (an ``account`` or ``contact`` dict as the mapper produces it).

@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient
 from faust.types import TP
 
 from crmflow.stack import Endpoints
@@ -16,7 +17,7 @@ pytestmark = pytest.mark.integration
 
 
 def test_start_offsets_are_the_groups_committed_ones_or_the_earliest(
-    endpoints: Endpoints, topic_factory: Callable[..., str], group_factory: Callable[[], str],
+    endpoints: Endpoints, admin: AdminClient, topic_factory: Callable[..., str], group_factory: Callable[[], str],
 ) -> None:
     topic, group = topic_factory("acks", partitions=2), group_factory()
     producer = Producer({"bootstrap.servers": endpoints.bootstrap_servers})
@@ -30,5 +31,5 @@ def test_start_offsets_are_the_groups_committed_ones_or_the_earliest(
     finally:
         consumer.close()
 
-    found = _group_start_offsets(endpoints.bootstrap_servers, group, [TP(topic, 0), TP(topic, 1)])
+    found = _group_start_offsets(admin, group, [TP(topic, 0), TP(topic, 1)])
     assert found == {(topic, 0): 3, (topic, 1): 0}
