@@ -120,7 +120,7 @@ class LocalStack(Stack):
         classpath = f"{libs}/*"
         log4j = f"-Dlog4j2.configurationFile={tools.STACK_PKG_DIR / 'log4j2.yaml'}"
         if not (data / "meta.properties").exists():
-            cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+            cluster_id = new_cluster_id()
             res = subprocess.run(
                 [java, log4j, "-cp", classpath, "kafka.tools.StorageTool", "format", "-t", cluster_id,
                  "-c", str(props)],
@@ -143,6 +143,15 @@ class LocalStack(Stack):
              "-Dquarkus.log.category.\"io.apicurio\".level=INFO", "-jar", str(jar)],
             cwd=jar.parent,
         )
+
+
+def new_cluster_id() -> str:
+    """A KRaft cluster id (URL-safe base64 of a random UUID) that does not start with "-": StorageTool's
+    argument parser would take such an id for an option (1 run in 64 failed to format the log dir)."""
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+        if not cluster_id.startswith("-"):
+            return cluster_id
 
 
 def _server_properties(s: StackSettings, data: Path) -> str:
