@@ -227,12 +227,31 @@ class ReferenceConfig(_Model):
 
 
 class TargetConfig(_Model):
+    """Where the mapped records land. ``dsn_env`` names the variable holding the DSN; when it is named and
+    unset, every command refuses to run (never a silent fallback). Without ``dsn_env``, the target is the
+    crmflow stack's own target database (``crmflow stack up``), and every command says so.
+    ``schema`` is the PostgreSQL schema the CRM tables live in: two migrations that must not touch each
+    other's rows name different schemas."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
     kind: Literal["postgres"] = "postgres"
-    dsn_env: EnvVarName = Field(description="env var holding the target database's DSN")
+    dsn_env: EnvVarName | None = Field(
+        default=None, description="env var holding the target database's DSN; omitted: the crmflow stack's"
+    )
+    schema_name: Annotated[str, Field(pattern=r"^[a-z_][a-z0-9_]{0,62}$")] = Field(
+        default="crm", alias="schema", description="PostgreSQL schema of the CRM tables"
+    )
     batch_size: int = Field(default=500, ge=1)
     flush_interval_s: float = Field(default=1.0, gt=0)
 
+    @property
+    def uses_stack(self) -> bool:
+        """True when no ``dsn_env`` is named: the target is the crmflow stack's database."""
+        return self.dsn_env is None
+
     def dsn(self) -> SecretStr:
+        """The DSN from ``dsn_env``; ConfigError naming the variable when it is unset (or not named)."""
         return _secret_from_env(self.dsn_env)
 
 
@@ -419,8 +438,10 @@ def check_config(config: MigrationConfig, *, schemas_dir: Path | None = None) ->
     for entity in config.entities:
         if entity not in fed:
             found.append(("warning", ("entities", entity), "no source feeds this entity"))
-    if config.target is not None and not os.environ.get(config.target.dsn_env):
-        found.append(("warning", ("target", "dsn_env"), f"environment variable {config.target.dsn_env} is not set"))
+    if config.target is not None and config.target.dsn_env and not os.environ.get(config.target.dsn_env):
+        found.append(("error", ("target", "dsn_env"),
+                      f"environment variable {config.target.dsn_env} is not set; export it with the target DSN, "
+                      "or remove target.dsn_env to write to the crmflow stack's database"))
     return [
         Problem(severity, message, format_path(path), config.file, config.line_of(path))
         for severity, path, message in found
