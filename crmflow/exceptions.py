@@ -45,3 +45,22 @@ class NotReadyError(StackError, TransientError):
         )
         self.part = part
         self.log_tail = log_tail
+
+
+class InfrastructureError(TransientError):
+    """A part crmflow depends on (Kafka, the registry, PostgreSQL) is unreachable and did not come back in
+    time. ``part`` names it, ``fix`` says what a person should do; the CLI prints both on one line."""
+
+    def __init__(self, part: str, detail: str, fix: str) -> None:
+        super().__init__(f"{part} is unavailable ({detail}); {fix}")
+        self.part = part
+        self.detail = detail
+        self.fix = fix
+
+
+class RunInterruptedError(CrmflowError):
+    """The user (SIGINT) or the system (SIGTERM) asked the command to stop."""
+
+    def __init__(self, signal_name: str) -> None:
+        super().__init__(f"interrupted by {signal_name}")
+        self.signal_name = signal_name

@@ -66,6 +66,12 @@ PARKED = Gauge(
     "crmflow_parked_records", "Child records waiting in the sink for their parent record.", ["entity"]
 )
 
+DEPENDENCY_UP = Gauge(
+    "crmflow_dependency_up",
+    "1 when the last probe of a dependency (kafka, schema_registry, postgresql) answered, else 0.",
+    ["dependency"],
+)
+
 
 def serve(port: int, registry: CollectorRegistry = REGISTRY) -> None:
     """Expose /metrics on ``port`` (0 disables). Called once per service process by the CLI."""

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from crmflow.config import ConfigLoadError, MigrationConfig, Problem, check_config, load_config
 
-app = typer.Typer(no_args_is_help=True)
+app = typer.Typer(no_args_is_help=True, rich_markup_mode=None)
 
 
 @app.callback()
@@ -20,6 +21,18 @@ def config() -> None:
 def _print(problems: list[Problem]) -> None:
     for problem in problems:
         typer.echo(str(problem), err=True)
+
+
+def _json(problems: list[Problem], *, strict: bool, loaded: bool) -> dict[str, Any]:
+    errors = sum(1 for p in problems if p.severity == "error" or strict)
+    return {
+        "ok": loaded and errors == 0,
+        "loaded": loaded,
+        "errors": errors,
+        "warnings": sum(1 for p in problems if p.severity == "warning"),
+        "problems": [{"severity": p.severity, "file": str(p.file) if p.file else None, "line": p.line,
+                      "path": p.path, "message": p.message} for p in problems],
+    }
 
 
 def _summary(config: MigrationConfig) -> str:
@@ -45,18 +58,27 @@ def check(
         typer.Option("--schemas", help="Schema dir (default: $CRMFLOW_SCHEMAS_DIR or the repo's schemas/)."),
     ] = None,
     strict: Annotated[bool, typer.Option("--strict", help="Treat warnings as errors.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")] = False,
 ) -> None:
     """Validate a config against the transforms, the entity models and the Avro schemas.
 
     Prints each problem as ``file:line: severity: key.path: message``; exits 1 if there is an error.
+    ``--json`` prints ``{"ok", "errors", "warnings", "problems": [{severity, file, line, path, message}]}``.
     """
     try:
         config = load_config(config_file)
     except ConfigLoadError as exc:
+        if as_json:
+            typer.echo(json.dumps(_json(exc.problems, strict=False, loaded=False)))
+            raise typer.Exit(1) from None
         _print(exc.problems)
         typer.echo(f"{config_file}: {len(exc.problems)} error(s); the config does not load", err=True)
         raise typer.Exit(1) from None
     problems = check_config(config, schemas_dir=schemas)
+    if as_json:
+        out = _json(problems, strict=strict, loaded=True)
+        typer.echo(json.dumps(out))
+        raise typer.Exit(0 if out["ok"] else 1)
     _print(problems)
     errors = sum(1 for p in problems if p.severity == "error" or strict)
     warnings = len(problems) - sum(1 for p in problems if p.severity == "error")

@@ -7,7 +7,7 @@ import logging
 import typer
 
 from crmflow import __version__
-from crmflow.cli import bench, config_cmd, demo_data, dlq, migrate, process, schemas, sink, snapshot, stack
+from crmflow.cli import bench, config_cmd, demo_data, dlq, migrate, process, runs, schemas, sink, snapshot, stack
 from crmflow.logs import configure_logging
 
 app = typer.Typer(
@@ -15,11 +15,13 @@ app = typer.Typer(
     help="Migrate a legacy CRM into a new one through Kafka, and keep them in sync during cutover.",
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
+    rich_markup_mode=None,  # plain help: no "<bool>" metavar on flags, readable at 80 columns
 )
 app.add_typer(stack.app, name="stack")
 app.add_typer(schemas.app, name="schemas")
 app.add_typer(config_cmd.app, name="config")
 app.add_typer(dlq.app, name="dlq")
+app.add_typer(runs.app, name="runs")
 app.command("demo-data")(demo_data.demo_data)
 app.command("snapshot")(snapshot.snapshot)
 app.command("process")(process.process)

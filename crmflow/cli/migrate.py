@@ -1,16 +1,24 @@
-"""`crmflow migrate` — the whole migration of a config's sources, ending with a reconciliation."""
+"""`crmflow migrate` — the whole migration of a config's sources, ending with a reconciliation.
+
+Exit codes (:class:`crmflow.exitcodes.ExitCode`): 0 reconciled, 1 not reconciled, 2 config or input
+error, 3 infrastructure unavailable (resume with the printed command), 130 interrupted (resume likewise).
+The summary goes to stdout (a table, or one JSON object with ``--json``); progress and messages go to
+stderr, so ``crmflow migrate -c X > report.txt`` keeps the report.
+"""
 
 from __future__ import annotations
 
 import json
+import signal
 from pathlib import Path
+from types import FrameType
 from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.table import Table
 
-from crmflow.exceptions import CrmflowError
+from crmflow.exceptions import ConfigError, CrmflowError, RunInterruptedError, StackError, TransientError
+from crmflow.exitcodes import ExitCode
 
 err_console = Console(stderr=True)
 
@@ -24,47 +32,77 @@ def migrate(
     workers: Annotated[int, typer.Option(min=1, max=8, help="Processor worker processes.")] = 1,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as one JSON object on stdout.")] = False,
     timeout: Annotated[float, typer.Option(help="Give up if a stage has not drained after this many seconds.")] = 1800,
+    infra_grace: Annotated[
+        float, typer.Option(min=1, help="Seconds Kafka may stay unreachable mid-run before the run stops.")
+    ] = 60,
+    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Progress bars on stderr.")] = True,
 ) -> None:
     """Register schemas, snapshot every source, cleanse and map, write the target, and reconcile.
 
-    Exits 1 when an entity does not reconcile (read = written + rejected + filtered). With deduplication,
-    merged says how many accounts were folded into another record's golden account."""
+    Exit codes: 0 reconciled (read = new + updated + same + rejected + filtered per entity), 1 not
+    reconciled, 2 config or input error, 3 Kafka, the registry or PostgreSQL unavailable, 130
+    interrupted. After 3 or 130 the printed `crmflow migrate ... --run-id ID` resumes the run."""
+    from crmflow.cli.progress import NoProgress, RichProgress
+    from crmflow.cli.report import render_summary, summary_text
     from crmflow.config import load_config
-    from crmflow.pipeline.migrate import MigrateOptions, run_migration
+    from crmflow.pipeline.migrate import MigrateOptions, RunControl, run_migration
+    from crmflow.pipeline.runs import RunStore
+    from crmflow.pipeline.targets import resolve_target
     from crmflow.stack import get_stack
+    from producers.runs import resolve_run_id
 
+    control = RunControl()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        name = signal.Signals(signum).name
+        if control.stop.is_set():  # a second signal: stop waiting for a clean stop
+            signal.signal(signum, signal.SIG_DFL)
+            signal.raise_signal(signum)
+        err_console.print(f"[yellow]{name}: stopping the stages (a second {name} stops at once)…[/yellow]")
+        control.request_stop(RunInterruptedError(name))
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    rid: str | None = None
     try:
         cfg = load_config(config)
+        rid = resolve_run_id(cfg, run_id)
         ep = get_stack().endpoints()
-        target_dsn = (cfg.target.dsn().get_secret_value() if cfg.target and _env_set(cfg.target.dsn_env)
-                      else ep.target_dsn)
-        summary = run_migration(cfg, config.resolve(), ep, target_dsn,
-                                MigrateOptions(run_id=run_id, limit=limit, workers=workers, drain_timeout_s=timeout))
+        target = resolve_target(cfg, ep)
+        err_console.print(f"run {rid}: target {target.describe()}", highlight=False, soft_wrap=True)
+        bars = RichProgress(err_console) if progress and err_console.is_terminal else NoProgress()
+        with bars:
+            summary = run_migration(
+                cfg, config.resolve(), ep, target,
+                MigrateOptions(run_id=rid, limit=limit, workers=workers, drain_timeout_s=timeout,
+                               infra_grace_s=infra_grace),
+                control=control, progress=bars,
+            )
     except CrmflowError as exc:
-        err_console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from exc
+        raise typer.Exit(_report_failure(exc, config, rid)) from None
+    data = summary.to_json()
+    RunStore().dir(summary.run_id).joinpath("summary.txt").write_text(summary_text(data, str(config)))
     if as_json:
-        print(json.dumps(summary.to_json()))
+        print(json.dumps(data))
     else:
-        table = Table("entity", "read", "written", "rejected", "filtered", "merged", "reconciled",
-                      title=f"run {summary.run_id}")
-        for entity, c in sorted(summary.entities.items()):
-            table.add_row(entity, f"{c.read:,}", f"{c.written:,}", f"{c.rejected:,}", f"{c.filtered:,}",
-                          f"{c.merged:,}", "[green]yes[/green]" if c.reconciled else "[red]NO[/red]")
-        err_console.print(table)
-        account = summary.entities.get("account")
-        if account is not None and account.golden is not None:
-            err_console.print(f"deduplication: {account.written:,} source accounts became {account.golden:,} "
-                              f"golden accounts ({account.merged:,} merged; evidence in crm.xref, crm.golden_merges)")
-        if summary.rejected_by_rule:
-            err_console.print("rejected by rule: " + ", ".join(f"{r} {n}" for r, n in summary.rejected_by_rule.items()))
-        err_console.print(f"{summary.records:,} records in {summary.elapsed_s:.1f}s "
-                          f"({summary.records_per_second:,.0f} records/s); "
-                          f"dead letters: crmflow dlq list -c {config}")
-    raise typer.Exit(0 if summary.reconciled else 1)
+        render_summary(data, str(config), Console())
+    raise typer.Exit(ExitCode.OK if summary.reconciled else ExitCode.NOT_RECONCILED)
 
 
-def _env_set(name: str) -> bool:
-    import os
-
-    return bool(os.environ.get(name))
+def _report_failure(exc: CrmflowError, config: Path, run_id: str | None) -> int:
+    """One line on stderr: what failed, the fix, and the command that resumes the run; the exit code."""
+    resume = f"crmflow migrate -c {config} --run-id {run_id}" if run_id else None
+    if isinstance(exc, RunInterruptedError):
+        err_console.print(f"[yellow]interrupted[/yellow] ({exc.signal_name}); resume with: {resume}",
+                          highlight=False, soft_wrap=True)
+        return ExitCode.INTERRUPTED
+    if isinstance(exc, ConfigError):
+        err_console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        return ExitCode.CONFIG
+    if isinstance(exc, TransientError | StackError):
+        tail = f"; then resume with: {resume}" if resume else ""
+        first = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
+        err_console.print(f"[red]error:[/red] {first}{tail}", highlight=False, soft_wrap=True)
+        return ExitCode.INFRASTRUCTURE
+    err_console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+    return ExitCode.CONFIG

@@ -13,7 +13,8 @@ from rich.table import Table
 from crmflow.exceptions import CrmflowError
 from crmflow.registry import Compatibility, load_schema, record_subject, register_all, schema_files, schemas_dir
 
-app = typer.Typer(no_args_is_help=True, help="Inspect the Avro schemas and register them with the registry.")
+app = typer.Typer(no_args_is_help=True, rich_markup_mode=None,
+                  help="Inspect the Avro schemas and register them with the registry.")
 console = Console()
 
 _DIR_OPTION = typer.Option(

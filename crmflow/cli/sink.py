@@ -94,19 +94,25 @@ def sink(
 
             cfg = load_config(config)
         dsn = None
+        ep = None
         if target_dsn_env:
             dsn = os.environ.get(target_dsn_env)
             if not dsn:
                 raise ConfigError(f"environment variable {target_dsn_env} (--target-dsn-env) is not set")
-        elif cfg is not None and cfg.target is not None:
-            dsn = cfg.target.dsn().get_secret_value()
-        if bootstrap_servers is None or registry_url is None or dsn is None:
+        if bootstrap_servers is None or registry_url is None or (dsn is None and (cfg is None or cfg.target is None
+                                                                                  or cfg.target.uses_stack)):
             from crmflow.stack import get_stack
 
             ep = get_stack().endpoints()
             bootstrap_servers = bootstrap_servers or ep.bootstrap_servers
             registry_url = registry_url or ep.registry_url
-            dsn = dsn or ep.target_dsn
+        if dsn is None and cfg is not None:
+            from crmflow.pipeline.targets import resolve_target
+
+            dsn = resolve_target(cfg, ep).dsn  # the same resolution as migrate's
+        elif dsn is None:
+            assert ep is not None
+            dsn = ep.target_dsn
         overrides: dict[str, Any] = {"orphan_timeout_s": orphan_timeout}
         if group:
             overrides["group_id"] = group

@@ -20,64 +20,13 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, ProgressColumn, TaskProgressColumn, TextColumn, TimeRemainingColumn
-from rich.progress import Progress as RichBar
-from rich.progress import Task as RichTask
 from rich.table import Table
-from rich.text import Text
 
+from crmflow.cli.progress import RichProgress
 from crmflow.exceptions import CrmflowError, TransientError
 from producers.report import SnapshotStats
 
 err_console = Console(stderr=True)
-
-
-class _RateColumn(ProgressColumn):
-    """Speed in the task's unit: MB/s for files (bytes), rows/s for tables."""
-
-    def render(self, task: RichTask) -> Text:
-        speed = task.finished_speed or task.speed
-        if speed is None:
-            return Text("-", style="progress.data.speed")
-        if task.fields.get("unit") == "bytes":
-            return Text(f"{speed / 1e6:.1f} MB/s", style="progress.data.speed")
-        return Text(f"{speed:,.0f} rows/s", style="progress.data.speed")
-
-
-class RichProgress:
-    """One bar per source on stderr, with rate and ETA; implements ``producers.report.Progress``."""
-
-    def __init__(self, console: Console) -> None:
-        self.bar = RichBar(
-            TextColumn("[bold]{task.description}"),
-            BarColumn(),
-            TaskProgressColumn(),
-            _RateColumn(),
-            TimeRemainingColumn(),
-            console=console,
-            transient=False,
-        )
-        self.tasks: dict[str, Any] = {}
-
-    def __enter__(self) -> RichProgress:
-        self.bar.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.bar.stop()
-
-    def start(self, source: str, *, total: int | None, completed: int, unit: str) -> None:
-        self.tasks[source] = self.bar.add_task(source, total=total, completed=completed, unit=unit)
-
-    def update(self, source: str, completed: int) -> None:
-        self.bar.update(self.tasks[source], completed=completed)
-
-    def finish(self, source: str) -> None:
-        task = self.tasks[source]
-        total = self.bar.tasks[task].total
-        if total is not None and self.bar.tasks[task].completed >= total:
-            self.bar.update(task, completed=total)
-        self.bar.stop_task(task)
 
 
 def summary_table(stats: SnapshotStats) -> Table:

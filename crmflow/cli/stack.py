@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import sys
 
@@ -13,7 +14,8 @@ from crmflow.exceptions import CrmflowError
 from crmflow.settings import stack_settings
 from crmflow.stack import get_stack
 
-app = typer.Typer(no_args_is_help=True, help="Start, stop and inspect Kafka, the registry and PostgreSQL.")
+app = typer.Typer(no_args_is_help=True, rich_markup_mode=None,
+                  help="Start, stop and inspect Kafka, the registry and PostgreSQL.")
 console = Console()
 
 
@@ -52,14 +54,26 @@ def down() -> None:
 
 
 @app.command()
-def status() -> None:
+def status(
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
+) -> None:
     """Show what runs where. Exit code 0 when every part runs, 1 otherwise."""
     stack = get_stack()
-    table = Table("part", "running", "address", "pid", "log")
     parts = stack.status()
+    if as_json:
+        sys.stdout.write(json.dumps({
+            "mode": stack.mode, "running": all(p.running for p in parts),
+            "parts": [{"name": p.name, "running": p.running, "address": p.address, "pid": p.pid, "log": p.detail}
+                      for p in parts],
+        }) + "\n")
+        raise typer.Exit(0 if all(p.running for p in parts) else 1)
+    table = Table("part", "up", "address", "pid")
     for p in parts:
-        table.add_row(p.name, "yes" if p.running else "no", p.address, str(p.pid or "-"), p.detail)
+        table.add_row(p.name, "yes" if p.running else "[red]no[/red]", p.address, str(p.pid or "-"))
     console.print(table)
+    for p in parts:
+        if p.detail:
+            console.print(f"{p.name} log: {p.detail}", highlight=False, soft_wrap=True)
     raise typer.Exit(0 if all(p.running for p in parts) else 1)
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import time
 import uuid
@@ -26,6 +27,7 @@ import yaml
 from crmflow.config import load_config
 from crmflow.demo_data.run import generate
 from crmflow.pipeline.migrate import MigrateOptions, MigrationSummary, run_migration
+from crmflow.pipeline.targets import resolve_target
 from crmflow.settings import stack_settings
 from crmflow.stack import Endpoints
 from processors.dedupe.quality import pairwise_scores
@@ -43,7 +45,7 @@ class BenchResult:
 
     def to_json(self) -> dict[str, Any]:
         s = self.summary
-        written = sum(c.written for c in s.entities.values())
+        written = sum(c.landed for c in s.entities.values())
         stages: dict[str, dict[str, float]] = {}
         for stage, done_s in s.stage_done_s.items():
             n = s.records if stage != "sink" else written
@@ -77,6 +79,7 @@ def run_bench(ep: Endpoints, customers: int, *, seed: int = 1, workers: int = 1,
     for src in raw["sources"].values():
         src["path"] = str(data / Path(src["path"]).name)
     raw["target"]["batch_size"] = 5000
+    raw["target"]["dsn_env"] = "CRMFLOW_BENCH_TARGET_DSN"
     raw.setdefault("dedupe", {})["enabled"] = dedupe
     config = root / "crmflow.yaml"
     config.write_text(yaml.safe_dump(raw, sort_keys=False))
@@ -86,7 +89,9 @@ def run_bench(ep: Endpoints, customers: int, *, seed: int = 1, workers: int = 1,
         conn.execute(f'create database "{database}"')
     quality: dict[str, Any] | None = None
     try:
-        summary = run_migration(load_config(config), config, ep, ep.dsn(database),
+        os.environ["CRMFLOW_BENCH_TARGET_DSN"] = ep.dsn(database)  # the stages resolve it from the config
+        cfg = load_config(config)
+        summary = run_migration(cfg, config, ep, resolve_target(cfg, ep),
                                 MigrateOptions(workers=workers, logs_dir=root / "logs"))
         if dedupe:
             quality = dedupe_quality(ep.dsn(database), data / "truth.jsonl")

@@ -3,25 +3,41 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import psutil
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from crmflow.exceptions import StackError
+from crmflow.kafkalog import client_logging
 from crmflow.stack.process import tail
 
 log = logging.getLogger(__name__)
 
 
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: the kernel sends SIGTERM when the parent dies, even by SIGKILL."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 class Service:
-    """``python -m crmflow <args>`` in the background, its output in ``log_file``; tracks peak RSS."""
+    """``python -m crmflow <args>`` in the background, its output in ``log_file``; tracks peak RSS.
+
+    The child gets SIGTERM when this process dies (``PR_SET_PDEATHSIG``), so no stage outlives the run that
+    started it, and it ignores the terminal's SIGINT (its own session): the parent decides when it stops.
+    """
 
     def __init__(self, name: str, args: list[str], log_file: Path, env: dict[str, str]) -> None:
         self.name = name
@@ -30,28 +46,51 @@ class Service:
         with log_file.open("ab") as out:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "crmflow", *args], stdout=out, stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL, env={**os.environ, **env},
+                stdin=subprocess.DEVNULL, env={**os.environ, **env}, start_new_session=True,
+                preexec_fn=_die_with_parent,  # only a prctl call: safe between fork and exec
             )
         self.peak_rss = 0
+
+    @property
+    def running(self) -> bool:
+        return self.proc.poll() is None
 
     def sample(self) -> None:
         """Record the process's memory; raise if it died (its log's tail says why)."""
         if self.proc.poll() is not None:
-            raise StackError(f"{self.name} exited with {self.proc.returncode}:\n{tail(self.log_file)}")
+            raise StackError(f"{self.name} exited with {self.proc.returncode} (log: {self.log_file}); its last lines:\n"
+                             f"{tail(self.log_file)}")
         with contextlib.suppress(psutil.NoSuchProcess):
             self.peak_rss = max(self.peak_rss, psutil.Process(self.proc.pid).memory_info().rss)
 
-    def stop(self, timeout_s: float = 60.0) -> int:
-        """SIGTERM (the stages flush, commit and exit), SIGKILL if that takes longer than ``timeout_s``."""
+    def terminate(self) -> None:
+        """Ask it to stop (SIGTERM) without waiting."""
         if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                log.warning("%s did not stop in %.0fs; killing it", self.name, timeout_s)
-                self.proc.kill()
-                self.proc.wait(10)
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.send_signal(signal.SIGTERM)
+
+    def stop(self, timeout_s: float = 8.0) -> int:
+        """SIGTERM (the stages flush, commit and exit), SIGKILL if that takes longer than ``timeout_s``.
+
+        A SIGKILL loses nothing: every stage commits only what is durable downstream, and writes are
+        idempotent, so the records it held are read again by the next run."""
+        self.terminate()
+        try:
+            self.proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            log.warning("%s did not stop in %.0fs; killing it", self.name, timeout_s)
+            self.proc.kill()
+            self.proc.wait(10)
         return int(self.proc.returncode)
+
+
+def stop_all(services: list[Service], timeout_s: float = 8.0) -> None:
+    """Stop every service at once: SIGTERM to all, then wait (and SIGKILL) each within ``timeout_s``."""
+    for s in services:
+        s.terminate()
+    deadline = time.monotonic() + timeout_s
+    for s in services:
+        s.stop(max(0.5, deadline - time.monotonic()))
 
 
 def group_lag(bootstrap_servers: str, group: str, topics: list[str], timeout_s: float = 30.0) -> int:
@@ -59,7 +98,8 @@ def group_lag(bootstrap_servers: str, group: str, topics: list[str], timeout_s: 
 
     Retriable broker answers (the group coordinator moving or still loading, as right after a broker
     starts) are retried until ``timeout_s``."""
-    consumer = Consumer({"bootstrap.servers": bootstrap_servers, "group.id": group, "enable.auto.commit": False})
+    consumer = Consumer({"bootstrap.servers": bootstrap_servers, "group.id": group, "enable.auto.commit": False,
+                         **client_logging()})
     deadline = time.monotonic() + timeout_s
     try:
         while True:
@@ -96,15 +136,35 @@ def _lag(consumer: Consumer, topics: list[str], timeout_s: float) -> int:
 
 
 def wait_drained(
-    bootstrap_servers: str, group: str, topics: list[str], services: list[Service], timeout_s: float
+    bootstrap_servers: str,
+    group: str,
+    topics: list[str],
+    services: list[Service],
+    timeout_s: float,
+    *,
+    should_stop: Callable[[], BaseException | None] = lambda: None,
+    on_lag: Callable[[int], None] = lambda lag: None,
 ) -> float:
-    """Poll until ``group`` has committed everything on ``topics``; returns when (monotonic) it did."""
+    """Poll until ``group`` has committed everything on ``topics``; returns when (monotonic) it did.
+
+    ``should_stop`` is asked between polls: an exception it returns is raised (a signal, Kafka gone for
+    good). ``on_lag`` gets each lag read (progress). A lag read that fails because the broker is away is
+    retried: the caller's Kafka watch decides when an outage is final."""
     deadline = time.monotonic() + timeout_s
     while True:
         for s in services:
             s.sample()
-        if group_lag(bootstrap_servers, group, topics) == 0:
-            return time.monotonic()
+        stop = should_stop()
+        if stop is not None:
+            raise stop
+        try:
+            lag = group_lag(bootstrap_servers, group, topics, timeout_s=10.0)
+        except KafkaException as exc:
+            log.debug("lag of %s not readable yet: %s", group, exc)
+        else:
+            on_lag(lag)
+            if lag == 0:
+                return time.monotonic()
         if time.monotonic() > deadline:
             raise StackError(f"consumer group {group} still had lag after {timeout_s:.0f}s")
         time.sleep(0.5)

@@ -36,7 +36,8 @@ def redact_dsn(dsn: str) -> str:
         d = conninfo_to_dict(dsn)
     except Exception:  # noqa: BLE001 - a malformed DSN must never be echoed
         return "<unparseable DSN>"
-    return f"postgresql://{d.get('user', '')}@{d.get('host', 'localhost')}:{d.get('port', '5432')}/{d.get('dbname', '')}"
+    host, port = d.get("host", "localhost"), d.get("port", "5432")
+    return f"postgresql://{d.get('user', '')}@{host}:{port}/{d.get('dbname', '')}"
 
 
 def resolve_target(cfg: MigrationConfig, endpoints: Endpoints | None) -> Target:
