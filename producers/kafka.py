@@ -10,6 +10,7 @@ from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
+from crmflow.kafkalog import client_logging
 from producers.exceptions import KafkaUnavailableError
 
 log = logging.getLogger(__name__)
@@ -27,6 +28,7 @@ DEFAULT_PRODUCER_CONFIG: dict[str, Any] = {
     "queue.buffering.max.messages": 200_000,
     "queue.buffering.max.kbytes": 256 * 1024,
     "delivery.timeout.ms": 120_000,
+    **client_logging(),  # librdkafka's lines to Python logging at DEBUG, not raw to stderr
 }
 
 
@@ -38,7 +40,7 @@ def ensure_topics(
 
     An existing topic is left as it is (whatever its partition count).
     """
-    admin = AdminClient({"bootstrap.servers": bootstrap_servers})
+    admin = AdminClient({"bootstrap.servers": bootstrap_servers, **client_logging()})
     try:
         existing = set(admin.list_topics(timeout=timeout_s).topics)
         missing = [

@@ -209,9 +209,9 @@ def run_migration(
     control = control or RunControl()
     runs = runs or RunStore()
     run_id = opts.run_id or new_run_id(cfg.run.name)
+    require_reachable(ep, target.dsn)  # before the run is recorded: a run that never started is no run
     resumed = runs.exists(run_id)
     record = runs.begin(run_id, config_path, target.describe(), resumed=resumed)
-    require_reachable(ep, target.dsn)
     registry = SchemaRegistryClient({"url": ep.registry_url})
     prepare(cfg, ep, registry, target)
     logs = opts.logs_dir or runs.dir(run_id)
