@@ -439,9 +439,9 @@ def check_config(config: MigrationConfig, *, schemas_dir: Path | None = None) ->
         if entity not in fed:
             found.append(("warning", ("entities", entity), "no source feeds this entity"))
     if config.target is not None and config.target.dsn_env and not os.environ.get(config.target.dsn_env):
-        found.append(("error", ("target", "dsn_env"),
-                      f"environment variable {config.target.dsn_env} is not set; export it with the target DSN, "
-                      "or remove target.dsn_env to write to the crmflow stack's database"))
+        found.append(("warning", ("target", "dsn_env"),
+                      f"environment variable {config.target.dsn_env} is not set here; migrate and sink will refuse "
+                      "to run until it is (remove target.dsn_env to write to the crmflow stack's database)"))
     return [
         Problem(severity, message, format_path(path), config.file, config.line_of(path))
         for severity, path, message in found

@@ -30,7 +30,7 @@ DASHBOARD_FILE = DEPLOY / "grafana" / "dashboards" / "crmflow-cutover.json"
 COMPOSE_FILE = DEPLOY / "compose" / "docker-compose.yml"
 K8S = DEPLOY / "k8s"
 METRICS_PORTS = {"snapshot": 9401, "process": 9402, "sink": 9403}
-LOW_CARDINALITY = {"stage", "entity", "outcome", "reason", "decision", "topic", "partition"}
+LOW_CARDINALITY = {"stage", "entity", "outcome", "reason", "decision", "topic", "partition", "dependency"}
 SECRET_NAME = re.compile(r"DSN|KEY|PASSWORD|SECRET|TOKEN", re.IGNORECASE)
 
 
