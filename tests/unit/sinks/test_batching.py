@@ -266,9 +266,9 @@ def test_params_for_a_prefix_read_every_mapped_topic() -> None:
 def test_params_from_the_demo_config(monkeypatch: pytest.MonkeyPatch) -> None:
     from crmflow.config import load_config
 
-    monkeypatch.setenv("CRMFLOW_TARGET_DSN", "dbname=crm_target")
     cfg = load_config(Path(__file__).resolve().parents[3] / "deploy" / "demo" / "crmflow.yaml")
-    params = SinkParams.from_config(cfg, bootstrap_servers="b", registry_url="r", batch_size=7)
+    params = SinkParams.from_config(cfg, bootstrap_servers="b", registry_url="r", target_dsn="dbname=crm_target",
+                                    batch_size=7)
     assert params.topics["crmflow.demo.mapped.case"] == "case" and len(params.topics) == 4
     assert (params.dlq_topic, params.group_id, params.target_dsn) == ("crmflow.demo.dlq", "crmflow-sink.demo",
                                                                      "dbname=crm_target")
