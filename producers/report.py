@@ -28,6 +28,18 @@ class SourceStats:
     resumed_from: str | None = None
     """``file:line`` or ``table:row`` this run started reading at, when it resumed from a checkpoint."""
     elapsed_s: float = 0.0
+    run_counts: dict[str, int] = field(default_factory=dict)
+    """Done records of the whole run by outcome (produced, rejected, filtered), also those an earlier
+    invocation of the same run id checkpointed: what a resumed run reconciles against."""
+
+    @property
+    def run_read(self) -> int:
+        """Records of the whole run that are done (acknowledged, dead-lettered or filtered)."""
+        return sum(self.run_counts.values()) if self.run_counts else self.read
+
+    @property
+    def run_filtered(self) -> int:
+        return self.run_counts.get("filtered", self.filtered) if self.run_counts else self.filtered
 
     def summary(self) -> dict[str, int]:
         return {"read": self.read, "produced": self.produced, "rejected": self.rejected, "filtered": self.filtered}

@@ -118,7 +118,7 @@ class SnapshotProducer:
         checkpoint = None if restart else self.store.load(self.run_id, spec.name)
         if checkpoint is not None and checkpoint.complete:
             log.info("source %s already complete in run %s; skipped", spec.name, self.run_id, extra=extra)
-            return SourceStats(complete=True, skipped=True)
+            return SourceStats(complete=True, skipped=True, run_counts=dict(checkpoint.counts))
         if checkpoint is not None and spec.path is not None:
             check_fingerprint(checkpoint, spec.path)
         if checkpoint is None:
@@ -144,6 +144,7 @@ class SnapshotProducer:
                 run.report_metrics()
                 self.progress.finish(spec.name)
                 self._save(run, exhausted=exhausted)
+                run.stats.run_counts = dict(run.tracker.counts)
         run.stats.elapsed_s = time.monotonic() - started
         if run.stats.rejected:
             rules = ", ".join(f"{rule} {n}" for rule, n in sorted(run.stats.rejected_by_rule.items()))

@@ -31,7 +31,7 @@ from confluent_kafka.schema_registry import SchemaRegistryClient
 
 from crmflow.config import MigrationConfig
 from crmflow.dlq import read_dead_letters
-from crmflow.exceptions import CrmflowError, InfrastructureError
+from crmflow.exceptions import ConfigError, CrmflowError, InfrastructureError
 from crmflow.pipeline.health import KafkaWatch, require_reachable
 from crmflow.pipeline.runs import RunStore
 from crmflow.pipeline.services import Service, group_lag, stop_all, wait_drained
@@ -43,6 +43,7 @@ from producers.runs import new_run_id
 from producers.snapshot import run_snapshot
 from sinks.params import SinkParams
 from sinks.postgres.migrate import apply_migrations
+from sinks.postgres.report import run_counts
 from sinks.runner import run_sink
 
 log = logging.getLogger(__name__)
@@ -188,7 +189,10 @@ def prepare(cfg: MigrationConfig, ep: Endpoints, registry: SchemaRegistryClient,
     if cfg.dedupe_enabled:
         topics.append(k.dedupe_topic("account"))
     ensure_topics(ep.bootstrap_servers, topics, k.partitions, k.replication_factor)
-    _TRANSITION_apply(target)
+    if target.schema != "crm":
+        raise ConfigError(f"{cfg.file or 'the config'}: target.schema {target.schema!r}: only the schema crm is "
+                          "supported yet; use a separate database (target.dsn_env) to keep migrations apart")
+    apply_migrations(target.dsn)
 
 
 def run_migration(
@@ -253,9 +257,9 @@ def run_migration(
     summary = MigrationSummary(run_id, {}, time.monotonic() - started, done, target=target.describe(), resumed=resumed)
     for name, src in stats.sources.items():
         counts = summary.entities.setdefault(cfg.sources[name].entity, EntityCounts())
-        counts.read += src.read
-        counts.filtered += src.filtered
-    for entity, w in _TRANSITION_counts(target, run_id).items():
+        counts.read += src.run_read  # the whole run: a resume also counts what earlier starts read
+        counts.filtered += src.run_filtered
+    for entity, w in run_counts(target.dsn, target.schema, run_id).items():
         c = summary.entities.setdefault(entity, EntityCounts())
         c.inserted, c.updated, c.unchanged = w.inserted, w.updated, w.unchanged
         c.golden, c.merged = w.golden, w.merged
@@ -275,7 +279,7 @@ def _ignore(lag: int) -> None:
 
 def _produced_total(stats: Any) -> int:
     """Records the snapshot put on the raw topics (what the processor has to get through)."""
-    return int(sum(getattr(s, "produced", 0) for s in stats.sources.values()))
+    return int(sum(s.run_counts.get("produced", s.produced) for s in stats.sources.values()))
 
 
 def _raise_if_stopped(control: RunControl) -> None:
@@ -338,37 +342,3 @@ def count_rejected(
 
 __all__ = ["EntityCounts", "InfrastructureError", "MigrateOptions", "MigrationSummary", "RunControl", "run_migration"]
 
-
-def _TRANSITION_apply(target: Target) -> None:  # noqa: N802 - removed once the sink's schema support lands
-    import inspect
-
-    if "schema" in inspect.signature(apply_migrations).parameters:
-        apply_migrations(target.dsn, schema=target.schema)  # type: ignore[call-arg]
-    else:
-        apply_migrations(target.dsn)
-
-
-def _TRANSITION_counts(target: Target, run_id: str) -> dict[str, Any]:  # noqa: N802
-    try:
-        from sinks.postgres.report import run_counts  # type: ignore[import-not-found]
-    except ImportError:
-        from types import SimpleNamespace
-
-        import psycopg
-
-        out: dict[str, Any] = {}
-        with psycopg.connect(target.dsn) as conn:
-            for entity, n in conn.execute(
-                "select entity, count(*) from crm.xref where run_id = %s group by entity", (run_id,)
-            ):
-                out[entity] = SimpleNamespace(inserted=int(n), updated=0, unchanged=0, golden=None, merged=0,
-                                              flagged_records=0, flagged_values={})
-            row = conn.execute(
-                "select count(*), count(distinct golden_id) from crm.xref "
-                "where entity = 'account' and run_id = %s and golden_id is not null", (run_id,)
-            ).fetchone()
-        if row is not None and row[0] and "account" in out:
-            out["account"].golden = int(row[1])
-            out["account"].merged = int(row[0]) - int(row[1])
-        return out
-    return dict(run_counts(target.dsn, target.schema, run_id))

@@ -199,12 +199,24 @@ class EntityTable:
             f"left join crm.{self.table} t on t.external_id = m._target "
             "where coalesce(up.id, t.id) is not null "
             "on conflict (entity, source, source_id) do update set target_id = excluded.target_id, "
-            "golden_id = excluded.golden_id, run_id = excluded.run_id, evidence = excluded.evidence, "
-            "updated_at = now() where (x.target_id, x.golden_id, x.run_id, x.evidence) is distinct from "
-            "(excluded.target_id, excluded.golden_id, excluded.run_id, excluded.evidence))"
+            "golden_id = excluded.golden_id, run_id = excluded.run_id, "
+            "evidence = coalesce(excluded.evidence, x.evidence), updated_at = now() "
+            # A re-delivery (same run, or a re-run of unchanged data) changes nothing: the run id stays
+            # the one that last changed the entry, and evidence is never replaced by none.
+            "where (x.target_id, x.golden_id, coalesce(excluded.evidence, x.evidence)) is distinct from "
+            "(excluded.target_id, excluded.golden_id, x.evidence) "
+            "returning x.source, x.source_id, (x.xmax = 0) as inserted)"
+        )
+        deliveries = _deliveries_sql(
+            self.entity,
+            "members m left join xr on xr.source = m.source and xr.source_id = m.external_id "
+            "left join up on up.external_id = m._target "
+            f"where exists (select 1 from crm.{self.table} t where t.external_id = m._target) "
+            "or up.id is not null",
+            member="m",
         )
         return (
-            f"with {', '.join(ctes)}, {upsert}, {members}, {xref} select (select count(*) from latest), "
+            f"with {', '.join(ctes)}, {upsert}, {members}, {xref}, {deliveries} select (select count(*) from latest), "
             "count(*) filter (where inserted), count(*) filter (where not inserted), '{}'::bigint[] from up"
         )
 
@@ -238,8 +250,14 @@ class EntityTable:
             "where coalesce(up.id, t.id) is not null "
             "on conflict (entity, source, source_id) do update set target_id = excluded.target_id, "
             "golden_id = excluded.golden_id, run_id = excluded.run_id, updated_at = now() "
-            "where (x.target_id, x.golden_id, x.run_id) is distinct from "
-            "(excluded.target_id, excluded.golden_id, excluded.run_id))"
+            "where (x.target_id, x.golden_id) is distinct from (excluded.target_id, excluded.golden_id) "
+            "returning x.source, x.source_id, (x.xmax = 0) as inserted)"
+        )
+        deliveries = _deliveries_sql(
+            self.entity,
+            "joined m left join xr on xr.source = m.source and xr.source_id = m.external_id "
+            "left join up on up.external_id = m.external_id",
+            member="m",
         )
         record = "to_jsonb(l) - array['seq', " + ", ".join(f"'{n}'" for n, _ in ORIGIN_COLUMNS) + "]"
         ctes = [
@@ -247,6 +265,7 @@ class EntityTable:
             joined,
             upsert,
             xref,
+            deliveries,
             # A record written now supersedes an older version of it still parked.
             "unparked as (delete from crm.parked p using joined j "
             f"where p.entity = '{self.entity}' and p.external_id = j.external_id)",
@@ -273,6 +292,20 @@ class EntityTable:
             f"with {', '.join(ctes)} select (select count(*) from latest), "
             f"count(*) filter (where inserted), count(*) filter (where not inserted), {parked} from up"
         )
+
+
+def _deliveries_sql(entity: str, source: str, *, member: str) -> str:
+    """The CTE recording what the batch delivered for each source record (``crm.deliveries``): inserted
+    when its cross-reference is new, updated when it or its target row changed, else unchanged. The
+    first delivery of a record in a run wins; a re-delivery in the same run adds nothing."""
+    m = member
+    return (
+        "dl as (insert into crm.deliveries (run_id, entity, source, source_id, outcome) "
+        f"select distinct on ({m}.source, {m}.external_id) coalesce({m}.run_id, ''), '{entity}', {m}.source, "
+        f"{m}.external_id, case when xr.inserted then 'inserted' "
+        "when xr.source_id is not null or up.id is not null then 'updated' else 'unchanged' end "
+        f"from {source} on conflict do nothing)"
+    )
 
 
 def _sql_type(copy_type: str) -> str:

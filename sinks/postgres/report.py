@@ -1,0 +1,75 @@
+"""What a run did to the target, per entity, read back from ``crm.deliveries`` and the rows it points at.
+
+``inserted + updated + unchanged`` is the number of distinct source records the run delivered (a
+re-delivery after a crash counts once), which is what `crmflow migrate` reconciles against.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import psycopg
+
+from sinks.postgres.tables import TABLES
+
+
+@dataclass(frozen=True)
+class EntityWriteCounts:
+    inserted: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    golden: int | None = None
+    """Accounts with deduplication: how many golden accounts the run's source accounts are in."""
+    merged: int = 0
+    """Source accounts folded into another record's golden account (delivered - golden)."""
+    flagged_records: int = 0
+    """Delivered records whose target row carries a quality flag (a value nulled or kept as flagged)."""
+    flagged_values: dict[str, int] = field(default_factory=dict)
+    """Quality flag -> delivered records whose row carries it (``email_invalid``, ``phone_missing``...)."""
+
+
+_OUTCOMES = "select entity, outcome, count(*) from crm.deliveries where run_id = %s group by entity, outcome"
+_GOLDEN = (
+    "select count(*), count(distinct x.golden_id) from crm.deliveries d join crm.xref x "
+    "on (x.entity, x.source, x.source_id) = (d.entity, d.source, d.source_id) "
+    "where d.run_id = %s and d.entity = 'account' and x.golden_id is not null"
+)
+_FLAGS = (
+    "select f.flag, count(*) from crm.deliveries d join crm.xref x "
+    "on (x.entity, x.source, x.source_id) = (d.entity, d.source, d.source_id) "
+    "join crm.{table} t on t.id = x.target_id cross join lateral unnest(t.quality_flags) f(flag) "
+    "where d.run_id = %s and d.entity = %s group by f.flag"
+)
+_FLAGGED = (
+    "select count(*) from crm.deliveries d join crm.xref x "
+    "on (x.entity, x.source, x.source_id) = (d.entity, d.source, d.source_id) "
+    "join crm.{table} t on t.id = x.target_id where d.run_id = %s and d.entity = %s and t.quality_flags <> '{{}}'"
+)
+
+
+def run_counts(dsn: str, schema: str, run_id: str) -> dict[str, EntityWriteCounts]:
+    """Per entity, what run ``run_id`` delivered (see the module docs). ``schema`` must be ``crm`` until
+    the tables can live in another schema."""
+    if schema != "crm":
+        raise NotImplementedError("target.schema other than crm is not supported yet")
+    outcomes: dict[str, dict[str, int]] = defaultdict(dict)
+    out: dict[str, EntityWriteCounts] = {}
+    with psycopg.connect(dsn) as conn:
+        for entity, outcome, n in conn.execute(_OUTCOMES, (run_id,)):
+            outcomes[str(entity)][str(outcome)] = int(n)
+        for entity, by_outcome in outcomes.items():
+            golden, merged = None, 0
+            if entity == "account":
+                row = conn.execute(_GOLDEN, (run_id,)).fetchone()
+                if row is not None and row[0]:
+                    golden, merged = int(row[1]), int(row[0]) - int(row[1])
+            table = TABLES[entity].table
+            flags = {str(f): int(n) for f, n in conn.execute(_FLAGS.format(table=table).encode(), (run_id, entity))}
+            flagged_row = conn.execute(_FLAGGED.format(table=table).encode(), (run_id, entity)).fetchone()
+            out[entity] = EntityWriteCounts(
+                inserted=by_outcome.get("inserted", 0), updated=by_outcome.get("updated", 0),
+                unchanged=by_outcome.get("unchanged", 0), golden=golden, merged=merged,
+                flagged_records=int(flagged_row[0]) if flagged_row else 0, flagged_values=dict(sorted(flags.items())),
+            )
+    return out
