@@ -7,10 +7,22 @@ Per record (:meth:`Deduper.process`):
    candidate's cluster, the strongest match per cluster kept (deterministic before fuzzy, then score);
 3. the record joins the clusters it matched, strongest first. Joining a cluster is refused when the
    union would hold two birth dates or exceed ``max_cluster_size``; when the record matches several
-   clusters they are merged (the record bridges them): the smallest golden id survives, every member
-   of the others is re-pointed, and each absorbed id is reported as ``(absorbed, survivor)``;
-4. a record that matched nothing founds a cluster whose golden id is its own external id. A golden id
-   therefore never changes while its cluster grows; it only disappears into a smaller one on a merge.
+   clusters they are merged (the record bridges them);
+4. the golden id of a cluster is the **smallest external id of its members** (string order), so it is a
+   function of the cluster, not of which member arrived first: a record that matched nothing founds a
+   cluster under its own id; one that joined clusters gives the union the smallest of their golden ids
+   and its own id. Every other golden id involved is absorbed (its members re-pointed) and reported as
+   ``(absorbed, survivor)``, including the golden id of a cluster joined by a record with a smaller id.
+   A golden id therefore only ever disappears into a smaller one, and never comes back.
+
+Arrival order (which can differ between two runs of the same data: the records of a shard come from
+several raw partitions) decides neither the golden ids nor the golden records (survivorship is a maximum
+over a total order, see :mod:`processors.dedupe.golden`) nor, as long as no block is closed and no join
+is refused, the clusters: those are then the connected components of the match graph, and every pair
+sharing an open block is compared (in id order, so the comparison is the same whichever came first).
+A closed block (its first ``max_block_size`` arrivals are its members) and a refused join (birth dates,
+cluster size; the first cluster to take a bridging record keeps it, clusters are never split) still
+depend on arrival order; they are rare (none in the shuffled runs of the demo data's 20,000 customers).
 
 A record whose id is already known is an update (CDC): its features and block memberships are
 replaced, its cluster's golden record is rebuilt from the members, and it may bridge to further
@@ -40,8 +52,9 @@ log = logging.getLogger(__name__)
 class DedupeResult:
     """What processing one record decided.
 
-    ``merged_into``: the existing golden id the record joined, None when it founded a cluster (or, for
-    an update, matched no further cluster). ``evidence``: one plain dict per merge decision and per vetoed
+    ``merged_into``: the golden id of the cluster the record joined (its own id when it is the cluster's
+    smallest, the joined clusters then absorbed), None when it founded a cluster (or, for an update,
+    matched no further cluster). ``evidence``: one plain dict per merge decision and per vetoed
     or refused near-merge (rule, score, matched record id, its golden id, decision). ``cluster_merges``:
     ``(absorbed golden id, surviving golden id)`` pairs the sink must re-point children for.
     ``closed_blocks``: how many of the record's block keys were closed (oversized).
@@ -141,8 +154,9 @@ class Deduper:
             evidence.append(ev)
 
         involved = sorted({*joined, *([own_gid] if own_gid else [])})
-        survivor = involved[0] if involved else rid
-        merges = [(gid, survivor) for gid in involved[1:]]
+        # The smallest member id of the union: each involved golden id is its cluster's smallest member.
+        survivor = min(involved[0], rid) if involved else rid
+        merges = [(gid, survivor) for gid in involved if gid != survivor]
         absorbed = [self._golden(gid)["members"] for gid, _ in merges]
         # Every golden id the cluster ever absorbed stays in its golden value, so an update of the cluster
         # (a record replayed after a crash cut between the state and the output, for one) still tells the
@@ -224,7 +238,9 @@ class Deduper:
             if cand_feats is None or gid is None or gid not in st.goldens:
                 # Only a record whose processing a crash cut short: its replay comes and re-links it.
                 continue
-            comparison = self.scorer.compare(feats, cand_feats)
+            # In id order, whichever of the two arrived first: the decision is a function of the pair.
+            first, second = (feats, cand_feats) if rid < cand else (cand_feats, feats)
+            comparison = self.scorer.compare(first, second)
             if not comparison.matched and comparison.veto is None:
                 continue
             if comparison.veto is not None:

@@ -16,17 +16,22 @@ pytestmark = pytest.mark.unit
 BARE = {"birth_date": None, "street": None, "city": None, "postal_code": None}  # only names, e-mail, phone
 
 
-def test_duplicates_join_the_first_records_cluster(account: Any) -> None:
+def test_duplicates_join_a_cluster_whose_golden_id_is_its_smallest_member_id(account: Any) -> None:
     deduper = Deduper()
     first = deduper.process(account(customer_id="C0000007"))
     second = deduper.process(account(customer_id="C0000009", first_name="J.", email=None))
     third = deduper.process(account(customer_id="C0000003", first_name="John D.", phone=None))
     assert first.golden_id == "C0000007" and first.merged_into is None and first.evidence == []
-    assert second.golden_id == third.golden_id == "C0000007"  # stable while the cluster grows
+    assert second.golden_id == "C0000007"  # a larger id joins: the golden id stays
     assert second.merged_into == "C0000007" and second.cluster_merges == []
     assert [(e["rule"], e["matched_id"], e["decision"]) for e in second.evidence] == [("phone", "C0000007", "merged")]
+    # A smaller id joins: the cluster takes its id, the old golden id is absorbed (the sink re-points it).
+    assert third.golden_id == third.merged_into == "C0000003"
+    assert third.cluster_merges == [("C0000007", "C0000003")] and third.absorbed == ["C0000007"]
     assert third.golden_record["member_count"] == 3 and third.golden_record["first_name"] == "John"
-    assert deduper.state.goldens["C0000007"]["members"] == ["C0000003", "C0000007", "C0000009"]
+    assert deduper.state.goldens["C0000003"]["members"] == ["C0000003", "C0000007", "C0000009"]
+    assert "C0000007" not in deduper.state.goldens
+    assert {deduper.state.clusters[r] for r in ("C0000003", "C0000007", "C0000009")} == {"C0000003"}
 
 
 def test_a_late_record_bridging_two_clusters_merges_them(account: Any) -> None:
