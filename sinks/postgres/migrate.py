@@ -1,11 +1,13 @@
 """Versioned SQL migrations of the target CRM schema.
 
 Files ``migrations/NNNN_<name>.sql`` are applied in version order, each once, recorded in
-``crm.schema_migrations`` with a checksum. Applying is idempotent and safe to run from several sink
-processes at once (a transaction-level advisory lock serialises them); an already applied file that has
-changed since is an error, because the database no longer matches the code that would use it. Each
-migration runs in its own transaction (PostgreSQL DDL is transactional), so a failing one leaves the
-schema at the previous version.
+``<schema>.schema_migrations`` with a checksum. The files are written for the schema ``crm``; applied to
+another schema (``target.schema``), every ``crm.`` qualifier and the ``create schema`` line name that
+schema instead, and the checksum stays the file's, so each schema tracks its own migrations. Applying is
+idempotent and safe to run from several sink processes at once (a transaction-level advisory lock
+serialises them); an already applied file that has changed since is an error, because the database no
+longer matches the code that would use it. Each migration runs in its own transaction (PostgreSQL DDL is
+transactional), so a failing one leaves the schema at the previous version.
 """
 
 from __future__ import annotations
@@ -38,6 +40,31 @@ create table if not exists crm.schema_migrations (
 );
 """
 
+#: The schema the migration files (and the SQL of :mod:`sinks.postgres.tables`) are written for.
+TEMPLATE_SCHEMA = "crm"
+# A schema name crmflow accepts (as ``target.schema`` does): lower case, no quoting needed.
+_SCHEMA = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+_QUALIFIED = re.compile(r"\bcrm\.")
+_CREATE = re.compile(r"(create schema if not exists )crm\b")
+
+
+def check_schema(schema: str) -> str:
+    """``schema`` when it is a plain lower-case identifier (safe to splice into SQL), else MigrationError."""
+    if not isinstance(schema, str) or not _SCHEMA.match(schema):
+        raise MigrationError(
+            f"target schema {schema!r}: use lower-case letters, digits and '_' (at most 63, not starting "
+            "with a digit)"
+        )
+    return schema
+
+
+def in_schema(sql: str, schema: str) -> str:
+    """``sql`` written for the schema ``crm`` with every ``crm.`` qualifier naming ``schema`` instead."""
+    check_schema(schema)
+    if schema == TEMPLATE_SCHEMA:
+        return sql
+    return _QUALIFIED.sub(f"{schema}.", _CREATE.sub(rf"\g<1>{schema}", sql))
+
 
 @dataclass(frozen=True)
 class Migration:
@@ -68,22 +95,28 @@ def load_migrations(directory: Path | None = None) -> list[Migration]:
 
 
 def apply_migrations(
-    conninfo: str | psycopg.Connection[TupleRow], migrations: list[Migration] | None = None
+    conninfo: str | psycopg.Connection[TupleRow],
+    migrations: list[Migration] | None = None,
+    *,
+    schema: str = TEMPLATE_SCHEMA,
 ) -> list[Migration]:
-    """Apply the migrations not yet recorded; return those applied now (empty when up to date)."""
+    """Apply the migrations not yet recorded in ``schema``; return those applied now (empty when up to
+    date)."""
+    check_schema(schema)
     todo = load_migrations() if migrations is None else migrations
     if isinstance(conninfo, str):
         with psycopg.connect(conninfo) as conn:
-            return _apply(conn, todo)
-    return _apply(conninfo, todo)
+            return _apply(conn, todo, schema)
+    return _apply(conninfo, todo, schema)
 
 
-def _apply(conn: psycopg.Connection[TupleRow], migrations: list[Migration]) -> list[Migration]:
+def _apply(conn: psycopg.Connection[TupleRow], migrations: list[Migration], schema: str) -> list[Migration]:
     applied_now: list[Migration] = []
+    table = f"{schema}.schema_migrations"
     with conn.transaction():
         conn.execute("select pg_advisory_xact_lock(%s)", (_LOCK_KEY,))
-        conn.execute(_BOOTSTRAP)
-        rows = conn.execute("select version, name, checksum from crm.schema_migrations").fetchall()
+        conn.execute(in_schema(_BOOTSTRAP, schema).encode())
+        rows = conn.execute(f"select version, name, checksum from {table}".encode()).fetchall()
     done: dict[int, tuple[str, str]] = {int(v): (n, c) for v, n, c in rows}
     for m in migrations:
         recorded = done.get(m.version)
@@ -97,19 +130,19 @@ def _apply(conn: psycopg.Connection[TupleRow], migrations: list[Migration]) -> l
         with conn.transaction():
             conn.execute("select pg_advisory_xact_lock(%s)", (_LOCK_KEY,))
             # Another process may have applied it while we waited for the lock.
-            if conn.execute("select 1 from crm.schema_migrations where version = %s", (m.version,)).fetchone():
+            if conn.execute(f"select 1 from {table} where version = %s".encode(), (m.version,)).fetchone():
                 continue
             try:
-                conn.execute(m.sql.encode())
+                conn.execute(in_schema(m.sql, schema).encode())
             except psycopg.Error as exc:
                 raise MigrationError(
-                    f"migration {m.version:04d}_{m.name}.sql failed ({type(exc).__name__}, SQLSTATE "
-                    f"{exc.sqlstate}): {exc.diag.message_primary}"
+                    f"migration {m.version:04d}_{m.name}.sql failed in schema {schema} ({type(exc).__name__}, "
+                    f"SQLSTATE {exc.sqlstate}): {exc.diag.message_primary}"
                 ) from exc
             conn.execute(
-                "insert into crm.schema_migrations (version, name, checksum) values (%s, %s, %s)",
+                f"insert into {table} (version, name, checksum) values (%s, %s, %s)".encode(),
                 (m.version, m.name, m.checksum),
             )
-        logger.info("applied migration %04d_%s", m.version, m.name, extra={"stage": "sink"})
+        logger.info("applied migration %04d_%s to schema %s", m.version, m.name, schema, extra={"stage": "sink"})
         applied_now.append(m)
     return applied_now

@@ -6,7 +6,9 @@ quote the row's values, which can be personal data, so they are never used.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import psycopg
 
@@ -54,4 +56,37 @@ def refusal(exc: psycopg.Error, table: EntityTable) -> Refusal:
         "invalid_value",
         table.field_of(column),
         f"{table.entity} has a value the target database cannot store: {name} (SQLSTATE {sqlstate})",
+    )
+
+
+OWNED_BY_OTHER_SOURCE = "owned_by_other_source"
+
+
+def ownership_refusal(table: EntityTable, owned: Mapping[str, Any], system: str | None) -> Refusal:
+    """Why a record was not written: what it would have written belongs to another source system.
+
+    ``owned`` is one entry of the refused list a merge statement returns: ``id`` (the record's id),
+    ``parent`` (a child's account id), ``kind`` (``row``/``xref``: the record's own row or cross-reference
+    is the other system's; ``parent``: its account exists only as the other system's; ``parked``: the
+    other system's record with that id is waiting for its account), ``owner`` and ``owner_source``.
+    Names ids, systems and sources only."""
+    owner = str(owned.get("owner"))
+    source = owned.get("owner_source")
+    by = f"system {owner}" + (f" (source {source})" if source else "")
+    writer = f"system {system}" if system else "a writer without a system"
+    key = owned.get("id")
+    kind = owned.get("kind")
+    if kind == "parent":
+        return Refusal(
+            OWNED_BY_OTHER_SOURCE,
+            table.parent_field,
+            f"{table.entity} {key}: its account {owned.get('parent')} belongs to {by}; {writer} may not attach "
+            "to it, so the record was not written",
+        )
+    what = "a parked record" if kind == "parked" else "the cross-reference" if kind == "xref" else "the row"
+    return Refusal(
+        OWNED_BY_OTHER_SOURCE,
+        table.id_field,
+        f"{table.entity} {key}: {what} with this {table.id_field} is owned by {by}; refused a write from "
+        f"{writer}, the existing row is unchanged",
     )

@@ -47,13 +47,15 @@ from psycopg.rows import TupleRow
 from sinks.base import BatchResult, HeldDeadLetter, Reject, Sink, SinkRecord
 from sinks.exceptions import SinkTransientError
 from sinks.postgres.golden import GoldenPlan, golden_ids, plan_goldens
-from sinks.postgres.migrate import apply_migrations
-from sinks.postgres.refusals import Refusal, is_refusal, refusal
-from sinks.postgres.tables import CHILDREN, GOLDEN_CHAINS_SQL, MERGE_GOLDENS_SQL, TABLES, EntityTable
+from sinks.postgres.migrate import TEMPLATE_SCHEMA, apply_migrations, in_schema
+from sinks.postgres.refusals import Refusal, is_refusal, ownership_refusal, refusal
+from sinks.postgres.tables import EntityTable, golden_chains_sql, merge_goldens_sql, tables_for
 
 logger = logging.getLogger(__name__)
 
 Cursor = psycopg.Cursor[TupleRow]
+
+
 @dataclass
 class _Merged:
     """What merging some staged rows did; ``refused`` maps a seq to why the database refused it."""
@@ -78,17 +80,21 @@ class _Merged:
 
 
 class PostgresSink(Sink):
-    """Writes mapped records into the ``crm`` schema of a PostgreSQL database.
+    """Writes mapped records into the schema ``schema`` (default ``crm``) of a PostgreSQL database.
 
     ``orphan_timeout_s``: how long a child may wait for its account before it is dead-lettered with
     rule ``orphan`` (at the end of a drain, every child still waiting is). ``migrate``: apply the schema
-    migrations in :meth:`setup`.
+    migrations in :meth:`setup`. ``system``: the source system writing (the config's run name): rows
+    are recorded as its own, and rows another system owns are refused (rule ``owned_by_other_source``);
+    None writes as nobody in particular (rows owned by a system are then never changed).
     """
 
     def __init__(
         self,
         dsn: str,
         *,
+        schema: str = TEMPLATE_SCHEMA,
+        system: str | None = None,
         orphan_timeout_s: float = 3600.0,
         migrate: bool = True,
         stage: str = "sink",
@@ -96,6 +102,11 @@ class PostgresSink(Sink):
         dead_letter_chunk: int = 1000,
     ) -> None:
         self._dsn = dsn
+        self._tables = tables_for(schema)  # checks the schema name
+        self._children = tuple(t for t in self._tables.values() if t.is_child)
+        self.schema = schema
+        self.system = system
+        self.resolved = 0  # parked records written since setup, for the runner's report
         self.orphan_timeout_s = orphan_timeout_s
         self.migrate = migrate
         self.stage = stage
@@ -110,7 +121,7 @@ class PostgresSink(Sink):
         with self._guard("set up the target database"):
             if self.migrate:
                 conn = self._connection()
-                apply_migrations(conn)
+                apply_migrations(conn, schema=self.schema)
             self._connection()
 
     def close(self) -> None:
@@ -125,7 +136,7 @@ class PostgresSink(Sink):
             self.close()
             conn = psycopg.connect(self._dsn, autocommit=True, application_name="crmflow-sink")
             try:
-                for table in TABLES.values():
+                for table in self._tables.values():
                     conn.execute(table.create_stage_sql.encode())
             except BaseException:
                 conn.close()
@@ -140,7 +151,7 @@ class PostgresSink(Sink):
         by_entity: dict[str, list[int]] = defaultdict(list)
         rejects: list[Reject] = []
         for index, record in enumerate(batch):
-            if record.entity in TABLES:
+            if record.entity in self._tables:
                 by_entity[record.entity].append(index)
             else:
                 rejects.append(
@@ -156,7 +167,7 @@ class PostgresSink(Sink):
             conn = self._connection()
             with conn.transaction(), conn.cursor() as cur:
                 started = cur.execute("select clock_timestamp()").fetchone()
-                for entity, table in TABLES.items():
+                for entity, table in self._tables.items():
                     indexes = by_entity.get(entity)
                     if not indexes:
                         continue
@@ -218,7 +229,7 @@ class PostgresSink(Sink):
             with conn.transaction():
                 cur.execute(f"truncate {table.stage}".encode())
                 load(cur, seqs)
-                row = cur.execute(statement).fetchone()
+                row = cur.execute(statement, {"system": self.system}).fetchone()
         except psycopg.Error as exc:
             if not is_refusal(exc):
                 raise
@@ -236,8 +247,15 @@ class PostgresSink(Sink):
             merged += self._merge(cur, table, seqs[half:], load, sql)
             return merged
         assert row is not None
-        records, inserted, updated, parked = row
-        return _Merged(records=int(records), inserted=int(inserted), updated=int(updated), parked=list(parked))
+        records, inserted, updated, parked, owned = row
+        refused = {}
+        for o in owned or ():
+            why = ownership_refusal(table, o, self.system)
+            logger.info("%s record refused: %s", table.entity, why.error,
+                        extra={"stage": self.stage, "entity": table.entity})
+            refused[int(o["seq"])] = why
+        return _Merged(records=int(records), inserted=int(inserted), updated=int(updated), parked=list(parked),
+                       refused=refused)
 
     # ------------------------------------------------------------------------------- golden records
 
@@ -246,13 +264,14 @@ class PostgresSink(Sink):
         if not any(batch[i].value.get("golden_id") for i in indexes):
             return GoldenPlan()
         ids = golden_ids(batch[i].value for i in indexes)
-        known = {str(a): str(b) for a, b in cur.execute(GOLDEN_CHAINS_SQL.encode(), {"ids": ids}).fetchall()}
+        chains = cur.execute(golden_chains_sql(self.schema), {"ids": ids, "system": self.system}).fetchall()
+        known = {str(a): str(b) for a, b in chains}
         return plan_goldens(((i, batch[i].value) for i in indexes), known)
 
     def _merge_goldens(self, cur: Cursor, plan: GoldenPlan) -> None:
         """Re-point the absorbed golden rows' children and xref entries to their survivors, drop the rows,
         log the merges (one statement; a merge already applied changes nothing)."""
-        row = cur.execute(MERGE_GOLDENS_SQL.encode(), plan.params()).fetchone()
+        row = cur.execute(merge_goldens_sql(self.schema), {**plan.params(), "system": self.system}).fetchone()
         assert row is not None
         gone, xrefs, children, logged = (int(v) for v in row)
         if gone or logged:
@@ -274,9 +293,11 @@ class PostgresSink(Sink):
             span["last"] = max(span["last"], r.offset)
         run_id = next((str(r.value["run_id"]) for r in records if r.value.get("run_id")), None)
         cur.execute(
-            "insert into crm.migration_audit (run_id, stage, entity, records, inserted, updated, unchanged, "
-            "parked, rejected, offsets, started_at) values (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, "
-            "coalesce(%s, now()))",
+            self._q(
+                "insert into crm.migration_audit (run_id, stage, entity, records, inserted, updated, unchanged, "
+                "parked, rejected, offsets, started_at) values (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, "
+                "coalesce(%s, now()))"
+            ),
             (
                 run_id,
                 self.stage,
@@ -304,16 +325,19 @@ class PostgresSink(Sink):
         while True:
             progress = 0
             rows = cur.execute(
-                "select p.entity, p.id from crm.parked p where p.dead_rule is null "
-                f"{only}and exists (select 1 from crm.xref x where x.entity = 'account' "
-                "and x.source_id = p.parent_external_id) "
-                "order by p.id limit %(limit)s for update of p skip locked".encode(),
-                {"parents": parents, "limit": self.resolve_chunk},
+                self._q(
+                    "select p.entity, p.id from crm.parked p where p.dead_rule is null "
+                    "and (p.system is null or p.system = %(system)s) "
+                    f"{only}and exists (select 1 from crm.xref x where x.entity = 'account' "
+                    "and x.source_id = p.parent_external_id) "
+                    "order by p.id limit %(limit)s for update of p skip locked"
+                ),
+                {"parents": parents, "limit": self.resolve_chunk, "system": self.system},
             ).fetchall()
             ids: dict[str, list[int]] = defaultdict(list)
             for entity, pid in rows:
                 ids[entity].append(pid)
-            for table in CHILDREN:
+            for table in self._children:
                 if not ids.get(table.entity):
                     continue
                 load_sql = table.load_parked_sql.encode()
@@ -324,7 +348,7 @@ class PostgresSink(Sink):
                 merged = self._merge(cur, table, ids[table.entity], load)
                 for pid, why in merged.refused.items():
                     cur.execute(
-                        "update crm.parked set dead_rule = %s, dead_field = %s, dead_error = %s where id = %s",
+                        self._q("update crm.parked set dead_rule = %s, dead_field = %s, dead_error = %s where id = %s"),
                         (why.rule, why.field, why.error, pid),
                     )
                 resolved += merged.records - len(merged.refused)
@@ -333,14 +357,17 @@ class PostgresSink(Sink):
                     self._audit_resolved(cur, table, merged)
             if len(rows) < self.resolve_chunk or not progress:
                 break
+        self.resolved += resolved
         if resolved:
             logger.info("wrote %d parked records whose account arrived", resolved, extra={"stage": self.stage})
         return resolved
 
     def _audit_resolved(self, cur: Cursor, table: EntityTable, merged: _Merged) -> None:
         cur.execute(
-            "insert into crm.migration_audit (run_id, stage, entity, records, inserted, updated, unchanged, "
-            "rejected, started_at) values (null, %s, %s, %s, %s, %s, %s, %s, now())",
+            self._q(
+                "insert into crm.migration_audit (run_id, stage, entity, records, inserted, updated, unchanged, "
+                "rejected, started_at) values (null, %s, %s, %s, %s, %s, %s, %s, now())"
+            ),
             (
                 f"{self.stage}-resolve",
                 table.entity,
@@ -360,17 +387,22 @@ class PostgresSink(Sink):
             with conn.transaction(), conn.cursor() as cur:
                 self._resolve(cur)
                 cur.execute(
-                    "update crm.parked set dead_rule = 'orphan', dead_field = 'customer_id', dead_error = "
-                    "format('%%s %%s waited %%s for its parent account %%s, which did not arrive', entity, "
-                    "external_id, date_trunc('second', now() - parked_at), parent_external_id) "
-                    "where dead_rule is null and (%s or parked_at < now() - make_interval(secs => %s))",
-                    (final, self.orphan_timeout_s),
+                    self._q(
+                        "update crm.parked set dead_rule = 'orphan', dead_field = 'customer_id', dead_error = "
+                        "format('%%s %%s waited %%s for its parent account %%s, which did not arrive', entity, "
+                        "external_id, date_trunc('second', now() - parked_at), parent_external_id) "
+                        "where dead_rule is null and (system is null or system = %s) "
+                        "and (%s or parked_at < now() - make_interval(secs => %s))"
+                    ),
+                    (self.system, final, self.orphan_timeout_s),
                 )
                 rows = cur.execute(
-                    "select id, entity, source_topic, source_partition, source_offset, raw_key, raw_value, "
-                    "dead_rule, dead_error, dead_field, run_id, source_position from crm.parked "
-                    "where dead_rule is not null order by id limit %s",
-                    (self.dead_letter_chunk,),
+                    self._q(
+                        "select id, entity, source_topic, source_partition, source_offset, raw_key, raw_value, "
+                        "dead_rule, dead_error, dead_field, run_id, source_position from crm.parked "
+                        "where dead_rule is not null and (system is null or system = %s) order by id limit %s"
+                    ),
+                    (self.system, self.dead_letter_chunk),
                 ).fetchall()
         return [
             HeldDeadLetter(
@@ -383,7 +415,7 @@ class PostgresSink(Sink):
         """Called once the dead letters are in Kafka: forget them."""
         with self._guard("forget dead-lettered parked records"):
             self._connection().execute(
-                "delete from crm.parked where id = any(%s) and dead_rule is not null",
+                self._q("delete from crm.parked where id = any(%s) and dead_rule is not null"),
                 ([r.handle for r in records],),
             )
 
@@ -391,12 +423,22 @@ class PostgresSink(Sink):
         with self._guard("count parked records"):
             rows = (
                 self._connection()
-                .execute("select entity, count(*) from crm.parked where dead_rule is null group by entity")
+                .execute(
+                    self._q(
+                        "select entity, count(*) from crm.parked where dead_rule is null "
+                        "and (system is null or system = %s) group by entity"
+                    ),
+                    (self.system,),
+                )
                 .fetchall()
             )
-        counts = {t.entity: 0 for t in CHILDREN}
+        counts = {t.entity: 0 for t in self._children}
         counts.update({str(e): int(n) for e, n in rows})
         return counts
+
+    def _q(self, sql: str) -> bytes:
+        """``sql``, written for the schema ``crm``, in this sink's schema."""
+        return in_schema(sql, self.schema).encode()
 
     # -------------------------------------------------------------------------------------- errors
 

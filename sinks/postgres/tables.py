@@ -2,7 +2,17 @@
 
 One :class:`EntityTable` per entity lists its columns (in the order rows are copied into the staging
 table) and builds the statements :mod:`sinks.postgres.sink` runs. Identifiers here are constants of
-this module, never input, which is why plain string formatting is safe.
+this module, never input, which is why plain string formatting is safe; the one exception, the target
+schema (``target.schema``, ``crm`` by default; :func:`tables_for`), is checked to be a plain lower-case
+identifier first. Below, ``crm`` stands for that schema.
+
+Owners: every row, xref entry and parked record carries the ``system`` that wrote it (the config's run
+name, ``%(system)s`` of every statement; its source is in ``source``). A record whose row or xref entry
+another system owns, or whose parent account exists only as another system's, is not written: the
+statement returns it as refused (rule ``owned_by_other_source``) and the other system's rows stay as
+they are. Re-delivering unchanged records changes nothing: rows, xref entries (their ``run_id`` and
+evidence) and parked records are updated only when their values differ; ``crm.deliveries`` records what
+each run's delivery of each source record did (see :mod:`sinks.postgres.report`).
 
 Accounts and golden records: an account row's ``external_id`` is ``coalesce(golden_id, customer_id)``.
 With dedupe off (``golden_id`` null) that is the record's own id, one row per source record; with dedupe
@@ -19,9 +29,11 @@ cluster merges (see :mod:`sinks.postgres.sink`).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
-from functools import cached_property
+from dataclasses import dataclass, replace
+from functools import cache, cached_property
 from typing import Any
+
+from sinks.postgres.migrate import TEMPLATE_SCHEMA, check_schema, in_schema
 
 # Staging-only columns of child entities: where the record came from, so a parked one keeps it.
 ORIGIN_COLUMNS = (
@@ -72,6 +84,7 @@ class EntityTable:
     id_field: str
     columns: tuple[Column, ...]
     parent_field: str | None = None
+    schema: str = TEMPLATE_SCHEMA  # a checked identifier (see :func:`tables_for`)
 
     @property
     def is_child(self) -> bool:
@@ -123,19 +136,22 @@ class EntityTable:
 
     @cached_property
     def load_parked_sql(self) -> str:
-        """Stage parked records (``%s`` = array of crm.parked ids) as if they had just arrived."""
+        """Stage parked records (``%s`` = array of parked ids) as if they had just arrived."""
         cols = ", ".join(f"r.{c.name}" for c in self.columns)
         return (
             f"insert into {self.stage} select p.id, {cols}, p.source_topic, p.source_partition, "
-            "p.source_offset, p.raw_key, p.raw_value from crm.parked p "
+            f"p.source_offset, p.raw_key, p.raw_value from {self.schema}.parked p "
             f"cross join lateral jsonb_populate_record(null::{self.stage}, p.record) r where p.id = any(%s)"
         )
 
     @cached_property
     def merge_sql(self) -> str:
-        """Upsert the staged rows (latest per target row) and their xref entries in one statement.
+        """Upsert the staged rows (latest per target row) and their xref entries in one statement, as the
+        system ``%(system)s``.
 
-        Returns one row: distinct target rows staged, inserted, updated, and (children) the seqs parked."""
+        Returns one row: distinct target rows staged, inserted, updated, (children) the seqs parked, and
+        the records refused because another system owns what they would write (a JSON array of
+        ``{seq, id, parent, kind, owner, owner_source}``; see :func:`ownership_refusal`)."""
         return self._child_merge_sql() if self.is_child else self._account_merge_sql(golden=True)
 
     @cached_property
@@ -144,12 +160,19 @@ class EntityTable:
         the latest record per row is also the latest per source record (accounts: one sort fewer)."""
         return self._child_merge_sql() if self.is_child else self._account_merge_sql(golden=False)
 
-    def _upsert_parts(self) -> tuple[str, str, str]:
-        """Insert column list, ``set`` list and the "row changed" test of the upsert into the table."""
+    def _upsert_parts(self, *, golden: bool = False) -> tuple[str, str, str]:
+        """Insert column list, ``set`` list and the "row changed" test of the upsert into the table.
+
+        A golden row (``golden``) holds the cluster's surviving values; its ``quality_flags`` and
+        ``source`` are those of whichever member last changed them (lineage), so a member re-delivered
+        with its own flags does not count as a change of the golden row."""
         cols = (["account_id"] if self.is_child else []) + [c.name for c in self.columns if c.stored]
-        sets = ", ".join(f"{n} = excluded.{n}" for n in cols if n != "external_id")
+        sets = ", ".join(f"{n} = excluded.{n}" for n in [*cols, "system"] if n != "external_id")
+        lineage = {"quality_flags", "source"} if golden else set()
         compared = (["account_id"] if self.is_child else []) + [
-            c.name for c in self.columns if c.stored and c.compared and c.name != "external_id"
+            c.name
+            for c in self.columns
+            if c.stored and c.compared and c.name != "external_id" and c.name not in lineage
         ]
         changed = (
             f"({', '.join('t.' + n for n in compared)}) is distinct from "
@@ -157,155 +180,223 @@ class EntityTable:
         )
         return ", ".join(cols), sets, changed
 
+    def _upsert(self, insert_cols: str, select_cols: str, source: str, sets: str, changed: str) -> str:
+        # Only a row this system owns (or nobody yet) is updated, and only when its values change: a
+        # re-delivery leaves it untouched (run_id, updated_at, source_position included).
+        return (
+            f"up as (insert into {self.schema}.{self.table} as t ({insert_cols}, system) "
+            f"select {select_cols}, %(system)s::text from {source} "
+            f"on conflict (external_id) do update set {sets}, updated_at = now() "
+            f"where ({changed}) and (t.system is null or t.system = excluded.system) "
+            "returning t.id, t.external_id, (t.xmax = 0) as inserted)"
+        )
+
+    def _xref(self, select: str, *, evidence: bool) -> str:
+        """Upsert the xref entries of ``select`` (rows of entity, source, source_id, target_id, golden_id,
+        run_id[, evidence]). An entry changes only when its target, golden id or evidence does, so a
+        re-delivery keeps the run id of the run that last changed it, and its evidence."""
+        s = self.schema
+        ev_col, ev_set, ev_old, ev_new = "", "", "", ""
+        if evidence:
+            merged = _EVIDENCE
+            ev_col, ev_set = ", evidence", f"evidence = {merged}, "
+            ev_old, ev_new = ", x.evidence", f", {merged}"
+        return (
+            f"xr as (insert into {s}.xref as x (entity, source, source_id, target_id, golden_id, run_id{ev_col}, "
+            f"system) {select} "
+            "on conflict (entity, source, source_id) do update set target_id = excluded.target_id, "
+            f"golden_id = excluded.golden_id, run_id = excluded.run_id, {ev_set}system = excluded.system, "
+            "updated_at = now() "
+            f"where (x.target_id, x.golden_id{ev_old}) is distinct from (excluded.target_id, excluded.golden_id"
+            f"{ev_new}) and (x.system is null or x.system = excluded.system) "
+            "returning x.source, x.source_id, (x.xmax = 0) as inserted)"
+        )
+
     def _account_merge_sql(self, *, golden: bool) -> str:
         # The row of a record is its golden id's (dedupe on) or its own id's (dedupe off): ``_target``.
         # The latest staged record per target row writes the row; every staged source record (the latest
-        # per source and id) writes its xref entry, pointing to the row of its target.
-        insert_cols, sets, changed = self._upsert_parts()
+        # per source and id) writes its xref entry, pointing to the row of its target. Records whose
+        # target row or xref entry another system owns are refused first and take no part.
+        s = self.schema
+        insert_cols, sets, changed = self._upsert_parts(golden=golden)
         select_cols = ", ".join(
             "l._target" if c.name == "external_id" else f"l.{c.name}" for c in self.columns if c.stored
         )
+        target = "coalesce(s.golden_id, s.external_id)" if golden else "s.external_id"
+        ctes = [
+            f"staged as (select s.*, {target} as _target from {self.stage} s)",
+            "refused as (select distinct on (s.seq) s.seq, s.external_id as id, null::text as parent, "
+            "case when t.id is not null then 'row' else 'xref' end as kind, "
+            "coalesce(t.system, x.system) as owner, coalesce(t.source, x.source) as owner_source from staged s "
+            f"left join {s}.{self.table} t on t.external_id = s._target and t.system <> %(system)s::text "
+            f"left join {s}.xref x on x.entity = '{self.entity}' and x.source = s.source "
+            "and x.source_id = s.external_id and x.system <> %(system)s::text "
+            "where t.id is not null or x.source_id is not null order by s.seq)",
+            "ok as (select * from staged s where not exists (select 1 from refused r where r.seq = s.seq))",
+        ]
         if golden:
             # A record whose golden id an earlier batch absorbed (``_stale``, a re-delivery) is older than
             # the survivor's values: it confirms its xref entry only.
-            ctes = [
-                f"staged as (select s.*, coalesce(s.golden_id, s.external_id) as _target from {self.stage} s)",
-                "latest as (select distinct on (_target) * from staged where _stale is not true "
-                "order by _target, seq desc)",
-            ]
+            ctes.append(
+                "latest as (select distinct on (_target) * from ok where _stale is not true "
+                "order by _target, seq desc)"
+            )
             members = (
-                "members as (select distinct on (source, external_id) * from staged "
+                "members as (select distinct on (source, external_id) * from ok "
                 "order by source, external_id, seq desc)"
             )
         else:
-            ctes = [
-                f"latest as (select distinct on (external_id) *, external_id as _target from {self.stage} "
-                "order by external_id, seq desc)"
-            ]
+            ctes.append("latest as (select distinct on (_target) * from ok order by _target, seq desc)")
             members = "members as (select * from latest)"
-        upsert = (
-            f"up as (insert into crm.{self.table} as t ({insert_cols}) select {select_cols} from latest l "
-            f"on conflict (external_id) do update set {sets}, updated_at = now() where {changed} "
-            "returning t.id, t.external_id, (t.xmax = 0) as inserted)"
-        )
-        # Every staged record confirms its xref entry, changed or not, so the xref's run_id says which run
-        # last delivered the record (what `crmflow migrate` reconciles against). A re-delivery within the
-        # same run writes nothing. Rows inserted by ``up`` are not visible to the table scan of this same
-        # statement, hence both joins.
-        xref = (
-            "xr as (insert into crm.xref as x (entity, source, source_id, target_id, golden_id, run_id, evidence) "
+        upsert = self._upsert(insert_cols, select_cols, "latest l", sets, changed)
+        # Rows inserted by ``up`` are not visible to the table scan of this same statement, hence both joins.
+        xref = self._xref(
             f"select '{self.entity}', m.source, m.external_id, coalesce(up.id, t.id), m.golden_id, m.run_id, "
-            "m.match_evidence::jsonb from members m left join up on up.external_id = m._target "
-            f"left join crm.{self.table} t on t.external_id = m._target "
-            "where coalesce(up.id, t.id) is not null "
-            "on conflict (entity, source, source_id) do update set target_id = excluded.target_id, "
-            "golden_id = excluded.golden_id, run_id = excluded.run_id, "
-            "evidence = coalesce(excluded.evidence, x.evidence), updated_at = now() "
-            # A re-delivery (same run, or a re-run of unchanged data) changes nothing: the run id stays
-            # the one that last changed the entry, and evidence is never replaced by none.
-            "where (x.target_id, x.golden_id, coalesce(excluded.evidence, x.evidence)) is distinct from "
-            "(excluded.target_id, excluded.golden_id, x.evidence) "
-            "returning x.source, x.source_id, (x.xmax = 0) as inserted)"
+            "m.match_evidence::jsonb, %(system)s::text from members m left join up on up.external_id = m._target "
+            f"left join {s}.{self.table} t on t.external_id = m._target "
+            "where coalesce(up.id, t.id) is not null",
+            evidence=True,
         )
-        deliveries = _deliveries_sql(
-            self.entity,
+        deliveries = self._deliveries_sql(
             "members m left join xr on xr.source = m.source and xr.source_id = m.external_id "
             "left join up on up.external_id = m._target "
-            f"where exists (select 1 from crm.{self.table} t where t.external_id = m._target) "
+            f"where exists (select 1 from {s}.{self.table} t where t.external_id = m._target) "
             "or up.id is not null",
-            member="m",
         )
         return (
-            f"with {', '.join(ctes)}, {upsert}, {members}, {xref}, {deliveries} select (select count(*) from latest), "
-            "count(*) filter (where inserted), count(*) filter (where not inserted), '{}'::bigint[] from up"
+            f"with {', '.join(ctes)}, {upsert}, {members}, {xref}, {deliveries} "
+            "select (select count(*) from latest) + (select count(*) from refused), "
+            "count(*) filter (where inserted), count(*) filter (where not inserted), '{}'::bigint[], "
+            f"{_REFUSED_JSON} from up"
         )
 
     def _child_merge_sql(self) -> str:
+        s = self.schema
         insert_cols, sets, changed = self._upsert_parts()
         select_cols = ", ".join(f"j.{n}" for n in insert_cols.split(", "))
         latest = f"latest as (select distinct on (external_id) * from {self.stage} order by external_id, seq desc)"
         # The account is found through its xref entry: the parent's source id may be a member of a
-        # golden record (dedupe on) or the account's own id (dedupe off). Of two accounts sources with
-        # the same id, the first source by name wins. A child without a golden id of its own takes the
-        # parent's.
-        parent = (
-            "(select x.target_id, x.golden_id from crm.xref x where x.entity = 'account' "
-            f"and x.source_id = l.{self.parent_field} order by x.source limit 1)"
+        # golden record (dedupe on) or the account's own id (dedupe off). Only an account of this system
+        # (or of nobody yet) is a parent: a child is never attached to another system's account. Of two
+        # account sources with the same id, the first source by name wins. A child without a golden id
+        # of its own takes the parent's.
+        pf = self.parent_field
+        own_parent = (
+            f"(select x.target_id, x.golden_id from {s}.xref x where x.entity = 'account' "
+            f"and x.source_id = l.{pf} and (x.system is null or x.system = %(system)s::text) "
+            "order by x.source limit 1)"
+        )
+        any_parent = f"select 1 from {s}.xref x where x.entity = 'account' and x.source_id = l.{pf}"
+        cand = (
+            f"cand as (select l.seq, l.external_id, l.source, l.{pf} as _parent, p.target_id as _account_id, "
+            f"p.golden_id as _parent_golden, exists ({any_parent}) as _has_parent "
+            f"from latest l left join lateral {own_parent} p on true)"
+        )
+        # Refused: the row or its xref entry is another system's, its parent account is only another
+        # system's, or (parent not there yet) another system's record with the same id is parked.
+        refused = (
+            "refused as (select distinct on (seq) * from ("
+            "select c.seq, c.external_id as id, c._parent as parent, 'row' as kind, t.system as owner, "
+            f"t.source as owner_source from cand c join {s}.{self.table} t on t.external_id = c.external_id "
+            "where t.system <> %(system)s::text "
+            "union all select c.seq, c.external_id, c._parent, 'xref', x.system, x.source from cand c "
+            f"join {s}.xref x on x.entity = '{self.entity}' and x.source = c.source "
+            "and x.source_id = c.external_id where x.system <> %(system)s::text "
+            "union all select c.seq, c.external_id, c._parent, 'parent', o.system, o.source from cand c "
+            f"cross join lateral (select x.system, x.source from {s}.xref x where x.entity = 'account' "
+            "and x.source_id = c._parent order by x.source limit 1) o "
+            "where c._account_id is null and c._has_parent "
+            "union all select c.seq, c.external_id, c._parent, 'parked', p.system, null from cand c "
+            f"join {s}.parked p on p.entity = '{self.entity}' and p.external_id = c.external_id "
+            "where not c._has_parent and p.system <> %(system)s::text"
+            ") r order by seq, kind)"
         )
         cols = ", ".join(
-            "coalesce(l.golden_id, p.golden_id) as golden_id" if c.name == "golden_id" else f"l.{c.name}"
+            "coalesce(l.golden_id, c._parent_golden) as golden_id" if c.name == "golden_id" else f"l.{c.name}"
             for c in self.columns
         )
-        joined = f"joined as (select {cols}, p.target_id as account_id from latest l cross join lateral {parent} p)"
-        upsert = (
-            f"up as (insert into crm.{self.table} as t ({insert_cols}) select {select_cols} from joined j "
-            f"on conflict (external_id) do update set {sets}, updated_at = now() where {changed} "
-            "returning t.id, t.external_id, (t.xmax = 0) as inserted)"
+        joined = (
+            f"joined as (select {cols}, c._account_id as account_id from latest l join cand c on c.seq = l.seq "
+            "where c._account_id is not null and not exists (select 1 from refused r where r.seq = l.seq))"
         )
-        xref = (
-            "xr as (insert into crm.xref as x (entity, source, source_id, target_id, golden_id, run_id) "
-            f"select '{self.entity}', j.source, j.external_id, coalesce(up.id, t.id), j.golden_id, j.run_id "
-            "from joined j left join up using (external_id) "
-            f"left join crm.{self.table} t on t.external_id = j.external_id "
-            "where coalesce(up.id, t.id) is not null "
-            "on conflict (entity, source, source_id) do update set target_id = excluded.target_id, "
-            "golden_id = excluded.golden_id, run_id = excluded.run_id, updated_at = now() "
-            "where (x.target_id, x.golden_id) is distinct from (excluded.target_id, excluded.golden_id) "
-            "returning x.source, x.source_id, (x.xmax = 0) as inserted)"
+        upsert = self._upsert(insert_cols, select_cols, "joined j", sets, changed)
+        xref = self._xref(
+            f"select '{self.entity}', j.source, j.external_id, coalesce(up.id, t.id), j.golden_id, j.run_id, "
+            "%(system)s::text from joined j left join up using (external_id) "
+            f"left join {s}.{self.table} t on t.external_id = j.external_id "
+            "where coalesce(up.id, t.id) is not null",
+            evidence=False,
         )
-        deliveries = _deliveries_sql(
-            self.entity,
+        deliveries = self._deliveries_sql(
             "joined m left join xr on xr.source = m.source and xr.source_id = m.external_id "
             "left join up on up.external_id = m.external_id",
-            member="m",
         )
         record = "to_jsonb(l) - array['seq', " + ", ".join(f"'{n}'" for n, _ in ORIGIN_COLUMNS) + "]"
         ctes = [
             latest,
+            cand,
+            refused,
             joined,
             upsert,
             xref,
             deliveries,
             # A record written now supersedes an older version of it still parked.
-            "unparked as (delete from crm.parked p using joined j "
+            f"unparked as (delete from {s}.parked p using joined j "
             f"where p.entity = '{self.entity}' and p.external_id = j.external_id)",
-            "orphans as (select * from latest l where not exists (select 1 from crm.xref x "
-            f"where x.entity = 'account' and x.source_id = l.{self.parent_field}))",
-            "park as (insert into crm.parked as p (entity, external_id, parent_external_id, record, "
-            "source_topic, source_partition, source_offset, raw_key, raw_value, run_id, source_position) "
-            f"select '{self.entity}', l.external_id, l.{self.parent_field}, {record}, l._topic, "
-            "l._partition, l._offset, l._key, l._value, l.run_id, l.source_position from orphans l "
+            "orphans as (select l.* from latest l join cand c on c.seq = l.seq where not c._has_parent "
+            "and not exists (select 1 from refused r where r.seq = l.seq))",
+            f"park as (insert into {s}.parked as p (entity, external_id, parent_external_id, record, "
+            "source_topic, source_partition, source_offset, raw_key, raw_value, run_id, source_position, "
+            f"system) select '{self.entity}', l.external_id, l.{pf}, {record}, l._topic, "
+            "l._partition, l._offset, l._key, l._value, l.run_id, l.source_position, %(system)s::text from orphans l "
             "on conflict (entity, external_id) do update set "
             "parent_external_id = excluded.parent_external_id, record = excluded.record, "
             "source_topic = excluded.source_topic, source_partition = excluded.source_partition, "
             "source_offset = excluded.source_offset, raw_key = excluded.raw_key, "
             "raw_value = excluded.raw_value, run_id = excluded.run_id, "
-            "source_position = excluded.source_position, last_seen_at = now(), "
+            "source_position = excluded.source_position, system = excluded.system, last_seen_at = now(), "
             "dead_rule = null, dead_field = null, dead_error = null "
             # A re-delivery of the same record leaves the parked row as it is.
             "where (p.record, p.parent_external_id, p.source_topic, p.source_partition, p.source_offset) "
             "is distinct from (excluded.record, excluded.parent_external_id, excluded.source_topic, "
-            "excluded.source_partition, excluded.source_offset))",
+            "excluded.source_partition, excluded.source_offset) "
+            "and (p.system is null or p.system = excluded.system))",
         ]
         parked = "(select coalesce(array_agg(seq), '{}') from orphans)"
         return (
             f"with {', '.join(ctes)} select (select count(*) from latest), "
-            f"count(*) filter (where inserted), count(*) filter (where not inserted), {parked} from up"
+            f"count(*) filter (where inserted), count(*) filter (where not inserted), {parked}, "
+            f"{_REFUSED_JSON} from up"
+        )
+
+    def _deliveries_sql(self, source: str) -> str:
+        """The CTE recording what the batch delivered for each source record (``deliveries``): inserted
+        when its cross-reference is new, updated when it or its target row changed, else unchanged. The
+        first delivery of a record in a run wins; a re-delivery in the same run adds nothing."""
+        return (
+            f"dl as (insert into {self.schema}.deliveries (run_id, entity, source, source_id, outcome) "
+            f"select distinct on (m.source, m.external_id) coalesce(m.run_id, ''), '{self.entity}', m.source, "
+            "m.external_id, case when xr.inserted then 'inserted' "
+            "when xr.source_id is not null or up.id is not null then 'updated' else 'unchanged' end "
+            f"from {source} on conflict do nothing)"
         )
 
 
-def _deliveries_sql(entity: str, source: str, *, member: str) -> str:
-    """The CTE recording what the batch delivered for each source record (``crm.deliveries``): inserted
-    when its cross-reference is new, updated when it or its target row changed, else unchanged. The
-    first delivery of a record in a run wins; a re-delivery in the same run adds nothing."""
-    m = member
-    return (
-        "dl as (insert into crm.deliveries (run_id, entity, source, source_id, outcome) "
-        f"select distinct on ({m}.source, {m}.external_id) coalesce({m}.run_id, ''), '{entity}', {m}.source, "
-        f"{m}.external_id, case when xr.inserted then 'inserted' "
-        "when xr.source_id is not null or up.id is not null then 'updated' else 'unchanged' end "
-        f"from {source} on conflict do nothing)"
-    )
+# The evidence an xref entry keeps when a record is delivered again: a delivery without evidence (none,
+# or an empty list: a re-run whose deduper had nothing new to decide), or with evidence the entry already
+# contains, keeps the entry's; new decisions are appended to it. Evidence is never replaced by less.
+_EVIDENCE = (
+    "(case when excluded.evidence is null or excluded.evidence = '[]'::jsonb "
+    "or (x.evidence is not null and x.evidence @> excluded.evidence) then x.evidence "
+    "when x.evidence is null or jsonb_typeof(x.evidence) <> 'array' "
+    "or jsonb_typeof(excluded.evidence) <> 'array' then excluded.evidence "
+    "else x.evidence || coalesce((select jsonb_agg(e) from jsonb_array_elements(excluded.evidence) e "
+    "where not x.evidence @> jsonb_build_array(e)), '[]'::jsonb) end)"
+)
+_REFUSED_JSON = (
+    "(select coalesce(jsonb_agg(jsonb_build_object('seq', seq, 'id', id, 'parent', parent, 'kind', kind, "
+    "'owner', owner, 'owner_source', owner_source)), '[]'::jsonb) from refused)"
+)
 
 
 def _sql_type(copy_type: str) -> str:
@@ -384,7 +475,8 @@ CASE = EntityTable(
 TABLES: dict[str, EntityTable] = {t.entity: t for t in (ACCOUNT, CONTACT, SALE, CASE)}
 CHILDREN = tuple(t for t in TABLES.values() if t.is_child)
 
-# Where absorbed golden ids went: for each id of ``%(ids)s`` that crm.golden_merges knows as absorbed, the
+# Where absorbed golden ids went: for each id of ``%(ids)s`` that crm.golden_merges knows as absorbed (by
+# the system ``%(system)s``), the
 # golden id at the end of its chain of merges (``survivor_golden_id`` is the immediate survivor). A
 # record re-delivered after its cluster was merged then lands on the survivor's row, never re-creating an
 # absorbed one. The depth bound only guards against a cycle in corrupt data.
@@ -392,14 +484,16 @@ GOLDEN_CHAINS_SQL = (
     "with recursive chain (start, cur, depth) as ("
     "select g, g, 0 from unnest(%(ids)s::text[]) g "
     "union all select c.start, m.survivor_golden_id, c.depth + 1 from chain c "
-    "join crm.golden_merges m on m.absorbed_golden_id = c.cur where c.depth < 64) "
+    "join crm.golden_merges m on m.absorbed_golden_id = c.cur "
+    "and (m.system is null or m.system = %(system)s::text) where c.depth < 64) "
     "select start, cur from (select distinct on (start) start, cur from chain order by start, depth desc) z "
     "where start <> cur"
 )
 
-# Apply cluster merges, one statement: for each absorbed golden id whose survivor (``final``: the end of
-# the chain) has a row, re-point the absorbed row's contacts, sales and cases (their golden id too, unless
-# they carry one of their own) and the xref entries pointing to it, delete it, and log the merge once.
+# Apply cluster merges of the system ``%(system)s``, one statement: for each absorbed golden id whose
+# survivor (``final``: the end of the chain) has a row of that system (or of nobody yet), re-point the
+# absorbed row's contacts, sales and cases (their golden id too, unless they carry one of their own) and
+# the xref entries pointing to it, delete it, and log the merge once.
 # Children and xref rows of the children whose golden id changed follow. Idempotent: once the absorbed
 # row is gone every update matches nothing and the log insert does nothing. Foreign keys are checked at
 # the end of the statement, when no child references the deleted row any more.
@@ -415,16 +509,36 @@ MERGE_GOLDENS_SQL = (
     "%(record)s::text[], %(run)s::text[], %(evidence)s::text[]) "
     "as m (absorbed, survivor, final, record_id, run_id, evidence)), "
     "pairs as (select m.*, a.id as old_id, g.id as new_id from m "
-    "join crm.accounts g on g.external_id = m.final "
-    "left join crm.accounts a on a.external_id = m.absorbed and a.id <> g.id), "
+    "join crm.accounts g on g.external_id = m.final and (g.system is null or g.system = %(system)s::text) "
+    "left join crm.accounts a on a.external_id = m.absorbed and a.id <> g.id "
+    "and (a.system is null or a.system = %(system)s::text)), "
     + ", ".join(_REPOINT_CHILD.format(alias=t.table, table=t.table, entity=t.entity) for t in CHILDREN)
     + ", account_xref as (update crm.xref x set target_id = p.new_id, golden_id = p.final, updated_at = now() "
     "from pairs p where x.entity = 'account' and x.target_id = p.old_id returning 1), "
     "gone as (delete from crm.accounts a using pairs p where a.id = p.old_id returning 1), "
     "logged as (insert into crm.golden_merges (absorbed_golden_id, survivor_golden_id, record_id, run_id, "
-    "evidence) select absorbed, survivor, record_id, run_id, evidence::jsonb from pairs "
+    "evidence, system) select absorbed, survivor, record_id, run_id, evidence::jsonb, %(system)s::text from pairs "
     "on conflict (absorbed_golden_id) do nothing returning 1) "
     "select (select count(*) from gone), (select count(*) from account_xref), "
     + " + ".join(f"(select count(*) from {t.table}_moved)" for t in CHILDREN)
     + ", (select count(*) from logged)"
 )
+
+
+@cache
+def tables_for(schema: str) -> dict[str, EntityTable]:
+    """:data:`TABLES` writing into ``schema`` (checked: a plain lower-case identifier)."""
+    check_schema(schema)
+    return {e: replace(t, schema=schema) for e, t in TABLES.items()}
+
+
+@cache
+def golden_chains_sql(schema: str) -> bytes:
+    """:data:`GOLDEN_CHAINS_SQL` in ``schema``."""
+    return in_schema(GOLDEN_CHAINS_SQL, schema).encode()
+
+
+@cache
+def merge_goldens_sql(schema: str) -> bytes:
+    """:data:`MERGE_GOLDENS_SQL` in ``schema``."""
+    return in_schema(MERGE_GOLDENS_SQL, schema).encode()

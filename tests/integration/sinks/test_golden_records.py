@@ -335,7 +335,7 @@ def test_a_database_written_before_golden_records_keeps_working_after_the_migrat
 
     dsn = pg_dsn_factory()
     first, *later = load_migrations()
-    assert [m.name for m in later] == ["golden_records"]
+    assert [m.name for m in later][:1] == ["golden_records"]
     apply_migrations(dsn, [first])
     with psycopg.connect(dsn) as conn:  # what the sink wrote before: an account and its xref entry
         conn.execute("insert into crm.accounts (external_id, full_name, run_id, source, source_position) "
