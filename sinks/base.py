@@ -139,6 +139,10 @@ class Sink(abc.ABC):
         """Records currently held back (parked) per entity, for the ``crmflow_parked_records`` gauge."""
         return {}
 
+    def resolved(self) -> int:
+        """Held records written since ``setup()`` once their parent arrived (for the runner's report)."""
+        return 0
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections. Called once at the end, also after errors; must not raise."""
 

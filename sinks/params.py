@@ -14,15 +14,22 @@ if TYPE_CHECKING:
     from crmflow.config import MigrationConfig
 
 ENTITIES = ("account", "contact", "sale", "case")
+
+
 @dataclass(frozen=True)
 class SinkParams:
-    """Everything the runner needs; ``topics`` maps each mapped topic to its entity."""
+    """Everything the runner needs; ``topics`` maps each mapped topic to its entity.
+
+    ``target_schema`` is the PostgreSQL schema of the CRM tables; ``system`` the source system writing
+    (a config's run name): the target refuses records whose rows another system owns."""
 
     bootstrap_servers: str
     registry_url: str
     target_dsn: str = field(repr=False)
     topics: Mapping[str, str]
     dlq_topic: str
+    target_schema: str = "crm"
+    system: str | None = None
     group_id: str = "crmflow-sink"
     batch_size: int = 1000
     max_batch_age_s: float = 1.0
@@ -52,18 +59,28 @@ class SinkParams:
         **kwargs: Any,
     ) -> SinkParams:
         """Params of a migration config: its mapped topics and DLQ, group ``crmflow-sink.<run name>``, the
-        target's batch size and flush interval; the DSN from the target's ``dsn_env`` unless given."""
+        run name as the writing system, the target's schema, batch size and flush interval.
+
+        ``target_dsn`` is the DSN :func:`crmflow.pipeline.targets.resolve_target` resolved; without it the
+        DSN comes from the config's ``target.dsn_env``, and a config that names none is a ConfigError
+        (never a silent fallback to some other database)."""
         if target_dsn is None:
+            where = cfg.file or "the config"
             if cfg.target is None:
-                raise ConfigError(f"{cfg.file or 'the config'}: key target is missing; the sink needs it")
+                raise ConfigError(f"{where}: key target is missing; the sink needs it")
+            if not cfg.target.dsn_env:
+                raise ConfigError(f"{where}: target.dsn_env is not set, so the target DSN must be given (resolve "
+                                  "it with crmflow.pipeline.targets.resolve_target)")
             target_dsn = cfg.target.dsn().get_secret_value()
         defaults: dict[str, Any] = {
             "group_id": f"crmflow-sink.{cfg.run.name}",
             "topics": {cfg.kafka.mapped_topic(e): e for e in ENTITIES if e in cfg.entities},
             "dlq_topic": cfg.kafka.dlq_topic,
+            "system": cfg.run.name,
         }
         if cfg.target is not None:
-            defaults.update(batch_size=cfg.target.batch_size, max_batch_age_s=cfg.target.flush_interval_s)
+            defaults.update(batch_size=cfg.target.batch_size, max_batch_age_s=cfg.target.flush_interval_s,
+                            target_schema=cfg.target.schema_name)
         return cls(
             bootstrap_servers=bootstrap_servers,
             registry_url=registry_url,
@@ -83,6 +100,7 @@ class SinkStats:
     poison: int = 0
     parked: int = 0
     orphaned: int = 0
+    resolved: int = 0  # parked records written once their account arrived
     held_dead_lettered: int = 0
     batches: int = 0
     committed: dict[str, int] = field(default_factory=dict)

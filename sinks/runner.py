@@ -62,7 +62,8 @@ def run_sink(
     if sink is None:
         from sinks.postgres.sink import PostgresSink
 
-        sink = PostgresSink(params.target_dsn, orphan_timeout_s=params.orphan_timeout_s)
+        sink = PostgresSink(params.target_dsn, schema=params.target_schema, system=params.system,
+                            orphan_timeout_s=params.orphan_timeout_s)
     return SinkRunner(params, sink, stop_event=stop_event).run(drain=drain)
 
 
@@ -301,8 +302,13 @@ class SinkRunner:
                       if tp in self._assigned and off > done.get(f"{tp[0]}[{tp[1]}]", -1)})
         self._maintain(force=True)
         s = self.stats
-        logger.info("drained: %d consumed, %d written, %d unchanged, %d rejected, %d poison, %d orphans",
-                    s.consumed, s.written, s.unchanged, s.rejected, s.poison, s.orphaned, extra=_LOG)
+        s.resolved = self.batching.sink.resolved()
+        # What THIS pass did (a sink started to drain what a live sink left over reports only its own
+        # work); the run's totals are in the target's audit (`crmflow migrate` prints them).
+        logger.info("final drain pass (this sink process only): %d consumed, %d written, %d unchanged, "
+                    "%d rejected, %d poison; parked children: %d resolved, %d orphans dead-lettered, "
+                    "%d held records dead-lettered", s.consumed, s.written, s.unchanged, s.rejected, s.poison,
+                    s.resolved, s.orphaned, s.held_dead_lettered, extra=_LOG)
 
     # ---------------------------------------------------------------------------------- rebalance
 

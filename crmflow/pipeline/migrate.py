@@ -31,7 +31,7 @@ from confluent_kafka.schema_registry import SchemaRegistryClient
 
 from crmflow.config import MigrationConfig
 from crmflow.dlq import read_dead_letters
-from crmflow.exceptions import ConfigError, CrmflowError, InfrastructureError
+from crmflow.exceptions import CrmflowError, InfrastructureError
 from crmflow.pipeline.health import KafkaWatch, require_reachable
 from crmflow.pipeline.runs import RunStore
 from crmflow.pipeline.services import Service, group_lag, stop_all, wait_drained
@@ -189,10 +189,7 @@ def prepare(cfg: MigrationConfig, ep: Endpoints, registry: SchemaRegistryClient,
     if cfg.dedupe_enabled:
         topics.append(k.dedupe_topic("account"))
     ensure_topics(ep.bootstrap_servers, topics, k.partitions, k.replication_factor)
-    if target.schema != "crm":
-        raise ConfigError(f"{cfg.file or 'the config'}: target.schema {target.schema!r}: only the schema crm is "
-                          "supported yet; use a separate database (target.dsn_env) to keep migrations apart")
-    apply_migrations(target.dsn)
+    apply_migrations(target.dsn, schema=target.schema)
 
 
 def run_migration(

@@ -1,7 +1,9 @@
-"""What a run did to the target, per entity, read back from ``crm.deliveries`` and the rows it points at.
+"""What a run did to the target, per entity, read back from ``<schema>.deliveries`` and the rows it points at.
 
 ``inserted + updated + unchanged`` is the number of distinct source records the run delivered (a
-re-delivery after a crash counts once), which is what `crmflow migrate` reconciles against.
+re-delivery after a crash counts once), which is what `crmflow migrate` reconciles against: a re-run of
+unchanged data is all ``unchanged``. Records refused (also as ``owned_by_other_source``) are not
+delivered; they are in the dead-letter topic.
 """
 
 from __future__ import annotations
@@ -11,7 +13,8 @@ from dataclasses import dataclass, field
 
 import psycopg
 
-from sinks.postgres.tables import TABLES
+from sinks.postgres.migrate import in_schema
+from sinks.postgres.tables import tables_for
 
 
 @dataclass(frozen=True)
@@ -49,24 +52,26 @@ _FLAGGED = (
 
 
 def run_counts(dsn: str, schema: str, run_id: str) -> dict[str, EntityWriteCounts]:
-    """Per entity, what run ``run_id`` delivered (see the module docs). ``schema`` must be ``crm`` until
-    the tables can live in another schema."""
-    if schema != "crm":
-        raise NotImplementedError("target.schema other than crm is not supported yet")
+    """Per entity, what run ``run_id`` delivered into the CRM tables of ``schema`` (module docs)."""
+    tables = tables_for(schema)  # checks the schema name
+
+    def q(sql: str) -> bytes:
+        return in_schema(sql, schema).encode()
+
     outcomes: dict[str, dict[str, int]] = defaultdict(dict)
     out: dict[str, EntityWriteCounts] = {}
     with psycopg.connect(dsn) as conn:
-        for entity, outcome, n in conn.execute(_OUTCOMES, (run_id,)):
+        for entity, outcome, n in conn.execute(q(_OUTCOMES), (run_id,)):
             outcomes[str(entity)][str(outcome)] = int(n)
         for entity, by_outcome in outcomes.items():
             golden, merged = None, 0
             if entity == "account":
-                row = conn.execute(_GOLDEN, (run_id,)).fetchone()
+                row = conn.execute(q(_GOLDEN), (run_id,)).fetchone()
                 if row is not None and row[0]:
                     golden, merged = int(row[1]), int(row[0]) - int(row[1])
-            table = TABLES[entity].table
-            flags = {str(f): int(n) for f, n in conn.execute(_FLAGS.format(table=table).encode(), (run_id, entity))}
-            flagged_row = conn.execute(_FLAGGED.format(table=table).encode(), (run_id, entity)).fetchone()
+            table = tables[entity].table
+            flags = {str(f): int(n) for f, n in conn.execute(q(_FLAGS.format(table=table)), (run_id, entity))}
+            flagged_row = conn.execute(q(_FLAGGED.format(table=table)), (run_id, entity)).fetchone()
             out[entity] = EntityWriteCounts(
                 inserted=by_outcome.get("inserted", 0), updated=by_outcome.get("updated", 0),
                 unchanged=by_outcome.get("unchanged", 0), golden=golden, merged=merged,

@@ -106,7 +106,7 @@ class PostgresSink(Sink):
         self._children = tuple(t for t in self._tables.values() if t.is_child)
         self.schema = schema
         self.system = system
-        self.resolved = 0  # parked records written since setup, for the runner's report
+        self._resolved = 0  # parked records written since setup
         self.orphan_timeout_s = orphan_timeout_s
         self.migrate = migrate
         self.stage = stage
@@ -357,7 +357,7 @@ class PostgresSink(Sink):
                     self._audit_resolved(cur, table, merged)
             if len(rows) < self.resolve_chunk or not progress:
                 break
-        self.resolved += resolved
+        self._resolved += resolved
         if resolved:
             logger.info("wrote %d parked records whose account arrived", resolved, extra={"stage": self.stage})
         return resolved
@@ -435,6 +435,9 @@ class PostgresSink(Sink):
         counts = {t.entity: 0 for t in self._children}
         counts.update({str(e): int(n) for e, n in rows})
         return counts
+
+    def resolved(self) -> int:
+        return self._resolved
 
     def _q(self, sql: str) -> bytes:
         """``sql``, written for the schema ``crm``, in this sink's schema."""
