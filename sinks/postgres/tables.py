@@ -309,7 +309,7 @@ class EntityTable:
             "union all select c.seq, c.external_id, c._parent, 'parked', p.system, null from cand c "
             f"join {s}.parked p on p.entity = '{self.entity}' and p.external_id = c.external_id "
             "where not c._has_parent and p.system <> %(system)s::text"
-            ") r order by seq, kind)"
+            ") r order by seq, array_position(array['row', 'xref', 'parent', 'parked'], kind))"
         )
         cols = ", ".join(
             "coalesce(l.golden_id, c._parent_golden) as golden_id" if c.name == "golden_id" else f"l.{c.name}"
