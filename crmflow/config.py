@@ -25,13 +25,15 @@ that holds a DSN. ``deploy/demo/crmflow.yaml`` is a complete, commented example:
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from types import UnionType
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import yaml
 from pydantic import (
@@ -186,6 +188,38 @@ class SourceConfig(_Model):
     table: str | None = Field(default=None, description="table: [schema.]table")
     segment: SegmentFilter | None = None
     parent: ParentRef | None = None
+    delimiter: str | None = Field(default=None, description="csv: field delimiter; unset: detected (, ; TAB |)")
+    quotechar: str | None = Field(default=None, description="csv: quote character; unset: detected (\" or ')")
+    encoding: str | None = Field(
+        default=None, description="csv: text encoding (utf-8, cp1252, latin-1...); unset: utf-8, else cp1252"
+    )
+    dialect: Literal["auto", "excel", "excel-tab"] = Field(
+        default="auto", description="csv: auto detects what is not declared; excel = comma, excel-tab = TAB"
+    )
+
+    @field_validator("delimiter", "quotechar")
+    @classmethod
+    def _one_char(cls, value: str | None, info: ValidationInfo) -> str | None:
+        from producers.readers.dialect import check_delimiter
+
+        if value is None:
+            return None
+        try:
+            return check_delimiter(value, str(info.field_name))
+        except ValueError as exc:
+            raise invalid(str(exc).split(": ", 1)[-1]) from None
+
+    @field_validator("encoding")
+    @classmethod
+    def _known_encoding(cls, value: str | None) -> str | None:
+        from producers.readers.dialect import check_encoding
+
+        if value is None:
+            return None
+        try:
+            return check_encoding(value)
+        except ValueError as exc:
+            raise invalid(str(exc).split(": ", 1)[-1]) from None
 
     @field_validator("path", mode="before")
     @classmethod
@@ -205,6 +239,12 @@ class SourceConfig(_Model):
             raise ValueError("a table source needs dsn_env and table")
         if self.kind != "table" and self.path is None:
             raise ValueError(f"a {self.kind} source needs path")
+        if self.kind != "csv":
+            declared = [k for k in ("delimiter", "quotechar", "encoding") if getattr(self, k) is not None]
+            if self.dialect != "auto":
+                declared.append("dialect")
+            if declared:
+                raise ValueError(f"{', '.join(declared)}: only csv sources have a dialect")
         return self
 
     def dsn(self) -> SecretStr:
@@ -381,13 +421,66 @@ def _problems(exc: ValidationError, file: Path, lines: dict[KeyPath, int]) -> li
         line = next((lines[path[:end]] for end in range(len(path), -1, -1) if path[:end] in lines), None)
         message = err["msg"]
         if err["type"] == "extra_forbidden":
-            message = "unknown key (a typo?); this section does not have it"
+            message = _unknown_key_message(loc)
         elif err["type"] == "missing":
             message = "required key is missing"
         elif err["type"] in ("literal_error", "enum"):
             message = message.replace("Input should be", "expected")
         out.append(Problem("error", message, format_path(path), file, line))
     return out
+
+
+def _section_models(loc: KeyPath) -> list[type[BaseModel]]:
+    """The models a validation location points into (``loc`` without the unknown key itself).
+
+    Walks the field annotations from :class:`MigrationConfig`: a model's field by name or alias, a dict's
+    value, a tuple's or list's item; parts that match nothing (pydantic's union tags) are skipped.
+    """
+
+    def expand(tp: Any) -> list[Any]:
+        origin = get_origin(tp)
+        if origin is Annotated:
+            return expand(get_args(tp)[0])
+        if origin is Union or origin is UnionType:
+            return [t for arg in get_args(tp) for t in expand(arg)]
+        return [tp]
+
+    def step(tp: Any, part: str | int) -> Any:
+        origin = get_origin(tp)
+        if isinstance(tp, type) and issubclass(tp, BaseModel) and isinstance(part, str):
+            for name, info in tp.model_fields.items():
+                if part in (name, info.alias):
+                    return info.annotation
+        elif origin is dict and isinstance(part, str):
+            return get_args(tp)[1]
+        elif origin in (tuple, list) and isinstance(part, int):
+            args = [a for a in get_args(tp) if a is not Ellipsis]
+            return args[0] if len(args) == 1 else (args[part] if part < len(args) else None)
+        return None
+
+    current: list[Any] = [MigrationConfig]
+    for part in loc:
+        nxt = [t for tp in current for e in expand(tp) if (t := step(e, part)) is not None]
+        if nxt:
+            current = nxt
+    return [t for tp in current for t in expand(tp) if isinstance(t, type) and issubclass(t, BaseModel)]
+
+
+def _unknown_key_message(loc: KeyPath) -> str:
+    """``unknown key 'kye': did you mean 'key'? this section has: kind, entity, key, ...``"""
+    key = loc[-1] if loc else ""
+    allowed: list[str] = []
+    for model in _section_models(loc[:-1]):
+        for name, info in model.model_fields.items():
+            shown = info.alias or name
+            if shown not in allowed:
+                allowed.append(shown)
+    if not allowed:
+        return f"unknown key {str(key)!r} (a typo?); this section does not have it"
+    folded = {a.lower(): a for a in allowed}
+    close = difflib.get_close_matches(str(key).lower(), list(folded), n=1, cutoff=0.6)
+    hint = f": did you mean {folded[close[0]]!r}?" if close else " (a typo?);"
+    return f"unknown key {str(key)!r}{hint} this section has: {', '.join(allowed)}"
 
 
 def load_config(path: str | Path) -> MigrationConfig:

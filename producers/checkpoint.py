@@ -50,20 +50,28 @@ class ContiguousTracker:
     thread that reads, so no locking is needed.
     """
 
-    def __init__(self, mark: Mark | None = None, counts: Mapping[str, int] | None = None) -> None:
-        self._pending: deque[tuple[int, Mark, Outcome]] = deque()
+    def __init__(
+        self,
+        mark: Mark | None = None,
+        counts: Mapping[str, int] | None = None,
+        rules: Mapping[str, int] | None = None,
+    ) -> None:
+        self._pending: deque[tuple[int, Mark, Outcome, str | None]] = deque()
         self._done: set[int] = set()
         self._next_seq = 0
         self.mark = mark
         """Resume mark after the last item of the done prefix (None: nothing done yet)."""
         self.counts: dict[str, int] = {o: int((counts or {}).get(o, 0)) for o in OUTCOMES}
         """Items in the done prefix by outcome, including those of earlier runs passed in ``counts``."""
+        self.rules: dict[str, int] = {str(r): int(n) for r, n in (rules or {}).items()}
+        """Rejected items in the done prefix by rule, including earlier runs' passed in ``rules``."""
 
-    def add(self, mark: Mark, outcome: Outcome) -> int:
-        """Register an item just read; returns its sequence number for :meth:`ack`."""
+    def add(self, mark: Mark, outcome: Outcome, rule: str | None = None) -> int:
+        """Register an item just read (``rule``: why it was rejected); returns its sequence number for
+        :meth:`ack`."""
         seq = self._next_seq
         self._next_seq += 1
-        self._pending.append((seq, mark, outcome))
+        self._pending.append((seq, mark, outcome, rule))
         return seq
 
     def add_done(self, mark: Mark, outcome: Outcome) -> None:
@@ -75,6 +83,11 @@ class ContiguousTracker:
             return
         self.ack(self.add(mark, outcome))
 
+    def _count(self, outcome: Outcome, rule: str | None) -> None:
+        self.counts[outcome] += 1
+        if rule is not None:
+            self.rules[rule] = self.rules.get(rule, 0) + 1
+
     def ack(self, seq: int) -> None:
         """Mark item ``seq`` done and advance over the done prefix."""
         pending, done = self._pending, self._done
@@ -83,12 +96,12 @@ class ContiguousTracker:
         if seq != pending[0][0]:
             done.add(seq)
             return
-        _, self.mark, outcome = pending.popleft()
-        self.counts[outcome] += 1
+        _, self.mark, outcome, rule = pending.popleft()
+        self._count(outcome, rule)
         while pending and pending[0][0] in done:
-            head, self.mark, outcome = pending.popleft()
+            head, self.mark, outcome, rule = pending.popleft()
             done.discard(head)
-            self.counts[outcome] += 1
+            self._count(outcome, rule)
 
     @property
     def in_flight(self) -> int:
@@ -102,7 +115,8 @@ class ContiguousTracker:
 @dataclass
 class Checkpoint:
     """The durable state of one (run, source): resume ``mark``, whether the source was read to its end,
-    the counts of the done prefix, and the fingerprint of the source file (None for tables)."""
+    the counts of the done prefix (by outcome, and rejected ones by rule), the fingerprint of the source
+    file (None for tables), and the CSV dialect the file was read with (None: not a CSV file)."""
 
     run_id: str
     source: str
@@ -111,6 +125,13 @@ class Checkpoint:
     counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(OUTCOMES, 0))
     fingerprint: dict[str, Any] | None = None
     updated_at: float = 0.0
+    rejected_by_rule: dict[str, int] = field(default_factory=dict)
+    dialect: dict[str, str] | None = None
+
+    @property
+    def read(self) -> int:
+        """Items in the done prefix: every one was read, and produced, rejected or filtered."""
+        return sum(self.counts.values())
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -122,6 +143,8 @@ class Checkpoint:
             "counts": self.counts,
             "fingerprint": self.fingerprint,
             "updated_at": self.updated_at,
+            "rejected_by_rule": self.rejected_by_rule,
+            "dialect": self.dialect,
         }
 
     @classmethod
@@ -135,6 +158,8 @@ class Checkpoint:
             counts={o: int(data.get("counts", {}).get(o, 0)) for o in OUTCOMES},
             fingerprint=data.get("fingerprint"),
             updated_at=float(data.get("updated_at", 0.0)),
+            rejected_by_rule={str(r): int(n) for r, n in (data.get("rejected_by_rule") or {}).items()},
+            dialect=({str(k): str(v) for k, v in data["dialect"].items()} if data.get("dialect") else None),
         )
 
 
@@ -179,6 +204,13 @@ class CheckpointStore:
     def path(self, run_id: str, source: str) -> Path:
         return self.state_dir / _SAFE.sub("_", run_id) / f"{_SAFE.sub('_', source)}.json"
 
+    def run_dir(self, run_id: str) -> Path:
+        return self.state_dir / _SAFE.sub("_", run_id)
+
+    def keys_path(self, run_id: str, source: str) -> Path:
+        """The source's key log (:class:`producers.keys.KeyLog`), next to its checkpoint."""
+        return self.run_dir(run_id) / f"{_SAFE.sub('_', source)}.keys.jsonl"
+
     def load(self, run_id: str, source: str) -> Checkpoint | None:
         path = self.path(run_id, source)
         try:
@@ -211,3 +243,4 @@ class CheckpointStore:
 
     def delete(self, run_id: str, source: str) -> None:
         self.path(run_id, source).unlink(missing_ok=True)
+        self.keys_path(run_id, source).unlink(missing_ok=True)

@@ -7,7 +7,7 @@ stop a whole source or run. Messages name the source, file and line, never a fie
 
 from __future__ import annotations
 
-from crmflow.exceptions import CrmflowError, TerminalError, TransientError
+from crmflow.exceptions import ConfigError, CrmflowError, TerminalError, TransientError
 
 
 class ProducerError(CrmflowError):
@@ -50,3 +50,15 @@ class DeliveryFailedError(ProducerError, TransientError):
 
 class KafkaUnavailableError(ProducerError, TransientError):
     """Kafka could not be reached to list or create topics; retry when the cluster is up."""
+
+
+class HeaderMismatchError(ProducerError, ConfigError):
+    """A source's header (a file's first row, a table's columns) lacks a column the config maps.
+
+    Raised before any record of any source is produced; the message names the file, the column and the
+    config line of the field mapping that reads it.
+    """
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems

@@ -8,11 +8,13 @@ from typing import Any, Protocol
 
 @dataclass
 class SourceStats:
-    """Counts of one source in one run (not earlier runs of the same run id).
+    """Counts of one source over the whole run: this call and the checkpointed part of earlier calls with
+    the same run id (a resumed run reports what the whole run read, so it reconciles).
 
     ``read`` = ``produced`` + ``rejected`` + ``filtered`` + records not acknowledged (``failed`` or still
     in flight when the run stopped). ``produced`` counts records Kafka acknowledged; ``rejected`` lines sent
-    to the dead-letter topic; ``filtered`` records outside the segment.
+    to the dead-letter topic (malformed, or a ``duplicate_key``); ``filtered`` records outside the segment.
+    ``read_before`` is the part of ``read`` that earlier calls checkpointed (0 for a fresh run).
     """
 
     read: int = 0
@@ -28,9 +30,16 @@ class SourceStats:
     resumed_from: str | None = None
     """``file:line`` or ``table:row`` this run started reading at, when it resumed from a checkpoint."""
     elapsed_s: float = 0.0
+    read_before: int = 0
+    """Records of ``read`` that an earlier call of the run checkpointed (read again by none since)."""
     run_counts: dict[str, int] = field(default_factory=dict)
     """Done records of the whole run by outcome (produced, rejected, filtered), also those an earlier
     invocation of the same run id checkpointed: what a resumed run reconciles against."""
+
+    @property
+    def read_now(self) -> int:
+        """Records this call read."""
+        return self.read - self.read_before
 
     @property
     def run_read(self) -> int:
@@ -61,8 +70,9 @@ class SnapshotStats:
 
     @property
     def records_per_second(self) -> float:
-        """Records read (and handed to Kafka or the dead-letter topic) per second of wall time."""
-        return self.records_read / self.elapsed_s if self.elapsed_s > 0 else 0.0
+        """Records read by this call (and handed to Kafka or the dead-letter topic) per second of wall time."""
+        now = sum(s.read_now for s in self.sources.values())
+        return now / self.elapsed_s if self.elapsed_s > 0 else 0.0
 
     @property
     def complete(self) -> bool:

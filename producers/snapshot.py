@@ -3,18 +3,25 @@
 One :class:`SnapshotProducer` owns one idempotent confluent-kafka ``Producer`` for the run. Per source it
 reads items in batches, encodes each batch (:class:`~producers.envelope.EnvelopeEncoder`) and hands the messages to
 librdkafka without waiting (``poll(0)`` serves delivery callbacks; a full local queue is waited out by
-polling). Lines the reader rejected go to the dead-letter topic through the same producer. A delivery
+polling). Lines the reader rejected go to the dead-letter topic through the same producer, and so does
+every record whose primary key an earlier record of the run already had (rule ``duplicate_key``, see
+:mod:`producers.keys`: the first record of a key wins, over all sources feeding one entity). A delivery
 callback per message feeds the :class:`~producers.checkpoint.ContiguousTracker`, and the checkpoint is
 written every ``checkpoint_interval_s`` and at the end of a source - always at the highest *contiguous
 acknowledged* position, so a crash at any moment loses nothing and only re-sends what the sink upserts.
 
 Lifecycle: construct (creates the producer, registers the value schemas lazily per topic) ->
 :meth:`SnapshotProducer.run` once -> :meth:`SnapshotProducer.close` (flushes). :func:`run_snapshot`
-does all three from a migration config.
+does all three from a migration config, after checking every source's header against the mapping
+(:mod:`producers.headers`), so a missing column stops the run before any record of any source moves.
+
+The counts it returns cover the whole run: a resumed run (same run id) starts from the checkpoint's
+counts of the part earlier calls did, so its summary reconciles like an uninterrupted run's.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -33,18 +40,23 @@ from crmflow.serialization import AvroCodec, load_schema
 from crmflow.topics import dlq_topic, raw_topic
 from producers.checkpoint import Checkpoint, CheckpointStore, check_fingerprint, file_fingerprint
 from producers.envelope import EnvelopeEncoder
-from producers.exceptions import DeliveryFailedError
+from producers.exceptions import CheckpointError, DeliveryFailedError
+from producers.headers import check_headers
 from producers.kafka import DEFAULT_PRODUCER_CONFIG, ensure_topics
-from producers.readers.base import FileMark, Reader, Record, Rejected
+from producers.keys import Duplicate, KeyIndex, KeyLog, load_logs
+from producers.readers.base import FileMark, Mark, Reader, Record, Rejected
+from producers.readers.csvfile import CsvReader
+from producers.readers.dialect import CsvDialect
 from producers.report import NullProgress, Progress, SnapshotStats, SourceStats
 from producers.runs import cfg_get, check_run_id, default_state_dir, resolve_run_id
-from producers.source_run import STAGE, SourceRun
+from producers.source_run import STAGE, SourceRun, stats_of
 from producers.sources import SourceSpec, source_specs
 
 log = logging.getLogger(__name__)
 
 LEGACY_SCHEMA = "legacy/legacy_record"
 MAX_DEAD_LETTER_PAYLOAD = 256 * 1024  # raw bytes kept of a rejected line; stays under Kafka's 1 MB limit
+DUPLICATE_KEY = "duplicate_key"
 
 
 class SnapshotProducer:
@@ -82,6 +94,9 @@ class SnapshotProducer:
         self.dlq_topic = dlq_topic(topic_prefix)
         self.dead_letters = dead_letters or DeadLetterWriter(self.producer, registry_client, self.dlq_topic)
         self._encoders: dict[str, EnvelopeEncoder] = {}
+        self.keys = KeyIndex()
+        """First record of every key per entity, over the sources of the run (:mod:`producers.keys`)."""
+        self._keys_loaded = False
 
     # ------------------------------------------------------------------------------------ lifecycle
 
@@ -101,6 +116,7 @@ class SnapshotProducer:
         stop = stop_event or threading.Event()
         stats = SnapshotStats(run_id=self.run_id)
         started = time.monotonic()
+        self._load_keys(specs, restart=restart)
         try:
             for spec in specs:
                 if stop.is_set():
@@ -111,6 +127,19 @@ class SnapshotProducer:
             stats.stopped = stop.is_set()
         return stats
 
+    def _load_keys(self, specs: Sequence[SourceSpec], *, restart: bool) -> None:
+        """Know the keys earlier calls of this run claimed (none of the sources that start over)."""
+        if self._keys_loaded:
+            return
+        self._keys_loaded = True
+        if restart:
+            for spec in specs:
+                self.store.keys_path(self.run_id, spec.name).unlink(missing_ok=True)
+        loaded = load_logs(self.store.run_dir(self.run_id), self.keys, [s.name for s in specs])
+        if loaded:
+            log.info("run %s: %d key(s) claimed by earlier calls of the run", self.run_id, loaded,
+                     extra={"stage": STAGE, "run_id": self.run_id})  # fmt: skip
+
     # ------------------------------------------------------------------------------------ one source
 
     def run_source(self, spec: SourceSpec, *, limit: int | None, restart: bool, stop: threading.Event) -> SourceStats:
@@ -118,22 +147,32 @@ class SnapshotProducer:
         checkpoint = None if restart else self.store.load(self.run_id, spec.name)
         if checkpoint is not None and checkpoint.complete:
             log.info("source %s already complete in run %s; skipped", spec.name, self.run_id, extra=extra)
-            return SourceStats(complete=True, skipped=True, run_counts=dict(checkpoint.counts))
+            done = stats_of(checkpoint)
+            done.complete = done.skipped = True
+            return done
         if checkpoint is not None and spec.path is not None:
             check_fingerprint(checkpoint, spec.path)
         if checkpoint is None:
             fingerprint = file_fingerprint(spec.path) if spec.path is not None else None
             checkpoint = Checkpoint(self.run_id, spec.name, fingerprint=fingerprint)
-        reader = spec.open_reader(checkpoint.mark)
+        reader = spec.open_reader(checkpoint.mark, checkpoint_dialect(checkpoint))
         run = SourceRun(spec, self.run_id, raw_topic(self.topic_prefix, spec.name), checkpoint, self.on_delivered)
         if checkpoint.mark is not None:
             mark = checkpoint.mark
             at = mark.line if isinstance(mark, FileMark) else mark.rows + 1
             run.stats.resumed_from = f"{reader.name}:{at}"
-            log.info("source %s resumes run %s at %s", spec.name, self.run_id, run.stats.resumed_from, extra=extra)
+            log.info("source %s resumes run %s at %s (%d record(s) read before)", spec.name, self.run_id,
+                     run.stats.resumed_from, run.stats.read_before, extra=extra)  # fmt: skip
         started = time.monotonic()
         exhausted = False
         with reader:
+            if isinstance(reader, CsvReader):
+                if checkpoint.dialect is None:
+                    log.info("source %s: %s read with %s", spec.name, reader.name, reader.dialect.describe(),
+                             extra=extra)  # fmt: skip
+                checkpoint.dialect = reader.dialect.to_json()
+            run.key_source = self.keys.source_index(spec.name, reader.name)
+            run.key_log = KeyLog(self.store.keys_path(self.run_id, spec.name), spec.name, spec.entity, reader.name)
             unit = "rows" if spec.kind == "table" else "bytes"
             self.progress.start(spec.name, total=reader.total, completed=reader.start, unit=unit)
             try:
@@ -144,6 +183,7 @@ class SnapshotProducer:
                 run.report_metrics()
                 self.progress.finish(spec.name)
                 self._save(run, exhausted=exhausted)
+                run.key_log.close()
                 run.stats.run_counts = dict(run.tracker.counts)
         run.stats.elapsed_s = time.monotonic() - started
         if run.stats.rejected:
@@ -167,6 +207,7 @@ class SnapshotProducer:
     def _pump(self, run: SourceRun, reader: Reader, limit: int | None, stop: threading.Event) -> bool:
         """Read, filter and send until the reader ends (True) or the limit, a stop or a failure (False)."""
         stats, tracker, segment = run.stats, run.tracker, run.spec.segment
+        claim, entity, source_index, key_log = self.keys.claim, run.spec.entity, run.key_source, run.key_log
         batch: list[tuple[int, Record]] = []
         queued = 0
         last_save = time.monotonic()
@@ -174,12 +215,20 @@ class SnapshotProducer:
             stats.read += 1
             if isinstance(item, Rejected):
                 self._reject(run, item)
-            elif segment is not None and not segment(item.fields):
-                tracker.add_done(item.mark, "filtered")
-                stats.filtered += 1
             else:
-                batch.append((tracker.add(item.mark, "produced"), item))
-                queued += 1
+                position = item.position
+                n = int(position[position.rindex(":") + 1 :])
+                key, duplicate, new = claim(entity, item.key, source_index, n)
+                if new:
+                    key_log.add(key, n)
+                if segment is not None and not segment(item.fields):
+                    tracker.add_done(item.mark, "filtered")
+                    stats.filtered += 1
+                elif duplicate is not None:
+                    self._duplicate(run, item, duplicate)
+                else:
+                    batch.append((tracker.add(item.mark, "produced"), item))
+                    queued += 1
             at_limit = limit is not None and queued >= limit
             if len(batch) >= self.batch_size or at_limit or stop.is_set():
                 self._send(run, batch)
@@ -219,19 +268,35 @@ class SnapshotProducer:
         BATCH_DURATION.labels(stage=STAGE).observe(time.perf_counter() - started)
 
     def _reject(self, run: SourceRun, item: Rejected) -> None:
-        seq = run.tracker.add(item.mark, "rejected")
+        self._dead_letter(run, item.mark, item.position, item.rule, item.error, item.raw[:MAX_DEAD_LETTER_PAYLOAD])
+
+    def _duplicate(self, run: SourceRun, rec: Record, first: Duplicate) -> None:
+        """Dead-letter a record whose key an earlier record of the run holds; the payload is its fields as
+        JSON (encrypted like every payload), the reason names both positions, never a value."""
+        raw = json.dumps(rec.fields, ensure_ascii=False).encode("utf-8", "surrogateescape")
+        key = rec.key.encode("utf-8", "surrogateescape") if rec.key else None
+        reason = first.reason(run.spec.name, rec.position)
+        self._dead_letter(run, rec.mark, rec.position, DUPLICATE_KEY, reason, raw[:MAX_DEAD_LETTER_PAYLOAD],
+                          key=key, field=run.spec.key)  # fmt: skip
+
+    def _dead_letter(
+        self, run: SourceRun, mark: Mark, position: str, rule: str, error: str, raw: bytes, *,
+        key: bytes | None = None, field: str | None = None,
+    ) -> None:  # fmt: skip
+        seq = run.tracker.add(mark, "rejected", rule)
         value, headers = self.dead_letters.letter(
-            value=item.raw[:MAX_DEAD_LETTER_PAYLOAD],
-            key=None,
+            value=raw,
+            key=key,
             topic="",
             partition=-1,
             offset=-1,
             stage=STAGE,
-            rule=item.rule,
-            error=item.error,
+            rule=rule,
+            error=error,
+            field=field,
             entity=run.spec.entity,
             run_id=self.run_id,
-            source_position=item.position,
+            source_position=position,
         )
         callback = partial(run.reject_delivered, seq)
         while True:
@@ -241,15 +306,9 @@ class SnapshotProducer:
             except BufferError:
                 self.producer.poll(0.05)
         run.stats.rejected += 1
-        run.stats.rejected_by_rule[item.rule] = run.stats.rejected_by_rule.get(item.rule, 0) + 1
-        log.debug(
-            "%s: %s (rule %s) sent to %s",
-            item.position,
-            item.error,
-            item.rule,
-            self.dlq_topic,
-            extra={"stage": STAGE, "run_id": self.run_id, "entity": run.spec.entity},
-        )
+        run.stats.rejected_by_rule[rule] = run.stats.rejected_by_rule.get(rule, 0) + 1
+        log.debug("%s: %s (rule %s) sent to %s", position, error, rule, self.dlq_topic,
+                  extra={"stage": STAGE, "run_id": self.run_id, "entity": run.spec.entity})  # fmt: skip
 
     def _drain(self, run: SourceRun) -> None:
         """Wait until every message of the source is acknowledged or failed (bounded by delivery.timeout)."""
@@ -260,6 +319,7 @@ class SnapshotProducer:
                 break
 
     def _save(self, run: SourceRun, *, exhausted: bool = False) -> None:
+        run.key_log.sync()  # before the checkpoint: the log holds every key of the checkpointed prefix
         self.store.save(run.settle(exhausted=exhausted))
         LAST_SUCCESS.labels(stage=STAGE).set_to_current_time()
 
@@ -272,6 +332,31 @@ class SnapshotProducer:
             codec = AvroCodec.for_topic(self.registry_client, topic, load_schema(LEGACY_SCHEMA))
             encoder = self._encoders[topic] = EnvelopeEncoder(codec)
         return encoder
+
+
+def checkpoint_dialect(checkpoint: Checkpoint | None) -> CsvDialect | None:
+    """The CSV dialect a checkpointed run read its file with (None: none recorded)."""
+    if checkpoint is None or not checkpoint.dialect:
+        return None
+    try:
+        return CsvDialect.from_json(checkpoint.dialect)
+    except (KeyError, ValueError) as exc:
+        raise CheckpointError(f"source {checkpoint.source}: the checkpoint's CSV dialect is invalid ({exc}); "
+                              "run with --restart") from None  # fmt: skip
+
+
+def preflight(cfg: Any, specs: Sequence[SourceSpec], store: CheckpointStore, run_id: str, *, restart: bool) -> None:
+    """Check the header of every source still to read against the mapping; raises
+    :class:`~producers.exceptions.HeaderMismatchError` (a ConfigError) before anything is produced."""
+    todo: list[SourceSpec] = []
+    dialects: dict[str, CsvDialect | None] = {}
+    for spec in specs:
+        checkpoint = None if restart else store.load(run_id, spec.name)
+        if checkpoint is not None and checkpoint.complete:
+            continue
+        todo.append(spec)
+        dialects[spec.name] = checkpoint_dialect(checkpoint)
+    check_headers(cfg, todo, dialects)
 
 
 def run_snapshot(
@@ -297,6 +382,10 @@ def run_snapshot(
     ``restart`` ignores (and overwrites) the checkpoints. Topics are created when missing, with
     ``partitions`` (default: the config's ``kafka.partitions``, else 3) and the config's
     ``kafka.replication_factor``.
+
+    Before anything else, every source still to read is checked against the mapping: a mapped column
+    missing from a header raises :class:`~producers.exceptions.HeaderMismatchError` (a ConfigError). The
+    returned counts cover the whole run, including what earlier calls with the same run id checkpointed.
     """
     if limit is not None and limit < 1:
         raise ConfigError(f"--limit must be at least 1, got {limit}")
@@ -305,6 +394,7 @@ def run_snapshot(
         raise ConfigError("kafka.topic_prefix: required")
     specs = source_specs(cfg, sources)
     rid = resolve_run_id(cfg, run_id)
+    preflight(cfg, specs, CheckpointStore(state_dir or default_state_dir()), rid, restart=restart)
     parts = partitions or cfg_get(cfg, "kafka", "partitions") or 3
     replication = int(cfg_get(cfg, "kafka", "replication_factor") or -1)
     topics = [raw_topic(prefix, s.name) for s in specs] + [dlq_topic(prefix)]

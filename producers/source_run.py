@@ -15,6 +15,7 @@ from confluent_kafka import KafkaError, Message
 
 from crmflow.metrics import RECORDS
 from producers.checkpoint import Checkpoint, ContiguousTracker
+from producers.keys import KeyLog
 from producers.report import SourceStats
 from producers.sources import SourceSpec
 
@@ -26,7 +27,11 @@ OUTCOMES = ("in", "out", "rejected", "filtered")
 
 @dataclass
 class SourceRun:
-    """Counts, the contiguous-ack tracker and the checkpoint of one source in one run."""
+    """Counts, the contiguous-ack tracker and the checkpoint of one source in one run.
+
+    The counts start from the checkpoint's (the done prefix of earlier calls of the run), so they cover the
+    whole run; the metrics count only what this process does.
+    """
 
     spec: SourceSpec
     run_id: str
@@ -35,14 +40,21 @@ class SourceRun:
     on_delivered: Callable[[str, int], None] | None = None
     stats: SourceStats = field(default_factory=SourceStats)
     first_error: str | None = None
+    key_source: int = 0
+    """The source's index in the run's :class:`~producers.keys.KeyIndex`."""
+    key_log: KeyLog = field(default_factory=KeyLog.disabled)
+    """Where the keys this source claims are persisted for a resume."""
     tracker: ContiguousTracker = field(init=False)
     _counters: dict[str, Any] = field(init=False, repr=False)
     _reported: dict[str, int] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        self.tracker = ContiguousTracker(self.checkpoint.mark, self.checkpoint.counts)
+        cp = self.checkpoint
+        self.tracker = ContiguousTracker(cp.mark, cp.counts, cp.rejected_by_rule)
+        self.stats = stats_of(cp, self.stats)
         self._counters = {o: RECORDS.labels(stage=STAGE, entity=self.spec.entity, outcome=o) for o in OUTCOMES}
-        self._reported = dict.fromkeys(OUTCOMES, 0)
+        s = self.stats
+        self._reported = {"in": s.read, "out": s.produced, "rejected": s.rejected, "filtered": s.filtered}
 
     # Delivery callbacks: ``partial(run.record_delivered, seq)`` is the message's ``on_delivery``.
 
@@ -84,4 +96,18 @@ class SourceRun:
         self.stats.complete = exhausted and self.stats.failed == 0 and self.tracker.in_flight == 0
         cp = self.checkpoint
         cp.mark, cp.counts, cp.complete = self.tracker.mark, dict(self.tracker.counts), self.stats.complete
+        cp.rejected_by_rule = dict(self.tracker.rules)
         return cp
+
+
+def stats_of(cp: Checkpoint, into: SourceStats | None = None) -> SourceStats:
+    """``into`` (or new stats) holding the checkpoint's counts as the part read before this call."""
+    s = into or SourceStats()
+    s.produced = int(cp.counts.get("produced", 0))
+    s.rejected = int(cp.counts.get("rejected", 0))
+    s.filtered = int(cp.counts.get("filtered", 0))
+    s.read = s.read_before = cp.read
+    s.rejected_by_rule = dict(cp.rejected_by_rule)
+    s.complete = cp.complete
+    s.run_counts = dict(cp.counts)
+    return s

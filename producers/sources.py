@@ -15,6 +15,7 @@ from typing import Any, Literal
 from crmflow.exceptions import ConfigError
 from producers.readers.base import FileMark, KeyMark, Mark, Reader
 from producers.readers.csvfile import CsvReader
+from producers.readers.dialect import DIALECTS, CsvDialect, DialectName, check_delimiter, check_encoding
 from producers.readers.jsonl import JsonlReader
 from producers.readers.table import TableReader
 
@@ -65,6 +66,14 @@ class SourceSpec:
     table: str | None = None
     dsn: str | None = field(default=None, repr=False)
     segment: SegmentFilter | None = None
+    delimiter: str | None = None
+    """CSV: declared delimiter (None: detected)."""
+    quotechar: str | None = None
+    """CSV: declared quote character (None: detected)."""
+    encoding: str | None = None
+    """CSV: declared encoding (None: detected, UTF-8 or cp1252)."""
+    dialect: DialectName = "auto"
+    """CSV: ``auto`` detects what is not declared; ``excel``/``excel-tab`` fix comma/TAB and ``"``."""
 
     @property
     def legacy_entity(self) -> str:
@@ -73,14 +82,17 @@ class SourceSpec:
             return self.path.stem
         return (self.table or self.name).rsplit(".", 1)[-1]
 
-    def open_reader(self, mark: Mark | None) -> Reader:
-        """A reader positioned after ``mark`` (from the start when None); not yet opened."""
+    def open_reader(self, mark: Mark | None, dialect: CsvDialect | None = None) -> Reader:
+        """A reader positioned after ``mark`` (from the start when None); not yet opened. ``dialect`` is a
+        CSV dialect resolved by an earlier run (the checkpoint's), used instead of detecting it again."""
         if self.kind in ("csv", "jsonl"):
             assert self.path is not None
             if mark is not None and not isinstance(mark, FileMark):
                 raise ConfigError(f"source {self.name}: checkpoint holds a table mark for a file source")
             if self.kind == "csv":
-                return CsvReader(self.path, key=self.key, start=mark)
+                return CsvReader(self.path, key=self.key, start=mark, delimiter=self.delimiter,
+                                 quotechar=self.quotechar, encoding=self.encoding, dialect=self.dialect,
+                                 resolved=dialect)  # fmt: skip
             return JsonlReader(self.path, key=self.key, start=mark)
         assert self.dsn is not None and self.table is not None
         if mark is not None and not isinstance(mark, KeyMark):
@@ -108,6 +120,34 @@ def _segment(raw: Any, source: str) -> SegmentFilter | None:
     return SegmentFilter.of(fld, [str(v) for v in values])
 
 
+def _csv_options(raw: Any, where: str, kind: str) -> dict[str, Any]:
+    """The CSV dialect declarations of a source, checked (a mapping config is not validated by pydantic)."""
+    out: dict[str, Any] = {}
+    for name, check in (("delimiter", check_delimiter), ("quotechar", check_delimiter)):
+        value = _get(raw, name)
+        if value is not None:
+            try:
+                out[name] = check(str(value), name)
+            except ValueError as exc:
+                raise ConfigError(f"{where}.{exc}") from None
+    encoding = _get(raw, "encoding")
+    if encoding is not None:
+        try:
+            out["encoding"] = check_encoding(str(encoding))
+        except ValueError as exc:
+            raise ConfigError(f"{where}.{exc}") from None
+    dialect = _get(raw, "dialect")
+    if dialect is not None:
+        if dialect not in DIALECTS:
+            raise ConfigError(f"{where}.dialect: expected one of {', '.join(DIALECTS)}, got {dialect!r}")
+        out["dialect"] = dialect
+    if out.get("dialect") == "auto":
+        del out["dialect"]  # the default
+    if out and kind != "csv":
+        raise ConfigError(f"{where}: {', '.join(sorted(out))} only apply to csv sources")
+    return out
+
+
 def source_spec(name: str, raw: Any) -> SourceSpec:
     """Turn one config source (a pydantic model or a mapping) into a :class:`SourceSpec`."""
     where = f"sources.{name}"
@@ -119,11 +159,12 @@ def source_spec(name: str, raw: Any) -> SourceSpec:
         raise ConfigError(f"{where}.key: the primary-key column is required")
     entity = _get(raw, "entity") or name
     segment = _segment(_get(raw, "segment"), name)
+    csv_options = _csv_options(raw, where, kind)
     if kind in ("csv", "jsonl"):
         path = _get(raw, "path")
         if path is None:
             raise ConfigError(f"{where}.path: required for a {kind} source")
-        return SourceSpec(name, kind, str(entity), key, path=Path(path), segment=segment)
+        return SourceSpec(name, kind, str(entity), key, path=Path(path), segment=segment, **csv_options)
     table, dsn_env = _get(raw, "table"), _get(raw, "dsn_env")
     if not table or not dsn_env:
         raise ConfigError(f"{where}: a table source needs table and dsn_env")

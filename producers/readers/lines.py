@@ -48,4 +48,5 @@ def strip_eol(data: bytes) -> bytes:
 
 def utf8_error(exc: UnicodeDecodeError) -> str:
     """A PII-free description of a decoding failure: where, not what."""
-    return f"bytes at offset {exc.start} of the record are not valid UTF-8 ({exc.reason})"
+    name = "UTF-8" if exc.encoding.replace("_", "-").lower() in ("utf-8", "utf8") else exc.encoding
+    return f"bytes at offset {exc.start} of the record are not valid {name} ({exc.reason})"

@@ -29,8 +29,8 @@ def fmark(item: Item) -> FileMark:
     return item.mark
 
 
-def read_all(path: Path, key: str = "Customer_ID", start: FileMark | None = None) -> list[Item]:
-    with CsvReader(path, key=key, start=start) as reader:
+def read_all(path: Path, key: str = "Customer_ID", start: FileMark | None = None, **dialect: str) -> list[Item]:
+    with CsvReader(path, key=key, start=start, **dialect) as reader:  # type: ignore[arg-type]
         return list(reader)
 
 
@@ -57,8 +57,9 @@ def test_wrong_field_count_rejects_that_line_only(tmp_path: Path) -> None:
 
 
 def test_invalid_utf8_rejects_with_encoding_rule_and_no_value_in_error(tmp_path: Path) -> None:
+    # Declared UTF-8 (undeclared, a file whose only non-ASCII line is cp1252 would be read as cp1252).
     path = write(tmp_path, HEADER + b"C1,Ann,Berlin\nC2,J\xf6rg,K\xf6ln\nC3,Cy,Rome\n")
-    items = read_all(path)
+    items = read_all(path, encoding="utf-8")
     bad = items[1]
     assert isinstance(bad, Rejected)
     assert (bad.position, bad.rule) == ("customers.csv:3", "encoding")
@@ -154,7 +155,7 @@ def test_key_column_matches_case_insensitively(tmp_path: Path) -> None:
         (b"", "empty"),
         (b"A,B\n", "key column"),
         (b"Customer_ID,A,A\n", "twice"),
-        (b"Customer_ID,\xff\n", "not UTF-8"),
+        (b"Customer_ID,\x81\n", "not UTF-8 or cp1252"),  # 0x81 is not a cp1252 character either
     ],
 )
 def test_unusable_header_fails_the_source(tmp_path: Path, body: bytes, message: str) -> None:
