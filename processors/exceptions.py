@@ -1,6 +1,7 @@
 """Errors of the cleansing and mapping stage.
 
-Two outcomes of a field that fails its rule, told apart by type (never by message text):
+Two outcomes of a field that fails its rule, told apart by type (never by message text), and one of a
+field that passes with a remark (:class:`FieldFlagged`: the value is kept, with a quality flag):
 
 - :class:`FieldInvalid` – raised by a transform; the mapper decides what it means. For an optional field
   it becomes null plus a quality flag ``<field>_<suffix>`` (``email_invalid``, ``country_unknown``); for a
@@ -31,6 +32,20 @@ class FieldInvalid(ProcessorError):  # noqa: N818 - a signal, like StopIteration
         super().__init__(message)
         self.rule = rule
         self.message = message
+        self.suffix = suffix
+
+
+class FieldFlagged(ProcessorError):  # noqa: N818 - a signal, like StopIteration, not an "...Error"
+    """A transform produced a clean ``value`` but one the record's quality flags must mention.
+
+    The mapper keeps ``value`` (the rest of the field's chain runs on it) and adds the flag
+    ``<field>_<suffix>`` (``phone_vanity``: a vanity number converted to digits). Not an invalid value:
+    the field's ``invalid:`` policy does not apply.
+    """
+
+    def __init__(self, value: object, suffix: str) -> None:
+        super().__init__(f"value kept, flagged {suffix}")
+        self.value = value
         self.suffix = suffix
 
 

@@ -7,12 +7,14 @@ and invalid policies, flag names, the entity's validator – so :meth:`Mapper.ma
 Per field: the transform chain runs on the raw value(s) (every transform applies the whitespace rule
 first; a field without transforms gets it from the mapper). A transform that
 raises :class:`FieldInvalid` rejects the record (required field, or ``invalid: reject``) or nulls the
-field with the flag ``<field>_<suffix>``. A chain that ends in None is *missing*: reject (rule
-``required``), flag ``<field>_missing``, a default value, or null (``allow``).
+field with the flag ``<field>_<suffix>``; one that raises :class:`FieldFlagged` keeps its value and adds
+the flag ``<field>_<suffix>`` (whatever the policy: the value is not invalid). A chain that ends in None
+is *missing*: reject (rule ``required``), flag ``<field>_missing``, a default value, or null (``allow``).
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -25,7 +27,7 @@ from pydantic import TypeAdapter, ValidationError
 
 import crmflow
 from processors.entities import ENTITY_NAMES, METADATA_FIELDS, business_fields, entity_model, required_fields
-from processors.exceptions import FieldInvalid, MappingError, RecordRejected
+from processors.exceptions import FieldFlagged, FieldInvalid, MappingError, RecordRejected
 from processors.transforms.base import ReferenceData, TransformContext
 from processors.transforms.registry import TRANSFORMS, BoundTransform, get_transform
 from processors.transforms.spec import FieldMapping
@@ -68,7 +70,9 @@ class _Field:
         for i, (t, step) in enumerate(zip(steps, spec.transform, strict=True)):
             if t.name in _NOOP_ANYWHERE or (t.name in _NOOP_FIRST and not bound and i == 0):
                 continue
-            bound.append(t.bind(step.params))
+            fn = t.bind(step.params)
+            # Every step a distinct object: the mapper finds a step that flagged by identity (_after_flag).
+            bound.append(functools.partial(fn) if any(fn is b for b in bound) else fn)
         self.chain: tuple[BoundTransform, ...] = tuple(bound)
         self.refs = frozenset(
             name.lower()
@@ -194,8 +198,11 @@ class Mapper:
                 value = tuple(_raw(raw, name, low) for name, low in many)
             if chain:
                 try:
-                    for step in chain:
-                        value = step(value, ctx)
+                    try:
+                        for step in chain:
+                            value = step(value, ctx)
+                    except FieldFlagged as flagged:
+                        value = _after_flag(chain, step, flagged, ctx, target, flags)
                 except FieldInvalid as exc:
                     if invalid_rejects:
                         raise self._reject(exc.rule, target, exc.message, meta) from None
@@ -232,6 +239,25 @@ class Mapper:
         return RecordRejected(
             STAGE, rule, field, message, entity=self.entity, source_position=meta.get("source_position")
         )
+
+
+def _after_flag(chain: tuple[BoundTransform, ...], step: BoundTransform, flagged: FieldFlagged,
+                ctx: TransformContext, target: str, flags: list[str]) -> Any:  # fmt: skip
+    """Add the flag of ``step``, which kept its value, then run the rest of the chain on that value (a
+    later step may flag too, or raise :class:`FieldInvalid` for the caller)."""
+    i = chain.index(step)  # the steps are distinct objects (see _Field)
+    while True:
+        flags.append(f"{target}_{flagged.suffix}")
+        value = flagged.value
+        i += 1
+        try:
+            while i < len(chain):
+                value = chain[i](value, ctx)
+                i += 1
+        except FieldFlagged as again:
+            flagged = again
+            continue
+        return value
 
 
 def _whitespace(value: Any) -> str | None:

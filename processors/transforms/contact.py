@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import re
 from functools import lru_cache
+from typing import Literal
 
 import email_validator
 from pydantic import Field
 
-from processors.exceptions import FieldInvalid
+from processors.exceptions import FieldFlagged, FieldInvalid
 from processors.transforms.base import EMPTY_CONTEXT, Params, TransformContext, clean_text
-from processors.transforms.phone import to_e164
+from processors.transforms.phone import parse_e164
 
 # --- e-mail -----------------------------------------------------------------------------------------
 
@@ -75,10 +76,19 @@ def email(value: str | None, ctx: TransformContext = EMPTY_CONTEXT, /) -> str | 
 # --- phone ------------------------------------------------------------------------------------------
 
 
+#: What ``phone_e164`` does with a vanity number (letters for digits, ``030 CALL NOW``).
+VanityPolicy = Literal["reject", "flag", "convert"]
+
+
 class PhoneParams(Params):
     region: str | None = Field(default=None, pattern=r"^[A-Z]{2}$", description="default region for national numbers")
     region_from: str | None = Field(
         default=None, description="target field (cleaned first) whose value is the default region"
+    )
+    vanity: VanityPolicy = Field(
+        default="flag",
+        description="a number written with letters (030 CALL NOW): flag (convert to digits, flag "
+        "<field>_vanity), convert (digits, no flag) or reject (an invalid value, rule phone_vanity)",
     )
 
 
@@ -89,10 +99,20 @@ def phone_e164(
     *,
     region: str | None = None,
     region_from: str | None = None,
+    vanity: VanityPolicy = "flag",
 ) -> str | None:
     """Parse with phonenumbers (default region: the ``region_from`` field, else ``region``), to E.164.
 
-    Not parseable or not a valid number → rule ``phone_format``.
+    Not parseable or not a valid number → rule ``phone_format``. A vanity number (three or more letters
+    standing for keypad digits: ``030 CALL NOW`` → ``+49302255669``) is handled per ``vanity``:
+
+    - ``flag`` (default): converted to digits and kept, with the quality flag ``<field>_vanity``;
+    - ``convert``: converted to digits and kept, no flag;
+    - ``reject``: an invalid value, rule ``phone_vanity``: the field's ``invalid:`` policy applies (flag:
+      null plus ``<field>_invalid``; reject: the record is dead-lettered), as for any invalid number.
+
+    Config: ``{phone_e164: {region_from: country, vanity: reject}}``; any other ``vanity`` value is a
+    config error naming the parameter.
     """
     text = clean_text(value)
     if text is None:
@@ -100,7 +120,11 @@ def phone_e164(
     default_region = region
     if region_from is not None:
         default_region = ctx.clean.get(region_from) or region
-    e164 = to_e164(text, default_region)
+    e164, is_vanity = parse_e164(text, default_region)
     if e164 is None:
         raise FieldInvalid("phone_format", "not a valid phone number for the record's country")
+    if is_vanity and vanity != "convert":
+        if vanity == "reject":
+            raise FieldInvalid("phone_vanity", "a vanity number (letters for digits); the config rejects them")
+        raise FieldFlagged(e164, "vanity")
     return e164

@@ -1,10 +1,11 @@
 """Phone numbers to E.164 with the semantics of ``phonenumbers``, at a fraction of its cost.
 
 ``phonenumbers.parse`` + ``is_valid_number`` cost 25-50 µs a number, more than the whole per-record
-budget. :func:`to_e164` first tries a fast path that mirrors the library for plainly written numbers
+budget. :func:`parse_e164` first tries a fast path that mirrors the library for plainly written numbers
 (digits, spaces and ``( ) . -``, optional leading ``+``) and checks validity with the library's own
 metadata patterns, compiled once. The fast path only ever *accepts*: anything it is unsure of, and every
 invalid number, is decided by the library itself. ``test_transforms_contact.py`` compares both paths.
+It also tells a vanity number (letters for digits) apart, so the transform can flag or reject it.
 """
 
 from __future__ import annotations
@@ -207,7 +208,22 @@ def library_e164(text: str, region: str | None) -> str | None:
     return str(phonenumbers.format_number(number, PhoneNumberFormat.E164))
 
 
-@lru_cache(maxsize=16384)
 def to_e164(text: str, region: str | None) -> str | None:
     """E.164 of ``text`` read with default ``region``, or None if it is not a valid number."""
-    return fast_e164(text, region) or library_e164(text, region)
+    return parse_e164(text, region)[0]
+
+
+@lru_cache(maxsize=16384)
+def parse_e164(text: str, region: str | None) -> tuple[str | None, bool]:
+    """``(E.164 or None if not a valid number, vanity)``.
+
+    ``vanity``: the number is written with letters (``030 CALL NOW``, ``1-800-FLOWERS``) that the library
+    turned into keypad digits (ITU E.161; it does so for three or more letters, the extension aside:
+    ``phonenumbers.is_alpha_number``). The fast path takes digits and punctuation only, so a number it
+    accepts is never a vanity number.
+    """
+    fast = fast_e164(text, region)
+    if fast is not None:
+        return fast, False
+    e164 = library_e164(text, region)
+    return e164, e164 is not None and phonenumbers.is_alpha_number(text)
