@@ -9,7 +9,7 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -46,9 +46,23 @@ def _rows(dsn: str, table: str = "accounts") -> int:
             return 0
 
 
-def _migrate(run: Run, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, "-m", "crmflow", "migrate", "-c", str(run.config), *args],
-                            env=env or run.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+@pytest.fixture
+def migrate_proc() -> Iterator[Callable[..., subprocess.Popen[str]]]:
+    """``migrate_proc(run, *args)``: ``crmflow migrate`` in the background, killed (with its stages, which
+    die with it) if the test leaves it running."""
+    started: list[subprocess.Popen[str]] = []
+
+    def start(run: Run, *args: str) -> subprocess.Popen[str]:
+        proc = subprocess.Popen([sys.executable, "-m", "crmflow", "migrate", "-c", str(run.config), *args],
+                                env=run.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate(timeout=30)
 
 
 def test_an_unset_target_variable_is_an_error_and_nothing_is_written(
@@ -88,12 +102,13 @@ def test_a_stack_that_is_down_is_one_line_naming_the_fix(
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_a_signal_stops_migrate_and_every_child_within_seconds(
-    sig: signal.Signals, medium_dataset: Dataset, run_factory: Callable[..., Run]
+    sig: signal.Signals, medium_dataset: Dataset, run_factory: Callable[..., Run],
+    migrate_proc: Callable[..., subprocess.Popen[str]],
 ) -> None:
     run = run_factory(medium_dataset)
-    proc = _migrate(run, "--workers", "2")
+    proc = migrate_proc(run, "--workers", "2")
     # Mid-run: the processors are up and the sink has written something.
-    wait_until(lambda: len(_crmflow_processes(run.config)) >= 4 and _rows(run.target_dsn) > 0, timeout_s=180,
+    wait_until(lambda: len(_crmflow_processes(run.config)) >= 4 and _rows(run.target_dsn) > 0, timeout_s=300,
                what="migrate, 2 processors and a sink writing")
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=30)
@@ -104,13 +119,14 @@ def test_a_signal_stops_migrate_and_every_child_within_seconds(
 
 
 def test_kafka_killed_mid_run_stops_with_a_resume_command_that_reconciles(
-    medium_dataset: Dataset, run_factory: Callable[..., Run], endpoints: Endpoints
+    medium_dataset: Dataset, run_factory: Callable[..., Run], migrate_proc: Callable[..., subprocess.Popen[str]]
 ) -> None:
     if stack_settings().stack != "local":
         pytest.skip("kills the local stack's broker")
     run = run_factory(medium_dataset)
-    proc = _migrate(run, "--workers", "2", "--infra-grace", "5", "--json")
-    wait_until(lambda: _rows(run.target_dsn) > 0, timeout_s=180, what="the sink writing")
+    proc = migrate_proc(run, "--workers", "2", "--infra-grace", "5", "--json")
+    wait_until(lambda: _rows(run.target_dsn) > 0 or proc.poll() is not None, timeout_s=300, what="the sink writing")
+    assert proc.poll() is None, "migrate ended before Kafka was killed"
     stack = get_stack()
     (kafka,) = [p for p in stack.status() if p.name == "kafka"]
     assert kafka.pid is not None
