@@ -96,7 +96,7 @@ def test_different_schemas_both_land_and_neither_changes_the_other(
     assert rows(first.target_dsn) == before
     other = rows(first.target_dsn, "crm_second")
     for table in ("accounts", "contacts", "sales", "cases"):
-        assert [r[1] for r in other[table]] == [r[1] for r in before[table]], table  # the same external ids
+        assert sorted(r[1] for r in other[table]) == sorted(r[1] for r in before[table]), table  # same ids
     for entity, c in s2["entities"].items():
         assert c["inserted"] == s1["entities"][entity]["inserted"], entity
     with psycopg.connect(first.target_dsn) as conn:
