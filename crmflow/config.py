@@ -507,13 +507,62 @@ def load_config(path: str | Path) -> MigrationConfig:
 # ------------------------------------------------------------------------------------------ checking
 
 
+def _shared_entities(config: MigrationConfig) -> list[Finding]:
+    """A warning per entity that several sources feed: their ids may collide, and the snapshot keeps the
+    first record of a key and dead-letters the others (``duplicate_key``)."""
+    by_entity: dict[str, list[str]] = {}
+    for name, src in config.sources.items():
+        by_entity.setdefault(src.entity, []).append(name)
+    return [
+        ("warning", ("sources", names[1], "entity"),
+         f"sources {', '.join(names)} all feed entity {entity}: their ids may collide; a record whose key an "
+         "earlier record of the run had is dead-lettered as duplicate_key (the first one read lands)")
+        for entity, names in by_entity.items() if len(names) > 1
+    ]  # fmt: skip
+
+
+def _header_findings(config: MigrationConfig) -> list[Finding]:
+    """Each source's header (files that exist; tables whose DSN variable is set) against the columns the
+    mapping reads: a missing one is an error at the field mapping's line, naming the file and the column.
+    JSONL files have no header and are not checked."""
+    from producers.exceptions import ProducerError, SourceUnavailableError
+    from producers.headers import missing_columns, read_header
+    from producers.sources import source_spec
+
+    out: list[Finding] = []
+    for name, src in config.sources.items():
+        where: KeyPath = ("sources", name)
+        if src.kind == "jsonl" or (src.path is not None and not src.path.exists()):
+            continue
+        if src.kind == "table" and not (src.dsn_env and os.environ.get(src.dsn_env)):
+            continue
+        try:
+            spec = source_spec(name, src)
+            header = read_header(spec)
+        except SourceUnavailableError as exc:
+            out.append(("warning", (*where, "table"), f"columns not checked: {exc}"))
+            continue
+        except (ProducerError, ConfigError) as exc:
+            out.append(("error", (*where, "path" if src.path is not None else "table"), str(exc)))
+            continue
+        if header is None:
+            continue
+        for miss in missing_columns(config, spec, header):
+            out.append(("error", miss.path,
+                        f"column {miss.column!r} is not in the header of {miss.where} (source {name}); "
+                        f"the header has: {', '.join(miss.header)}"))  # fmt: skip
+    return out
+
+
 def check_config(config: MigrationConfig, *, schemas_dir: Path | None = None) -> list[Problem]:
     """Everything wrong with a loaded config that loading cannot see, without running anything.
 
     Errors: entity mappings that do not compile (see :func:`processors.mapping.mapping_problems`:
     targets missing from the model or the Avro schema, unmapped required fields, unknown lookup tables...),
-    sources feeding an unmapped entity, parents that are not mapped. Warnings: missing source files (demo
-    data may come later), unset DSN variables, entities no source feeds.
+    sources feeding an unmapped entity, parents that are not mapped, a mapped column (or segment field)
+    missing from a source's header (CSV files that exist, tables whose DSN variable is set), an unreadable
+    header. Warnings: missing source files (demo data may come later), unset DSN variables, entities no
+    source feeds, entities several sources feed (their ids may collide: duplicates are dead-lettered).
     """
 
     found: list[Finding] = list(mapping_problems(config, schemas_dir=schemas_dir))
@@ -531,6 +580,8 @@ def check_config(config: MigrationConfig, *, schemas_dir: Path | None = None) ->
     for entity in config.entities:
         if entity not in fed:
             found.append(("warning", ("entities", entity), "no source feeds this entity"))
+    found.extend(_shared_entities(config))
+    found.extend(_header_findings(config))
     if config.target is not None and config.target.dsn_env and not os.environ.get(config.target.dsn_env):
         found.append(("warning", ("target", "dsn_env"),
                       f"environment variable {config.target.dsn_env} is not set here; migrate and sink will refuse "

@@ -102,6 +102,8 @@ def check_encoding(name: str) -> str:
         info = codecs.lookup(name)
     except LookupError:
         raise ValueError(f"encoding: unknown encoding {name!r} (e.g. utf-8, cp1252, latin-1)") from None
+    if info.name == "utf-8-sig":  # the byte-order mark is skipped anyway
+        return "utf-8"
     probe = "\n\r,;\t|\"'azAZ09"
     try:
         ascii_ok = probe.encode(info.name) == probe.encode("ascii")
@@ -109,7 +111,7 @@ def check_encoding(name: str) -> str:
         ascii_ok = False
     if not ascii_ok:
         raise ValueError(f"encoding: {name!r} is not ASCII-compatible (UTF-16/32 files: re-export as UTF-8)")
-    return "utf-8" if info.name == "utf-8-sig" else info.name
+    return info.name
 
 
 def resolve_dialect(

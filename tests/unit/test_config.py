@@ -293,3 +293,55 @@ def test_dedupe_refuses_a_secret_in_the_file_and_unknown_keys_with_their_line(tm
     assert "hunter22" not in str(problem)
     (problem,) = load_errors(tmp_path, VALID + "dedupe:\n  enabled: true\n  match_treshold: 7\n")
     assert problem.path == "dedupe.match_treshold" and problem.line == VALID.count("\n") + 3
+
+
+def test_unknown_key_lists_the_section_s_keys_and_suggests_the_closest(tmp_path: Path) -> None:
+    typo = VALID.replace("    key: Customer_ID", "    key: Customer_ID\n    delimeter: ';'")
+    (problem,) = load_errors(tmp_path, typo)
+    assert problem.path == "sources.customers.delimeter" and problem.line == 9
+    assert problem.message.startswith("unknown key 'delimeter': did you mean 'delimiter'? this section has: kind, ")
+    assert "quotechar, encoding, dialect" in problem.message
+    (problem,) = load_errors(tmp_path, VALID.replace("    key: Customer_ID", "    key: Customer_ID\n    zzz: 1"))
+    assert problem.message.startswith("unknown key 'zzz' (a typo?); this section has: kind, entity, key")
+    (problem,) = load_errors(tmp_path, VALID.replace("target: Full_Name,", "target: Full_Name, transfrom: merge,"))
+    assert "did you mean 'transform'? this section has: source, target, transform, missing, invalid" in problem.message
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ("    delimiter: ';;'", "expected one ASCII punctuation or TAB character"),
+        ("    encoding: utf-16", "not ASCII-compatible"),
+        ("    encoding: klingon", "unknown encoding"),
+        ("    dialect: excel-semicolon", "expected 'auto', 'excel' or 'excel-tab'"),
+    ],
+)
+def test_bad_csv_dialects_name_the_key(tmp_path: Path, line: str, message: str) -> None:
+    (problem,) = load_errors(tmp_path, VALID.replace("    key: Customer_ID", f"    key: Customer_ID\n{line}"))
+    assert problem.path.startswith("sources.customers.") and message in problem.message
+
+
+def test_csv_dialect_keys_load(tmp_path: Path) -> None:
+    text = VALID.replace("    key: Customer_ID", "    key: Customer_ID\n    delimiter: ';'\n    encoding: Windows-1252")
+    src = load_config(write(tmp_path, text)).sources["customers"]
+    assert (src.delimiter, src.quotechar, src.encoding, src.dialect) == (";", None, "cp1252", "auto")
+    (problem,) = load_errors(tmp_path, VALID.replace("    kind: csv", "    kind: jsonl").replace(
+        "    key: Customer_ID", "    key: Customer_ID\n    delimiter: ';'"))  # fmt: skip
+    assert "only csv sources have a dialect" in problem.message
+
+
+def test_check_reads_headers_and_warns_about_shared_entities(tmp_path: Path) -> None:
+    text = VALID + "      - {source: Phone, target: phone}\n"
+    text = text.replace("entities:\n", "  crm_b: {kind: csv, path: data/b.csv, entity: account, key: Customer_ID}\n"
+                                      "entities:\n", 1)  # fmt: skip
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "customers.csv").write_text("Customer_ID;First_Name;Last_Name;Contact_Email\r\nC1;A;B;\r\n")
+    (tmp_path / "data" / "b.csv").write_text("Customer_ID,First_Name,Last_Name,Contact_Email,Phone\n")
+    problems = check_config(load_config(write(tmp_path, text)))
+    errors = [p for p in problems if p.severity == "error"]
+    assert [(p.path, p.line) for p in errors] == [("entities.account.fields[3].source", 16)]
+    assert errors[0].message == (f"column 'Phone' is not in the header of {tmp_path / 'data' / 'customers.csv'} "
+                                 "(source customers); the header has: Customer_ID, First_Name, Last_Name, "
+                                 "Contact_Email")  # fmt: skip
+    shared = [p for p in problems if "all feed entity account" in p.message]
+    assert len(shared) == 1 and shared[0].severity == "warning" and "duplicate_key" in shared[0].message

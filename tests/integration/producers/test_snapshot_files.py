@@ -131,13 +131,18 @@ def test_limit_then_the_rest_of_the_same_run(
 
     stats = run_snapshot(cfg, **common)  # type: ignore[arg-type]
     rest = stats.sources["customers"]
-    assert rest.complete and rest.produced == len(good) - 100
+    # Counts of the whole run: the first call's 100 (and the rejects before them), then the rest.
+    assert rest.complete and rest.produced == len(good) and rest.read == len(good) + len(bad)
+    assert rest.read_before == 100 + s.rejected
     assert rest.resumed_from is not None
     consumed = read_topic(raw_topic(topic_prefix, "customers"))
     assert sorted(c.value["position"] for c in consumed) == sorted(good)  # each exactly once
 
     again = run_snapshot(cfg, **common)  # type: ignore[arg-type]
-    assert again.sources["customers"].skipped and again.sources["customers"].read == 0
+    done = again.sources["customers"]
+    assert done.skipped and done.read_now == 0
+    assert (done.read, done.produced, done.rejected) == (len(good) + len(bad), len(good), len(bad))
+    assert done.rejected_by_rule == rest.rejected_by_rule and sum(done.rejected_by_rule.values()) == len(bad)
 
 
 def test_segment_filter_keeps_only_the_segment(
@@ -186,7 +191,8 @@ def test_stopped_run_resumes_after_its_checkpoint(
     second = run_snapshot(cfg, **common)  # type: ignore[arg-type]
     s2 = second.sources["sales"]
     assert s2.complete and not second.stopped
-    assert s1.read + s2.read == len(good) + len(bad)  # nothing read twice
+    assert s1.read + s2.read_now == len(good) + len(bad)  # nothing read twice
+    assert s2.read_before == s1.read and s2.read == len(good) + len(bad)  # the whole run's counts
     consumed = read_topic(raw_topic(topic_prefix, "sales"))
     run2 = {c.value["position"] for c in consumed} - run1
     assert min(map(line_of, run2)) >= checkpoint.mark.line  # did not start from the beginning

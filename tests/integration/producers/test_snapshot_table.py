@@ -105,10 +105,12 @@ def test_table_snapshot_resumes_after_the_last_acknowledged_key(
 
     second = run_snapshot(cfg, **common)
     s2 = second.sources["customers"]
-    assert s2.complete and s2.read == ROWS + 1 - s1.produced
+    # The counts cover the whole run: the checkpointed part of the first call, then this call's rows.
+    assert s2.complete and s2.read_before == s1.produced and s2.read_now == ROWS + 1 - s1.produced
+    assert (s2.read, s2.produced) == (ROWS + 1, ROWS + 1)
     consumed = read_topic(raw_topic(topic_prefix, "customers"))
     keys = [c.value["source_key"] for c in consumed]
     assert len(keys) == len(set(keys)) == ROWS + 1
     second_run = [c.value for c in consumed if int(c.value["position"].rsplit(":", 1)[1]) > s1.produced]
     assert min(v["source_key"] for v in second_run) == f"C{s1.produced + 1:07d}"
-    assert len(second_run) == s2.read
+    assert len(second_run) == s2.read_now

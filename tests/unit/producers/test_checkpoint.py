@@ -106,3 +106,40 @@ def test_fingerprint_accepts_a_grown_file_and_refuses_a_different_one(tmp_path: 
     path.write_bytes(b"Customer_ID\nC9\nC2\n")
     with pytest.raises(CheckpointError, match="changed"):
         check_fingerprint(cp, path)
+
+
+def test_rejected_items_are_counted_by_rule_in_the_done_prefix_only() -> None:
+    t = ContiguousTracker(mark(9), {"produced": 3, "rejected": 1}, {"csv_malformed": 1})
+    a = t.add(mark(10), "rejected", "duplicate_key")
+    b = t.add(mark(11), "rejected", "encoding")
+    t.ack(b)
+    assert t.rules == {"csv_malformed": 1}  # b waits for a
+    t.ack(a)
+    assert t.rules == {"csv_malformed": 1, "duplicate_key": 1, "encoding": 1}
+    assert t.counts == {"produced": 3, "rejected": 3, "filtered": 0}
+
+
+def test_checkpoint_keeps_the_whole_run_s_counts_and_dialect(tmp_path: Path) -> None:
+    from producers.source_run import stats_of
+
+    store = CheckpointStore(tmp_path)
+    cp = Checkpoint("run-1", "customers", mark=mark(7), complete=True,
+                    counts={"produced": 5, "rejected": 2, "filtered": 1},
+                    rejected_by_rule={"duplicate_key": 1, "csv_malformed": 1},
+                    dialect={"delimiter": ";", "quotechar": '"', "encoding": "utf-8",
+                             "fallback": "cp1252"})  # fmt: skip
+    store.save(cp)
+    back = store.load("run-1", "customers")
+    assert back is not None and back.read == 8
+    assert (back.rejected_by_rule, back.dialect) == (cp.rejected_by_rule, cp.dialect)
+    s = stats_of(back)
+    assert (s.read, s.read_before, s.read_now, s.produced, s.rejected, s.filtered) == (8, 8, 0, 5, 2, 1)
+    assert s.rejected_by_rule == {"duplicate_key": 1, "csv_malformed": 1} and s.run_read == 8
+    # A checkpoint of an older version (no rules, no dialect) still loads.
+    old = json.loads(store.path("run-1", "customers").read_text())
+    del old["rejected_by_rule"], old["dialect"]
+    store.path("run-1", "customers").write_text(json.dumps(old))
+    back = store.load("run-1", "customers")
+    assert back is not None and back.rejected_by_rule == {} and back.dialect is None
+    store.delete("run-1", "customers")
+    assert store.load("run-1", "customers") is None
