@@ -5,13 +5,15 @@ A source declares what it knows (``delimiter``, ``quotechar``, ``encoding``, ``d
 
 - **encoding**: a UTF-8 byte-order mark is always skipped. A declared encoding is used strictly (a line
   that does not decode is dead-lettered as ``encoding``). Undeclared, the first
-  :data:`SNIFF_ENCODING_BYTES` are scanned line by line: lines that are valid UTF-8 with non-ASCII
-  characters vote for UTF-8, lines that are not valid UTF-8 for the 8-bit fallback (cp1252, what
-  Windows exports write). UTF-8 wins ties and an all-ASCII head, so a UTF-8 export with a few broken
-  lines stays strict UTF-8 (those lines are dead-lettered as ``encoding``). When cp1252 wins, each line
-  is still tried as UTF-8 first (cp1252 text is almost never valid non-ASCII UTF-8), so a file whose
-  head was misjudged is not turned into mojibake. A UTF-16/32 byte-order mark is a clear error: the
-  reader needs an ASCII-compatible encoding to find lines, quotes and delimiters in the bytes.
+  :data:`SNIFF_ENCODING_BYTES` are scanned line by line (:func:`sniff_encoding`): lines that are valid
+  UTF-8 with non-ASCII characters vote for UTF-8, lines that are not valid UTF-8 but read as 8-bit text
+  for the fallback (cp1252, what Windows exports write). UTF-8 wins ties, an all-ASCII head and a head
+  where under 1% of the lines vote 8-bit, so a UTF-8 export with a few damaged lines stays strict UTF-8
+  (those lines are dead-lettered as ``encoding``; declare ``encoding`` when the guess is wrong). When
+  cp1252 wins, each line is still tried as UTF-8 first (cp1252 text is almost never valid non-ASCII
+  UTF-8), so a file whose head was misjudged is not turned into mojibake. A UTF-16/32 byte-order mark
+  is a clear error: the reader needs an ASCII-compatible encoding to find lines, quotes and delimiters
+  in the bytes.
 - **delimiter and quote** (``dialect: auto``): :class:`csv.Sniffer` on the first
   :data:`SNIFF_DIALECT_BYTES` (whole lines), restricted to ``, ; TAB |`` and to quotes ``"`` and ``'``;
   a guess that does not split the header is replaced by the candidate the header contains most often.
@@ -159,21 +161,39 @@ def resolve_dialect(
 def sniff_encoding(data: bytes, *, complete: bool = False) -> str:
     """``utf-8`` or :data:`FALLBACK_ENCODING`, by the vote of the non-ASCII lines of ``data``.
 
-    ``complete`` says ``data`` is the whole file; otherwise its last, possibly cut, line is ignored.
+    A line votes for UTF-8 when it is valid non-ASCII UTF-8, and for the 8-bit encoding when it is not
+    UTF-8 but reads as 8-bit text: it decodes, and has no ``0xFF`` byte (``ÿ``, next to never written, but
+    the typical stray byte of a damaged UTF-8 file). The 8-bit encoding wins only with more votes than
+    UTF-8 and on at least 1% of the lines, so a UTF-8 export with a few damaged lines stays UTF-8 and
+    those lines are dead-lettered. ``complete`` says ``data`` is the whole file; otherwise its last,
+    possibly cut, line is ignored.
     """
     lines = data.split(b"\n")
     if not complete and len(lines) > 1:
         lines = lines[:-1]
-    utf8 = other = 0
+    utf8 = other = total = 0
     for line in lines:
+        if not line.strip():
+            continue
+        total += 1
         if line.isascii():
             continue
         try:
             line.decode("utf-8")
             utf8 += 1
         except UnicodeDecodeError:
-            other += 1
-    return FALLBACK_ENCODING if other > utf8 else "utf-8"
+            other += _reads_as_8bit_text(line)
+    return FALLBACK_ENCODING if other > utf8 and other * 100 >= total else "utf-8"
+
+
+def _reads_as_8bit_text(line: bytes) -> bool:
+    if b"\xff" in line:
+        return False
+    try:
+        line.decode(FALLBACK_ENCODING)
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def _text_sample(body: bytes, encoding: str) -> str:

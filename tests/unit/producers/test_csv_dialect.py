@@ -103,7 +103,11 @@ def test_sniffing_helpers() -> None:
     assert sniff_delimiter("single\nvalue\n")[0] == ","
     assert sniff_encoding(b"plain ascii\n") == "utf-8"
     assert sniff_encoding(b"M\xfcller\n") == "cp1252"
-    assert sniff_encoding("Müller\n".encode() + b"\xff\n") == "utf-8"  # a tie goes to UTF-8
+    assert sniff_encoding("Müller\n".encode() + b"M\xfcller\n") == "utf-8"  # a tie goes to UTF-8
+    # A UTF-8 export's stray bytes (0xFF, or under 1% of the lines) are damage, not an 8-bit export.
+    assert sniff_encoding(b"ascii,line\n" * 5 + b"Urgent\xff\n") == "utf-8"
+    assert sniff_encoding(b"ascii,line\n" * 200 + b"M\xfcller\n") == "utf-8"
+    assert sniff_encoding(b"ascii,line\n" * 50 + b"M\xfcller\n") == "cp1252"
 
 
 def test_wide_encodings_are_refused(tmp_path: Path) -> None:
