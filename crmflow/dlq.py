@@ -19,11 +19,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from confluent_kafka import Consumer, Message, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaException, Message, Producer, TopicPartition
 from confluent_kafka.schema_registry import SchemaRegistryClient
 from cryptography.fernet import Fernet, InvalidToken
 
-from crmflow.exceptions import ConfigError, TerminalError
+from crmflow.exceptions import ConfigError, InfrastructureError, TerminalError
+from crmflow.kafkalog import client_logging
 from crmflow.metrics import DLQ_RECORDS
 from crmflow.serialization import AvroCodec, load_schema, topic_subject
 from crmflow.settings import stack_settings
@@ -191,10 +192,14 @@ def read_dead_letters(
 ) -> Iterator[DeadLetter]:
     """Every dead letter currently in ``topic``, from the beginning to the high watermark (no group)."""
     consumer = Consumer({"bootstrap.servers": bootstrap_servers, "group.id": "crmflow-dlq-reader",
-                         "enable.auto.commit": False, "auto.offset.reset": "earliest"})
+                         "enable.auto.commit": False, "auto.offset.reset": "earliest", **client_logging()})
     codec = AvroCodec(registry_client, topic_subject(topic), load_schema(DLQ_SCHEMA))
     try:
-        md = consumer.list_topics(topic, timeout=timeout_s)
+        try:
+            md = consumer.list_topics(topic, timeout=timeout_s)
+        except KafkaException as exc:
+            raise InfrastructureError(f"Kafka at {bootstrap_servers}", "no answer to a metadata request",
+                                      "start it with `crmflow stack up` (see `crmflow stack status`)") from exc
         if topic not in md.topics or md.topics[topic].error is not None:
             return
         ends: dict[int, int] = {}

@@ -11,19 +11,28 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from crmflow.exceptions import CrmflowError
+from crmflow.exceptions import CrmflowError, TransientError
+from crmflow.exitcodes import ExitCode
+from crmflow.kafkalog import client_logging
 
 if TYPE_CHECKING:
     from crmflow.dlq import DeadLetter
     from crmflow.stack import Endpoints
 
-app = typer.Typer(no_args_is_help=True, help="Inspect and replay the dead-letter topic.")
+app = typer.Typer(no_args_is_help=True, rich_markup_mode=None, help="Inspect and replay the dead-letter topic.")
 err_console = Console(stderr=True)
 
 ConfigOpt = Annotated[Path, typer.Option("--config", "-c", envvar="CRMFLOW_CONFIG", help="Migration config (YAML).")]
 RunOpt = Annotated[str | None, typer.Option("--run-id", help="Only letters of this run.")]
 StageOpt = Annotated[str | None, typer.Option("--stage", help="Only letters of this stage.")]
 RuleOpt = Annotated[str | None, typer.Option("--rule", help="Only letters of this rule.")]
+
+
+def _fail(exc: CrmflowError) -> int:
+    """One line on stderr; exit 3 when a part of the stack is unreachable, else 2 (config)."""
+    first = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
+    err_console.print(f"[red]error:[/red] {first}", highlight=False, soft_wrap=True)
+    return ExitCode.INFRASTRUCTURE if isinstance(exc, TransientError) else ExitCode.CONFIG
 
 
 def _letters(
@@ -60,8 +69,7 @@ def list_(
     try:
         _, letters = _letters(config, run_id, stage, rule)
     except CrmflowError as exc:
-        err_console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from exc
+        raise typer.Exit(_fail(exc)) from None
     if as_json:
         for lt in letters:
             r = {k: v for k, v in lt.record.items() if k not in ("payload", "payload_key")}
@@ -97,9 +105,8 @@ def replay(
     try:
         ep, letters = _letters(config, run_id, stage, rule)
         producer = Producer({"bootstrap.servers": ep.bootstrap_servers, "enable.idempotence": True,
-                             "linger.ms": 20})
+                             "linger.ms": 20, **client_logging()})
         replayed, skipped = do_replay(iter(letters), producer, DlqCipher.from_env())
     except CrmflowError as exc:
-        err_console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from exc
+        raise typer.Exit(_fail(exc)) from None
     err_console.print(f"replayed {replayed} letters to their source topics; skipped {skipped} source-file rejects")
