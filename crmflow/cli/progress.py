@@ -11,6 +11,8 @@ from rich.progress import Progress as RichBar
 from rich.progress import Task as RichTask
 from rich.text import Text
 
+from producers.report import NullProgress
+
 
 class _RateColumn(ProgressColumn):
     """Speed in the task's unit: MB/s for files (bytes), rows/s for tables."""
@@ -78,22 +80,13 @@ class RichProgress:
             self.bar.stop_task(task)
 
 
-class NoProgress:
+class NoProgress(NullProgress):
     """The same interface, silent: ``--no-progress``, or stderr not being a terminal."""
 
     def __enter__(self) -> NoProgress:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        return None
-
-    def start(self, source: str, *, total: int | None, completed: int, unit: str) -> None:
-        return None
-
-    def update(self, source: str, completed: int) -> None:
-        return None
-
-    def finish(self, source: str) -> None:
         return None
 
     def stage(self, name: str, completed: int, total: int | None) -> None:
