@@ -10,11 +10,13 @@ laptop, not for production, which should set one of the two.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import hmac
 import logging
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,6 +49,7 @@ class DlqCipher:
         except ValueError as exc:
             raise DlqKeyError("the dead-letter key is not a valid Fernet key (32 url-safe base64 bytes)") from exc
         self.key_id = hashlib.sha256(key).hexdigest()[:12]
+        self._digest_key = hmac.new(key, b"crmflow dead-letter digest", hashlib.sha256).digest()
 
     @classmethod
     def from_env(cls) -> DlqCipher:
@@ -66,6 +69,12 @@ class DlqCipher:
             log.warning("no CRMFLOW_DLQ_KEY set: created a local dead-letter key at %s", path)
         return cls(path.read_bytes().strip())
 
+    def digest(self, data: bytes) -> str:
+        """HMAC-SHA256 of ``data`` under a key derived from the dead-letter key: equal payloads get equal
+        digests, and a digest cannot be matched against guessed values without the key (a plain hash of an
+        email address can)."""
+        return hmac.new(self._digest_key, data, hashlib.sha256).hexdigest()
+
     def encrypt(self, data: bytes) -> bytes:
         return self._fernet.encrypt(data)
 
@@ -78,8 +87,43 @@ class DlqCipher:
             raise DlqKeyError(f"payload does not decrypt with key {self.key_id}") from exc
 
 
+@dataclass(frozen=True)
+class Letter:
+    """One record a stage gives up on, before it is encoded: why (stage, rule, field, a PII-free error),
+    whose (entity, run, source position), where it was read (``topic``/``partition``/``offset``: empty
+    topic and -1 for source lines that never were Kafka messages), and the original ``key``/``value`` in
+    clear (encrypted only when encoded). ``attempt`` counts tries: 1, then one more per failed replay."""
+
+    stage: str
+    rule: str
+    error: str
+    value: bytes = dataclasses.field(repr=False)
+    key: bytes | None = dataclasses.field(default=None, repr=False)
+    field: str | None = None
+    entity: str | None = None
+    run_id: str | None = None
+    source_position: str | None = None
+    topic: str = ""
+    partition: int = -1
+    offset: int = -1
+    attempt: int = 1
+
+    @classmethod
+    def of_message(cls, msg: Message, *, stage: str, rule: str, error: str, **details: Any) -> Letter:
+        """A letter for a consumed Kafka message (its key, value and coordinates)."""
+        return cls(stage=stage, rule=rule, error=error, value=msg.value() or b"", key=msg.key(),
+                   topic=msg.topic() or "", partition=msg.partition() or 0, offset=msg.offset() or 0,
+                   **details)  # fmt: skip
+
+    @property
+    def origin(self) -> str:
+        """Where the record came from: its source position, else ``topic[partition]@offset``."""
+        return self.source_position or f"{self.topic}[{self.partition}]@{self.offset}"
+
+
 class DeadLetterWriter:
-    """Produces dead letters without blocking; ``flush`` before committing the offsets they replace."""
+    """Encodes :class:`Letter` s and produces them without blocking; ``flush`` before committing the offsets
+    they replace. ``send``/``send_raw``/``letter`` are the keyword forms older callers use."""
 
     def __init__(
         self,
@@ -92,6 +136,42 @@ class DeadLetterWriter:
         self.topic = topic
         self.cipher = cipher or DlqCipher.from_env()
         self.codec = AvroCodec(registry_client, topic_subject(topic), load_schema(DLQ_SCHEMA))
+
+    def encode(self, letter: Letter) -> tuple[bytes, list[tuple[str, bytes]]]:
+        """The encoded dead letter (payload encrypted) and its headers, for callers that produce with their
+        own client (the processor sends through its own producer)."""
+        record = {
+            "stage": letter.stage, "rule": letter.rule, "field": letter.field, "error": letter.error,
+            "entity": letter.entity, "source_topic": letter.topic, "source_partition": letter.partition,
+            "source_offset": letter.offset, "source_position": letter.source_position, "run_id": letter.run_id,
+            "failed_at": int(time.time() * 1000), "attempt": letter.attempt,
+            "payload_key": self.cipher.encrypt(letter.key) if letter.key is not None else None,
+            "payload": self.cipher.encrypt(letter.value), "key_id": self.cipher.key_id,
+        }
+        headers = [
+            ("crmflow-stage", letter.stage.encode()), ("crmflow-rule", letter.rule.encode()),
+            ("crmflow-field", (letter.field or "").encode()),
+            ("crmflow-position", (letter.source_position or f"{letter.topic}[{letter.partition}]@{letter.offset}"
+                                  ).encode()),
+            ("crmflow-attempt", str(letter.attempt).encode()),
+        ]  # fmt: skip
+        DLQ_RECORDS.labels(stage=letter.stage, reason=letter.rule).inc()
+        return self.codec.encode(record), headers
+
+    def write(self, letter: Letter, on_delivery: Callable[..., None] | None = None) -> None:
+        """Produce ``letter`` (asynchronously: :meth:`flush` waits for Kafka's acknowledgement)."""
+        if self.producer is None:
+            raise TerminalError("this DeadLetterWriter has no producer; use encode() and send it yourself")
+        value, headers = self.encode(letter)
+        kwargs: dict[str, Any] = {"on_delivery": on_delivery} if on_delivery is not None else {}
+        while True:
+            try:
+                self.producer.produce(self.topic, value=value, headers=list(headers), **kwargs)
+                return
+            except BufferError:
+                self.producer.poll(0.1)
+
+    # The keyword forms (kept for their callers; new code builds a Letter).
 
     def send(
         self,
@@ -107,11 +187,8 @@ class DeadLetterWriter:
         attempt: int = 1,
     ) -> None:
         """Dead-letter a consumed Kafka message."""
-        self._produce(
-            value=msg.value() or b"", key=msg.key(), topic=msg.topic() or "", partition=msg.partition() or 0,
-            offset=msg.offset() or 0, stage=stage, rule=rule, error=error, field=field, entity=entity,
-            run_id=run_id, source_position=source_position, attempt=attempt,
-        )
+        self.write(Letter.of_message(msg, stage=stage, rule=rule, error=error, field=field, entity=entity,
+                                     run_id=run_id, source_position=source_position, attempt=attempt))
 
     def send_raw(
         self,
@@ -127,43 +204,17 @@ class DeadLetterWriter:
         source_position: str | None = None,
     ) -> None:
         """Dead-letter bytes that never were a Kafka message (a malformed source line)."""
-        self._produce(
-            value=value, key=key, topic="", partition=-1, offset=-1, stage=stage, rule=rule, error=error,
-            field=field, entity=entity, run_id=run_id, source_position=source_position, attempt=1,
-        )
+        self.write(Letter(stage=stage, rule=rule, error=error, value=value, key=key, field=field, entity=entity,
+                          run_id=run_id, source_position=source_position))
 
     def letter(self, *, value: bytes, key: bytes | None, topic: str, partition: int, offset: int,
                stage: str, rule: str, error: str, field: str | None = None, entity: str | None = None,
                run_id: str | None = None, source_position: str | None = None, attempt: int = 1,
                ) -> tuple[bytes, list[tuple[str, bytes]]]:
-        """The encoded dead letter and its headers, for callers that produce with their own client
-        (the faust processor sends through faust's producer)."""
-        record = {
-            "stage": stage, "rule": rule, "field": field, "error": error, "entity": entity,
-            "source_topic": topic, "source_partition": partition, "source_offset": offset,
-            "source_position": source_position, "run_id": run_id,
-            "failed_at": int(time.time() * 1000), "attempt": attempt,
-            "payload_key": self.cipher.encrypt(key) if key is not None else None,
-            "payload": self.cipher.encrypt(value), "key_id": self.cipher.key_id,
-        }
-        headers = [
-            ("crmflow-stage", stage.encode()), ("crmflow-rule", rule.encode()),
-            ("crmflow-field", (field or "").encode()),
-            ("crmflow-position", (source_position or f"{topic}[{partition}]@{offset}").encode()),
-        ]
-        DLQ_RECORDS.labels(stage=stage, reason=rule).inc()
-        return self.codec.encode(record), headers
-
-    def _produce(self, **kwargs: Any) -> None:
-        value, headers = self.letter(**kwargs)
-        if self.producer is None:
-            raise TerminalError("this DeadLetterWriter has no producer; use letter() and send it yourself")
-        while True:
-            try:
-                self.producer.produce(self.topic, value=value, headers=list(headers))
-                return
-            except BufferError:
-                self.producer.poll(0.1)
+        """:meth:`encode` of the letter these keywords describe."""
+        return self.encode(Letter(stage=stage, rule=rule, error=error, value=value, key=key, field=field,
+                                  entity=entity, run_id=run_id, source_position=source_position, topic=topic,
+                                  partition=partition, offset=offset, attempt=attempt))
 
     def flush(self, timeout: float = 30.0) -> None:
         if self.producer is None:
@@ -188,9 +239,12 @@ class DeadLetter:
 
 
 def read_dead_letters(
-    bootstrap_servers: str, registry_client: SchemaRegistryClient, topic: str, *, timeout_s: float = 10.0
+    bootstrap_servers: str, registry_client: SchemaRegistryClient, topic: str, *, timeout_s: float = 10.0,
+    start: Mapping[int, int] | None = None,
 ) -> Iterator[DeadLetter]:
-    """Every dead letter currently in ``topic``, from the beginning to the high watermark (no group)."""
+    """Every dead letter currently in ``topic``, from the beginning (or from ``start``, the next offset to
+    read per partition) to the high watermark (no group). A start outside the partition's offsets (the
+    topic was re-created, or retention deleted the start) reads the partition from its beginning."""
     consumer = Consumer({"bootstrap.servers": bootstrap_servers, "group.id": "crmflow-dlq-reader",
                          "enable.auto.commit": False, "auto.offset.reset": "earliest", **client_logging()})
     codec = AvroCodec(registry_client, topic_subject(topic), load_schema(DLQ_SCHEMA))
@@ -206,9 +260,12 @@ def read_dead_letters(
         assignment = []
         for p in md.topics[topic].partitions:
             low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout_s)
-            if high > low:
+            begin = (start or {}).get(p, low)
+            if not low <= begin <= high:
+                begin = low
+            if high > begin:
                 ends[p] = high
-                assignment.append(TopicPartition(topic, p, low))
+                assignment.append(TopicPartition(topic, p, begin))
         if not assignment:
             return
         consumer.assign(assignment)
