@@ -19,6 +19,23 @@ kind        key                                              survives
 ``a``       contacts: parent account + sorted initials       a contact entered twice for one account
 ==========  ===============================================  =========================================
 
+Besides these built-in keys (``DedupeConfig.builtin_blocking``), the config declares **passes**
+(``DedupeConfig.blocking``): each is a list of fields and how each is reduced (``nysiis`` / ``metaphone``
+/ ``soundex`` phonetic codes, ``year`` of a date, ``initial``, ``digits``, ``fold``, ``value``). The
+defaults lean on neither e-mail nor phone: NYSIIS of surname and given name together, each with the
+birth year, postcode with birth year, birth date with postcode, and a sorted-neighbourhood pass over
+the names. Every ``identifier_fields`` entry is a pass of its own.
+
+**Sorted neighbourhood, record at a time.** The batch method sorts all records by a name key and
+compares each with its w neighbours of rank. In a stream a record's rank neighbours are the records
+that happen to have arrived before it, so the pairs compared (and the clusters) would depend on the
+arrival order, which must not decide anything here. The neighbourhood is therefore a range of the
+sorted key space instead: every record whose key (folded surname then given name, letters only)
+starts with the same ``prefix`` letters, i.e. one range scan of a sorted index of the keys. Any
+arrival order then compares the same pairs, and the range is exactly a block key on the key's prefix,
+so it lives in the ``blocks`` mapping with the same cap and nothing new to persist. It catches typos
+past the prefix (``smithjonathan`` / ``smithjonahtan``) that change a phonetic code.
+
 Keys are stored as ``<kind>:<BLAKE2b digest>`` (see ``DedupeConfig.hash_block_keys``): the blocks table
 then holds no e-mail, phone or birth date in clear text, and keys have a fixed, small size.
 
@@ -32,11 +49,71 @@ record (``DedupeResult.closed_blocks``) so they can be counted.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, Final
 
-from processors.dedupe.config import DedupeConfig, DedupeEntity
-from processors.dedupe.features import Features, extract, fold, initial, initials_pair, soundex, street_form
+import jellyfish
+
+from processors.dedupe.config import BlockingPass, BlockPart, DedupeConfig, DedupeEntity, KeyTransform
+from processors.dedupe.features import (
+    Features,
+    extract,
+    feature_key,
+    fold,
+    initial,
+    initials_pair,
+    soundex,
+    street_form,
+)
+
+
+def _letters(value: Any) -> str:
+    return "".join(c for c in fold(str(value)) if "a" <= c <= "z")
+
+
+def _phonetic(code: Callable[[str], str]) -> Callable[[Any], str]:
+    def apply(value: Any) -> str:
+        # Each word separately, so a double-barrelled or a middle name keeps its first word's code first.
+        words = [w for w in (_letters(word) for word in fold(str(value)).split()) if len(w) > 1]
+        return code(words[0]) if words else ""
+
+    return apply
+
+
+TRANSFORMS: Final[dict[KeyTransform, Callable[[Any], str]]] = {
+    "value": lambda v: str(v).strip(),
+    "fold": lambda v: fold(str(v)),
+    "nysiis": _phonetic(jellyfish.nysiis),
+    "metaphone": _phonetic(jellyfish.metaphone),
+    "soundex": lambda v: soundex(str(v)),
+    "initial": lambda v: initial(str(v)),
+    "year": lambda v: str(v)[:4] if str(v)[:4].isdigit() else "",
+    "digits": lambda v: "".join(c for c in str(v) if c.isdigit()),
+}
+
+
+def identifier_pass(field: str) -> BlockingPass:
+    """The pass of an identifier field: its digits and letters, folded."""
+    return BlockingPass(name=f"id_{field}"[:16], parts=(BlockPart(field=field, transform="fold"),))
+
+
+def pass_key(feats: Features, spec: BlockingPass, entity: DedupeEntity) -> str | None:
+    """The clear-text key of one pass (``name|part|part``), or None when a part is missing or empty."""
+    values = []
+    for part in spec.parts:
+        value = feats.get(feature_key(part.field, entity))
+        if value is None:
+            return None
+        reduced = TRANSFORMS[part.transform](value)
+        if not reduced:
+            return None
+        values.append(reduced)
+    if spec.kind == "sorted_neighbourhood":
+        letters = "".join(_letters(v) for v in values)
+        if len(letters) < spec.prefix:  # a key shorter than the range: the whole (short) key
+            return f"{spec.name}|{letters}|=" if letters else None
+        return f"{spec.name}|{letters[: spec.prefix]}"
+    return "|".join((spec.name, *values))
 
 
 def raw_block_keys(feats: Features, entity: DedupeEntity) -> list[str]:
@@ -67,20 +144,35 @@ def raw_block_keys(feats: Features, entity: DedupeEntity) -> list[str]:
     return sorted(keys)
 
 
+def block_passes(config: DedupeConfig) -> tuple[BlockingPass, ...]:
+    """The config's passes, then one per identifier field."""
+    return (*config.blocking, *(identifier_pass(f) for f in config.identifier_fields))
+
+
 class BlockKeyer:
     """Turns feature dicts into the (optionally hashed) block keys of the ``blocks`` table."""
 
     def __init__(self, config: DedupeConfig) -> None:
         self.entity = config.entity
         self.hashed = config.hash_block_keys
+        self.builtin = config.builtin_blocking
+        self.passes = block_passes(config)
         secret = config.block_key_secret
         self._secret = secret.get_secret_value().encode() if secret is not None else b""
 
+    def raw_keys(self, feats: Features) -> list[str]:
+        """The clear-text keys of all passes (sorted, unique)."""
+        keys = set(raw_block_keys(feats, self.entity)) if self.builtin else set()
+        for spec in self.passes:
+            if (key := pass_key(feats, spec, self.entity)) is not None:
+                keys.add(key)
+        return sorted(keys)
+
     def keys(self, feats: Features) -> list[str]:
-        raw = raw_block_keys(feats, self.entity)
+        raw = self.raw_keys(feats)
         if not self.hashed:
             return raw
-        return sorted({f"{key[0]}:{self._digest(key)}" for key in raw})
+        return sorted({f"{key.partition('|')[0]}:{self._digest(key)}" for key in raw})
 
     def _digest(self, key: str) -> str:
         return hashlib.blake2b(key.encode(), digest_size=12, key=self._secret).hexdigest()

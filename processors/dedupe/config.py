@@ -9,9 +9,10 @@ deterministic rule) win over every score: a wrong merge is worse than a missed o
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
 DeterministicRule = Literal["email", "phone"]
 #: How a group's surviving value is chosen, most important first (a non-null value always beats null).
@@ -22,6 +23,12 @@ Criterion = Literal["most_complete", "source_priority", "most_recent", "earliest
 DedupeEntity = Literal["account", "contact"]
 
 _FROZEN = ConfigDict(frozen=True, extra="forbid")
+
+#: How two values of a field are compared (see :mod:`processors.dedupe.comparators`).
+Comparator = Literal["exact", "name", "jaro_winkler", "levenshtein", "date", "numeric", "token_set", "postcode"]
+#: How a field's value becomes part of a block key (see :mod:`processors.dedupe.blocking`).
+KeyTransform = Literal["value", "fold", "nysiis", "metaphone", "soundex", "initial", "year", "digits"]
+Scoring = Literal["points", "fellegi_sunter"]
 
 
 class MatchWeights(BaseModel):
@@ -66,6 +73,83 @@ class Survivorship(BaseModel):
     parent: tuple[Criterion, ...] = ("source_priority", "most_recent")
 
 
+class ComparisonSpec(BaseModel):
+    """One field comparison of the Fellegi-Sunter scorer: a comparator, its levels and (optionally) hand weights.
+
+    The comparator maps two values to a *level*: 0 is exact agreement, then one level per entry of ``levels``
+    (similarity floors for ``name``/``jaro_winkler``/``token_set``, most similar first; maximum edit distances
+    for ``levenshtein``; maximum absolute differences for ``numeric``; shared prefix lengths for ``postcode``,
+    after a one-typo level), and the last level is disagreement. ``date`` has the levels exact, transposed
+    day/month or one-digit typo, disagreement. A value missing on either side adds nothing.
+    """
+
+    model_config = _FROZEN
+
+    field: str = Field(description="target field of the entity (any mapped field)")
+    comparator: Comparator = "exact"
+    levels: tuple[float, ...] = Field(default=(), description="thresholds; empty: the comparator's defaults")
+    identifier: bool = Field(
+        default=False,
+        description="an identifier (national id, tax id, legacy number): agreement is strong evidence, "
+        "disagreement weighs at most `identifier_disagreement_bits` (ids carry typos); it is also a block key",
+    )
+    m: tuple[float, ...] | None = Field(default=None, description="hand-set P(level | match), one per level")
+    u: tuple[float, ...] | None = Field(default=None, description="hand-set P(level | non-match), one per level")
+
+
+class BlockPart(BaseModel):
+    """One component of a block key: a field and how its value is reduced."""
+
+    model_config = _FROZEN
+
+    field: str
+    transform: KeyTransform = "fold"
+
+
+class BlockingPass(BaseModel):
+    """One blocking pass: records that share its key (every part present) are compared.
+
+    ``kind: sorted_neighbourhood`` keys on the first ``prefix`` letters of the concatenated, folded parts:
+    the neighbourhood of a record in the sorted name index (see :mod:`processors.dedupe.blocking` for why
+    a streaming, order-independent neighbourhood is a key range rather than a window of ranks).
+    """
+
+    model_config = _FROZEN
+
+    name: str = Field(pattern=r"^[a-z][a-z0-9_]{0,15}$", description="short label, the block key's kind")
+    parts: tuple[BlockPart, ...] = Field(min_length=1)
+    kind: Literal["key", "sorted_neighbourhood"] = "key"
+    prefix: int = Field(default=6, ge=2, description="sorted_neighbourhood: key letters that define a neighbourhood")
+
+
+def _p(field: str, transform: KeyTransform = "fold") -> BlockPart:
+    return BlockPart(field=field, transform=transform)
+
+
+#: Default passes besides the built-in keys: none relies on e-mail or phone.
+DEFAULT_BLOCKING: tuple[BlockingPass, ...] = (
+    BlockingPass(name="ph_names", parts=(_p("last_name", "nysiis"), _p("first_name", "nysiis"))),
+    BlockingPass(name="ph_last_year", parts=(_p("last_name", "nysiis"), _p("birth_date", "year"))),
+    BlockingPass(name="ph_first_year", parts=(_p("first_name", "nysiis"), _p("birth_date", "year"))),
+    BlockingPass(name="pc_year", parts=(_p("postal_code", "value"), _p("birth_date", "year"))),
+    BlockingPass(name="birth", parts=(_p("birth_date", "value"), _p("postal_code", "value"))),
+    BlockingPass(name="sn_names", kind="sorted_neighbourhood", prefix=7, parts=(_p("last_name"), _p("first_name"))),
+)
+
+#: Default comparisons of the Fellegi-Sunter scorer (accounts); identifiers are added when the config
+#: names them in ``identifier_fields``.
+DEFAULT_COMPARISONS: tuple[ComparisonSpec, ...] = (
+    ComparisonSpec(field="first_name", comparator="name", levels=(0.92, 0.85)),
+    ComparisonSpec(field="last_name", comparator="name", levels=(0.92, 0.85)),
+    ComparisonSpec(field="birth_date", comparator="date"),
+    ComparisonSpec(field="postal_code", comparator="postcode", levels=(3,)),
+    ComparisonSpec(field="city", comparator="jaro_winkler", levels=(0.9,)),
+    ComparisonSpec(field="street", comparator="token_set", levels=(0.85,)),
+    ComparisonSpec(field="email", comparator="exact"),
+    ComparisonSpec(field="phone", comparator="exact"),
+)
+
+
 class DedupeConfig(BaseModel):
     """Settings of one :class:`~processors.dedupe.deduper.Deduper` (one entity)."""
 
@@ -103,7 +187,37 @@ class DedupeConfig(BaseModel):
         "the birth date; the street with its house number; postal code and city",
     )
     weights: MatchWeights = MatchWeights()
-    veto_birth_date_conflict: bool = True
+    veto_birth_date_conflict: bool = Field(
+        default=True,
+        description="two birth dates that disagree (beyond a typo, with the `date` comparator) never match, and a "
+        "cluster never holds two; false switches both off",
+    )
+    vetoes: tuple[str, ...] = Field(
+        default=(), description="further fields whose disagreement (the comparison's last level) vetoes a match"
+    )
+    missing_name_threshold_bonus: float = Field(
+        default=2.0, description="points mode: a fuzzy match on one name part (the other missing) needs this more"
+    )
+    scoring: Scoring = Field(
+        default="points", description="`points`: the hand weights above; `fellegi_sunter`: `comparisons` in bits"
+    )
+    comparisons: tuple[ComparisonSpec, ...] = DEFAULT_COMPARISONS
+    identifier_fields: tuple[str, ...] = Field(
+        default=(), description="fields compared as identifiers (and blocked on), e.g. national_id, tax_id"
+    )
+    identifier_disagreement_bits: float = Field(default=-2.0, le=0.0)
+    model_file: Path | None = Field(
+        default=None, description="m/u probabilities estimated by `python -m processors.dedupe.train`"
+    )
+    match_probability: float = Field(
+        default=0.95,
+        gt=0.0,
+        lt=1.0,
+        description="fellegi_sunter: posterior match probability a compared pair must reach (prior: the model's "
+        "share of matches among blocked pairs)",
+    )
+    builtin_blocking: bool = Field(default=True, description="keep the built-in keys (e-mail, phone, initials...)")
+    blocking: tuple[BlockingPass, ...] = DEFAULT_BLOCKING
     source_priority: tuple[str, ...] = Field(default=(), description="record `source` values, most trusted first")
     survivorship: Survivorship = Survivorship()
     hash_block_keys: bool = Field(
@@ -112,3 +226,33 @@ class DedupeConfig(BaseModel):
     block_key_secret: SecretStr | None = Field(
         default=None, description="key of the BLAKE2b digest (a pepper): digests cannot be tested by guessing"
     )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> DedupeConfig:
+        names = [p.name for p in self.blocking]
+        if len(set(names)) != len(names):
+            raise ValueError("blocking pass names must be unique")
+        fields = [c.field for c in self.comparisons]
+        if len(set(fields)) != len(fields):
+            raise ValueError("comparisons: one comparison per field")
+        for spec in self.comparisons:
+            if (spec.m is None) != (spec.u is None):
+                raise ValueError(f"comparisons.{spec.field}: give both m and u, or neither")
+        return self
+
+    def effective_comparisons(self) -> tuple[ComparisonSpec, ...]:
+        """``comparisons`` plus an exact-or-one-typo identifier comparison per ``identifier_fields`` entry."""
+        have = {c.field for c in self.comparisons}
+        extra = tuple(
+            ComparisonSpec(field=f, comparator="levenshtein", levels=(1,), identifier=True)
+            for f in self.identifier_fields
+            if f not in have
+        )
+        marked = tuple(
+            c.model_copy(update={"identifier": True}) if c.field in self.identifier_fields else c
+            for c in self.comparisons
+        )
+        return marked + extra
+
+    def veto_fields(self) -> frozenset[str]:
+        return frozenset(self.vetoes) | ({"birth_date"} if self.veto_birth_date_conflict else frozenset())

@@ -6,7 +6,8 @@ Per record (:meth:`Deduper.process`):
 2. each candidate is compared (:class:`~processors.dedupe.scoring.Scorer`); matches are grouped by the
    candidate's cluster, the strongest match per cluster kept (deterministic before fuzzy, then score);
 3. the record joins the clusters it matched, strongest first. Joining a cluster is refused when the
-   union would hold two birth dates or exceed ``max_cluster_size``; when the record matches several
+   union would hold two conflicting birth dates (only while the birth-date veto is on) or exceed
+   ``max_cluster_size``; when the record matches several
    clusters they are merged (the record bridges them);
 4. the golden id of a cluster is the **smallest external id of its members** (string order), so it is a
    function of the cluster, not of which member arrived first: a record that matched nothing founds a
@@ -37,10 +38,10 @@ from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from processors.dedupe.blocking import BlockKeyer
+from processors.dedupe.blocking import BlockKeyer, block_passes
 from processors.dedupe.config import DedupeConfig
 from processors.dedupe.exceptions import DedupeStateError, RecordWithoutId
-from processors.dedupe.features import ID_FIELDS, Features, extract
+from processors.dedupe.features import FIELDS, ID_FIELDS, Features, extract
 from processors.dedupe.golden import Golden, Survivor, golden_record
 from processors.dedupe.scoring import Comparison, Scorer
 from processors.dedupe.state import SEQ, DedupeState
@@ -92,6 +93,11 @@ class Deduper:
         self.keyer = BlockKeyer(self.config)
         self.scorer = Scorer(self.config)
         self.survivor = Survivor(self.config)
+        known = FIELDS[self.config.entity]
+        wanted = {c.field for c in self.config.effective_comparisons()} | set(self.config.vetoes)
+        wanted |= {p.field for spec in block_passes(self.config) for p in spec.parts}
+        #: Fields the config compares or blocks on that have no built-in feature key.
+        self.extra_fields = tuple(sorted(f for f in wanted if f not in known))
         #: Arrival number of the next new record (see :data:`~processors.dedupe.state.SEQ`); by default one
         #: past the state's last (a scan: pass it when the state is large).
         if next_seq is None:
@@ -116,7 +122,7 @@ class Deduper:
         if not rid:
             raise RecordWithoutId(self.config.entity, self.id_field, record.get("source_position"))
         rid = str(rid)
-        feats = extract(record, self.config.entity)
+        feats = extract(record, self.config.entity, self.extra_fields)
         if parent_golden_id is not None:
             feats["pa"] = parent_golden_id
         st = self.state
@@ -191,6 +197,10 @@ class Deduper:
             absorbed=golden.get("absorbed", []),
         )
 
+    def features_of(self, record: Mapping[str, Any]) -> Features:
+        """The feature dict this deduper extracts from a clean record (training, evaluation)."""
+        return extract(record, self.config.entity, self.extra_fields)
+
     def golden(self, golden_id: str) -> dict[str, Any] | None:
         """The current golden record of ``golden_id`` (None if there is no such cluster)."""
         value = self.state.goldens.get(golden_id)
@@ -255,7 +265,7 @@ class Deduper:
 
     def _refusal(self, a: Golden, b: Golden) -> str | None:
         """Why clusters ``a`` and ``b`` must not be merged (None when they may be)."""
-        if len({*a["births"], *b["births"]}) > 1:
+        if self.scorer.births_conflict([*a["births"], *b["births"]]):
             return "birth_date"
         if len({*a["members"], *b["members"]}) > self.config.max_cluster_size:
             return "cluster_size"

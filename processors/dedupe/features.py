@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import date
 from functools import lru_cache
 from typing import Any, Final
@@ -24,11 +24,12 @@ FIELDS: Final[dict[DedupeEntity, dict[str, str]]] = {
     "account": {
         "first_name": "fn", "last_name": "ln", "email": "em", "phone": "ph", "street": "st", "city": "ci",
         "postal_code": "pc", "country": "co", "region": "rg", "birth_date": "bd", "customer_since": "cs",
-        "source": "src",
+        "source": "src", "national_id": "ni", "tax_id": "tx", "legacy_account_number": "la",
+        "company_registration_number": "cr",
     },
     "contact": {
         "first_name": "fn", "last_name": "ln", "email": "em", "phone": "ph", "job_title": "jt",
-        "customer_id": "pa", "source": "src",
+        "customer_id": "pa", "source": "src", "national_id": "ni", "tax_id": "tx",
     },
 }  # fmt: skip
 ID_FIELDS: Final[dict[DedupeEntity, str]] = {"account": "customer_id", "contact": "contact_id"}
@@ -45,14 +46,26 @@ def _json_value(value: Any) -> Any:
     return value.isoformat() if isinstance(value, date) else value
 
 
-def extract(record: Mapping[str, Any], entity: DedupeEntity) -> Features:
-    """The feature dict of ``record`` (a clean target entity dict): non-null values under short keys."""
+def extract(record: Mapping[str, Any], entity: DedupeEntity, extra: Iterable[str] = ()) -> Features:
+    """The feature dict of ``record`` (a clean target entity dict): non-null values under short keys.
+
+    ``extra``: further fields a config compares or blocks on (any mapped field), kept under their own name.
+    """
     out: Features = {}
     for field, key in FIELDS[entity].items():
         value = record.get(field)
         if value is not None and value != "":
             out[key] = _json_value(value)
+    for field in extra:
+        value = record.get(field)
+        if value is not None and value != "":
+            out[feature_key(field, entity)] = _json_value(value)
     return out
+
+
+def feature_key(field: str, entity: DedupeEntity) -> str:
+    """The feature key of a target field: its short key when it has one, else the field name itself."""
+    return FIELDS[entity].get(field, field)
 
 
 @lru_cache(maxsize=1 << 16)

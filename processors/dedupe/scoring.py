@@ -12,19 +12,30 @@ The order of the decision, for two feature dicts:
    initials are ignored; first/last swapped is tried at a small penalty), then the points of all fields
    must reach ``match_threshold``.
 
+With ``scoring: fellegi_sunter`` step 3 is instead: every comparison of ``DedupeConfig.comparisons``
+(:mod:`processors.dedupe.comparators`) gives a level, each level adds ``log2(m/u)`` bits
+(:mod:`processors.dedupe.model`), and the pair matches when the prior log-odds plus the bits reach the
+log-odds of ``match_probability``. A missing value, a missing name part included, adds nothing: the
+other fields still decide. Vetoes (``veto_birth_date_conflict``, ``vetoes``) fire on a comparison's
+last level (disagreement) and only when switched on.
+
 Records of the same external id never get here: the deduper treats them as an update of one record.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from rapidfuzz.distance import OSA, JaroWinkler
-from rapidfuzz.fuzz import token_set_ratio
 
+from processors.dedupe import comparators
+from processors.dedupe.comparators import CompareFn, date_level, similarity_level, street_similarity
 from processors.dedupe.config import DedupeConfig
-from processors.dedupe.features import Features, first_name_form, fold, street_form
+from processors.dedupe.features import Features, feature_key, first_name_form, fold
+from processors.dedupe.model import MatchModel, load_model
 
 _jaro_winkler = JaroWinkler.normalized_similarity
 _osa = OSA.distance
@@ -111,47 +122,144 @@ def name_similarity(a: Features, b: Features, config: DedupeConfig) -> NameSimil
     return swapped if swapped.combined > straight.combined else straight
 
 
-def street_similarity(a: str, b: str) -> float:
-    """Token-set similarity of two streets (0..1); 0 when both have house numbers and they differ."""
-    fa, fb = street_form(a), street_form(b)
-    numbers_a = {t for t in fa.split() if t.isdigit()}
-    numbers_b = {t for t in fb.split() if t.isdigit()}
-    if numbers_a and numbers_b and numbers_a != numbers_b:  # another house: not the same address
-        return 0.0
-    return float(token_set_ratio(fa, fb)) / 100.0
+@dataclass(frozen=True, slots=True)
+class _Compiled:
+    field: str
+    key: str
+    part: int | None
+    level: CompareFn
+    floors: tuple[float, ...]
+    weights: tuple[float, ...]
+    veto: bool
+    cap: float | None
 
 
 class Scorer:
     """Compares feature dicts with one config; build once per deduper."""
 
-    def __init__(self, config: DedupeConfig) -> None:
+    def __init__(self, config: DedupeConfig, model: MatchModel | None = None) -> None:
         self.config = config
         self.weights = config.weights
+        self.fellegi_sunter = config.scoring == "fellegi_sunter"
+        entity = config.entity
+        self.model = model if model is not None else (load_model(config) if self.fellegi_sunter else None)
+        self.vetoes = config.veto_fields()
+        #: Per comparison: field, feature key, name part (0 first, 1 last, or None), level function, name
+        #: floors, bits per level, whether it vetoes, the identifier's disagreement cap.
+        self._fs: list[_Compiled] = []
+        if self.model is not None:
+            for cm in self.model.comparisons:
+                spec = cm.spec
+                part = {"first_name": 0, "last_name": 1}.get(spec.field) if spec.comparator == "name" else None
+                fn = comparators.build(spec, self._name_part)
+                cap = config.identifier_disagreement_bits if spec.identifier else None
+                floors = tuple(spec.levels or comparators.DEFAULT_LEVELS["name"])
+                self._fs.append(_Compiled(spec.field, feature_key(spec.field, entity), part, fn, floors, cm.weights,
+                                          spec.field in self.vetoes, cap))  # fmt: skip
+            p = config.match_probability
+            self.threshold_bits = math.log2(p / (1 - p)) - self.model.prior_bits
+        else:
+            self.threshold_bits = math.inf
+        # Veto fields without a comparison (points mode, or not compared): disagreement = not equal after folding.
+        compared = {comp.key for comp in self._fs} if self.fellegi_sunter else set()
+        self._plain_vetoes = [
+            (f, feature_key(f, entity)) for f in sorted(self.vetoes) if feature_key(f, entity) not in compared
+        ]
+
+    def _name_part(self, a: str, b: str) -> float:
+        c = self.config
+        return _part(fold(a), fold(b), c.initial_similarity, c.one_edit_similarity)
+
+    def births_conflict(self, births: Iterable[str]) -> bool:
+        """Whether a cluster holding these birth dates breaks the birth-date veto (False when it is off)."""
+        if "birth_date" not in self.vetoes:
+            return False
+        dates = sorted(set(births))
+        if len(dates) < 2:
+            return False
+        if not self.fellegi_sunter:
+            return True
+        return any(date_level(x, y) == 2 for i, x in enumerate(dates) for y in dates[i + 1 :])
+
+    def _veto(self, a: Features, b: Features) -> str | None:
+        for field, key in self._plain_vetoes:
+            x, y = a.get(key), b.get(key)
+            if x is not None and y is not None and fold(str(x)) != fold(str(y)):
+                return field
+        return None
 
     def compare(self, a: Features, b: Features) -> Comparison:
         c = self.config
         name = name_similarity(a, b, c)
-        score = self.points(a, b, name)
-        birth_a, birth_b = a.get("bd"), b.get("bd")
-        birth_conflict = c.veto_birth_date_conflict and birth_a is not None and birth_b is not None
-        birth_conflict = birth_conflict and birth_a != birth_b
+        if self.fellegi_sunter:
+            score, veto = self.bits(a, b, name)
+        else:
+            score, veto = self.points(a, b, name), None
+        veto = veto or self._veto(a, b)
         for rule, key in (("email", "em"), ("phone", "ph")):
             if rule in c.deterministic_rules and a.get(key) is not None and a.get(key) == b.get(key):
-                if birth_conflict:
-                    return Comparison(False, rule, score, "birth_date", name)
+                if veto is not None:
+                    return Comparison(False, rule, score, veto, name)
                 floor = c.deterministic_min_name_similarity
                 if (name.first is not None and name.first < floor) or (name.last is not None and name.last < floor):
                     return Comparison(False, rule, score, "name", name)
                 return Comparison(True, rule, score, None, name)
-        if name.first is None or name.last is None:
+        matched = score >= self.threshold_bits if self.fellegi_sunter else self._points_match(name, score)
+        if not matched:
             return Comparison(False, "fuzzy", score, None, name)
-        if name.first < c.min_first_name_similarity or name.last < c.min_last_name_similarity:
-            return Comparison(False, "fuzzy", score, None, name)
-        if score < c.match_threshold:
-            return Comparison(False, "fuzzy", score, None, name)
-        if birth_conflict:
-            return Comparison(False, "fuzzy", score, "birth_date", name)
+        if veto is not None:
+            return Comparison(False, "fuzzy", score, veto, name)
         return Comparison(True, "fuzzy", score, None, name)
+
+    def _points_match(self, name: NameSimilarity, score: float) -> bool:
+        c = self.config
+        if name.first is None and name.last is None:
+            return False
+        threshold = c.match_threshold
+        if name.first is None or name.last is None:  # one name part: it must pass its floor, and more points
+            threshold += c.missing_name_threshold_bonus
+        if name.first is not None and name.first < c.min_first_name_similarity:
+            return False
+        if name.last is not None and name.last < c.min_last_name_similarity:
+            return False
+        return score >= threshold
+
+    def levels(self, a: Features, b: Features) -> tuple[int | None, ...]:
+        """The level of every comparison of the model (None: a value missing), for training."""
+        name = name_similarity(a, b, self.config)
+        parts = (name.first, name.last)
+        out: list[int | None] = []
+        for comp in self._fs:
+            if comp.part is not None:
+                sim = parts[comp.part]
+                out.append(None if sim is None else 0 if sim >= 1.0 else similarity_level(sim, comp.floors))
+                continue
+            x, y = a.get(comp.key), b.get(comp.key)
+            out.append(None if x is None or y is None else comp.level(x, y))
+        return tuple(out)
+
+    def bits(self, a: Features, b: Features, name: NameSimilarity) -> tuple[float, str | None]:
+        """Fellegi-Sunter match weight (bits) of the pair, and the first veto field that disagrees."""
+        total, veto = 0.0, None
+        parts = (name.first, name.last)
+        for comp in self._fs:
+            if comp.part is not None:
+                sim = parts[comp.part]
+                if sim is None:
+                    continue
+                level = 0 if sim >= 1.0 else similarity_level(sim, comp.floors)
+            else:
+                x, y = a.get(comp.key), b.get(comp.key)
+                if x is None or y is None:
+                    continue
+                level = comp.level(x, y)
+            w = comp.weights[level]
+            if comp.cap is not None and w < comp.cap:
+                w = comp.cap
+            total += w
+            if comp.veto and level == len(comp.weights) - 1 and veto is None:
+                veto = comp.field
+        return total, veto
 
     def points(self, a: Features, b: Features, name: NameSimilarity) -> float:
         """The fuzzy score: name points plus agreement / mismatch points of the other fields."""
@@ -174,3 +282,4 @@ class Scorer:
             elif sim < c.street_mismatch_below:
                 score += w.street_mismatch
         return score
+
