@@ -1,59 +1,49 @@
-"""`crmflow dlq list | replay` — what was rejected, why, and sending it back after a fix."""
+"""`crmflow dlq list | replay` — what was rejected, why, and carrying it through to the target after a fix.
+
+Both work from the dead-letter ledger in the target database (``<schema>.dead_letters``), which they first
+bring up to date with the config's dead-letter topic: one letter per rejected source record and rule,
+however many runs rejected it (see :mod:`crmflow.pipeline.letters`). Exit codes as everywhere
+(:class:`crmflow.exitcodes.ExitCode`): ``replay`` exits 1 when a replayed letter failed again.
+"""
 
 from __future__ import annotations
 
 import json
-from collections import Counter
+import signal
+import sys
 from pathlib import Path
+from types import FrameType
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from crmflow.exceptions import CrmflowError, TransientError
+from crmflow.exceptions import CrmflowError, RunInterruptedError, StackError, TransientError
 from crmflow.exitcodes import ExitCode
-from crmflow.kafkalog import client_logging
 
 if TYPE_CHECKING:
-    from crmflow.dlq import DeadLetter
-    from crmflow.stack import Endpoints
+    from crmflow.pipeline.replay import ReplayReport
 
-app = typer.Typer(no_args_is_help=True, rich_markup_mode=None, help="Inspect and replay the dead-letter topic.")
+app = typer.Typer(no_args_is_help=True, rich_markup_mode=None, help="Inspect and replay the dead letters.")
 err_console = Console(stderr=True)
 
 ConfigOpt = Annotated[Path, typer.Option("--config", "-c", envvar="CRMFLOW_CONFIG", help="Migration config (YAML).")]
 RunOpt = Annotated[str | None, typer.Option("--run-id", help="Only letters of this run.")]
 StageOpt = Annotated[str | None, typer.Option("--stage", help="Only letters of this stage.")]
 RuleOpt = Annotated[str | None, typer.Option("--rule", help="Only letters of this rule.")]
+IdOpt = Annotated[list[str] | None, typer.Option("--id", help="Only this letter (id or prefix; repeatable).")]
 
 
 def _fail(exc: CrmflowError) -> int:
-    """One line on stderr; exit 3 when a part of the stack is unreachable, else 2 (config)."""
+    """One line on stderr; exit 130 when interrupted, 3 when a part of the stack is unreachable, else 2."""
+    if isinstance(exc, RunInterruptedError):
+        err_console.print(f"[yellow]interrupted[/yellow] ({exc.signal_name}); run the replay again to finish it",
+                          highlight=False, soft_wrap=True)  # fmt: skip
+        return ExitCode.INTERRUPTED
     first = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
     err_console.print(f"[red]error:[/red] {first}", highlight=False, soft_wrap=True)
-    return ExitCode.INFRASTRUCTURE if isinstance(exc, TransientError) else ExitCode.CONFIG
-
-
-def _letters(
-    config: Path, run_id: str | None, stage: str | None, rule: str | None
-) -> tuple[Endpoints, list[DeadLetter]]:
-    from confluent_kafka.schema_registry import SchemaRegistryClient
-
-    from crmflow.config import load_config
-    from crmflow.dlq import read_dead_letters
-    from crmflow.stack import get_stack
-
-    cfg = load_config(config)
-    ep = get_stack().endpoints()
-    registry = SchemaRegistryClient({"url": ep.registry_url})
-    letters = [
-        lt for lt in read_dead_letters(ep.bootstrap_servers, registry, cfg.kafka.dlq_topic)
-        if (run_id is None or lt.record["run_id"] == run_id)
-        and (stage is None or lt.record["stage"] == stage)
-        and (rule is None or lt.record["rule"] == rule)
-    ]
-    return ep, letters
+    return ExitCode.INFRASTRUCTURE if isinstance(exc, TransientError | StackError) else ExitCode.CONFIG
 
 
 @app.command("list")
@@ -62,27 +52,59 @@ def list_(
     run_id: RunOpt = None,
     stage: StageOpt = None,
     rule: RuleOpt = None,
-    limit: Annotated[int, typer.Option(help="Rows to show (the counts cover all).")] = 50,
-    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per letter on stdout.")] = False,
+    limit: Annotated[int, typer.Option(min=0, help="Letters to show (the counts cover all).")] = 50,
+    show_all: Annotated[bool, typer.Option("--all", help="Also resolved and superseded letters.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object on stdout.")] = False,
 ) -> None:
-    """List dead letters: stage, rule, field, the PII-free reason and where the record came from."""
+    """List the open dead letters: id, attempt, stage, rule, field, where the record came from and the
+    PII-free reason. Letters a replay resolved (or superseded by a newer letter) show with --all."""
+    from confluent_kafka.schema_registry import SchemaRegistryClient
+
+    from crmflow.config import load_config
+    from crmflow.dlq import DlqCipher
+    from crmflow.pipeline.health import require_reachable
+    from crmflow.pipeline.letters import ledger_connection, sync_ledger
+    from crmflow.pipeline.targets import resolve_target
+    from crmflow.stack import get_stack
+    from sinks.postgres.ledger import STATUSES, Ledger
+
+    statuses = STATUSES if show_all else ("open",)
     try:
-        _, letters = _letters(config, run_id, stage, rule)
+        cfg = load_config(config)
+        ep = get_stack().endpoints()
+        target = resolve_target(cfg, ep)
+        require_reachable(ep, target.dsn)
+        registry = SchemaRegistryClient({"url": ep.registry_url})
+        with ledger_connection(target) as conn:
+            sync_ledger(conn, target.schema, cfg.kafka.dlq_topic, ep.bootstrap_servers, registry,
+                        DlqCipher.from_env())  # fmt: skip
+            ledger = Ledger(conn, target.schema)
+            rows = ledger.select(cfg.kafka.dlq_topic, statuses=statuses, run_id=run_id, stage=stage, rule=rule,
+                                 limit=limit)  # fmt: skip
+            counts = ledger.counts(cfg.kafka.dlq_topic, statuses=statuses, run_id=run_id, stage=stage, rule=rule)
     except CrmflowError as exc:
         raise typer.Exit(_fail(exc)) from None
+    total = sum(counts.values())
     if as_json:
-        for lt in letters:
-            r = {k: v for k, v in lt.record.items() if k not in ("payload", "payload_key")}
-            print(json.dumps({"dlq_partition": lt.partition, "dlq_offset": lt.offset, **r}, default=str))
+        out = {"total": total, "shown": len(rows),
+               "counts": [{"status": s, "stage": st, "rule": r, "letters": n}
+                          for (s, st, r), n in sorted(counts.items())],
+               "letters": [r.to_json() for r in rows]}  # fmt: skip
+        sys.stdout.write(json.dumps(out) + "\n")
         return
-    table = Table("stage", "rule", "field", "entity", "from", "error", title=f"{len(letters)} dead letters")
-    for lt in letters[:limit]:
-        r = lt.record
-        origin = r["source_position"] or f'{r["source_topic"]}[{r["source_partition"]}]@{r["source_offset"]}'
-        table.add_row(r["stage"], r["rule"], r["field"] or "-", r["entity"] or "-", origin, r["error"])
-    err_console.print(table)
-    counts = Counter((lt.record["stage"], lt.record["rule"]) for lt in letters)
-    err_console.print(", ".join(f"{s}/{r}: {n}" for (s, r), n in sorted(counts.items())))
+    what = "dead letters" if show_all else "open dead letters"
+    title = f"{total} {what}" + (f" (first {len(rows)})" if len(rows) < total else "")
+    cols = ["id", *(["status"] if show_all else []), "try", "stage", "rule", "field", "from", "error"]
+    table = Table(*cols, title=title)
+    for r in rows:
+        cells = [r.letter_id[:8], *([r.status] if show_all else []), str(r.attempt), r.stage, r.rule,
+                 r.field or "-", r.origin, r.error]  # fmt: skip
+        table.add_row(*cells)
+    console = Console()
+    console.print(table)
+    if counts:
+        console.print(", ".join(f"{st}/{r}{'' if s == 'open' else f' ({s})'}: {n}"
+                                for (s, st, r), n in sorted(counts.items())), highlight=False)  # fmt: skip
 
 
 @app.command()
@@ -91,22 +113,57 @@ def replay(
     run_id: RunOpt = None,
     stage: StageOpt = None,
     rule: RuleOpt = None,
+    ids: IdOpt = None,
+    workers: Annotated[int, typer.Option(min=1, max=8, help="Processor worker processes.")] = 1,
+    timeout: Annotated[float, typer.Option(help="Give up if the processor has not drained after N seconds.")] = 600,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as one JSON object on stdout.")] = False,
 ) -> None:
-    """Send letters back to the topic they were consumed from (after fixing the config or the target).
+    """Replay open dead letters after a fix (of the config, the mapping, the target) and carry them through
+    to the target: re-send each to the topic it came from (snapshot rejects of CSV lines are parsed again
+    with the config's dialect), run the processor and the sink until drained, and report per letter:
+    landed (resolved, hidden from `dlq list`), failed again (a new letter, attempt + 1) or skipped.
 
-    Records that never reached Kafka (snapshot-stage rejects: malformed lines, bad encoding) are skipped:
-    fix the source file and run `crmflow snapshot --restart` for that source; re-sent records land
-    idempotently."""
-    from confluent_kafka import Producer
+    Exit codes: 0 nothing failed again, 1 a letter failed again, 2 config error, 3 Kafka, the registry or
+    PostgreSQL unavailable, 130 interrupted (run it again: replaying is idempotent)."""
+    from crmflow.config import load_config
+    from crmflow.pipeline.migrate import RunControl
+    from crmflow.pipeline.replay import ReplayOptions, ReplaySelection, run_replay
+    from crmflow.pipeline.targets import resolve_target
+    from crmflow.stack import get_stack
 
-    from crmflow.dlq import DlqCipher
-    from crmflow.dlq import replay as do_replay
+    control = RunControl()
 
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        name = signal.Signals(signum).name
+        if control.stop.is_set():
+            signal.signal(signum, signal.SIG_DFL)
+            signal.raise_signal(signum)
+        control.request_stop(RunInterruptedError(name))
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
     try:
-        ep, letters = _letters(config, run_id, stage, rule)
-        producer = Producer({"bootstrap.servers": ep.bootstrap_servers, "enable.idempotence": True,
-                             "linger.ms": 20, **client_logging()})
-        replayed, skipped = do_replay(iter(letters), producer, DlqCipher.from_env())
+        cfg = load_config(config)
+        ep = get_stack().endpoints()
+        target = resolve_target(cfg, ep)
+        err_console.print(f"replay: target {target.describe()}", highlight=False, soft_wrap=True)
+        report = run_replay(cfg, config.resolve(), ep, target,
+                            ReplaySelection(run_id=run_id, stage=stage, rule=rule, ids=tuple(ids or ())),
+                            ReplayOptions(workers=workers, drain_timeout_s=timeout), control=control)  # fmt: skip
     except CrmflowError as exc:
         raise typer.Exit(_fail(exc)) from None
-    err_console.print(f"replayed {replayed} letters to their source topics; skipped {skipped} source-file rejects")
+    if as_json:
+        sys.stdout.write(json.dumps(report.to_json()) + "\n")
+    else:
+        _render(report)
+    err_console.print(
+        f"replayed {len(report.outcomes)} letters: {report.count('landed')} landed, {report.count('failed')} failed "
+        f"again, {report.count('skipped')} skipped ({report.elapsed_s:.0f}s)", highlight=False, soft_wrap=True)
+    raise typer.Exit(ExitCode.OK if report.ok else ExitCode.NOT_RECONCILED)
+
+
+def _render(report: ReplayReport) -> None:
+    table = Table("id", "stage", "rule", "from", "outcome", title=f"{len(report.outcomes)} letters replayed")
+    for o in report.outcomes:
+        table.add_row(o.letter_id[:8], o.stage, o.rule, o.origin, o.detail or o.outcome)
+    Console().print(table)
