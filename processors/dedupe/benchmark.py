@@ -167,19 +167,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             report["train_seconds"] = round(time.perf_counter() - started, 2)
             report["prior"] = round(model.prior, 5)
         deduper, seconds = run(data.accounts, config)
-    assignment = dict(deduper.state.clusters)
-    report.update(pairwise_scores(assignment, data.clusters).as_dict())
-    report.update(blocking_quality(deduper, data.clusters))
-    report["us_per_record"] = round(seconds / len(data.accounts) * 1e6, 1)
-    if args.shuffles:
-        differing = 0
-        for seed in range(args.shuffles):
-            shuffled = list(data.accounts)
-            random.Random(seed).shuffle(shuffled)
-            other, _ = run(shuffled, config)
-            differing += sum(1 for rid, gid in assignment.items() if other.state.clusters.get(rid) != gid)
-        report["shuffles"] = args.shuffles
-        report["records_with_another_golden_id_in_shuffles"] = differing
+        assignment = dict(deduper.state.clusters)
+        report.update(pairwise_scores(assignment, data.clusters).as_dict())
+        report.update(blocking_quality(deduper, data.clusters))
+        report["us_per_record"] = round(seconds / len(data.accounts) * 1e6, 1)
+        if args.shuffles:
+            differing = 0
+            for seed in range(args.shuffles):
+                shuffled = list(data.accounts)
+                random.Random(seed).shuffle(shuffled)
+                other, _ = run(shuffled, config)
+                differing += sum(1 for rid, gid in assignment.items() if other.state.clusters.get(rid) != gid)
+            report["shuffles"] = args.shuffles
+            report["records_with_another_golden_id_in_shuffles"] = differing
     if args.json:
         print(json.dumps(report, indent=2))
     else:

@@ -133,7 +133,7 @@ DEFAULT_BLOCKING: tuple[BlockingPass, ...] = (
     BlockingPass(name="ph_first_year", parts=(_p("first_name", "nysiis"), _p("birth_date", "year"))),
     BlockingPass(name="pc_year", parts=(_p("postal_code", "value"), _p("birth_date", "year"))),
     BlockingPass(name="birth", parts=(_p("birth_date", "value"), _p("postal_code", "value"))),
-    BlockingPass(name="sn_names", kind="sorted_neighbourhood", prefix=7, parts=(_p("last_name"), _p("first_name"))),
+    BlockingPass(name="sn_names", kind="sorted_neighbourhood", prefix=9, parts=(_p("last_name"), _p("first_name"))),
 )
 
 #: Default comparisons of the Fellegi-Sunter scorer (accounts); identifiers are added when the config
@@ -187,10 +187,11 @@ class DedupeConfig(BaseModel):
         "the birth date; the street with its house number; postal code and city",
     )
     weights: MatchWeights = MatchWeights()
-    veto_birth_date_conflict: bool = Field(
-        default=True,
+    veto_birth_date_conflict: bool | None = Field(
+        default=None,
         description="two birth dates that disagree (beyond a typo, with the `date` comparator) never match, and a "
-        "cluster never holds two; false switches both off",
+        "cluster never holds two; false switches both off. Unset: on with `points` scoring, off with "
+        "`fellegi_sunter` (there a disagreeing date weighs its bits, and a date typed wholly wrong is common)",
     )
     vetoes: tuple[str, ...] = Field(
         default=(), description="further fields whose disagreement (the comparison's last level) vetoes a match"
@@ -255,4 +256,7 @@ class DedupeConfig(BaseModel):
         return marked + extra
 
     def veto_fields(self) -> frozenset[str]:
-        return frozenset(self.vetoes) | ({"birth_date"} if self.veto_birth_date_conflict else frozenset())
+        birth = self.veto_birth_date_conflict
+        if birth is None:
+            birth = self.scoring == "points"
+        return frozenset(self.vetoes) | ({"birth_date"} if birth else frozenset())

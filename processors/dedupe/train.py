@@ -6,7 +6,8 @@ As splink and recordlinkage do:
 
 - **u** (P(level | two entities)) from random pairs of records: almost every random pair is two people;
 - **m** (P(level | one entity)) and the **prior** (the share of matches) by expectation-maximisation over
-  the pairs the blocking passes produce, with u held fixed. Pairs are counted per distinct level
+  the pairs the blocking passes produce (a two-class mixture; the non-match class gets its own u during
+  EM, since blocked non-matches agree more than random pairs). Pairs are counted per distinct level
   pattern, so an iteration costs the number of patterns, not of pairs.
 
 The config (``--config`` crmflow.yaml's ``dedupe:`` section, or the defaults with
@@ -79,21 +80,27 @@ def estimate(feats: Sequence[Features], config: DedupeConfig, *, random_pairs: i
     pairs = blocked_pairs(feats, fs)
     patterns = Counter(scorer.levels(feats[i], feats[j]) for i, j in pairs)
     m = [generic_mu(spec)[0] for spec in specs]
+    # Non-matches among blocked pairs agree more than random pairs (they share a block key), so EM gets its
+    # own u for them; holding u at the random pairs' values lets EM explain every blocked pair as a match.
+    u_blocked = [list(row) for row in u]
     prior = 0.1
     total = sum(patterns.values())
     for _ in range(iterations):
         posterior: list[tuple[Pattern, float]] = []
+        non_matches: list[tuple[Pattern, float]] = []
         matches = 0.0
         for pattern, count in patterns.items():
             pm, pu = prior, 1.0 - prior
             for c, level in enumerate(pattern):
                 if level is not None:
                     pm *= m[c][level]
-                    pu *= u[c][level]
+                    pu *= u_blocked[c][level]
             g = pm / (pm + pu) if pm + pu > 0 else 0.0
             posterior.append((pattern, g * count))
+            non_matches.append((pattern, (1.0 - g) * count))
             matches += g * count
         m = _frequencies(posterior, sizes)
+        u_blocked = _frequencies(non_matches, sizes)
         prior = min(max(matches / total, 1e-6), 1 - 1e-6) if total else prior
     trained_on = {"records": n, "blocked_pairs": len(pairs), "random_pairs": random_pairs, "patterns": len(patterns),
                   "iterations": iterations}  # fmt: skip
