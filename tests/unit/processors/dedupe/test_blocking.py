@@ -63,12 +63,17 @@ def test_contact_keys(contact: Any) -> None:
 
 def test_hashed_keys_hide_the_values_and_depend_on_the_secret(account: Any) -> None:
     feats = extract(account(), "account")
-    hashed = BlockKeyer(DedupeConfig()).keys(feats)
+    hashed = BlockKeyer(DedupeConfig(blocking=())).keys(feats)
     assert len(hashed) == 6 and all(len(k) == 2 + 24 and k[1] == ":" for k in hashed)
     assert not any("example" in k or "1971" in k for k in hashed)
-    peppered = BlockKeyer(DedupeConfig(block_key_secret=SecretStr("pepper"))).keys(feats)
+    peppered = BlockKeyer(DedupeConfig(blocking=(), block_key_secret=SecretStr("pepper"))).keys(feats)
     assert {k[0] for k in peppered} == {k[0] for k in hashed} and set(peppered).isdisjoint(hashed)
-    assert BlockKeyer(DedupeConfig(hash_block_keys=False)).keys(feats) == sorted(keys(account()))
+    assert BlockKeyer(DedupeConfig(blocking=(), hash_block_keys=False)).keys(feats) == sorted(keys(account()))
+    # With the default passes too: one hashed key per clear-text key, each named by its pass.
+    clear = BlockKeyer(DedupeConfig(hash_block_keys=False)).keys(feats)
+    every = BlockKeyer(DedupeConfig()).keys(feats)
+    assert len(every) == len(clear) > 6
+    assert {k.partition(":")[0] for k in every} == {k.partition("|")[0] for k in clear}
 
 
 def test_a_full_block_is_closed_for_joining_and_comparing(account: Any) -> None:

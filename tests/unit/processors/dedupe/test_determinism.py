@@ -24,9 +24,11 @@ pytestmark = pytest.mark.unit
 BARE = {"birth_date": None, "street": None, "city": None, "postal_code": None}  # only names, e-mail, phone
 
 
-def resolve(records: list[dict[str, Any]]) -> tuple[dict[str, str], dict[str, dict[str, Any]], list[tuple[str, str]]]:
+def resolve(
+    records: list[dict[str, Any]], config: DedupeConfig | None = None
+) -> tuple[dict[str, str], dict[str, dict[str, Any]], list[tuple[str, str]]]:
     """(record id → golden id, golden id → golden record, every merge reported) after one run."""
-    deduper = Deduper(DedupeConfig())
+    deduper = Deduper(config or DedupeConfig())
     merges = [m for record in records for m in deduper.process(record).cluster_merges]
     golden_of = dict(deduper.state.clusters)
     goldens = {gid: deduper.golden(gid) or {} for gid in deduper.state.goldens}
@@ -64,6 +66,20 @@ def test_shuffled_arrivals_give_the_same_clusters_golden_ids_and_golden_records(
         differing = sorted(rid for rid in expected_of if golden_of.get(rid) != expected_of[rid])
         assert not differing, f"{name}: {len(differing)} records got another golden id, first {differing[:5]}"
         assert goldens == expected_goldens, f"{name}: golden records differ"
+
+
+def test_fellegi_sunter_without_deterministic_rules_is_order_independent_too(
+    demo_accounts: list[dict[str, Any]],
+) -> None:
+    # Every blocking pass (phonetic, postcode + year, sorted neighbourhood) is a function of the record alone.
+    config = DedupeConfig(scoring="fellegi_sunter", deterministic_rules=())
+    expected_of, expected_goldens, _ = resolve(demo_accounts, config)
+    assert sum(1 for m in members(expected_of).values() if len(m) > 1) > 20
+    for seed in range(3):
+        shuffled = list(demo_accounts)
+        random.Random(100 + seed).shuffle(shuffled)
+        golden_of, goldens, _ = resolve(shuffled, config)
+        assert golden_of == expected_of and goldens == expected_goldens, f"seed {seed}"
 
 
 def test_a_smaller_id_arriving_late_takes_over_and_absorbs_the_cluster(account: Any) -> None:

@@ -1,0 +1,279 @@
+"""Issue 13's matcher: config-declared comparisons and passes, vetoes that switch off, missing names,
+identifiers, Fellegi-Sunter scoring with EM-estimated weights, and the FEBRL mapping."""
+
+from __future__ import annotations
+
+import json
+import random
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from processors.dedupe import DedupeConfig, Deduper
+from processors.dedupe.benchmark import febrl_account
+from processors.dedupe.blocking import BlockKeyer, pass_key
+from processors.dedupe.comparators import build, date_level, level_count
+from processors.dedupe.config import BlockingPass, BlockPart, ComparisonSpec
+from processors.dedupe.features import extract
+from processors.dedupe.model import ModelFileError, load_model
+from processors.dedupe.train import train
+
+pytestmark = pytest.mark.unit
+
+NO_CONTACT = {"email": None, "phone": None}
+FS = DedupeConfig(scoring="fellegi_sunter", identifier_fields=("national_id",))
+
+
+def clusters(config: DedupeConfig, records: list[dict[str, Any]]) -> dict[str, str]:
+    deduper = Deduper(config)
+    for record in records:
+        deduper.process(record)
+    return dict(deduper.state.clusters)
+
+
+# ------------------------------------------------------------------------------------------ comparators
+
+
+def level(comparator: str, a: Any, b: Any, levels: tuple[float, ...] = (), field: str = "x") -> int:
+    spec = ComparisonSpec(field=field, comparator=comparator, levels=levels)  # type: ignore[arg-type]
+    return build(spec, lambda x, y: 1.0 if x == y else 0.0)(a, b)
+
+
+def test_date_levels_tolerate_a_transposed_day_and_month_or_one_digit() -> None:
+    assert date_level("1971-04-28", "1971-04-28") == 0
+    assert date_level("1971-04-05", "1971-05-04") == 1  # day and month swapped
+    assert date_level("1971-04-28", "1971-04-23") == 1  # one digit
+    assert date_level("1971-04-28", "1917-04-28") == 2  # two digits
+    assert date_level("1971-04-28", "1985-11-02") == 2
+
+
+@pytest.mark.parametrize(
+    ("comparator", "levels", "a", "b", "expected"),
+    [
+        ("exact", (), "ABC-1", "abc 1", 0),
+        ("exact", (), "abc", "abd", 1),
+        ("levenshtein", (1, 2), "1804974", "1804947", 2),  # a transposition is two edits
+        ("levenshtein", (1, 2), "1804974", "1804975", 1),
+        ("levenshtein", (1, 2), "1804974", "9999999", 3),
+        ("numeric", (1, 10), "100", "100.5", 1),
+        ("numeric", (1, 10), "100", "105", 2),
+        ("numeric", (1, 10), "100", "x", 3),
+        ("jaro_winkler", (0.9,), "springvale", "springvael", 1),
+        ("jaro_winkler", (0.9,), "springvale", "toowoomba", 2),
+        ("postcode", (3,), "2119", "2119", 0),
+        ("postcode", (3,), "2119", "2191", 1),  # one typo (a transposition)
+        ("postcode", (3,), "2119", "2115", 1),
+        ("postcode", (3,), "2119", "2145", 2),  # same first three? no: shared prefix "21" < 3
+        ("postcode", (2,), "2119", "2145", 2),
+        ("postcode", (3,), "2119", "4000", 3),
+        ("token_set", (0.9,), "wallaby place delmar", "delmar wallaby place", 0),
+    ],
+)
+def test_comparator_levels(comparator: str, levels: tuple[float, ...], a: str, b: str, expected: int) -> None:
+    if (comparator, levels, a, b) == ("postcode", (3,), "2119", "2145"):
+        expected = 3  # shares only "21": below the one prefix level
+    assert level(comparator, a, b, levels) == expected
+    assert level(comparator, b, a, levels) == expected, "symmetric"
+
+
+def test_streets_with_different_house_numbers_disagree() -> None:
+    assert level("token_set", "12 Main Street", "14 Main Street", (0.9,), field="street") == 2
+    assert level("token_set", "12 Main St.", "12 Main Street", (0.9,), field="street") == 0
+
+
+def test_level_counts() -> None:
+    assert level_count(ComparisonSpec(field="d", comparator="date")) == 3
+    assert level_count(ComparisonSpec(field="p", comparator="postcode", levels=(3, 2))) == 5
+    assert level_count(ComparisonSpec(field="n", comparator="jaro_winkler", levels=(0.9,))) == 3
+
+
+# ------------------------------------------------------------------------------------------ vetoes
+
+
+def test_switching_the_birth_date_veto_off_switches_off_the_cluster_refusal_too(account: Any) -> None:
+    records = [
+        account(customer_id="C1", phone=None),  # born 1971-04-28
+        account(customer_id="C2", birth_date=None),  # same e-mail as C1, same phone as C3
+        account(customer_id="C3", email=None, birth_date=date(1980, 1, 1)),
+    ]
+    on = clusters(DedupeConfig(), records)
+    assert on["C1"] == on["C2"] == "C1" and on["C3"] == "C3", "a cluster never holds two birth dates"
+    off = clusters(DedupeConfig(veto_birth_date_conflict=False), records)
+    assert off["C1"] == off["C2"] == off["C3"] == "C1"
+
+
+def test_the_pair_veto_follows_the_setting(account: Any) -> None:
+    twins = [account(customer_id="C1"), account(customer_id="C2", birth_date=date(1980, 1, 1))]  # same e-mail
+    assert len(set(clusters(DedupeConfig(), twins).values())) == 2
+    assert len(set(clusters(DedupeConfig(veto_birth_date_conflict=False), twins).values())) == 1
+
+
+def test_a_configured_veto_field_stops_a_match(account: Any) -> None:
+    pair = [account(customer_id="C1", national_id="111"), account(customer_id="C2", national_id="222")]
+    assert len(set(clusters(DedupeConfig(), pair).values())) == 1
+    assert len(set(clusters(DedupeConfig(vetoes=("national_id",)), pair).values())) == 2
+
+
+def test_fellegi_sunter_tolerates_a_birth_date_typo_even_with_the_veto_on(account: Any) -> None:
+    base = {**NO_CONTACT, "first_name": "Jon"}
+    pair = [account(customer_id="C1", **base), account(customer_id="C2", **base, birth_date=date(1971, 4, 23))]
+    assert len(set(clusters(FS.model_copy(update={"veto_birth_date_conflict": True}), pair).values())) == 1
+
+
+# ------------------------------------------------------------------------------------------ names, identifiers
+
+
+@pytest.mark.parametrize("config", [DedupeConfig(), FS], ids=["points", "fellegi_sunter"])
+def test_a_missing_first_name_still_allows_a_fuzzy_match(account: Any, config: DedupeConfig) -> None:
+    pair = [account(customer_id="C1", **NO_CONTACT), account(customer_id="C2", first_name=None, **NO_CONTACT)]
+    assert len(set(clusters(config, pair).values())) == 1
+
+
+def test_a_missing_name_part_alone_is_not_enough(account: Any) -> None:
+    other = {"street": "1 Other Road", "postal_code": "99999", "city": "Elsewhere", "birth_date": None}
+    pair = [account(customer_id="C1", **NO_CONTACT), account(customer_id="C2", first_name=None, **NO_CONTACT, **other)]
+    assert len(set(clusters(DedupeConfig(), pair).values())) == 2
+    assert len(set(clusters(FS, pair).values())) == 2
+
+
+def test_an_identifier_is_strong_when_equal_and_weak_when_different(account: Any) -> None:
+    moved = {**NO_CONTACT, "street": "7 Wallaby Place", "postal_code": "2119", "city": "Cleveland"}
+    same_id = [account(customer_id="C1", national_id="1804974", **NO_CONTACT),
+               account(customer_id="C2", national_id="1804974", first_name="Jhon", **moved)]  # fmt: skip
+    assert len(set(clusters(FS, same_id).values())) == 1, "the id outweighs a new address"
+    assert len(set(clusters(FS.model_copy(update={"identifier_fields": ()}), same_id).values())) == 2
+    typo_id = [account(customer_id="C1", national_id="1804974", **NO_CONTACT),
+               account(customer_id="C2", national_id="9904971", **NO_CONTACT)]  # fmt: skip
+    assert len(set(clusters(FS, typo_id).values())) == 1, "a differing id costs at most identifier_disagreement_bits"
+
+
+# ------------------------------------------------------------------------------------------ blocking
+
+
+def raw(record: dict[str, Any], config: DedupeConfig) -> set[str]:
+    deduper = Deduper(config)
+    return set(BlockKeyer(config.model_copy(update={"hash_block_keys": False})).raw_keys(deduper.features_of(record)))
+
+
+def test_default_passes_lean_on_neither_email_nor_phone(account: Any) -> None:
+    keys = raw(account(), DedupeConfig(builtin_blocking=False))
+    assert keys and not any("example" in k or "+1414" in k for k in keys)
+    assert {k.partition("|")[0] for k in keys} == {"ph_names", "ph_last_year", "ph_first_year", "pc_year", "birth",
+                                                   "sn_names"}  # fmt: skip
+
+
+def test_phonetic_keys_survive_spelling_variants(account: Any) -> None:
+    config = DedupeConfig(builtin_blocking=False)
+    a = raw(account(first_name="John", last_name="Meyer"), config)
+    b = raw(account(first_name="Jon", last_name="Mayer", birth_date=None, postal_code=None), config)
+    assert any(k.startswith("ph_names|") for k in a & b)
+
+
+def test_a_record_without_names_still_gets_keys(account: Any) -> None:
+    keys = raw(account(first_name=None, last_name=None, full_name="x", national_id="123"), FS)
+    assert {"pc_year|01236|1971", "birth|1971-04-28|01236", "id_national_id|123"} <= keys
+
+
+def test_sorted_neighbourhood_is_a_range_of_the_sorted_name_key(account: Any) -> None:
+    spec = BlockingPass(name="sn", kind="sorted_neighbourhood", prefix=9,
+                        parts=(BlockPart(field="last_name"), BlockPart(field="first_name")))  # fmt: skip
+
+    def key(first: str, last: str) -> str | None:
+        return pass_key(extract(account(first_name=first, last_name=last), "account"), spec, "account")
+
+    assert key("Jonathan", "Smith") == key("Jonahtan", "Smith") == "sn|smithjona"  # typo past the prefix
+    assert key("Jonathan", "Smith") != key("Jane", "Smith")
+    assert key("Al", "Li") == "sn|lial|=", "a key shorter than the prefix is kept whole"
+
+
+def test_a_pass_over_any_mapped_field(account: Any) -> None:
+    crn = BlockPart(field="company_registration_number", transform="digits")
+    config = DedupeConfig(builtin_blocking=False, blocking=(BlockingPass(name="crn", parts=(crn,)),))
+    assert raw(account(company_registration_number="HRB-12345"), config) == {"crn|12345"}
+
+
+def test_config_rejects_duplicate_passes_and_half_hand_weights() -> None:
+    dup = BlockingPass(name="a", parts=(BlockPart(field="city"),))
+    with pytest.raises(ValueError, match="unique"):
+        DedupeConfig(blocking=(dup, dup))
+    with pytest.raises(ValueError, match="both m and u"):
+        DedupeConfig(comparisons=(ComparisonSpec(field="city", m=(0.9, 0.1)),))
+
+
+# ------------------------------------------------------------------------------------------ weights
+
+
+def synthetic_people(n: int, seed: int) -> tuple[list[dict[str, Any]], dict[str, str]]:
+    """n people, a third with a duplicate carrying one typo; no e-mail, no phone."""
+    rng = random.Random(seed)
+    firsts = ["anna", "ben", "carla", "dieter", "emma", "farid", "greta", "hugo", "ines", "jonas", "karin", "lena"]
+    lasts = ["meyer", "schmidt", "novak", "rossi", "garcia", "kowalski", "dubois", "jansen", "berg", "lindqvist"]
+    records, truth = [], {}
+    for i in range(n):
+        person = {
+            "customer_id": f"P{i:05d}a", "full_name": "x", "first_name": rng.choice(firsts),
+            "last_name": rng.choice(lasts) + rng.choice(["", "er", "ova", "i"]),
+            "birth_date": date(1940 + rng.randrange(60), 1 + rng.randrange(12), 1 + rng.randrange(28)),
+            "postal_code": f"{rng.randrange(1000, 9999)}", "city": rng.choice(["graz", "linz", "wels", "steyr"]),
+            "street": f"{rng.randrange(1, 200)} {rng.choice(['haupt', 'bahnhof', 'kirch'])} street",
+        }  # fmt: skip
+        records.append(person)
+        truth[person["customer_id"]] = str(i)
+        if i % 3 == 0:
+            dup = {**person, "customer_id": f"P{i:05d}b"}
+            name = dup["last_name"]
+            dup["last_name"] = name[:2] + name[3] + name[2] + name[4:]  # a transposition
+            if i % 2:
+                dup["street"] = None
+            records.append(dup)
+            truth[dup["customer_id"]] = str(i)
+    return records, truth
+
+
+def test_em_estimates_the_weights_and_the_prior_without_labels(tmp_path: Path) -> None:
+    records, truth = synthetic_people(600, seed=3)
+    config = DedupeConfig(scoring="fellegi_sunter", builtin_blocking=False)
+    model = train(records, config, random_pairs=5000)
+    weights = {c.spec.field: c.weights for c in model.comparisons}
+    for field in ("first_name", "birth_date", "postal_code"):
+        assert weights[field][0] > 3 > 0 > weights[field][-1], field
+    assert 0 < model.prior < 0.5
+    path = tmp_path / "model.json"
+    path.write_text(model.to_json("account"), encoding="utf-8")
+    trained = config.model_copy(update={"model_file": path})
+    assert load_model(trained).comparisons[0].m == pytest.approx(model.comparisons[0].m, abs=1e-5)
+    found = clusters(trained, records)
+    predicted = {(a, b) for a in found for b in found if a < b and found[a] == found[b]}
+    true = {(a, b) for a in truth for b in truth if a < b and truth[a] == truth[b]}
+    assert len(predicted & true) >= 0.95 * len(true) and len(predicted - true) <= 0.01 * len(true) + 1
+
+
+def test_model_files_are_checked(tmp_path: Path) -> None:
+    path = tmp_path / "m.json"
+    path.write_text(json.dumps({"format": "something else"}), encoding="utf-8")
+    with pytest.raises(ModelFileError, match="not a crmflow-dedupe-model"):
+        load_model(FS.model_copy(update={"model_file": path}))
+    with pytest.raises(ModelFileError, match="cannot read"):
+        load_model(FS.model_copy(update={"model_file": tmp_path / "missing.json"}))
+
+
+def test_hand_weights_are_used_when_given(account: Any) -> None:
+    spec = ComparisonSpec(field="city", comparator="exact", m=(0.5, 0.5), u=(0.5, 0.5))
+    model = load_model(DedupeConfig(scoring="fellegi_sunter", comparisons=(spec,)))
+    assert model.comparisons[0].weights == (0.0, 0.0)
+
+
+# ------------------------------------------------------------------------------------------ FEBRL mapping
+
+
+def test_febrl_rows_become_clean_accounts() -> None:
+    row = {"given_name": "mitchell", "surname": float("nan"), "street_number": "7", "address_1": "wallaby place",
+           "suburb": "cleveland", "postcode": "2119", "state": "sa", "date_of_birth": "19560431",
+           "soc_sec_id": "1804974"}  # fmt: skip
+    account = febrl_account("rec-1-dup-0", row)
+    assert account["first_name"] == "mitchell" and account["last_name"] is None
+    assert account["street"] == "7 wallaby place" and account["national_id"] == "1804974"
+    assert account["birth_date"] is None, "an impossible date is dropped, as the mapper's parse_date does"
+    assert febrl_account("r", {**row, "date_of_birth": "19560409"})["birth_date"] == date(1956, 4, 9)
