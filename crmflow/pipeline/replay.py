@@ -139,11 +139,13 @@ class _Sent:
     error: str | None = None
 
 
-class _Reparser:
-    """Parses snapshot-rejected CSV lines again with the config's (fixed) dialect, file by file."""
+class LineReparser:
+    """Parses snapshot-rejected CSV lines again with the sources' (fixed) dialect, file by file; the run's
+    key logs (for duplicate keys) are read from ``state_dir`` (the snapshot's)."""
 
-    def __init__(self, cfg: MigrationConfig) -> None:
-        self.specs = source_specs(cfg)
+    def __init__(self, specs: Sequence[SourceSpec], state_dir: Path | None = None) -> None:
+        self.specs = list(specs)
+        self.state_dir = state_dir or default_state_dir()
         self._readers: dict[str, CsvReader] = {}
         self._keys: dict[str, KeyIndex] = {}
 
@@ -191,7 +193,7 @@ class _Reparser:
         index = self._keys.get(run_id)
         if index is None:
             index = self._keys[run_id] = KeyIndex()
-            load_logs(CheckpointStore(default_state_dir()).run_dir(run_id), index, [s.name for s in self.specs])
+            load_logs(CheckpointStore(self.state_dir).run_dir(run_id), index, [s.name for s in self.specs])
         reader = self.reader(spec)
         line = int(record.position.rsplit(":", 1)[1])
         _, first, _ = index.claim(spec.entity, record.key, index.source_index(spec.name, reader.name), line)
@@ -277,7 +279,7 @@ def _send(
 ) -> list[_Sent]:  # fmt: skip
     """Re-send every row that can be; fills ``report`` with one outcome per row (landed/failed decided
     later, except lines that fail at once). Returns the rows sent to a topic, acknowledged by Kafka."""
-    reparser = _Reparser(cfg)
+    reparser = LineReparser(source_specs(cfg))
     decoder = AvroDecoder(registry)
     encoders: dict[str, EnvelopeEncoder] = {}
     sent: list[_Sent] = []
