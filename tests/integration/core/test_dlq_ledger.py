@@ -116,7 +116,8 @@ def test_the_keyword_writers_and_the_letter_type_write_the_same_letter(
     value, headers = writer.letter(value=LINE, key=None, topic="", partition=-1, offset=-1, stage="snapshot",
                                    rule="encoding", error="byte 0xfc", entity="account", run_id="r1",
                                    source_position="customers.csv:7")
-    producer.produce(dlq, value=value, headers=headers)
+    kafka_headers: list[tuple[str, str | bytes | None]] = list(headers)
+    producer.produce(dlq, value=value, headers=kafka_headers)
     writer.write(Letter(stage="snapshot", rule="encoding", error="byte 0xfc", value=LINE, entity="account",
                         run_id="r1", source_position="customers.csv:7"))
     writer.flush()
