@@ -182,6 +182,10 @@ class AccountRules(_EntityRules):
     region: Rule = None
     birth_date: Rule = None
     customer_since: Rule = None
+    national_id: Rule = None
+    tax_id: Rule = None
+    legacy_account_number: Rule = None
+    company_registration_number: Rule = None
 
 
 class ContactRules(_EntityRules):
@@ -194,6 +198,8 @@ class ContactRules(_EntityRules):
     email: Rule = None
     phone: Rule = None
     job_title: Rule = None
+    national_id: Rule = None
+    tax_id: Rule = None
 
 
 class SaleRules(_EntityRules):

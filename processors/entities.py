@@ -66,6 +66,10 @@ class Account(TargetEntity):
     region: ShortText | None = None
     birth_date: date | None = None
     customer_since: date | None = None
+    national_id: Id | None = Field(default=None, description="national or social security id (PII: masked by default)")
+    tax_id: Id | None = Field(default=None, description="tax or VAT id (masked by default)")
+    legacy_account_number: Id | None = Field(default=None, description="account number in the legacy system")
+    company_registration_number: Id | None = Field(default=None, description="commercial register number")
 
 
 class Contact(TargetEntity):
@@ -79,6 +83,8 @@ class Contact(TargetEntity):
     email: Email | None = None
     phone: Phone | None = None
     job_title: Text | None = None
+    national_id: Id | None = Field(default=None, description="national or social security id (PII: masked by default)")
+    tax_id: Id | None = Field(default=None, description="tax id (masked by default)")
 
 
 class Sale(TargetEntity):

@@ -423,6 +423,7 @@ ACCOUNT = EntityTable(
         ),
         Column("birth_date", "date"),
         Column("customer_since", "date"),
+        *_text("national_id", "tax_id", "legacy_account_number", "company_registration_number"),
         *_LINEAGE,
         Column("match_evidence", "text", stored=False),
         # Set by the sink: the record's golden id was absorbed by an earlier batch (xref entry only).
@@ -436,6 +437,7 @@ CONTACT = EntityTable(
     (
         Column("external_id", "text", field="contact_id"),
         *_text("customer_id", "full_name", "first_name", "last_name", "email", "phone", "job_title"),
+        *_text("national_id", "tax_id"),
         *_LINEAGE,
     ),
     parent_field="customer_id",

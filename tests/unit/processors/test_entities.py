@@ -29,9 +29,10 @@ META: dict[str, Any] = {
 
 CONTRACT = {
     "account": ["customer_id", "full_name", "first_name", "last_name", "email", "phone", "street", "city",
-                "postal_code", "country", "region", "birth_date", "customer_since"],
+                "postal_code", "country", "region", "birth_date", "customer_since", "national_id", "tax_id",
+                "legacy_account_number", "company_registration_number"],
     "contact": ["contact_id", "customer_id", "full_name", "first_name", "last_name", "email", "phone",
-                "job_title"],
+                "job_title", "national_id", "tax_id"],
     "sale": ["sale_id", "customer_id", "total_sales", "currency", "original_amount", "original_currency",
              "sale_date", "product"],
     "case": ["case_id", "customer_id", "case_creation_date", "subject", "status", "priority"],
@@ -96,3 +97,18 @@ def test_models_are_frozen() -> None:
     )
     with pytest.raises(ValidationError):
         case.case_id = "T2"
+
+
+def test_identifier_fields_are_optional_and_national_and_tax_ids_are_masked_by_default() -> None:
+    from pydantic import SecretStr
+
+    from crmflow.pii import PiiConfig
+    from processors.masking.masker import Masker
+
+    assert not {"national_id", "tax_id", "legacy_account_number", "company_registration_number"} & required_fields(
+        "account"
+    )
+    masker = Masker(PiiConfig(), profile="staging", key=SecretStr("k" * 32))
+    for entity in ("account", "contact"):
+        policies = masker.policies(entity)
+        assert policies["national_id"] == policies["tax_id"] == "pseudonym", entity
