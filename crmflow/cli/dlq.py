@@ -58,12 +58,9 @@ def list_(
 ) -> None:
     """List the open dead letters: id, attempt, stage, rule, field, where the record came from and the
     PII-free reason. Letters a replay resolved (or superseded by a newer letter) show with --all."""
-    from confluent_kafka.schema_registry import SchemaRegistryClient
-
     from crmflow.config import load_config
-    from crmflow.dlq import DlqCipher
     from crmflow.pipeline.health import require_reachable
-    from crmflow.pipeline.letters import ledger_connection, sync_ledger
+    from crmflow.pipeline.letters import ledger_connection, update_ledger
     from crmflow.pipeline.targets import resolve_target
     from crmflow.stack import get_stack
     from sinks.postgres.ledger import STATUSES, Ledger
@@ -74,10 +71,8 @@ def list_(
         ep = get_stack().endpoints()
         target = resolve_target(cfg, ep)
         require_reachable(ep, target.dsn)
-        registry = SchemaRegistryClient({"url": ep.registry_url})
+        update_ledger(cfg, ep, target)
         with ledger_connection(target) as conn:
-            sync_ledger(conn, target.schema, cfg.kafka.dlq_topic, ep.bootstrap_servers, registry,
-                        DlqCipher.from_env())  # fmt: skip
             ledger = Ledger(conn, target.schema)
             rows = ledger.select(cfg.kafka.dlq_topic, statuses=statuses, run_id=run_id, stage=stage, rule=rule,
                                  limit=limit)  # fmt: skip

@@ -29,10 +29,12 @@ import psycopg
 from confluent_kafka.schema_registry import SchemaRegistryClient
 from psycopg.rows import TupleRow
 
+from crmflow.config import MigrationConfig
 from crmflow.dlq import DeadLetter, DlqCipher, read_dead_letters
 from crmflow.exceptions import InfrastructureError
 from crmflow.pipeline.targets import Target, redact_dsn
 from crmflow.serialization import AvroDecoder, SerializationError
+from crmflow.stack import Endpoints
 from sinks.postgres.ledger import Ledger, LedgerEntry, LedgerRow
 from sinks.postgres.migrate import apply_migrations
 
@@ -146,3 +148,12 @@ def ledger_connection(target: Target) -> Iterator[psycopg.Connection[TupleRow]]:
         conn.commit()
     finally:
         conn.close()
+
+
+def update_ledger(cfg: MigrationConfig, ep: Endpoints, target: Target) -> SyncResult:
+    """Bring the config's ledger up to date with its dead-letter topic (what ``dlq list`` does first); for
+    ``migrate`` to call at the end of a run, so the letters of the run are in the ledger at once."""
+    registry = SchemaRegistryClient({"url": ep.registry_url})
+    with ledger_connection(target) as conn:
+        return sync_ledger(conn, target.schema, cfg.kafka.dlq_topic, ep.bootstrap_servers, registry,
+                           DlqCipher.from_env())  # fmt: skip
