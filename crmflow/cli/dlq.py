@@ -32,7 +32,8 @@ ConfigOpt = Annotated[Path, typer.Option("--config", "-c", envvar="CRMFLOW_CONFI
 RunOpt = Annotated[str | None, typer.Option("--run-id", help="Only letters of this run.")]
 StageOpt = Annotated[str | None, typer.Option("--stage", help="Only letters of this stage.")]
 RuleOpt = Annotated[str | None, typer.Option("--rule", help="Only letters of this rule.")]
-IdOpt = Annotated[list[str] | None, typer.Option("--id", help="Only this letter (id or prefix; repeatable).")]
+IdOpt = Annotated[list[str] | None, typer.Option("--id", metavar="ID",
+                  help="Only this letter (id or prefix; repeatable).")]
 
 
 def _fail(exc: CrmflowError) -> int:
@@ -89,10 +90,18 @@ def list_(
         return
     what = "dead letters" if show_all else "open dead letters"
     title = f"{total} {what}" + (f" (first {len(rows)})" if len(rows) < total else "")
-    cols = ["id", *(["status"] if show_all else []), "try", "stage", "rule", "field", "from", "error"]
-    table = Table(*cols, title=title)
+    # The source position must show whole at 80 columns: the other columns fold instead.
+    table = Table(title=title)
+    table.add_column("id", no_wrap=True)
+    if show_all:
+        table.add_column("status", overflow="fold")
+    table.add_column("try")
+    table.add_column("stage/rule", overflow="fold")
+    table.add_column("field", overflow="fold")
+    table.add_column("from", no_wrap=True, min_width=max((len(r.origin) for r in rows), default=4))
+    table.add_column("error", overflow="fold", ratio=1)
     for r in rows:
-        cells = [r.letter_id[:8], *([r.status] if show_all else []), str(r.attempt), r.stage, r.rule,
+        cells = [r.letter_id[:8], *([r.status] if show_all else []), str(r.attempt), f"{r.stage}/{r.rule}",
                  r.field or "-", r.origin, r.error]  # fmt: skip
         table.add_row(*cells)
     console = Console()
@@ -158,7 +167,11 @@ def replay(
 
 
 def _render(report: ReplayReport) -> None:
-    table = Table("id", "stage", "rule", "from", "outcome", title=f"{len(report.outcomes)} letters replayed")
+    table = Table(title=f"{len(report.outcomes)} letters replayed")
+    table.add_column("id", no_wrap=True)
+    table.add_column("stage/rule", overflow="fold")
+    table.add_column("from", no_wrap=True, min_width=max((len(o.origin) for o in report.outcomes), default=4))
+    table.add_column("outcome", overflow="fold", ratio=1)
     for o in report.outcomes:
-        table.add_row(o.letter_id[:8], o.stage, o.rule, o.origin, o.detail or o.outcome)
+        table.add_row(o.letter_id[:8], f"{o.stage}/{o.rule}", o.origin, o.detail or o.outcome)
     Console().print(table)
