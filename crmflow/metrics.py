@@ -78,3 +78,15 @@ def serve(port: int, registry: CollectorRegistry = REGISTRY) -> None:
     if port:
         start_http_server(port, addr="0.0.0.0", registry=registry)  # noqa: S104 - scraped by Prometheus
         log.info("metrics on :%d/metrics", port)
+
+TRANSACTIONS = Counter(
+    "crmflow_transactions_total",
+    "Kafka transactions of a stage's batches (outputs, state and input offsets together), by outcome: "
+    "committed or aborted (the batch is read and processed again).",
+    ["stage", "outcome"],
+)
+STATE_RESTORES = Counter(
+    "crmflow_state_restores_total",
+    "Partitions whose stage state was rebuilt from its changelog (assignment, or after an aborted batch).",
+    ["stage"],
+)

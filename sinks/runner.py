@@ -32,6 +32,7 @@ from confluent_kafka.schema_registry import SchemaRegistryClient
 
 from crmflow.dlq import DeadLetterWriter
 from crmflow.exceptions import TransientError
+from crmflow.kafkalog import client_logging
 from crmflow.serialization import AvroDecoder, SerializationError, load_schema
 from sinks import telemetry
 from sinks.base import BatchingSink, Sink, SinkRecord, TopicPartitionKey
@@ -99,10 +100,12 @@ class SinkRunner:
         consumer = self._consumer = Consumer({
             "bootstrap.servers": p.bootstrap_servers, "group.id": p.group_id, "client.id": "crmflow-sink",
             "enable.auto.commit": False, "enable.auto.offset.store": False, "auto.offset.reset": "earliest",
-            "isolation.level": "read_committed", "enable.partition.eof": True, **p.consumer_config,
+            "isolation.level": "read_committed", "enable.partition.eof": True,
+            # A sink that died (SIGKILL, a lost node) gives its partitions up after 10 s, not librdkafka's 45.
+            "session.timeout.ms": 10_000, "heartbeat.interval.ms": 2_000, **client_logging(), **p.consumer_config,
         })
         producer = Producer({"bootstrap.servers": p.bootstrap_servers, "client.id": "crmflow-sink-dlq",
-                             "enable.idempotence": True, "linger.ms": 20})
+                             "enable.idempotence": True, "linger.ms": 20, **client_logging()})
         try:
             self.batching.open()  # connects and migrates the target, retrying while it starts
             self._dlq = DeadLetterWriter(producer, self._registry, p.dlq_topic)

@@ -1,11 +1,17 @@
-"""`crmflow process` — the faust-streaming worker that cleanses and maps raw records.
+"""`crmflow process` — the worker that cleanses, maps and deduplicates raw records.
 
-Runs until SIGTERM/SIGINT. Several workers with the same config share the raw topics' partitions (one
-consumer group per config), which is how the stage scales out.
+Runs until SIGTERM/SIGINT (it finishes and commits the batch in hand, then exits 0). Several workers with
+the same config share the raw topics' partitions (one consumer group per config), which is how the stage
+scales out; each needs its own ``--instance`` (default: the host name), which names its Kafka
+transactional id, so a restarted worker fences its dead predecessor at once.
+
+Exit codes: 0 stopped cleanly, 2 configuration error, 3 fenced by another worker with the same instance
+name or Kafka unusable.
 """
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Annotated
 
@@ -14,29 +20,52 @@ from rich.console import Console
 
 from crmflow import metrics
 from crmflow.config import load_config
-from crmflow.exceptions import CrmflowError
+from crmflow.exceptions import CrmflowError, TerminalError
+from crmflow.exitcodes import ExitCode
 
 err_console = Console(stderr=True)
+log = logging.getLogger(__name__)
 
 
 def process(
     config: Annotated[Path, typer.Option("--config", "-c", envvar="CRMFLOW_CONFIG", help="Migration config (YAML).")],
-    batch_size: Annotated[int, typer.Option(min=1, help="Records per batch (noack_take size).")] = 2000,
+    engine: Annotated[str, typer.Option(help="batch (exactly-once, the default) or faust (at-least-once).")
+                      ] = "batch",
+    instance: Annotated[str | None, typer.Option(help="This worker's unique, stable name (default: host name).")
+                        ] = None,
+    batch_size: Annotated[int, typer.Option(min=1, help="Records per batch (at most).")] = 2000,
     batch_within: Annotated[float, typer.Option(min=0.01, help="Seconds to wait for a batch to fill.")] = 0.25,
     metrics_port: Annotated[int, typer.Option(help="Serve /metrics on this port (0: off).")] = 9402,
-    loglevel: Annotated[str, typer.Option(help="faust's log level.")] = "warning",
 ) -> None:
-    """Cleanse, validate and map raw legacy records into target entities; rejects go to the DLQ."""
-    from crmflow.settings import stack_settings
+    """Cleanse, validate, map and deduplicate raw legacy records into target entities; rejects go to the DLQ."""
     from crmflow.stack import get_stack
-    from processors.worker import build_app, run_worker
 
+    if engine not in ("batch", "faust"):
+        err_console.print(f"[red]error:[/red] --engine {engine!r}: expected batch or faust")
+        raise typer.Exit(ExitCode.CONFIG)
     try:
         cfg = load_config(config)
-        app = build_app(cfg, get_stack().endpoints(), batch_size=batch_size, batch_within_s=batch_within,
-                        datadir=stack_settings().home / "faust")
+        endpoints = get_stack().endpoints()
+        if engine == "faust":
+            from crmflow.settings import stack_settings
+            from processors.faust_engine import build_app, run_worker
+
+            app = build_app(cfg, endpoints, batch_size=batch_size, batch_within_s=batch_within,
+                            datadir=stack_settings().home / "faust")
+            metrics.serve(metrics_port)
+            run_worker(app)
+            return
+        from processors.service import build_runtime
+
+        runtime = build_runtime(cfg, endpoints, instance=instance, batch_size=batch_size,
+                                batch_timeout_s=batch_within)
     except CrmflowError as exc:
-        err_console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from exc
+        err_console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(ExitCode.CONFIG) from None
     metrics.serve(metrics_port)
-    run_worker(app, loglevel=loglevel)
+    runtime.install_signals()
+    try:
+        runtime.run()
+    except TerminalError as exc:
+        err_console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(ExitCode.INFRASTRUCTURE) from None

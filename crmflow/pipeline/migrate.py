@@ -219,7 +219,8 @@ def run_migration(
     env = service_env(cfg, target)
     log.info("run %s: writing to %s; logs in %s", run_id, target.describe(), logs, extra={"run_id": run_id})
     processors = [
-        Service(f"process-{i}", ["process", "-c", str(config_path), "--metrics-port", "0"],
+        Service(f"process-{i}", ["process", "-c", str(config_path), "--metrics-port", "0",
+                                 "--instance", f"{run_id}-{i}"],
                 logs / f"process-{i}.log", env)
         for i in range(opts.workers)
     ]
@@ -242,7 +243,7 @@ def run_migration(
                 progress.done("process")
             for s in services:
                 s.sample()
-            stop_all(services)
+            stop_all(services, timeout_s=30.0)  # the sink finishes the batch it is writing
             drain_sink(cfg, ep, target, stop_event=control.stop)
             _raise_if_stopped(control)
             done["sink"] = time.monotonic() - started

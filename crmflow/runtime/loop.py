@@ -1,0 +1,455 @@
+"""The transactional consume → process → produce loop (exactly-once between topics).
+
+Per iteration:
+
+1. ``consume(batch_size, batch_timeout)``: up to N messages or what T seconds gave, in one call.
+2. Decode every value with the stage's decoder of its topic; an undecodable value becomes a dead letter
+   (rule ``avro_decode``), it never stops the partition.
+3. ``stage.process(batch)``: pure, returns records per topic, dead letters and state writes.
+4. One transaction: produce the records (encoded per topic in one ``encode_many``), the changelog entries
+   and the dead letters, ``send_offsets_to_transaction`` with the batch's next offsets and the group's
+   metadata, ``commit_transaction``. Downstream reads ``read_committed``, so a crash before the commit
+   leaves nothing visible and the input uncommitted: the batch is processed again, once.
+5. An abortable error (a broker away, a request timed out): abort, rewind the batch's partitions to their
+   first offset, drop the stage state of those partitions (restored from the changelog before the next
+   batch), retry with backoff. A fatal error (this producer was fenced by a newer instance with the same
+   transactional id, or its group generation is stale): stop with a clear error; the newer owner carries on.
+
+Rebalances (cooperative-sticky): callbacks run inside ``consume``, when no transaction is open (every
+batch is committed before the next consume), so a revoke has nothing in flight to finish; the stage
+forgets the revoked partitions' state. On assignment, the state of the new partitions is read from the
+committed changelog before their first batch is processed.
+
+Partitions that reached their end with an offset past the last commit (transaction markers from the
+upstream stage) get that end offset committed in an offsets-only transaction, so a group's lag reaches 0.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import signal
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+
+from crmflow.dlq import DeadLetterWriter
+from crmflow.exceptions import TerminalError, TransientError
+from crmflow.kafkalog import client_logging
+from crmflow.metrics import (
+    BATCH_DURATION,
+    BATCH_SIZE,
+    CONSUMER_LAG,
+    DEDUPE_DECISIONS,
+    LAST_SUCCESS,
+    RECORDS,
+    STATE_RESTORES,
+    TRANSACTIONS,
+)
+from crmflow.runtime.changelog import ChangelogError, ensure_changelog, read_partitions
+from crmflow.runtime.stage import BatchStage, InRecord, StageOutput
+from crmflow.serialization import SerializationError
+
+log = logging.getLogger(__name__)
+
+TP = tuple[str, int]
+
+
+class FencedError(TerminalError):
+    """Another instance took over this worker's transactional id or partitions; this one must stop."""
+
+
+@dataclass(frozen=True)
+class RuntimeOptions:
+    """How a runtime connects and batches. ``transactional_id`` must be unique per live worker and stable
+    across its restarts (a restart then fences its predecessor and aborts its open transaction at once)."""
+
+    bootstrap_servers: str
+    group_id: str
+    transactional_id: str
+    dlq_topic: str
+    batch_size: int = 2000
+    batch_timeout_s: float = 0.25
+    transaction_timeout_ms: int = 20_000
+    session_timeout_ms: int = 15_000
+    replication_factor: int = -1
+    retry_backoff_s: float = 0.5
+    retry_backoff_max_s: float = 10.0
+    lag_interval_s: float = 2.0
+    client_config: dict[str, Any] = field(default_factory=dict)  # TLS/SASL and other client settings
+
+
+class TransactionalRuntime:
+    """Runs one :class:`BatchStage` until :meth:`stop` (or SIGTERM/SIGINT with ``install_signals``)."""
+
+    def __init__(self, stage: BatchStage, opts: RuntimeOptions, dlq: DeadLetterWriter) -> None:
+        self.stage = stage
+        self.opts = opts
+        self.dlq = dlq
+        self.stop_event = threading.Event()
+        self._assigned: set[TP] = set()
+        self._done: dict[TP, int] = {}  # next offset to read, as last committed by this worker
+        self._eof: dict[TP, int] = {}  # end offsets seen past what was committed
+        self._restore: set[int] = set()  # state partitions to restore before their next batch
+        self._decoders = {t: stage.decoder(t) for t in stage.topics}
+        self._consumer: Consumer | None = None
+        self._producer: Producer | None = None
+        self._next_lag = 0.0
+        self._failures = 0  # transactions aborted in a row (backoff)
+        self.batches = 0
+        self.records = 0
+
+    # ------------------------------------------------------------------------------------------ setup
+
+    def _clients(self) -> tuple[Consumer, Producer]:
+        o = self.opts
+        common = {"bootstrap.servers": o.bootstrap_servers, **client_logging(), **o.client_config}
+        consumer = Consumer({
+            **common, "group.id": o.group_id, "client.id": f"{o.transactional_id}-consumer",
+            "partition.assignment.strategy": "cooperative-sticky", "isolation.level": "read_committed",
+            "enable.auto.commit": False, "enable.auto.offset.store": False, "auto.offset.reset": "earliest",
+            "enable.partition.eof": True, "session.timeout.ms": o.session_timeout_ms,
+            "heartbeat.interval.ms": max(1000, o.session_timeout_ms // 5),
+            "fetch.max.bytes": 64 * 1024 * 1024, "max.partition.fetch.bytes": 4 * 1024 * 1024,
+        })
+        producer = Producer({
+            **common, "client.id": o.transactional_id, "transactional.id": o.transactional_id,
+            "enable.idempotence": True, "acks": "all", "linger.ms": 5, "batch.size": 1024 * 1024,
+            "compression.type": "lz4", "partitioner": "murmur2_random",
+            "transaction.timeout.ms": o.transaction_timeout_ms, "queue.buffering.max.messages": 500_000,
+        })
+        return consumer, producer
+
+    def install_signals(self) -> None:
+        """SIGTERM and SIGINT finish the current batch, commit it and return from :meth:`run`."""
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda signum, frame: self.stop())
+
+    def stop(self) -> None:
+        self.stop_event.set()
+
+    # ------------------------------------------------------------------------------------------ loop
+
+    def run(self) -> None:
+        """Consume, process and commit until stopped. Raises :class:`FencedError` when another instance
+        took over, and lets a ``TerminalError`` of the stage's setup through; everything else is retried."""
+        o = self.opts
+        consumer, producer = self._consumer, self._producer = self._clients()
+        try:
+            self._retrying("initialising transactions", lambda: producer.init_transactions(30))
+            if self.stage.changelog and self.stage.state_topic:
+                changelog, state_topic = self.stage.changelog, self.stage.state_topic
+                self._retrying("creating the changelog", lambda: ensure_changelog(
+                    o.bootstrap_servers, changelog, state_topic, o.replication_factor, o.client_config))
+            consumer.subscribe(list(self.stage.topics), on_assign=self._on_assign, on_revoke=self._on_revoke,
+                               on_lost=self._on_lost)
+            log.info("%s reading %s as group %s (transactional id %s)", self.stage.name,
+                     ", ".join(self.stage.topics), o.group_id, o.transactional_id, extra={"stage": self.stage.name})
+            while not self.stop_event.is_set():
+                messages = consumer.consume(o.batch_size, o.batch_timeout_s)
+                batch = self._admit(messages)
+                if batch:
+                    self._process(batch)
+                elif self._eof:
+                    self._commit_ends()
+                self._lag()
+        finally:
+            try:
+                consumer.close()
+            except (KafkaException, RuntimeError) as exc:
+                log.warning("closing the consumer failed: %s", exc)
+            self.stage.close()
+            log.info("%s stopped after %d batches, %d records", self.stage.name, self.batches, self.records,
+                     extra={"stage": self.stage.name})
+
+    def _admit(self, messages: list[Message]) -> list[Message]:
+        """The data messages of assigned partitions; end-of-partition events are noted."""
+        batch: list[Message] = []
+        for msg in messages:
+            err = msg.error()
+            tp = (msg.topic() or "", msg.partition() or 0)
+            if err is not None:
+                if err.code() == KafkaError._PARTITION_EOF:
+                    end = msg.offset() or 0
+                    if tp in self._assigned and end > self._done.get(tp, -1):
+                        self._eof[tp] = end
+                elif err.fatal():
+                    raise TerminalError(f"fatal consumer error: {err.str()}")
+                else:
+                    log.warning("consumer error: %s", err.str())
+                continue
+            if tp in self._assigned:
+                batch.append(msg)
+        return batch
+
+    def _process(self, messages: list[Message]) -> None:
+        started = time.perf_counter()
+        firsts: dict[TP, int] = {}
+        nexts: dict[TP, int] = {}
+        for msg in messages:
+            tp = (msg.topic() or "", msg.partition() or 0)
+            offset = msg.offset() or 0
+            firsts.setdefault(tp, offset)
+            nexts[tp] = offset + 1
+        for tp, nxt in nexts.items():  # an end seen in this very batch, past its last record, stays noted
+            if self._eof.get(tp, nxt + 1) <= nxt:
+                del self._eof[tp]
+        self._restore_pending()
+        records, undecodable = self._decode(messages)
+        try:
+            output = self.stage.process(records)
+        except Exception:
+            # A bug in a stage must not commit anything: its partitions are read again by the next owner.
+            self._rewind(firsts)
+            raise
+        try:
+            self._transact(records, undecodable, output, nexts)
+        except KafkaException as exc:
+            # Processed again from the rewound offsets, against restored state: the same outputs.
+            self._failures += 1
+            self._after_failed_transaction(exc, firsts, self._failures)
+            return
+        self._failures = 0
+        self._done.update(nexts)
+        self.batches += 1
+        self.records += len(messages)
+        self._report(output, undecodable)
+        BATCH_SIZE.labels(stage=self.stage.name).observe(len(messages))
+        BATCH_DURATION.labels(stage=self.stage.name).observe(time.perf_counter() - started)
+        LAST_SUCCESS.labels(stage=self.stage.name).set_to_current_time()
+
+    def _decode(self, messages: list[Message]) -> tuple[list[InRecord], list[tuple[Message, str]]]:
+        records: list[InRecord] = []
+        undecodable: list[tuple[Message, str]] = []
+        for msg in messages:
+            topic, partition, offset = msg.topic() or "", msg.partition() or 0, msg.offset() or 0
+            raw = msg.value()
+            if raw is None:  # a tombstone: deletes are not part of the raw or dedupe contracts
+                undecodable.append((msg, f"{topic}[{partition}]@{offset}: a tombstone (no value) is not a record"))
+                continue
+            try:
+                value = self._decoders[topic].decode(raw, origin=f"{topic}[{partition}]@{offset}")
+            except SerializationError as exc:
+                undecodable.append((msg, str(exc)))
+                continue
+            records.append(InRecord(topic, partition, offset, msg.key(), value, raw))
+        return records, undecodable
+
+    def _transact(self, records: Sequence[InRecord], undecodable: list[tuple[Message, str]], output: StageOutput,
+                  nexts: dict[TP, int]) -> None:
+        producer, consumer = self._producer, self._consumer
+        assert producer is not None and consumer is not None
+        producer.begin_transaction()
+        by_topic: dict[str, list[int]] = {}
+        for i, out in enumerate(output.records):
+            by_topic.setdefault(out.topic, []).append(i)
+        for topic, indexes in by_topic.items():
+            values = self.stage.encoder(topic).encode_many(output.records[i].value for i in indexes)
+            for i, value in zip(indexes, values, strict=True):
+                self._produce(producer, topic, output.records[i].key, value)
+        if output.state:
+            changelog = self.stage.changelog
+            assert changelog is not None, "a stage with state writes names its changelog"
+            for w in output.state:
+                self._produce(producer, changelog, w.key, w.value, partition=w.partition)
+        for msg, error in undecodable:
+            value, headers = self.dlq.letter(
+                value=msg.value() or b"", key=msg.key(), topic=msg.topic() or "", partition=msg.partition() or 0,
+                offset=msg.offset() or 0, stage=self.stage.name, rule="avro_decode", error=error)
+            self._produce(producer, self.dlq.topic, None, value, headers=list(headers))
+        for rej in output.rejections:
+            rec = records[rej.index]
+            value, headers = self.dlq.letter(
+                value=rec.raw, key=rec.key, topic=rec.topic, partition=rec.partition, offset=rec.offset,
+                stage=rej.stage, rule=rej.rule, field=rej.field, error=rej.error, entity=rej.entity,
+                run_id=rej.run_id, source_position=rej.source_position)
+            self._produce(producer, self.dlq.topic, None, value, headers=list(headers))
+        offsets = [TopicPartition(t, p, o) for (t, p), o in nexts.items()]
+        producer.send_offsets_to_transaction(offsets, consumer.consumer_group_metadata(), 30)
+        self._commit(producer)
+
+    @staticmethod
+    def _produce(producer: Producer, topic: str, key: bytes | None, value: bytes | None, *, partition: int = -1,
+                 headers: list[tuple[str, str | bytes | None]] | None = None) -> None:
+        while True:
+            try:
+                if partition >= 0:
+                    producer.produce(topic, value=value, key=key, partition=partition, headers=headers)
+                else:
+                    producer.produce(topic, value=value, key=key, headers=headers)
+                return
+            except BufferError:
+                producer.poll(0.05)
+
+    def _commit(self, producer: Producer) -> None:
+        """Commit the open transaction; a retriable error is retried, anything else is raised."""
+        for attempt in range(1, 6):
+            try:
+                producer.commit_transaction(60)
+                TRANSACTIONS.labels(stage=self.stage.name, outcome="committed").inc()
+                return
+            except KafkaException as exc:
+                err = exc.args[0] if exc.args else None
+                if isinstance(err, KafkaError) and err.retriable() and attempt < 5:
+                    log.warning("committing the transaction timed out (%s); retrying", err.str())
+                    continue
+                raise
+
+    def _after_failed_transaction(self, exc: KafkaException, firsts: dict[TP, int], attempt: int) -> None:
+        """Abort, rewind the batch's partitions, drop their state; raise FencedError when fatal."""
+        err = exc.args[0] if exc.args else None
+        producer = self._producer
+        assert producer is not None
+        fatal = isinstance(err, KafkaError) and (err.fatal() or err.code() in _FENCED)
+        if fatal:
+            raise FencedError(
+                f"{self.stage.name}: transactional id {self.opts.transactional_id} was fenced "
+                f"({err.str() if isinstance(err, KafkaError) else exc}); another worker owns it or these "
+                "partitions now. Give every worker its own --instance; this one stops without committing.")
+        try:
+            producer.abort_transaction(30)
+        except KafkaException as abort_exc:
+            log.warning("aborting the transaction failed: %s", abort_exc)
+        TRANSACTIONS.labels(stage=self.stage.name, outcome="aborted").inc()
+        self._rewind(firsts)
+        delay = min(self.opts.retry_backoff_max_s, self.opts.retry_backoff_s * 2 ** (attempt - 1))
+        log.warning("%s: transaction aborted (%s); the batch's %d partitions are read again in %.1fs",
+                    self.stage.name, err.str() if isinstance(err, KafkaError) else exc, len(firsts), delay,
+                    extra={"stage": self.stage.name})
+        self.stop_event.wait(delay)
+
+    def _rewind(self, firsts: dict[TP, int]) -> None:
+        """Seek the batch's partitions back to their first offset; their state is restored before reuse."""
+        consumer = self._consumer
+        assert consumer is not None
+        for (topic, partition), offset in firsts.items():
+            if (topic, partition) not in self._assigned:
+                continue
+            try:
+                consumer.seek(TopicPartition(topic, partition, offset))
+            except KafkaException as exc:
+                log.warning("rewinding %s[%d] failed (%s); the partition is re-read from its committed offset",
+                            topic, partition, exc)
+            if topic == self.stage.state_topic:
+                self._restore.add(partition)
+        if self._restore:
+            self.stage.release(sorted(self._restore))
+
+    def _commit_ends(self) -> None:
+        """Commit end offsets past transaction markers, in an offsets-only transaction."""
+        producer, consumer = self._producer, self._consumer
+        assert producer is not None and consumer is not None
+        ends = {tp: off for tp, off in self._eof.items() if tp in self._assigned}
+        self._eof.clear()
+        if not ends:
+            return
+        try:
+            producer.begin_transaction()
+            producer.send_offsets_to_transaction([TopicPartition(t, p, o) for (t, p), o in ends.items()],
+                                                 consumer.consumer_group_metadata(), 30)
+            self._commit(producer)
+        except KafkaException as exc:
+            self._after_failed_transaction(exc, {}, 1)
+            return
+        self._done.update(ends)
+
+    # ----------------------------------------------------------------------------- state and rebalance
+
+    def _restore_pending(self) -> None:
+        if not self._restore or not self.stage.changelog:
+            return
+        partitions = sorted(self._restore)
+        while True:
+            try:
+                state = read_partitions(self.opts.bootstrap_servers, self.stage.changelog, partitions,
+                                        extra=self.opts.client_config)
+                break
+            except ChangelogError as exc:
+                log.warning("restoring state failed (%s); retrying", exc, extra={"stage": self.stage.name})
+                if self.stop_event.wait(self.opts.retry_backoff_s):
+                    raise
+        for p in partitions:
+            self.stage.restore(p, state[p])
+            STATE_RESTORES.labels(stage=self.stage.name).inc()
+        self._restore.clear()
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        for tp in partitions:
+            self._assigned.add((tp.topic, tp.partition))
+            if tp.topic == self.stage.state_topic:
+                self._restore.add(tp.partition)
+        log.info("assigned %d partitions (now %d)", len(partitions), len(self._assigned),
+                 extra={"stage": self.stage.name})
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        # No transaction is open here: every batch was committed before this consume() call.
+        self._forget(partitions, "revoked")
+
+    def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._forget(partitions, "lost")
+
+    def _forget(self, partitions: list[TopicPartition], why: str) -> None:
+        state_partitions = []
+        for tp in partitions:
+            key = (tp.topic, tp.partition)
+            self._assigned.discard(key)
+            self._done.pop(key, None)
+            self._eof.pop(key, None)
+            if tp.topic == self.stage.state_topic:
+                state_partitions.append(tp.partition)
+                self._restore.discard(tp.partition)
+            with contextlib.suppress(KeyError):  # never reported: nothing to remove
+                CONSUMER_LAG.remove(self.stage.name, tp.topic, str(tp.partition))
+        if state_partitions:
+            self.stage.release(state_partitions)
+        log.info("%s %d partitions (now %d)", why, len(partitions), len(self._assigned),
+                 extra={"stage": self.stage.name})
+
+    # ------------------------------------------------------------------------------------ telemetry
+
+    def _report(self, output: StageOutput, undecodable: list[tuple[Message, str]]) -> None:
+        for (stage, entity, outcome), n in output.counts.items():
+            RECORDS.labels(stage=stage, entity=entity, outcome=outcome).inc(n)
+        for (entity, decision), n in output.decisions.items():
+            DEDUPE_DECISIONS.labels(entity=entity, decision=decision).inc(n)
+        if undecodable:
+            RECORDS.labels(stage=self.stage.name, entity="unknown", outcome="in").inc(len(undecodable))
+            RECORDS.labels(stage=self.stage.name, entity="unknown", outcome="rejected").inc(len(undecodable))
+
+    def _lag(self) -> None:
+        now = time.monotonic()
+        if now < self._next_lag or self._consumer is None:
+            return
+        self._next_lag = now + self.opts.lag_interval_s
+        for topic, partition in list(self._assigned):
+            done = self._done.get((topic, partition))
+            if done is None:
+                continue
+            try:
+                _, high = self._consumer.get_watermark_offsets(TopicPartition(topic, partition), cached=True)
+            except KafkaException:
+                continue
+            if high >= 0:
+                CONSUMER_LAG.labels(stage=self.stage.name, topic=topic, partition=str(partition)).set(
+                    max(high - done, 0))
+
+    def _retrying(self, what: str, fn: Any) -> None:
+        attempt = 0
+        while True:
+            try:
+                fn()
+                return
+            except (KafkaException, TransientError) as exc:
+                attempt += 1
+                delay = min(self.opts.retry_backoff_max_s, self.opts.retry_backoff_s * 2 ** attempt)
+                log.warning("%s failed (%s); retrying in %.1fs", what, exc, delay)
+                if self.stop_event.wait(delay):
+                    raise
+
+
+_FENCED = {KafkaError._FENCED, KafkaError.PRODUCER_FENCED, KafkaError.INVALID_PRODUCER_EPOCH}
+

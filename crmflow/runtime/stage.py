@@ -1,0 +1,145 @@
+"""The contract between the batch runtime and a stage: decoded records in, outputs out, no I/O.
+
+A stage is a pure function of a batch, plus partition-local state it is handed by the runtime:
+
+- :meth:`BatchStage.process` gets the decoded records of one consumed batch (several partitions, each in
+  offset order) and returns a :class:`StageOutput`: records per output topic, dead letters (by index into
+  the batch) and state writes (changelog entries). It must not produce, commit or sleep. The runtime
+  produces everything it returns in one Kafka transaction together with the batch's input offsets, so the
+  outputs, the state and the offsets become visible together or not at all.
+- A stateful stage names a ``changelog`` topic. When partitions of its ``state_topic`` are assigned, the
+  runtime reads the committed changelog of those partitions and calls :meth:`BatchStage.restore`; when they
+  are revoked or lost, or a transaction was aborted, it calls :meth:`BatchStage.release` and restores again
+  before the partition's next batch. State writes go to the changelog partition of the input partition
+  they belong to (the topics are co-partitioned).
+
+Lifecycle: ``decoder(topic)`` and ``topics`` are read once at start; ``restore``/``release`` are called
+from the consumer's rebalance callbacks (between batches, never during ``process``); ``process`` is called
+once per non-empty batch; ``close`` once at the end.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+
+class Decoder(Protocol):
+    """Decodes one message value (Avro with the registry's wire header); raises ``SerializationError``."""
+
+    def decode(self, data: bytes, *, origin: str | None = None) -> dict[str, Any]: ...
+
+
+class Encoder(Protocol):
+    """Encodes a batch of records of one topic (what :class:`~crmflow.serialization.AvroCodec` does)."""
+
+    def encode_many(self, objs: Iterable[Mapping[str, Any]]) -> list[bytes]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class InRecord:
+    """One consumed message, decoded. ``raw`` is the value as it arrived (what a dead letter keeps)."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: dict[str, Any]
+    raw: bytes
+
+    @property
+    def origin(self) -> str:
+        return f"{self.topic}[{self.partition}]@{self.offset}"
+
+
+@dataclass(frozen=True, slots=True)
+class OutRecord:
+    """A record to produce; ``value`` is encoded with the encoder of ``topic``."""
+
+    topic: str
+    key: bytes | None
+    value: Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class StateWrite:
+    """One changelog entry: ``value`` None deletes ``key`` (a tombstone, for the compacted topic)."""
+
+    partition: int
+    key: bytes
+    value: bytes | None
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """A record of the batch (``index``) the stage refused: it goes to the dead-letter topic with this
+    reason. ``error`` names ids, fields and rules, never a value."""
+
+    index: int
+    stage: str
+    rule: str
+    error: str
+    field: str | None = None
+    entity: str | None = None
+    run_id: str | None = None
+    source_position: str | None = None
+
+
+@dataclass
+class StageOutput:
+    """What one batch produced. ``counts`` are ``(stage, entity, outcome) -> n`` for ``crmflow_records_total``;
+    ``decisions`` are extra counters a stage reports (``(metric name, labels...) -> n``)."""
+
+    records: list[OutRecord] = field(default_factory=list)
+    rejections: list[Rejection] = field(default_factory=list)
+    state: list[StateWrite] = field(default_factory=list)
+    counts: dict[tuple[str, str, str], int] = field(default_factory=dict)
+    decisions: dict[tuple[str, str], int] = field(default_factory=dict)
+
+    def count(self, stage: str, entity: str, outcome: str, n: int = 1) -> None:
+        if n:
+            key = (stage, entity, outcome)
+            self.counts[key] = self.counts.get(key, 0) + n
+
+
+class BatchStage(abc.ABC):
+    """A stage the runtime drives; see the module docs for the lifecycle."""
+
+    #: The stage label of metrics and dead letters of records the runtime rejects itself (undecodable).
+    name: str = "stage"
+    #: The changelog topic of the stage's partition-local state, or None for a stateless stage.
+    changelog: str | None = None
+    #: The input topic whose partitions own the state (co-partitioned with ``changelog``).
+    state_topic: str | None = None
+
+    @property
+    @abc.abstractmethod
+    def topics(self) -> Sequence[str]:
+        """The input topics."""
+
+    @abc.abstractmethod
+    def decoder(self, topic: str) -> Decoder:
+        """The decoder of one input topic's values."""
+
+    @abc.abstractmethod
+    def encoder(self, topic: str) -> Encoder:
+        """The encoder of one output topic's values."""
+
+    @abc.abstractmethod
+    def process(self, batch: Sequence[InRecord]) -> StageOutput:
+        """Turn one batch into its outputs. Pure: no I/O; may update the state of the batch's partitions."""
+
+    def restore(self, partition: int, entries: Mapping[bytes, bytes]) -> None:  # noqa: B027 - optional hook
+        """The committed state of ``partition`` (changelog key → latest value), before its first batch."""
+
+    def release(self, partitions: Iterable[int]) -> None:  # noqa: B027 - optional hook
+        """Forget the state of ``partitions`` (revoked, lost, or to be restored after an abort)."""
+
+    def entity_of(self, record: InRecord) -> str:
+        """The entity label of a record the runtime itself rejects (undecodable)."""
+        return "unknown"
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Called once when the runtime stops."""

@@ -1,0 +1,91 @@
+"""The processor as a service: its stage built from a migration config, run by an engine.
+
+The default engine is the core's transactional batch runtime (:mod:`crmflow.runtime`): exactly-once
+between the raw, dedupe and mapped topics. ``faust`` runs the same stage as a faust-streaming app
+(:mod:`processors.faust_engine`), at-least-once, for teams that already operate faust.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from typing import Literal
+
+from confluent_kafka.schema_registry import SchemaRegistryClient
+
+from crmflow.config import MigrationConfig
+from crmflow.dlq import DeadLetterWriter
+from crmflow.runtime import RuntimeOptions, TransactionalRuntime
+from crmflow.runtime.stage import Decoder, Encoder
+from crmflow.serialization import AvroCodec, AvroDecoder, load_schema, topic_subject
+from crmflow.stack import Endpoints
+from processors.mapping import build_mappers
+from processors.masking import Masker
+from processors.stage import ProcessStage
+
+log = logging.getLogger(__name__)
+
+Engine = Literal["batch", "faust"]
+
+
+def group_id(cfg: MigrationConfig) -> str:
+    """The processor's consumer group: one per config (topic prefix), shared by all its workers."""
+    return f"crmflow-process-{cfg.kafka.topic_prefix}"
+
+
+def changelog_topic(cfg: MigrationConfig) -> str:
+    """The compacted changelog of the dedupe state, co-partitioned with the dedupe topic."""
+    return f"{cfg.kafka.dedupe_topic('account')}.state"
+
+
+def default_instance() -> str:
+    """A worker's instance name when none is given: the host name (a pod's name in Kubernetes)."""
+    return socket.gethostname()
+
+
+def build_stage(cfg: MigrationConfig, registry: SchemaRegistryClient) -> ProcessStage:
+    """The processor's stage for ``cfg``: decoders of the raw (and dedupe) topics, encoders of its outputs."""
+    k = cfg.kafka
+    mappers = build_mappers(cfg)
+    raw = {k.raw_topic(name): src.entity for name, src in cfg.sources.items()}
+    legacy = AvroDecoder(registry, load_schema("legacy/legacy_record"))
+    decoders: dict[str, Decoder] = dict.fromkeys(raw, legacy)
+    mapped = {entity: k.mapped_topic(entity) for entity in mappers}
+    encoders: dict[str, Encoder] = {
+        topic: AvroCodec(registry, topic_subject(topic), load_schema(f"target/{entity}"))
+        for entity, topic in mapped.items()
+    }
+    dedupe_topic = None
+    if cfg.dedupe is not None and cfg.dedupe_enabled:
+        dedupe_topic = k.dedupe_topic("account")
+        codec = AvroCodec(registry, topic_subject(dedupe_topic), load_schema("target/account"))
+        encoders[dedupe_topic] = codec
+        account = AvroDecoder(registry, load_schema("target/account"))
+        account.know(codec.schema_id, codec.schema)
+        decoders[dedupe_topic] = account
+    stage = ProcessStage(
+        raw_topics=raw, mappers=mappers, masker=Masker.from_config(cfg), mapped_topics=mapped, decoders=decoders,
+        encoders=encoders, dedupe=cfg.dedupe.matcher() if dedupe_topic and cfg.dedupe else None,
+        dedupe_topic=dedupe_topic, changelog=changelog_topic(cfg),
+    )
+    return stage.with_sources({name: src.entity for name, src in cfg.sources.items()})
+
+
+def build_runtime(
+    cfg: MigrationConfig,
+    endpoints: Endpoints,
+    *,
+    instance: str | None = None,
+    batch_size: int = 2000,
+    batch_timeout_s: float = 0.25,
+) -> TransactionalRuntime:
+    """The default engine: the transactional batch runtime running :func:`build_stage`'s stage."""
+    registry = SchemaRegistryClient({"url": endpoints.registry_url})
+    stage = build_stage(cfg, registry)
+    group = group_id(cfg)
+    opts = RuntimeOptions(
+        bootstrap_servers=endpoints.bootstrap_servers, group_id=group,
+        transactional_id=f"{group}-{instance or default_instance()}", dlq_topic=cfg.kafka.dlq_topic,
+        batch_size=batch_size, batch_timeout_s=batch_timeout_s, replication_factor=cfg.kafka.replication_factor,
+    )
+    return TransactionalRuntime(stage, opts, DeadLetterWriter(None, registry, cfg.kafka.dlq_topic))
