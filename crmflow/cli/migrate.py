@@ -30,6 +30,8 @@ def migrate(
         int | None, typer.Option(min=1, help="Test migration: only the first N records of each source.")
     ] = None,
     workers: Annotated[int, typer.Option(min=1, max=8, help="Processor worker processes.")] = 1,
+    engine: Annotated[str, typer.Option(help="Processor engine: batch (exactly-once, default) or faust.")
+                      ] = "batch",
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as one JSON object on stdout.")] = False,
     timeout: Annotated[float, typer.Option(help="Give up if a stage has not drained after this many seconds.")] = 1800,
     infra_grace: Annotated[
@@ -74,7 +76,7 @@ def migrate(
         with bars:
             summary = run_migration(
                 cfg, config.resolve(), ep, target,
-                MigrateOptions(run_id=rid, limit=limit, workers=workers, drain_timeout_s=timeout,
+                MigrateOptions(run_id=rid, limit=limit, workers=workers, engine=engine, drain_timeout_s=timeout,
                                infra_grace_s=infra_grace),
                 control=control, progress=bars,
             )

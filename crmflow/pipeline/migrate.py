@@ -152,6 +152,7 @@ class MigrateOptions:
     run_id: str | None = None
     limit: int | None = None
     workers: int = 1
+    engine: str = "batch"
     drain_timeout_s: float = 1800.0
     infra_grace_s: float = 60.0
     logs_dir: Path | None = None
@@ -220,7 +221,7 @@ def run_migration(
     log.info("run %s: writing to %s; logs in %s", run_id, target.describe(), logs, extra={"run_id": run_id})
     processors = [
         Service(f"process-{i}", ["process", "-c", str(config_path), "--metrics-port", "0",
-                                 "--instance", f"{run_id}-{i}"],
+                                 "--instance", f"{run_id}-{i}", "--engine", opts.engine],
                 logs / f"process-{i}.log", env)
         for i in range(opts.workers)
     ]
