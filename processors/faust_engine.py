@@ -111,22 +111,24 @@ def build_app(
                 try:
                     value = decoders[msg.topic].decode(raw, origin=f"{msg.topic}[{msg.partition}]@{msg.offset}")
                 except SerializationError as exc:
-                    letter, headers = dlq.letter(value=raw, key=msg.key, topic=msg.topic, partition=msg.partition,
-                                                 offset=msg.offset, stage=stage.name, rule="avro_decode", error=str(exc))
+                    letter, headers = dlq.letter(
+                        value=raw, key=msg.key, topic=msg.topic, partition=msg.partition, offset=msg.offset,
+                        stage=stage.name, rule="avro_decode", error=str(exc))
                     pending.append(await app.producer.send(dlq.topic, None, letter, None, None, headers))
                     RECORDS.labels(stage=stage.name, entity="unknown", outcome="rejected").inc()
                     continue
                 records.append(InRecord(msg.topic, msg.partition, msg.offset, msg.key, value, raw))
             out = stage.process(records)
             by_topic: dict[str, list[int]] = {}
-            for i, rec in enumerate(out.records):
-                by_topic.setdefault(rec.topic, []).append(i)
+            for i, produced in enumerate(out.records):
+                by_topic.setdefault(produced.topic, []).append(i)
             for topic, indexes in by_topic.items():
-                values = stage.encoder(topic).encode_many(out.records[i].value for i in indexes)
-                for i, value in zip(indexes, values, strict=True):
-                    pending.append(await app.producer.send(topic, out.records[i].key, value, None, None, None))
-            for w in out.state:
-                pending.append(await app.producer.send(changelog, w.key, w.value, w.partition, None, None))
+                encoded = stage.encoder(topic).encode_many(out.records[i].value for i in indexes)
+                for i, data in zip(indexes, encoded, strict=True):
+                    pending.append(await app.producer.send(topic, out.records[i].key, data, None, None, None))
+            if changelog:
+                for w in out.state:
+                    pending.append(await app.producer.send(changelog, w.key, w.value, w.partition, None, None))
             for rej in out.rejections:
                 rec = records[rej.index]
                 letter, headers = dlq.letter(
