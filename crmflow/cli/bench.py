@@ -21,14 +21,37 @@ def bench(
     keep: Annotated[bool, typer.Option(help="Keep the generated data and the target database.")] = False,
     dedupe: Annotated[bool, typer.Option(help="Deduplicate accounts; score the clusters against the truth.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the figures as one JSON object on stdout.")] = False,
+    engine: Annotated[str, typer.Option(help="Processor engine: batch (default) or faust.")] = "batch",
+    stage: Annotated[str | None, typer.Option(
+        help="'process': fill the raw topics first, then time one processor worker alone, for both engines, "
+             "with and without dedupe.")] = None,
 ) -> None:
     """Generate N customers, migrate them end to end on the real stack, and report records/s and memory."""
-    from crmflow.pipeline.bench import run_bench
+    from crmflow.pipeline.bench import run_bench, run_stage_bench
     from crmflow.stack import get_stack
 
+    if stage is not None:
+        if stage != "process":
+            err_console.print(f"[red]error:[/red] --stage {stage!r}: only 'process' can be timed alone")
+            raise typer.Exit(2)
+        try:
+            rows = run_stage_bench(get_stack().endpoints(), customers, seed=seed, partitions=partitions)
+        except CrmflowError as exc:
+            err_console.print(f"[red]error:[/red] {exc}")
+            raise typer.Exit(2) from exc
+        if as_json:
+            print(json.dumps({"stage": "process", "customers": customers, "runs": [r.to_json() for r in rows]}))
+            return
+        for r in rows:
+            f = r.to_json()
+            err_console.print(f"  {f['engine']:6} dedupe={f['dedupe']!s:5} {f['records']:,} records in "
+                              f"{f['elapsed_s']:7.2f}s: {f['records_per_second']:>9,.0f} rec/s, "
+                              f"{f['records_per_cpu_second']:>9,.0f} rec/CPU-s, peak RSS "
+                              f"{f['peak_rss_bytes'] / 2**20:,.0f} MiB")
+        return
     try:
         result = run_bench(get_stack().endpoints(), customers, seed=seed, workers=workers, partitions=partitions,
-                           keep=keep, dedupe=dedupe)
+                           keep=keep, dedupe=dedupe, engine=engine)
     except CrmflowError as exc:
         err_console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from exc

@@ -64,15 +64,7 @@ class BenchResult:
         }
 
 
-def run_bench(ep: Endpoints, customers: int, *, seed: int = 1, workers: int = 1, partitions: int = 4,
-              keep: bool = False, dedupe: bool = False) -> BenchResult:
-    tag = uuid.uuid4().hex[:8]
-    root = stack_settings().home / "bench" / tag
-    data = root / "data"
-    t0 = time.monotonic()
-    generate(data, customers, seed)
-    generate_s = time.monotonic() - t0
-
+def _bench_config(root: Path, data: Path, tag: str, partitions: int, dedupe: bool) -> Path:
     raw = yaml.safe_load(DEMO_CONFIG.read_text())
     raw["run"]["name"] = f"bench{tag}"
     raw["kafka"].update(topic_prefix=f"bench-{tag}", partitions=partitions)
@@ -81,8 +73,20 @@ def run_bench(ep: Endpoints, customers: int, *, seed: int = 1, workers: int = 1,
     raw["target"]["batch_size"] = 5000
     raw["target"]["dsn_env"] = "CRMFLOW_BENCH_TARGET_DSN"
     raw.setdefault("dedupe", {})["enabled"] = dedupe
-    config = root / "crmflow.yaml"
+    config = root / f"crmflow-{tag}.yaml"
     config.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return config
+
+
+def run_bench(ep: Endpoints, customers: int, *, seed: int = 1, workers: int = 1, partitions: int = 4,
+              keep: bool = False, dedupe: bool = False, engine: str = "batch") -> BenchResult:
+    tag = uuid.uuid4().hex[:8]
+    root = stack_settings().home / "bench" / tag
+    data = root / "data"
+    t0 = time.monotonic()
+    generate(data, customers, seed)
+    generate_s = time.monotonic() - t0
+    config = _bench_config(root, data, tag, partitions, dedupe)
 
     database = f"bench_{tag}"
     with psycopg.connect(ep.postgres_dsn, autocommit=True) as conn:
@@ -92,7 +96,7 @@ def run_bench(ep: Endpoints, customers: int, *, seed: int = 1, workers: int = 1,
         os.environ["CRMFLOW_BENCH_TARGET_DSN"] = ep.dsn(database)  # the stages resolve it from the config
         cfg = load_config(config)
         summary = run_migration(cfg, config, ep, resolve_target(cfg, ep),
-                                MigrateOptions(workers=workers, logs_dir=root / "logs"))
+                                MigrateOptions(workers=workers, engine=engine, logs_dir=root / "logs"))
         if dedupe:
             quality = dedupe_quality(ep.dsn(database), data / "truth.jsonl")
     finally:
@@ -119,3 +123,83 @@ def dedupe_quality(target_dsn: str, truth_file: Path) -> dict[str, Any]:
     return {"precision": round(s.precision, 4), "recall": round(s.recall, 4), "f1": round(s.f1, 4),
             "clusters": len(set(predicted.values())), "true_clusters": s.true_clusters,
             "target_accounts": int(accounts), "true_pairs": s.true_pairs, "predicted_pairs": s.predicted_pairs}
+
+
+@dataclass(frozen=True)
+class StageBench:
+    """The processor alone on raw topics filled beforehand: from its start until its group committed all."""
+
+    engine: str
+    dedupe: bool
+    records: int  # raw records it consumed (its dedupe topic's are extra work, not counted)
+    elapsed_s: float
+    cpu_s: float
+    peak_rss_bytes: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {"engine": self.engine, "dedupe": self.dedupe, "records": self.records,
+                "elapsed_s": round(self.elapsed_s, 2), "cpu_s": round(self.cpu_s, 2),
+                "records_per_second": round(self.records / self.elapsed_s, 1) if self.elapsed_s else 0.0,
+                "records_per_cpu_second": round(self.records / self.cpu_s, 1) if self.cpu_s else 0.0,
+                "peak_rss_bytes": self.peak_rss_bytes}
+
+
+def run_stage_bench(ep: Endpoints, customers: int, *, seed: int = 1, partitions: int = 4,
+                    engines: tuple[str, ...] = ("batch", "faust"), dedupe: tuple[bool, ...] = (False, True),
+                    batch_size: int = 2000) -> list[StageBench]:
+    """``crmflow bench --stage process``: per engine and dedupe setting, fill fresh raw topics with the
+    snapshot, then run ONE processor worker until its group has committed everything, and time it."""
+    from confluent_kafka.schema_registry import SchemaRegistryClient
+
+    from crmflow.pipeline.migrate import prepare, processor_topics
+    from crmflow.pipeline.services import Service, wait_drained
+    from producers.snapshot import run_snapshot
+
+    root = stack_settings().home / "bench" / f"stage-{uuid.uuid4().hex[:8]}"
+    data = root / "data"
+    generate(data, customers, seed)
+    registry = SchemaRegistryClient({"url": ep.registry_url})
+    results: list[StageBench] = []
+    try:
+        for engine in engines:
+            for with_dedupe in dedupe:
+                tag = uuid.uuid4().hex[:8]
+                config = _bench_config(root, data, tag, partitions, with_dedupe)
+                database = f"bench_{tag}"
+                with psycopg.connect(ep.postgres_dsn, autocommit=True) as conn:
+                    conn.execute(f'create database "{database}"')
+                try:
+                    os.environ["CRMFLOW_BENCH_TARGET_DSN"] = ep.dsn(database)
+                    cfg = load_config(config)
+                    prepare(cfg, ep, registry, ep.dsn(database))
+                    stats = run_snapshot(cfg, bootstrap_servers=ep.bootstrap_servers, registry_client=registry,
+                                         run_id=f"bench-{tag}", state_dir=root / f"state-{tag}")
+                    produced = int(sum(s.produced for s in stats.sources.values()))
+                    log.info("stage bench %s dedupe=%s: %d raw records ready", engine, with_dedupe, produced)
+                    started = time.monotonic()
+                    worker = Service(f"process-{engine}", [
+                        "process", "-c", str(config), "--metrics-port", "0", "--engine", engine,
+                        "--instance", f"bench-{tag}", "--batch-size", str(batch_size)],
+                        root / f"process-{tag}.log", {})
+                    try:
+                        done = wait_drained(ep.bootstrap_servers, f"crmflow-process-{cfg.kafka.topic_prefix}",
+                                            processor_topics(cfg), [worker], 1800)
+                        cpu = _cpu_seconds(worker.proc.pid)
+                        worker.sample()
+                    finally:
+                        worker.stop()
+                    results.append(StageBench(engine, with_dedupe, produced, done - started, cpu, worker.peak_rss))
+                    log.info("stage bench: %s", results[-1].to_json())
+                finally:
+                    with psycopg.connect(ep.postgres_dsn, autocommit=True) as conn:
+                        conn.execute(f'drop database if exists "{database}" with (force)')
+    finally:
+        shutil.rmtree(data, ignore_errors=True)
+    return results
+
+
+def _cpu_seconds(pid: int) -> float:
+    import psutil
+
+    t = psutil.Process(pid).cpu_times()
+    return float(t.user + t.system)
