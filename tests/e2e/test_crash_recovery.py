@@ -49,9 +49,9 @@ def _poll(what: str, cond: Callable[[], bool], services: list[Service], timeout_
         time.sleep(0.05)
 
 
-@pytest.mark.parametrize("victim", ["process", "sink"])
+@pytest.mark.parametrize(("victim", "engine"), [("process", "batch"), ("process", "faust"), ("sink", "batch")])
 def test_sigkill_mid_run_loses_and_doubles_nothing(
-    victim: str, medium_dataset: Dataset, run_factory: Callable[..., Run], endpoints: Endpoints,
+    victim: str, engine: str, medium_dataset: Dataset, run_factory: Callable[..., Run], endpoints: Endpoints,
     registry_client: SchemaRegistryClient, tmp_path: Path,
 ) -> None:
     run = run_factory(medium_dataset, _slow_batches)
@@ -64,7 +64,7 @@ def test_sigkill_mid_run_loses_and_doubles_nothing(
     process_group = f"crmflow-process-{cfg.kafka.topic_prefix}"
 
     def start(name: str, n: int) -> Service:
-        args = ["process", "-c", str(run.config), "--metrics-port", "0", "--batch-size", "300"] \
+        args = ["process", "-c", str(run.config), "--metrics-port", "0", "--batch-size", "300", "--engine", engine] \
             if name == "process" else ["sink", "-c", str(run.config)]
         return Service(f"{name}-{n}", args, tmp_path / f"{name}-{n}.log", {k: run.env[k] for k in run.env})
 

@@ -73,7 +73,7 @@ def assert_golden_target(dsn: str, dataset: Dataset) -> dict[str, float]:
 
 
 def _migrate(run: Run, dataset: Dataset, endpoints: Endpoints, registry_client: SchemaRegistryClient, tmp_path: Path,
-             kill_processor: bool) -> None:
+             kill_processor: bool, engine: str = "batch") -> None:
     cfg = load_config(run.config)
     prepare(cfg, endpoints, registry_client, run.target_dsn)
     run_snapshot(cfg, bootstrap_servers=endpoints.bootstrap_servers, registry_client=registry_client,
@@ -82,7 +82,7 @@ def _migrate(run: Run, dataset: Dataset, endpoints: Endpoints, registry_client: 
     topics = [cfg.kafka.raw_topic(s) for s in cfg.sources] + [cfg.kafka.dedupe_topic("account")]
 
     def start(name: str, n: int) -> Service:
-        args = (["process", "-c", str(run.config), "--metrics-port", "0", "--batch-size", "200"]
+        args = (["process", "-c", str(run.config), "--metrics-port", "0", "--batch-size", "200", "--engine", engine]
                 if name == "process" else ["sink", "-c", str(run.config)])
         return Service(f"{name}-{n}-{run.prefix}", args, tmp_path / f"{run.prefix}-{name}-{n}.log", dict(run.env))
 
@@ -129,14 +129,15 @@ def test_demo_migration_keeps_one_golden_account_per_true_cluster(
     assert evidence is not None and evidence[0] >= len(small_dataset.ok("account")) - scores["clusters"]
 
 
+@pytest.mark.parametrize("engine", ["batch", "faust"])
 def test_killing_the_processor_mid_run_yields_the_same_clusters(
-    small_dataset: Dataset, run_factory: Callable[..., Run], endpoints: Endpoints,
+    engine: str, small_dataset: Dataset, run_factory: Callable[..., Run], endpoints: Endpoints,
     registry_client: SchemaRegistryClient, tmp_path: Path,
 ) -> None:
     clean = run_factory(small_dataset, dedupe=True, suffix="-clean")
     killed = run_factory(small_dataset, dedupe=True, suffix="-killed")
     _migrate(clean, small_dataset, endpoints, registry_client, tmp_path, kill_processor=False)
-    _migrate(killed, small_dataset, endpoints, registry_client, tmp_path, kill_processor=True)
+    _migrate(killed, small_dataset, endpoints, registry_client, tmp_path, kill_processor=True, engine=engine)
     assert_golden_target(killed.target_dsn, small_dataset)
     assert partition(golden_of(killed.target_dsn)) == partition(golden_of(clean.target_dsn))
     assert golden_of(killed.target_dsn) == golden_of(clean.target_dsn), "golden ids are the founders' ids"
