@@ -1,0 +1,218 @@
+"""The transactional batch runtime on the real Kafka and registry, driving small stages written here.
+
+Proves what the runtime owns: outputs and input offsets committed together (read_committed sees each
+output once, the group's lag reaches 0 past transaction markers), poison messages dead-lettered without
+stalling the partition, partition-local state restored from the changelog by a successor, and a second
+instance with the same transactional id fencing the first.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+import pytest
+from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
+from confluent_kafka.schema_registry import SchemaRegistryClient
+
+from crmflow.dlq import DeadLetterWriter, read_dead_letters
+from crmflow.pipeline.services import group_lag
+from crmflow.runtime import BatchStage, InRecord, OutRecord, RuntimeOptions, StageOutput, StateWrite
+from crmflow.runtime.loop import FencedError, TransactionalRuntime
+from crmflow.runtime.stage import Decoder, Encoder
+from crmflow.serialization import AvroCodec, ParsedSchema, topic_subject
+from crmflow.stack import Endpoints
+from tests.helpers import wait_until
+
+pytestmark = pytest.mark.integration
+
+SCHEMA = ParsedSchema.from_str(
+    '{"type": "record", "name": "Count", "namespace": "io.crmflow.test", '
+    '"fields": [{"name": "key", "type": "string"}, {"name": "n", "type": "long"}]}')
+
+
+class Counter(BatchStage):
+    """Counts records per key, per partition (state), and sends the running count on."""
+
+    name = "process"
+
+    def __init__(self, source: str, out: str, codec: AvroCodec) -> None:
+        self.source, self.out, self.codec = source, out, codec
+        self.changelog = f"{source}.state"
+        self.state_topic = source
+        self.counts: dict[int, dict[str, int]] = {}
+        self.restored: list[int] = []
+
+    @property
+    def topics(self) -> Sequence[str]:
+        return [self.source]
+
+    def decoder(self, topic: str) -> Decoder:
+        return self.codec
+
+    def encoder(self, topic: str) -> Encoder:
+        return self.codec
+
+    def process(self, batch: Sequence[InRecord]) -> StageOutput:
+        out = StageOutput()
+        for i, rec in enumerate(batch):
+            key = rec.value["key"]
+            if key == "reject-me":
+                out.rejections.append(_rejection(i))
+                continue
+            counts = self.counts.setdefault(rec.partition, {})
+            counts[key] = counts.get(key, 0) + 1
+            out.records.append(OutRecord(self.out, key.encode(), {"key": key, "n": counts[key]}))
+            out.state.append(StateWrite(rec.partition, key.encode(), str(counts[key]).encode()))
+        return out
+
+    def restore(self, partition: int, entries: Mapping[bytes, bytes]) -> None:
+        self.counts[partition] = {k.decode(): int(v) for k, v in entries.items()}
+        self.restored.append(partition)
+
+    def release(self, partitions: Iterable[int]) -> None:
+        for p in partitions:
+            self.counts.pop(p, None)
+
+
+def _rejection(index: int) -> Any:
+    from crmflow.runtime import Rejection
+
+    return Rejection(index, "process", "test_rule", "refused by the test stage", field="key")
+
+
+def _read_committed(bootstrap: str, topic: str, partitions: int = 1) -> list[dict[str, Any]]:
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "reader", "isolation.level": "read_committed",
+                         "enable.partition.eof": True, "enable.auto.commit": False})
+    codec_values: list[bytes] = []
+    try:
+        consumer.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
+        ends = 0
+        while ends < partitions:
+            for msg in consumer.consume(1000, 2.0):
+                err = msg.error()
+                if err is not None and err.code() == KafkaError._PARTITION_EOF:
+                    ends += 1
+                elif err is None:
+                    codec_values.append(msg.value() or b"")
+    finally:
+        consumer.close()
+    return [{"raw": v} for v in codec_values]
+
+
+@pytest.fixture
+def setup(endpoints: Endpoints, registry_client: SchemaRegistryClient, topic_factory: Callable[..., str],
+          group_factory: Callable[[], str]) -> Callable[..., tuple[TransactionalRuntime, Counter]]:
+    source = topic_factory("rt-in", partitions=2)
+    out = topic_factory("rt-out", partitions=2)
+    dlq = topic_factory("rt-dlq")
+    group = group_factory()
+    codec = AvroCodec(registry_client, topic_subject(source), SCHEMA)
+
+    def make(instance: str = "a", batch_size: int = 50) -> tuple[TransactionalRuntime, Counter]:
+        stage = Counter(source, out, codec)
+        opts = RuntimeOptions(bootstrap_servers=endpoints.bootstrap_servers, group_id=group,
+                              transactional_id=f"{group}-{instance}", dlq_topic=dlq, batch_size=batch_size,
+                              batch_timeout_s=0.1)
+        return TransactionalRuntime(stage, opts, DeadLetterWriter(None, registry_client, dlq)), stage
+
+    make.source, make.out, make.dlq, make.group, make.codec = source, out, dlq, group, codec  # type: ignore[attr-defined]
+    return make
+
+
+def _produce(bootstrap: str, topic: str, codec: AvroCodec, keys: list[str], poison: int = 0) -> None:
+    producer = Producer({"bootstrap.servers": bootstrap})
+    for i, key in enumerate(keys):
+        producer.produce(topic, key=key.encode(), value=codec.encode({"key": key, "n": 0}))
+        if i < poison:
+            producer.produce(topic, key=key.encode(), value=b"\x00\x00\x00garbage")
+    assert producer.flush(30) == 0
+
+
+def _run(runtime: TransactionalRuntime) -> threading.Thread:
+    thread = threading.Thread(target=runtime.run, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_outputs_and_offsets_commit_together_and_poison_is_dead_lettered(
+    endpoints: Endpoints, registry_client: SchemaRegistryClient, setup: Any,
+) -> None:
+    keys = [f"k{i % 7}" for i in range(300)] + ["reject-me"]
+    _produce(endpoints.bootstrap_servers, setup.source, setup.codec, keys, poison=3)
+    runtime, _ = setup()
+    thread = _run(runtime)
+    try:
+        wait_until(lambda: group_lag(endpoints.bootstrap_servers, setup.group, [setup.source]) == 0, 60,
+                   what="the group to commit everything, past the transaction markers")
+    finally:
+        runtime.stop()
+        thread.join(30)
+    outputs = _read_committed(endpoints.bootstrap_servers, setup.out, 2)
+    assert len(outputs) == 300, "each input's output committed once"
+    counts = sorted(setup.codec.decode(o["raw"])["n"] for o in outputs)
+    assert counts.count(1) == 7 and max(counts) == 43, "the state counted each key's records once"
+    letters = list(read_dead_letters(endpoints.bootstrap_servers, registry_client, setup.dlq))
+    rules = sorted(lt.record["rule"] for lt in letters)
+    assert rules == ["avro_decode"] * 3 + ["test_rule"]
+    assert all(lt.record["error"] and "garbage" not in lt.record["error"] for lt in letters)
+
+
+def test_a_successor_restores_the_committed_state_from_the_changelog(
+    endpoints: Endpoints, setup: Any,
+) -> None:
+    _produce(endpoints.bootstrap_servers, setup.source, setup.codec, [f"k{i % 5}" for i in range(100)])
+    first, _ = setup("a")
+    thread = _run(first)
+    try:
+        wait_until(lambda: group_lag(endpoints.bootstrap_servers, setup.group, [setup.source]) == 0, 60,
+                   what="the first worker to finish")
+    finally:
+        first.stop()
+        thread.join(30)
+    _produce(endpoints.bootstrap_servers, setup.source, setup.codec, [f"k{i % 5}" for i in range(100)])
+    second, stage = setup("b")
+    thread = _run(second)
+    try:
+        wait_until(lambda: group_lag(endpoints.bootstrap_servers, setup.group, [setup.source]) == 0, 60,
+                   what="the successor to finish")
+    finally:
+        second.stop()
+        thread.join(30)
+    assert sorted(stage.restored) == [0, 1]
+    counts = [setup.codec.decode(o["raw"])["n"] for o in _read_committed(endpoints.bootstrap_servers, setup.out, 2)]
+    assert len(counts) == 200 and max(counts) == 40, "the successor went on counting from the restored state"
+
+
+def test_a_new_instance_with_the_same_transactional_id_fences_the_old_one(
+    endpoints: Endpoints, setup: Any,
+) -> None:
+    _produce(endpoints.bootstrap_servers, setup.source, setup.codec, ["k1"] * 20)
+    old, _ = setup("same", batch_size=5)
+    errors: list[BaseException] = []
+
+    def run_old() -> None:
+        try:
+            old.run()
+        except FencedError as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=run_old, daemon=True)
+    thread.start()
+    wait_until(lambda: old.batches > 0, 60, what="the old instance to commit a batch")
+    new, _ = setup("same")
+    new_thread = _run(new)
+    try:
+        # The old one's next transaction is refused: it stops with FencedError rather than committing.
+        _produce(endpoints.bootstrap_servers, setup.source, setup.codec, [f"k2-{i}" for i in range(20)])
+        wait_until(lambda: errors or not thread.is_alive(), 60, what="the old instance to be fenced")
+        wait_until(lambda: group_lag(endpoints.bootstrap_servers, setup.group, [setup.source]) == 0, 60,
+                   what="the new instance to finish")
+    finally:
+        old.stop()
+        new.stop()
+        thread.join(30)
+        new_thread.join(30)
+    assert errors and "fenced" in str(errors[0])
+    assert len(_read_committed(endpoints.bootstrap_servers, setup.out, 2)) == 40

@@ -1,0 +1,139 @@
+"""The processor's pure batch stage, without Kafka: mapping, rejections, dedupe state writes and restores."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from crmflow.config import MigrationConfig, load_config
+from crmflow.runtime import InRecord, StageOutput
+from processors.mapping import build_mappers
+from processors.masking import Masker
+from processors.stage import ProcessStage
+
+pytestmark = pytest.mark.unit
+
+DEMO = Path(__file__).resolve().parents[3] / "deploy" / "demo" / "crmflow.yaml"
+RAW_CUSTOMERS = "crmflow.demo.raw.customers"
+RAW_SALES = "crmflow.demo.raw.sales"
+DEDUPE = "crmflow.demo.dedupe.account"
+
+
+class _Identity:
+    def decode(self, data: bytes, *, origin: str | None = None) -> dict[str, Any]:
+        raise AssertionError("the stage never decodes")
+
+    def encode_many(self, objs: Any) -> list[bytes]:
+        return [b"" for _ in objs]
+
+
+@pytest.fixture(scope="module")
+def demo() -> MigrationConfig:
+    return load_config(DEMO)
+
+
+def _stage(cfg: MigrationConfig, *, dedupe: bool) -> ProcessStage:
+    mappers = build_mappers(cfg)
+    k = cfg.kafka
+    raw = {k.raw_topic(n): s.entity for n, s in cfg.sources.items()}
+    mapped = {e: k.mapped_topic(e) for e in mappers}
+    stage = ProcessStage(
+        raw_topics=raw, mappers=mappers, masker=Masker.from_config(cfg), mapped_topics=mapped,
+        decoders=dict.fromkeys([*raw, DEDUPE], _Identity()), encoders=dict.fromkeys([*mapped.values(), DEDUPE],
+                                                                                    _Identity()),
+        dedupe=cfg.dedupe.matcher() if dedupe and cfg.dedupe else None, dedupe_topic=DEDUPE,
+        changelog=f"{DEDUPE}.state",
+    )
+    return stage.with_sources({n: s.entity for n, s in cfg.sources.items()})
+
+
+def _customer(i: int, first: str = "Anne", last: str = "Obrien", email: str | None = None) -> dict[str, Any]:
+    return {"source": "customers", "entity": "customers", "source_key": f"C{i:07d}",
+            "position": f"customers.csv:{i + 1}", "run_id": "run-1", "op": "SNAPSHOT", "captured_at": None,
+            "fields": {"Customer_ID": f"C{i:07d}", "First_Name": first, "Last_Name": last,
+                       "Contact_Email": email or f"{first}.{last}{i}@example.com".lower(), "Phone": "(212) 555-0134",
+                       "Street_Address": "123 Main St.", "City": "New York", "Postal_Code": "10001",
+                       "Country": "US", "Region": "NA", "Birth_Date": "03/04/1980", "Customer_Since": "2019-12-31"}}
+
+
+def _rec(topic: str, offset: int, value: dict[str, Any], partition: int = 0, key: bytes | None = None) -> InRecord:
+    return InRecord(topic, partition, offset, key, value, b"raw-bytes")
+
+
+def test_a_raw_batch_maps_to_its_entity_topics_and_rejects_name_rule_and_field(demo: MigrationConfig) -> None:
+    stage = _stage(demo, dedupe=False)
+    bad = _customer(2)
+    bad["fields"]["Customer_ID"] = "  "  # the key is required
+    sale = {"source": "sales", "entity": "sales", "source_key": "S1", "position": "sales.csv:2", "run_id": "run-1",
+            "op": "SNAPSHOT", "captured_at": None,
+            "fields": {"Sale_ID": "S1", "Customer_ID": "C0000001", "Sales_Amount": "not money",
+                       "Sale_Date": "2024-01-02", "Currency": "USD", "Product": "X"}}
+    out = stage.process([_rec(RAW_CUSTOMERS, 0, _customer(1)), _rec(RAW_CUSTOMERS, 1, bad), _rec(RAW_SALES, 0, sale)])
+    assert [(r.topic, r.key) for r in out.records] == [("crmflow.demo.mapped.account", b"C0000001")]
+    assert out.records[0].value["full_name"] == "Anne Obrien"
+    assert sorted((r.index, r.stage, r.rule) for r in out.rejections)[0][:1] == (1,)
+    assert {r.index for r in out.rejections} == {1, 2}
+    assert all(r.error and "Anne" not in r.error for r in out.rejections), "reasons carry no values"
+    assert out.counts[("process", "account", "in")] == 2
+    assert out.counts[("process", "account", "out")] == 1
+    assert out.counts[("process", "account", "rejected")] == 1
+    assert not out.state
+
+
+def test_with_dedupe_clean_accounts_go_to_the_dedupe_topic_by_shard_key(demo: MigrationConfig) -> None:
+    stage = _stage(demo, dedupe=True)
+    out = stage.process([_rec(RAW_CUSTOMERS, 0, _customer(1))])
+    assert [(r.topic, r.key) for r in out.records] == [(DEDUPE, b"ao")]
+    assert out.records[0].value["email"] == "anne.obrien1@example.com", "unmasked: the matcher needs it"
+
+
+def _resolve(stage: ProcessStage, accounts: list[dict[str, Any]], start: int = 0) -> StageOutput:
+    return stage.process([_rec(DEDUPE, start + i, a, key=b"ao") for i, a in enumerate(accounts)])
+
+
+def _accounts(demo: MigrationConfig, n: int) -> list[dict[str, Any]]:
+    mapper = build_mappers(demo)["account"]
+    meta = {"run_id": "run-1", "source": "customers", "source_position": "x"}
+    same_email = "anne.obrien@example.com"
+    return [mapper(_customer(i, email=same_email if i % 2 else None)["fields"], meta) for i in range(n)]
+
+
+def test_resolution_writes_state_that_restores_to_the_same_decisions(demo: MigrationConfig) -> None:
+    accounts = _accounts(demo, 6)
+    whole = _stage(demo, dedupe=True)
+    expected = _resolve(whole, accounts)
+    assert expected.state, "the deduper's writes come out as state writes"
+    assert {w.partition for w in expected.state} == {0}
+
+    # A worker that processed the first half, committed, and crashed: its successor restores the
+    # committed changelog and must decide the second half exactly as the uninterrupted worker did.
+    first = _stage(demo, dedupe=True)
+    committed = _resolve(first, accounts[:3])
+    changelog: dict[bytes, bytes] = {}
+    for w in committed.state:
+        if w.value is None:
+            changelog.pop(w.key, None)
+        else:
+            changelog[w.key] = w.value
+    successor = _stage(demo, dedupe=True)
+    successor.restore(0, changelog)
+    rest = _resolve(successor, accounts[3:], start=3)
+    assert [r.value["golden_id"] for r in rest.records] == [r.value["golden_id"] for r in expected.records[3:]]
+    assert [r.value["merged_golden_ids"] for r in rest.records] == [
+        r.value["merged_golden_ids"] for r in expected.records[3:]]
+
+
+def test_a_released_partition_forgets_its_state(demo: MigrationConfig) -> None:
+    accounts = _accounts(demo, 2)
+    stage = _stage(demo, dedupe=True)
+    first = _resolve(stage, accounts[1:2])
+    stage.release([0])
+    again = _resolve(stage, accounts[1:2])
+    decisions: Mapping[tuple[str, str], int] = again.decisions
+    assert decisions.get(("account", "founded")) == 1, "after a release the record is new to the partition"
+    assert first.records[0].value["golden_id"] == again.records[0].value["golden_id"]
+    assert all(orjson.loads(w.value) is not None for w in again.state if w.value is not None)
