@@ -69,6 +69,7 @@ test-e2e: setup
 lint: venv
 	$(BIN)/ruff check crmflow producers processors sinks tests
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 bench: stack
 	$(BIN)/crmflow bench --customers 100000 --workers 2

@@ -27,315 +27,50 @@ from __future__ import annotations
 
 import difflib
 import os
-import re
-from collections.abc import Mapping
-from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 from types import UnionType
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import yaml
-from pydantic import (
-    BaseModel,
-    BeforeValidator,
-    ConfigDict,
-    Field,
-    PrivateAttr,
-    SecretStr,
-    ValidationError,
-    ValidationInfo,
-    field_validator,
-    model_validator,
-)
+from pydantic import BaseModel, Field, PrivateAttr, ValidationError
 
-from crmflow import topics
+from crmflow.configbase import (
+    ConfigLoadError,
+    CurrencyCode,
+    EnvVarName,
+    FrozenModel,
+    Identifier,
+    KafkaConfig,
+    KeyPath,
+    Problem,
+    RunConfig,
+    Severity,
+    expand_env,
+    format_path,
+)
+from crmflow.entities import EntityName
 from crmflow.exceptions import ConfigError
 from crmflow.pii import PiiConfig
-from processors.dedupe.config import DedupeConfig
-from processors.entities import EntityName
+from processors.config import DedupeSettings, ReferenceConfig
 from processors.mapping import Finding, mapping_problems
-from processors.transforms.base import ReferenceData, clean_text
-from processors.transforms.spec import EntityMapping, FieldMapping, TransformStep, invalid
+from processors.transforms.base import ReferenceData
+from processors.transforms.spec import EntityMapping, FieldMapping, TransformStep
+from producers.config import ParentRef, SegmentConfig, SourceConfig
+from sinks.config import TargetConfig
 
 __all__ = [
-    "ConfigLoadError", "EntityMapping", "FieldMapping", "KafkaConfig", "MigrationConfig", "Problem",
-    "ReferenceConfig", "RunConfig", "SourceConfig", "TargetConfig", "TransformStep", "check_config",
-    "expand_env", "load_config",
+    "ConfigLoadError", "CurrencyCode", "DedupeSettings", "EntityMapping", "EnvVarName", "FieldMapping",
+    "Identifier", "KafkaConfig", "KeyPath", "MigrationConfig", "ParentRef", "Problem", "ReferenceConfig",
+    "RunConfig", "SegmentFilter", "Severity", "SourceConfig", "TargetConfig", "TransformStep", "check_config",
+    "expand_env", "format_path", "load_config",
 ]  # fmt: skip
 
-Severity = Literal["error", "warning"]
-KeyPath = tuple[str | int, ...]
+#: The ``sources.<name>.segment`` section, under its former name.
+SegmentFilter = SegmentConfig
 
-_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
-
-def _env_name(value: Any) -> Any:
-    if isinstance(value, str) and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", value):
-        # Never echo it: it may be a DSN with a password pasted in by mistake.
-        raise invalid("expected the NAME of an environment variable holding the DSN, never the DSN itself")
-    return value
-
-
-EnvVarName = Annotated[str, BeforeValidator(_env_name)]
-Identifier = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.\-]+$")]
-CurrencyCode = Annotated[str, Field(pattern=r"^[A-Z]{3}$")]
-
-
-@dataclass(frozen=True)
-class Problem:
-    """One finding of loading or checking a config; ``str()`` is ``file:line: severity: path: message``."""
-
-    severity: Severity
-    message: str
-    path: str = ""
-    file: Path | None = None
-    line: int | None = None
-
-    def __str__(self) -> str:
-        where = f"{self.file}:{self.line}" if self.file and self.line else str(self.file or "<config>")
-        return f"{where}: {self.severity}: {self.path + ': ' if self.path else ''}{self.message}"
-
-
-class ConfigLoadError(ConfigError):
-    """The config file cannot be read or is invalid; ``problems`` lists every error found."""
-
-    def __init__(self, problems: list[Problem]) -> None:
-        super().__init__("\n".join(str(p) for p in problems))
-        self.problems = problems
-
-
-def expand_env(text: str) -> str:
-    """Expand ``${VAR}`` and ``${VAR:-default}``; an unset VAR without default is a ValueError."""
-
-    def repl(match: re.Match[str]) -> str:
-        name, default = match[1], match[2]
-        value = os.environ.get(name)
-        if value:
-            return value
-        if default is None:
-            raise ValueError(f"environment variable {name} is not set and ${{{name}}} has no :-default")
-        return default
-
-    return _ENV_REF.sub(repl, text)
-
-
-def format_path(path: KeyPath) -> str:
-    """``('entities', 'account', 'fields', 2, 'transform')`` → ``entities.account.fields[2].transform``."""
-    out = ""
-    for part in path:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out
-
-
-class _Model(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-
-class RunConfig(_Model):
-    name: Identifier = Field(description="names the run; ids and consumer groups derive from it")
-    base_currency: CurrencyCode = "USD"
-
-
-class KafkaConfig(_Model):
-    topic_prefix: Identifier = "crmflow"
-    partitions: int = Field(default=6, ge=1)
-    replication_factor: int = Field(default=1, ge=1)
-
-    def raw_topic(self, source: str) -> str:
-        return topics.raw_topic(self.topic_prefix, source)
-
-    def mapped_topic(self, entity: str) -> str:
-        return topics.mapped_topic(self.topic_prefix, entity)
-
-    def dedupe_topic(self, entity: str) -> str:
-        return topics.dedupe_topic(self.topic_prefix, entity)
-
-    @property
-    def dlq_topic(self) -> str:
-        return topics.dlq_topic(self.topic_prefix)
-
-
-class SegmentFilter(_Model):
-    """Keep only records whose ``field`` (after the whitespace rule) is one of ``in``.
-
-    The field name also matches in lower case (database columns), as in ``producers.sources``.
-    """
-
-    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
-
-    field: str
-    values: tuple[str, ...] = Field(alias="in", min_length=1)
-
-    def matches(self, raw: Mapping[str, str | None]) -> bool:
-        value = raw[self.field] if self.field in raw else raw.get(self.field.lower())
-        return clean_text(value) in self.values
-
-
-class ParentRef(_Model):
-    """A child source's reference to its parent: the source field holding the parent entity's key."""
-
-    entity: EntityName = "account"
-    field: str
-
-
-class SourceConfig(_Model):
-    kind: Literal["csv", "jsonl", "table"]
-    entity: EntityName
-    key: str = Field(description="the source's primary-key field")
-    path: Path | None = Field(default=None, description="csv/jsonl: file; ${VAR:-default} expanded")
-    dsn_env: EnvVarName | None = Field(default=None, description="table: env var holding the DSN")
-    table: str | None = Field(default=None, description="table: [schema.]table")
-    segment: SegmentFilter | None = None
-    parent: ParentRef | None = None
-    delimiter: str | None = Field(default=None, description="csv: field delimiter; unset: detected (, ; TAB |)")
-    quotechar: str | None = Field(default=None, description="csv: quote character; unset: detected (\" or ')")
-    encoding: str | None = Field(
-        default=None, description="csv: text encoding (utf-8, cp1252, latin-1...); unset: utf-8, else cp1252"
-    )
-    dialect: Literal["auto", "excel", "excel-tab"] = Field(
-        default="auto", description="csv: auto detects what is not declared; excel = comma, excel-tab = TAB"
-    )
-
-    @field_validator("delimiter", "quotechar")
-    @classmethod
-    def _one_char(cls, value: str | None, info: ValidationInfo) -> str | None:
-        from producers.readers.dialect import check_delimiter
-
-        if value is None:
-            return None
-        try:
-            return check_delimiter(value, str(info.field_name))
-        except ValueError as exc:
-            raise invalid(str(exc).split(": ", 1)[-1]) from None
-
-    @field_validator("encoding")
-    @classmethod
-    def _known_encoding(cls, value: str | None) -> str | None:
-        from producers.readers.dialect import check_encoding
-
-        if value is None:
-            return None
-        try:
-            return check_encoding(value)
-        except ValueError as exc:
-            raise invalid(str(exc).split(": ", 1)[-1]) from None
-
-    @field_validator("path", mode="before")
-    @classmethod
-    def _expand(cls, value: Any, info: ValidationInfo) -> Any:
-        if not isinstance(value, str):
-            return value
-        try:
-            path = Path(expand_env(value))
-        except ValueError as exc:
-            raise invalid(str(exc)) from None
-        base = (info.context or {}).get("base_dir")
-        return path if path.is_absolute() or base is None else Path(os.path.normpath(Path(base) / path))
-
-    @model_validator(mode="after")
-    def _kind_fields(self) -> SourceConfig:
-        if self.kind == "table" and (self.dsn_env is None or self.table is None):
-            raise ValueError("a table source needs dsn_env and table")
-        if self.kind != "table" and self.path is None:
-            raise ValueError(f"a {self.kind} source needs path")
-        if self.kind != "csv":
-            declared = [k for k in ("delimiter", "quotechar", "encoding") if getattr(self, k) is not None]
-            if self.dialect != "auto":
-                declared.append("dialect")
-            if declared:
-                raise ValueError(f"{', '.join(declared)}: only csv sources have a dialect")
-        return self
-
-    def dsn(self) -> SecretStr:
-        """The DSN from the environment; ConfigError naming the variable if it is unset."""
-        return _secret_from_env(self.dsn_env)
-
-
-def _secret_from_env(name: str | None) -> SecretStr:
-    value = os.environ.get(name) if name else None
-    if not value:
-        raise ConfigError(f"environment variable {name} (dsn_env) is not set; export it with the DSN")
-    return SecretStr(value)
-
-
-class ReferenceConfig(_Model):
-    currency_rates: dict[CurrencyCode, Annotated[Decimal, Field(gt=0)]] = Field(
-        default_factory=dict, description="units of the base currency per unit of the keyed currency"
-    )
-    lookups: dict[str, dict[str, str]] = Field(default_factory=dict, description="named key → value tables")
-
-
-class TargetConfig(_Model):
-    """Where the mapped records land. ``dsn_env`` names the variable holding the DSN; when it is named and
-    unset, every command refuses to run (never a silent fallback). Without ``dsn_env``, the target is the
-    crmflow stack's own target database (``crmflow stack up``), and every command says so.
-    ``schema`` is the PostgreSQL schema the CRM tables live in: two migrations that must not touch each
-    other's rows name different schemas."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
-
-    kind: Literal["postgres"] = "postgres"
-    dsn_env: EnvVarName | None = Field(
-        default=None, description="env var holding the target database's DSN; omitted: the crmflow stack's"
-    )
-    schema_name: Annotated[str, Field(pattern=r"^[a-z_][a-z0-9_]{0,62}$")] = Field(
-        default="crm", alias="schema", description="PostgreSQL schema of the CRM tables"
-    )
-    batch_size: int = Field(default=500, ge=1)
-    flush_interval_s: float = Field(default=1.0, gt=0)
-
-    @property
-    def uses_stack(self) -> bool:
-        """True when no ``dsn_env`` is named: the target is the crmflow stack's database."""
-        return self.dsn_env is None
-
-    def dsn(self) -> SecretStr:
-        """The DSN from ``dsn_env``; ConfigError naming the variable when it is unset (or not named)."""
-        return _secret_from_env(self.dsn_env)
-
-
-class DedupeSettings(DedupeConfig):
-    """The ``dedupe`` section: the matcher's settings (:class:`~processors.dedupe.config.DedupeConfig`) plus
-    whether the stage runs and where the block-key pepper comes from. ::
-
-        dedupe:
-          enabled: true
-          source_priority: [crm_eu, customers]    # record `source` values, most trusted first
-          match_threshold: 7.0
-          weights: {birth_date: 5}
-          block_key_env: CRMFLOW_BLOCK_KEY        # optional pepper for the hashed block keys
-
-    It resolves the entity the config maps to ``account`` (from any source); the processor keeps one
-    golden record per cluster and the target one account per golden record.
-    """
-
-    enabled: bool = Field(default=True, description="run the deduplication stage")
-    block_key_env: EnvVarName | None = Field(
-        default=None, description="env var holding the block-key pepper (never the pepper itself in the file)"
-    )
-
-    @model_validator(mode="after")
-    def _no_secret_in_file(self) -> DedupeSettings:
-        if self.block_key_secret is not None:
-            raise ValueError("block_key_secret does not belong in the config file: name an env var in block_key_env")
-        if self.entity != "account":
-            raise ValueError("the stream deduplicates accounts; contacts are deduplicated by the evaluate tool only")
-        return self
-
-    def matcher(self) -> DedupeConfig:
-        """The deduper's config, with the pepper read from ``block_key_env`` (when named)."""
-        data = self.model_dump(exclude={"enabled", "block_key_env", "block_key_secret"})
-        secret: SecretStr | None = None
-        if self.block_key_env:
-            value = os.environ.get(self.block_key_env)
-            if not value:
-                raise ConfigError(f"environment variable {self.block_key_env} (dedupe.block_key_env) is not set")
-            secret = SecretStr(value)
-        return DedupeConfig(**data, block_key_secret=secret)
-
-
-class MigrationConfig(_Model):
+class MigrationConfig(FrozenModel):
     version: Literal[1] = 1
     run: RunConfig
     kafka: KafkaConfig = Field(default_factory=KafkaConfig)

@@ -33,9 +33,9 @@ from typing import Annotated, Any, ClassVar, Final, Literal, get_args
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SecretStr, ValidationInfo, field_validator
 
+from crmflow.configbase import invalid
+from crmflow.entities import entity_model, required_fields
 from crmflow.exceptions import ConfigError
-from processors.entities import entity_model, required_fields
-from processors.transforms.spec import invalid
 
 __all__ = [
     "DEFAULT_POLICIES", "PROFILE_ENV", "FieldKind", "FieldRule", "PiiConfig", "PiiKeyError",
@@ -164,7 +164,7 @@ class _EntityRules(_Model):
 
 
 # One class per entity with one optional rule per business field, so a typo is an "unknown key" error at
-# its own key path. tests/unit/test_pii_config.py checks that they list the fields of processors.entities.
+# its own key path. tests/unit/test_pii_config.py checks that they list the fields of crmflow.entities.
 
 
 class AccountRules(_EntityRules):

@@ -27,7 +27,6 @@ import faust
 from confluent_kafka.schema_registry import SchemaRegistryClient
 from mode.types.signals import BaseSignalT
 
-from crmflow.config import MigrationConfig
 from crmflow.dlq import DeadLetterWriter
 from crmflow.metrics import BATCH_DURATION, BATCH_SIZE, DEDUPE_DECISIONS, LAST_SUCCESS, RECORDS
 from crmflow.runtime.changelog import ensure_changelog, read_partitions
@@ -35,6 +34,7 @@ from crmflow.runtime.stage import InRecord
 from crmflow.serialization import SerializationError
 from crmflow.stack import Endpoints
 from processors.acks import ConfirmedAckApp, ConfirmedAckConsumer
+from processors.config import ProcessorConfig as MigrationConfig
 from processors.service import build_stage, group_id
 
 log = logging.getLogger(__name__)

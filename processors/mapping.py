@@ -21,19 +21,17 @@ import os
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final, Literal
+from typing import Any, Final, Literal
 
 from pydantic import TypeAdapter, ValidationError
 
 import crmflow
-from processors.entities import ENTITY_NAMES, METADATA_FIELDS, business_fields, entity_model, required_fields
+from crmflow.entities import ENTITY_NAMES, METADATA_FIELDS, business_fields, entity_model, required_fields
+from processors.config import ProcessorConfig
 from processors.exceptions import FieldFlagged, FieldInvalid, MappingError, RecordRejected
 from processors.transforms.base import ReferenceData, TransformContext
 from processors.transforms.registry import TRANSFORMS, BoundTransform, get_transform
 from processors.transforms.spec import FieldMapping
-
-if TYPE_CHECKING:
-    from crmflow.config import MigrationConfig
 
 log = logging.getLogger(__name__)
 
@@ -163,7 +161,7 @@ class Mapper:
         log.debug("mapper compiled: %d fields", len(self._plan), extra={"stage": STAGE, "entity": entity})
 
     @classmethod
-    def from_config(cls, config: MigrationConfig, entity: str) -> Mapper:
+    def from_config(cls, config: ProcessorConfig, entity: str) -> Mapper:
         """The mapper of ``entity`` as the config maps it; raises MappingError if it cannot compile."""
         mapping = config.entities.get(entity)  # type: ignore[call-overload]
         if mapping is None:
@@ -274,7 +272,7 @@ def _raw(raw: Mapping[str, str | None], name: str, lower: str) -> str | None:
     return raw.get(lower)
 
 
-def build_mappers(config: MigrationConfig, entities: Iterable[str] | None = None) -> dict[str, MapFn]:
+def build_mappers(config: ProcessorConfig, entities: Iterable[str] | None = None) -> dict[str, MapFn]:
     """One compiled :class:`Mapper` per mapped entity (or per entity of ``entities``), keyed by entity."""
     names = list(entities) if entities is not None else list(config.entities)
     return {name: Mapper.from_config(config, name) for name in names}
@@ -311,7 +309,7 @@ def _value_problem(entity: str, field: str, value: Any) -> str | None:
     return None
 
 
-def mapping_problems(config: MigrationConfig, *, schemas_dir: Path | None = None) -> Iterator[Finding]:
+def mapping_problems(config: ProcessorConfig, *, schemas_dir: Path | None = None) -> Iterator[Finding]:
     """What keeps each entity mapping of ``config`` from compiling or from fitting its Avro schema.
 
     Yields ``(severity, key path, message)``; :func:`crmflow.config.check_config` adds file and line.

@@ -13,12 +13,12 @@ from typing import Literal
 
 from confluent_kafka.schema_registry import SchemaRegistryClient
 
-from crmflow.config import MigrationConfig
 from crmflow.dlq import DeadLetterWriter
 from crmflow.runtime import RuntimeOptions, TransactionalRuntime
 from crmflow.runtime.stage import Decoder, Encoder
 from crmflow.serialization import AvroCodec, AvroDecoder, load_schema, topic_subject
 from crmflow.stack import Endpoints
+from processors.config import ProcessorConfig as MigrationConfig
 from processors.mapping import build_mappers
 from processors.masking import Masker
 from processors.stage import ProcessStage

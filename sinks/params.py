@@ -4,14 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from crmflow.exceptions import ConfigError
 from crmflow.topics import dlq_topic, mapped_topic
 from sinks.base import RetryPolicy
-
-if TYPE_CHECKING:
-    from crmflow.config import MigrationConfig
+from sinks.config import SinkConfig
 
 ENTITIES = ("account", "contact", "sale", "case")
 
@@ -51,7 +49,7 @@ class SinkParams:
     @classmethod
     def from_config(
         cls,
-        cfg: MigrationConfig,
+        cfg: SinkConfig,
         *,
         bootstrap_servers: str,
         registry_url: str,

@@ -151,3 +151,10 @@ def _is_unavailable(exc: CrmflowError) -> bool:
     from sinks.exceptions import RetriesExhaustedError
 
     return isinstance(exc, RetriesExhaustedError)
+
+
+if __name__ == "__main__":  # `python -m crmflow.cli.sink --help`: the sink alone, the options of `crmflow sink`
+    from crmflow.logs import configure_logging
+
+    configure_logging()
+    typer.run(sink)

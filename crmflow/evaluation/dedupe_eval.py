@@ -1,6 +1,6 @@
 """Evaluate the deduper on generated demo data against the generator's truth clusters.
 
-    python -m processors.dedupe.evaluate --customers 10000 --seed 7 [--json] [--shards N] [--keep DIR]
+    python -m crmflow.evaluation.dedupe_eval --customers 10000 --seed 7 [--json] [--shards N] [--keep DIR]
 
 Generates ``--customers`` customer records (``crmflow.demo_data``) into a temporary directory, maps them
 with the demo config's Mapper (``deploy/demo/crmflow.yaml`` with ``CRMFLOW_DEMO_DATA`` pointing at the
@@ -219,7 +219,7 @@ def _text(report: dict[str, Any]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m processors.dedupe.evaluate", description="Evaluate the deduper on generated demo data."
+        prog="python -m crmflow.evaluation.dedupe_eval", description="Evaluate the deduper on generated demo data."
     )
     parser.add_argument("--customers", type=int, default=10_000)
     parser.add_argument("--seed", type=int, default=7)
@@ -240,7 +240,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="deterministic rules, comma-separated (empty: fuzzy scoring only)",
     )
     parser.add_argument("--scoring", choices=("points", "fellegi_sunter"), default="points")
-    parser.add_argument("--model", type=Path, default=None, help="model file (python -m processors.dedupe.train)")
+    parser.add_argument("--model", type=Path, default=None, help="model file (crmflow.evaluation.dedupe_train)")
     parser.add_argument("--legacy-blocking", action="store_true", help="the built-in keys only (before issue 13)")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     args = parser.parse_args(argv)

@@ -17,7 +17,7 @@ global pass keyed by the ``e``/``p`` block keys (one small table per key: first 
 a second golden id for the same key is a candidate link, verified with both records' features and
 applied as one more ``cluster_merges`` event). A CDC update must reach the shard that holds its record:
 route by a table customer_id → shard written at first sight, not by the update's own names.
-``python -m processors.dedupe.evaluate --shards N`` shows what N partitions lose on the demo data.
+``python -m crmflow.evaluation.dedupe_eval --shards N`` shows what N partitions lose on the demo data.
 """
 
 from __future__ import annotations

@@ -146,7 +146,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m processors.dedupe.benchmark", description=__doc__.split("\n")[0])
     parser.add_argument("--febrl", type=int, choices=(3, 4), default=3)
     parser.add_argument("--config", default="fs", help="legacy | default | fs | a DedupeConfig JSON file")
-    parser.add_argument("--model", type=Path, default=None, help="a model file (python -m processors.dedupe.train)")
+    parser.add_argument("--model", type=Path, default=None, help="a model file (crmflow.evaluation.dedupe_train)")
     parser.add_argument("--train", action="store_true", help="estimate the model on the benchmark first (no labels)")
     parser.add_argument("--shuffles", type=int, default=0, help="rerun N seeded arrival orders, compare clusters")
     parser.add_argument("--json", action="store_true")

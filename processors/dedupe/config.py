@@ -208,7 +208,7 @@ class DedupeConfig(BaseModel):
     )
     identifier_disagreement_bits: float = Field(default=-2.0, le=0.0)
     model_file: Path | None = Field(
-        default=None, description="m/u probabilities estimated by `python -m processors.dedupe.train`"
+        default=None, description="m/u probabilities estimated by `python -m crmflow.evaluation.dedupe_train`"
     )
     match_probability: float = Field(
         default=0.95,

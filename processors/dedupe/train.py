@@ -1,6 +1,6 @@
 """Estimate the Fellegi-Sunter weights from the data itself, without labels, and write a model file.
 
-    python -m processors.dedupe.train --out model.json [--demo-customers 20000 | --febrl 3 | --jsonl FILE]
+    python -m crmflow.evaluation.dedupe_train --out model.json [--demo-customers 20000 | --febrl 3 | --jsonl FILE]
 
 As splink and recordlinkage do:
 
@@ -17,13 +17,9 @@ what ``dedupe.model_file`` names. Records are clean ``account`` dicts, as the ma
 
 from __future__ import annotations
 
-import argparse
-import json
 import random
-import sys
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 from processors.dedupe.blocking import BlockKeyer
@@ -113,53 +109,3 @@ def train(records: Iterable[Mapping[str, Any]], config: DedupeConfig, **kwargs: 
     deduper = Deduper(config)
     feats = [deduper.features_of(r) for r in records]
     return estimate(feats, config, **kwargs)
-
-
-def _load_records(args: argparse.Namespace) -> list[dict[str, Any]]:
-    if args.jsonl is not None:
-        with Path(args.jsonl).open(encoding="utf-8") as lines:
-            return [json.loads(line) for line in lines if line.strip()]
-    if args.febrl is not None:
-        from processors.dedupe.benchmark import load_febrl  # the benchmark needs the `eval` extra
-
-        return load_febrl(args.febrl).accounts
-    import tempfile
-
-    from crmflow.demo_data import generate
-    from processors.dedupe.evaluate import load_demo_records
-
-    with tempfile.TemporaryDirectory(prefix="crmflow-dedupe-train-") as tmp:
-        generate(Path(tmp), args.demo_customers, args.seed, workers=1)
-        return load_demo_records(Path(tmp)).accounts
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m processors.dedupe.train", description=__doc__.split("\n")[0])
-    source = parser.add_mutually_exclusive_group()
-    source.add_argument("--jsonl", type=Path, default=None, help="clean account records, one JSON object a line")
-    source.add_argument("--febrl", type=int, choices=(3, 4), default=None, help="a FEBRL data set (eval extra)")
-    source.add_argument("--demo-customers", type=int, default=20_000, help="generate this many demo customers")
-    parser.add_argument("--seed", type=int, default=7)
-    parser.add_argument("--config", type=Path, default=None, help="a crmflow config whose dedupe section to use")
-    parser.add_argument("--identifier", action="append", default=[], help="an identifier field (repeatable)")
-    parser.add_argument("--out", type=Path, required=True, help="the model file to write")
-    args = parser.parse_args(argv)
-    if args.config is not None:
-        from crmflow.config import load_config
-
-        section = load_config(args.config).dedupe
-        if section is None:
-            parser.error(f"{args.config} has no dedupe section")
-        config = section.matcher()
-    else:
-        config = DedupeConfig(scoring="fellegi_sunter", identifier_fields=tuple(args.identifier))
-    model = train(_load_records(args), config)
-    args.out.write_text(model.to_json(config.entity) + "\n", encoding="utf-8")
-    print(f"wrote {args.out}: prior {model.prior:.4f}, " + json.dumps(model.trained_on))
-    for c in model.comparisons:
-        print(f"  {c.spec.field:<14} {c.spec.comparator:<13} bits " + " ".join(f"{w:+.1f}" for w in c.weights))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pydantic import SecretStr
 
-from crmflow.config import ConfigLoadError, Problem, format_path
+from crmflow.configbase import ConfigLoadError, Problem, format_path
+from crmflow.entities import ENTITY_NAMES, business_fields
 from crmflow.exceptions import ConfigError
 from crmflow.pii import (
     DEFAULT_POLICIES,
@@ -32,12 +33,9 @@ from crmflow.pii import (
     pii_key,
     resolve_profile,
 )
-from processors.entities import ENTITY_NAMES, business_fields
+from processors.config import ProcessorConfig
 from processors.masking.keyed import KeyedHash
 from processors.masking.policies import MaskFn, mask_function
-
-if TYPE_CHECKING:
-    from crmflow.config import MigrationConfig
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +111,7 @@ class Masker:
         log.info("pii masking active: profile %s, key %s", self.profile, self.key_id, extra={"stage": STAGE})
 
     @classmethod
-    def from_config(cls, cfg: MigrationConfig) -> Masker:
+    def from_config(cls, cfg: ProcessorConfig) -> Masker:
         """The masker of ``cfg.pii`` and ``$CRMFLOW_PII_PROFILE``; a key error names file, line and key path."""
         pii = cfg.pii or PiiConfig()
         profile = resolve_profile(cfg.pii)

@@ -11,14 +11,9 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
-from pydantic_core import PydanticCustomError
 
+from crmflow.configbase import invalid
 from processors.transforms.registry import TRANSFORM_NAMES, TRANSFORMS, TransformName
-
-
-def invalid(message: str) -> PydanticCustomError:
-    """A validation error with exactly this message (no template formatting)."""
-    return PydanticCustomError("crmflow_config", message)
 
 
 class _Model(BaseModel):

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from crmflow.config import ConfigLoadError, Problem, load_config
+from crmflow.entities import ENTITY_NAMES, business_fields
 from crmflow.exceptions import ConfigError
 from crmflow.pii import (
     AccountRules,
@@ -22,7 +23,6 @@ from crmflow.pii import (
     resolve_profile,
     scrub_text,
 )
-from processors.entities import ENTITY_NAMES, business_fields
 
 pytestmark = pytest.mark.unit
 

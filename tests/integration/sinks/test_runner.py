@@ -206,7 +206,7 @@ def _consumed_all(setup: Setup) -> bool:
 def test_the_runner_starts_as_a_subprocess_and_drains(setup: Setup, records: Any, query: Query) -> None:
     setup.produce("account", [records.account(i) for i in range(20)])
     env = {**os.environ, "SINK_TEST_DSN": setup.dsn}
-    args = [sys.executable, "-m", "sinks.runner", "--group", setup.group, "--dlq-topic", setup.dlq,
+    args = [sys.executable, "-m", "crmflow.cli.sink", "--group", setup.group, "--dlq-topic", setup.dlq,
             "--target-dsn-env", "SINK_TEST_DSN", "--drain", "--json",
             "--bootstrap-servers", setup.ep.bootstrap_servers, "--registry-url", setup.ep.registry_url]
     for entity, topic in setup.topics.items():
@@ -228,7 +228,7 @@ def test_a_drain_does_not_wait_for_topics_nobody_created(setup: Setup, records: 
 def test_sigterm_stops_the_subprocess_cleanly_after_committing(setup: Setup, records: Any, query: Query) -> None:
     setup.produce("account", [records.account(i) for i in range(30)])
     env = {**os.environ, "SINK_TEST_DSN": setup.dsn}
-    args = [sys.executable, "-m", "sinks.runner", "--group", setup.group, "--dlq-topic", setup.dlq,
+    args = [sys.executable, "-m", "crmflow.cli.sink", "--group", setup.group, "--dlq-topic", setup.dlq,
             "--target-dsn-env", "SINK_TEST_DSN", "--topic", f"{setup.topics['account']}=account", "--json",
             "--bootstrap-servers", setup.ep.bootstrap_servers, "--registry-url", setup.ep.registry_url]
     proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from processors.entities import (
+from crmflow.entities import (
     ENTITIES,
     ENTITY_NAMES,
     METADATA_FIELDS,

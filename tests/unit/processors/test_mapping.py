@@ -44,6 +44,8 @@ def test_account(mappers: dict[str, Any]) -> None:
         "last_name": "O'Brien", "email": "anne.obrien@example.com", "phone": "+12125550134",
         "street": "123 Main Street", "city": "New York", "postal_code": "10001", "country": "US",
         "region": "NA", "birth_date": date(1980, 3, 4), "customer_since": date(2019, 12, 31),
+        # the optional identifiers (migration 0006): the demo's customers have none
+        "national_id": None, "tax_id": None, "legacy_account_number": None, "company_registration_number": None,
         "run_id": "run-1", "source": "customers", "source_position": "customers.csv:2", "quality_flags": [],
         "mapped_at": NOW, "golden_id": None,
     }  # fmt: skip

@@ -18,10 +18,10 @@ from email_validator import validate_email
 from pydantic import SecretStr
 
 from crmflow.config import ConfigLoadError, load_config
+from crmflow.entities import ENTITY_NAMES, validate_entity
 from crmflow.exceptions import ConfigError
 from crmflow.pii import FieldRule, PiiConfig, partial_email, partial_phone, partial_text
 from crmflow.serialization import load_schema
-from processors.entities import ENTITY_NAMES, validate_entity
 from processors.masking import KeyedHash, Masker
 from processors.masking.keyed import base32_token, letters_token
 from processors.masking.policies import format_preserving, mask_function

@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 
 from crmflow.demo_data import generate
+from crmflow.evaluation.dedupe_eval import load_demo_records
 from processors.dedupe import DedupeConfig, Deduper
-from processors.dedupe.evaluate import load_demo_records
 
 pytestmark = pytest.mark.unit
 

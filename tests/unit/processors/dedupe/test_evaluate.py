@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 
 from crmflow.demo_data import generate
+from crmflow.evaluation.dedupe_eval import DemoRecords, dedupe, load_demo_records, main
 from processors.dedupe import DedupeConfig
-from processors.dedupe.evaluate import DemoRecords, dedupe, load_demo_records, main
 from processors.dedupe.quality import error_analysis, pairwise_scores, variation
 
 pytestmark = pytest.mark.unit

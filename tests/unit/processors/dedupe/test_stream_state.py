@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 
 from crmflow.demo_data import generate
+from crmflow.evaluation.dedupe_eval import load_demo_records
 from processors.dedupe import DedupeConfig, Deduper, DedupeState
-from processors.dedupe.evaluate import load_demo_records
 from processors.dedupe.state import WriteBehind
 from processors.dedupe.stream import golden_account
 

@@ -1,0 +1,117 @@
+"""The processor's config sections (``reference``, ``dedupe``) and what it reads of the composed config.
+
+The processor depends on :class:`ProcessorConfig`, a protocol, not on the composed
+:class:`crmflow.config.MigrationConfig` above it: the stages sit below the composed config and import only
+the core. ``entities`` (the mappings, :mod:`processors.transforms.spec`) and ``pii`` (:mod:`crmflow.pii`) are
+sections it reads too.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from decimal import Decimal
+from pathlib import Path
+from typing import Annotated, Protocol
+
+from pydantic import Field, SecretStr, model_validator
+
+from crmflow.configbase import CurrencyCode, EnvVarName, FrozenModel, KafkaConfig, KeyPath, RunConfig
+from crmflow.entities import EntityName
+from crmflow.exceptions import ConfigError
+from crmflow.pii import PiiConfig
+from processors.dedupe.config import DedupeConfig
+from processors.transforms.base import ReferenceData
+from processors.transforms.spec import EntityMapping
+
+__all__ = ["DedupeSettings", "ProcessorConfig", "ReferenceConfig", "SourceRef"]
+
+
+class ReferenceConfig(FrozenModel):
+    currency_rates: dict[CurrencyCode, Annotated[Decimal, Field(gt=0)]] = Field(
+        default_factory=dict, description="units of the base currency per unit of the keyed currency"
+    )
+    lookups: dict[str, dict[str, str]] = Field(default_factory=dict, description="named key → value tables")
+
+
+class DedupeSettings(DedupeConfig):
+    """The ``dedupe`` section: the matcher's settings (:class:`~processors.dedupe.config.DedupeConfig`) plus
+    whether the stage runs and where the block-key pepper comes from. ::
+
+        dedupe:
+          enabled: true
+          source_priority: [crm_eu, customers]    # record `source` values, most trusted first
+          match_threshold: 7.0
+          weights: {birth_date: 5}
+          block_key_env: CRMFLOW_BLOCK_KEY        # optional pepper for the hashed block keys
+
+    It resolves the entity the config maps to ``account`` (from any source); the processor keeps one
+    golden record per cluster and the target one account per golden record.
+    """
+
+    enabled: bool = Field(default=True, description="run the deduplication stage")
+    block_key_env: EnvVarName | None = Field(
+        default=None, description="env var holding the block-key pepper (never the pepper itself in the file)"
+    )
+
+    @model_validator(mode="after")
+    def _no_secret_in_file(self) -> DedupeSettings:
+        if self.block_key_secret is not None:
+            raise ValueError("block_key_secret does not belong in the config file: name an env var in block_key_env")
+        if self.entity != "account":
+            raise ValueError("the stream deduplicates accounts; contacts are deduplicated by the evaluate tool only")
+        return self
+
+    def matcher(self) -> DedupeConfig:
+        """The deduper's config, with the pepper read from ``block_key_env`` (when named)."""
+        data = self.model_dump(exclude={"enabled", "block_key_env", "block_key_secret"})
+        secret: SecretStr | None = None
+        if self.block_key_env:
+            value = os.environ.get(self.block_key_env)
+            if not value:
+                raise ConfigError(f"environment variable {self.block_key_env} (dedupe.block_key_env) is not set")
+            secret = SecretStr(value)
+        return DedupeConfig(**data, block_key_secret=secret)
+
+
+class SourceRef(Protocol):
+    """What the processor reads of a source: the entity it feeds."""
+
+    @property
+    def entity(self) -> EntityName: ...
+
+
+class ProcessorConfig(Protocol):
+    """The parts of the migration config the processor reads (:class:`crmflow.config.MigrationConfig`
+    implements it). Read-only: the processor never changes its config."""
+
+    @property
+    def run(self) -> RunConfig: ...
+
+    @property
+    def kafka(self) -> KafkaConfig: ...
+
+    @property
+    def sources(self) -> Mapping[str, SourceRef]: ...
+
+    @property
+    def entities(self) -> Mapping[EntityName, EntityMapping]: ...
+
+    @property
+    def reference(self) -> ReferenceConfig: ...
+
+    @property
+    def pii(self) -> PiiConfig | None: ...
+
+    @property
+    def dedupe(self) -> DedupeSettings | None: ...
+
+    @property
+    def dedupe_enabled(self) -> bool: ...
+
+    @property
+    def file(self) -> Path | None: ...
+
+    def line_of(self, path: KeyPath) -> int | None: ...
+
+    def reference_data(self) -> ReferenceData: ...
