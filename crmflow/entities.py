@@ -1,4 +1,9 @@
-"""The target entities of the new CRM (docs/data-contract.md), as pydantic models.
+"""The target entities of the new CRM (docs/data-contract.md), as pydantic models: the entity contract.
+
+Each field is declared once, here: its name, type, whether it is required, and (``json_schema_extra``
+``pii``) the policy that masks it by default. The rest derives from it: the PII defaults
+(:func:`pii_defaults`, :data:`crmflow.pii.DEFAULT_POLICIES`), the sink's table columns
+(:func:`column_type`, :mod:`sinks.postgres.tables`); tests hold the Avro schemas and the SQL migrations to it.
 
 Field names are snake_case and match ``schemas/target/<entity>.avsc``. Each entity carries the record
 metadata (run_id, source, source_position, quality_flags, mapped_at, golden_id). Validation is the last
@@ -9,7 +14,7 @@ money as ``Decimal``) without building a model dump.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import date
+from datetime import date, datetime
 from decimal import Decimal
 from types import MappingProxyType
 from typing import Annotated, Any, Literal, get_args
@@ -55,19 +60,24 @@ class Account(TargetEntity):
 
     customer_id: Id
     full_name: FullName
-    first_name: Name | None = None
-    last_name: Name | None = None
-    email: Email | None = None
-    phone: Phone | None = None
-    street: Street | None = None
+    first_name: Name | None = Field(default=None, json_schema_extra={"pii": "pseudonym"})
+    last_name: Name | None = Field(default=None, json_schema_extra={"pii": "pseudonym"})
+    email: Email | None = Field(default=None, json_schema_extra={"pii": "format_preserving"})
+    phone: Phone | None = Field(default=None, json_schema_extra={"pii": "format_preserving"})
+    street: Street | None = Field(default=None, json_schema_extra={"pii": "pseudonym"})
     city: Name | None = None
-    postal_code: PostalCode | None = None
+    postal_code: PostalCode | None = Field(default=None, json_schema_extra={"pii": "format_preserving"})
     country: CountryCode | None = None
     region: ShortText | None = None
-    birth_date: date | None = None
+    birth_date: date | None = Field(default=None, json_schema_extra={"pii": "format_preserving"})
     customer_since: date | None = None
-    national_id: Id | None = Field(default=None, description="national or social security id (PII: masked by default)")
-    tax_id: Id | None = Field(default=None, description="tax or VAT id (masked by default)")
+    national_id: Id | None = Field(
+        default=None, json_schema_extra={"pii": "pseudonym"},
+        description="national or social security id (PII: masked by default)",
+    )
+    tax_id: Id | None = Field(
+        default=None, json_schema_extra={"pii": "pseudonym"}, description="tax or VAT id (masked by default)"
+    )
     legacy_account_number: Id | None = Field(default=None, description="account number in the legacy system")
     company_registration_number: Id | None = Field(default=None, description="commercial register number")
 
@@ -78,13 +88,18 @@ class Contact(TargetEntity):
     contact_id: Id
     customer_id: Id
     full_name: FullName
-    first_name: Name | None = None
-    last_name: Name | None = None
-    email: Email | None = None
-    phone: Phone | None = None
+    first_name: Name | None = Field(default=None, json_schema_extra={"pii": "pseudonym"})
+    last_name: Name | None = Field(default=None, json_schema_extra={"pii": "pseudonym"})
+    email: Email | None = Field(default=None, json_schema_extra={"pii": "format_preserving"})
+    phone: Phone | None = Field(default=None, json_schema_extra={"pii": "format_preserving"})
     job_title: Text | None = None
-    national_id: Id | None = Field(default=None, description="national or social security id (PII: masked by default)")
-    tax_id: Id | None = Field(default=None, description="tax id (masked by default)")
+    national_id: Id | None = Field(
+        default=None, json_schema_extra={"pii": "pseudonym"},
+        description="national or social security id (PII: masked by default)",
+    )
+    tax_id: Id | None = Field(
+        default=None, json_schema_extra={"pii": "pseudonym"}, description="tax id (masked by default)"
+    )
 
 
 class Sale(TargetEntity):
@@ -134,6 +149,52 @@ def required_fields(name: str) -> frozenset[str]:
     """The entity's required business fields (a mapping must fill them or reject the record)."""
     model = entity_model(name)
     return frozenset(f for f in business_fields(name) if model.model_fields[f].is_required())
+
+
+def pii_defaults() -> dict[str, str]:
+    """Field name → the masking policy the contract declares for it (``json_schema_extra={"pii": ...}``), in
+    any entity that has the field: :data:`crmflow.pii.DEFAULT_POLICIES`. A name is personal data, or not,
+    wherever it appears, so two entities declaring different policies for one name is an error."""
+    out: dict[str, str] = {}
+    for name in ENTITY_NAMES:
+        for field, info in entity_model(name).model_fields.items():
+            extra = info.json_schema_extra
+            policy = extra.get("pii") if isinstance(extra, dict) else None
+            if policy is None:
+                continue
+            if out.setdefault(field, str(policy)) != policy:
+                raise ValueError(f"{name}.{field}: pii {policy!r}, but another entity declares {out[field]!r}")
+    return out
+
+
+#: How a contract field is stored: the target tables' column types (:mod:`sinks.postgres.tables`).
+ColumnType = Literal["text", "date", "numeric", "timestamptz", "text[]"]
+
+
+def _annotation_types(annotation: Any) -> set[Any]:
+    found = {annotation}
+    for arg in get_args(annotation):
+        found |= _annotation_types(arg)
+    return found
+
+
+def column_type(name: str, field: str) -> ColumnType:
+    """The column type of ``name.field``, from the model's annotation: dates, money, lists, times, text."""
+    types = _annotation_types(entity_model(name).model_fields[field].annotation)
+    if date in types:
+        return "date"
+    if Decimal in types:
+        return "numeric"
+    if list in types or any(getattr(t, "__origin__", None) is list for t in types):
+        return "text[]"
+    if AwareDatetime in types or any(isinstance(t, type) and issubclass(t, datetime) for t in types):
+        return "timestamptz"
+    return "text"
+
+
+def id_field(name: str) -> str:
+    """The entity's own id field: its first business field (customer_id, contact_id, sale_id, case_id)."""
+    return business_fields(name)[0]
 
 
 def validator(name: str) -> SchemaValidator:

@@ -29,12 +29,12 @@ import re
 from datetime import date
 from decimal import Decimal
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Final, Literal, get_args
+from typing import Annotated, Any, ClassVar, Final, Literal, cast, get_args
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SecretStr, ValidationInfo, field_validator
 
 from crmflow.configbase import invalid
-from crmflow.entities import entity_model, required_fields
+from crmflow.entities import entity_model, pii_defaults, required_fields
 from crmflow.exceptions import ConfigError
 
 __all__ = [
@@ -53,14 +53,21 @@ FieldKind = Literal["name", "email", "phone", "postal", "date", "code", "number"
 PROFILE_ENV: Final = "CRMFLOW_PII_PROFILE"
 MIN_KEY_BYTES: Final = 16
 
-#: The known CRM fields masked by default (``defaults: true``), in any entity that has them. full_name is
-#: not listed: by default it is rebuilt from the masked first and last name (see processors.masking).
-DEFAULT_POLICIES: Final[dict[str, Policy]] = {
-    "first_name": "pseudonym", "last_name": "pseudonym", "email": "format_preserving",
-    "phone": "format_preserving", "street": "pseudonym", "postal_code": "format_preserving",
-    "birth_date": "format_preserving", "national_id": "pseudonym", "ssn": "pseudonym", "tax_id": "pseudonym",
-    "passport_number": "pseudonym",
-}  # fmt: skip
+
+
+def _default_policies() -> dict[str, Policy]:
+    out: dict[str, Policy] = {}
+    for field, policy in pii_defaults().items():
+        if policy not in get_args(Policy):
+            raise ValueError(f"crmflow.entities: field {field} declares pii {policy!r}, not one of {get_args(Policy)}")
+        out[field] = cast(Policy, policy)
+    return out
+
+
+#: The known CRM fields masked by default (``defaults: true``), in any entity that has them, as the entity
+#: contract declares them (:func:`crmflow.entities.pii_defaults`). full_name is not listed: by default it is
+#: rebuilt from the masked first and last name (see processors.masking).
+DEFAULT_POLICIES: Final[dict[str, Policy]] = _default_policies()
 
 _NAMED_KINDS: Final[dict[str, FieldKind]] = {
     "first_name": "name", "last_name": "name", "full_name": "name", "email": "email", "phone": "phone",

@@ -33,6 +33,7 @@ from dataclasses import dataclass, replace
 from functools import cache, cached_property
 from typing import Any
 
+from crmflow.entities import business_fields, column_type, id_field
 from sinks.postgres.migrate import TEMPLATE_SCHEMA, check_schema, in_schema
 
 # Staging-only columns of child entities: where the record came from, so a parked one keeps it.
@@ -73,8 +74,15 @@ _LINEAGE = (
 )
 
 
-def _text(*names: str) -> tuple[Column, ...]:
-    return tuple(Column(n, "text") for n in names)
+def _contract(entity: str) -> tuple[Column, ...]:
+    """The entity's columns as the contract declares its fields (:mod:`crmflow.entities`), in its order:
+    the id field as ``external_id``, then every other business field under its own name and type.
+    tests/unit/sinks/test_migrations_contract.py holds the SQL migrations to the same list."""
+    own = id_field(entity)
+    return (
+        Column("external_id", "text", field=own),
+        *(Column(f, column_type(entity, f)) for f in business_fields(entity) if f != own),
+    )
 
 
 @dataclass(frozen=True)
@@ -408,22 +416,7 @@ ACCOUNT = EntityTable(
     "accounts",
     "customer_id",
     (
-        Column("external_id", "text", field="customer_id"),
-        *_text(
-            "full_name",
-            "first_name",
-            "last_name",
-            "email",
-            "phone",
-            "street",
-            "city",
-            "postal_code",
-            "country",
-            "region",
-        ),
-        Column("birth_date", "date"),
-        Column("customer_since", "date"),
-        *_text("national_id", "tax_id", "legacy_account_number", "company_registration_number"),
+        *_contract("account"),
         *_LINEAGE,
         Column("match_evidence", "text", stored=False),
         # Set by the sink: the record's golden id was absorbed by an earlier batch (xref entry only).
@@ -435,9 +428,7 @@ CONTACT = EntityTable(
     "contacts",
     "contact_id",
     (
-        Column("external_id", "text", field="contact_id"),
-        *_text("customer_id", "full_name", "first_name", "last_name", "email", "phone", "job_title"),
-        *_text("national_id", "tax_id"),
+        *_contract("contact"),
         *_LINEAGE,
     ),
     parent_field="customer_id",
@@ -447,14 +438,7 @@ SALE = EntityTable(
     "sales",
     "sale_id",
     (
-        Column("external_id", "text", field="sale_id"),
-        Column("customer_id", "text"),
-        Column("total_sales", "numeric"),
-        Column("currency", "text"),
-        Column("original_amount", "numeric"),
-        Column("original_currency", "text"),
-        Column("sale_date", "date"),
-        Column("product", "text"),
+        *_contract("sale"),
         *_LINEAGE,
     ),
     parent_field="customer_id",
@@ -464,10 +448,7 @@ CASE = EntityTable(
     "cases",
     "case_id",
     (
-        Column("external_id", "text", field="case_id"),
-        Column("customer_id", "text"),
-        Column("case_creation_date", "date"),
-        *_text("subject", "status", "priority"),
+        *_contract("case"),
         *_LINEAGE,
     ),
     parent_field="customer_id",

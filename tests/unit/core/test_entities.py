@@ -112,3 +112,14 @@ def test_identifier_fields_are_optional_and_national_and_tax_ids_are_masked_by_d
     for entity in ("account", "contact"):
         policies = masker.policies(entity)
         assert policies["national_id"] == policies["tax_id"] == "pseudonym", entity
+
+
+def test_the_pii_defaults_derive_from_the_contract() -> None:
+    from crmflow.entities import pii_defaults
+    from crmflow.pii import DEFAULT_POLICIES
+
+    assert DEFAULT_POLICIES == pii_defaults() == {
+        "first_name": "pseudonym", "last_name": "pseudonym", "email": "format_preserving",
+        "phone": "format_preserving", "street": "pseudonym", "postal_code": "format_preserving",
+        "birth_date": "format_preserving", "national_id": "pseudonym", "tax_id": "pseudonym",
+    }  # fmt: skip
