@@ -33,6 +33,7 @@ from confluent_kafka.schema_registry import SchemaRegistryClient
 from crmflow.dlq import DeadLetterWriter
 from crmflow.exceptions import TransientError
 from crmflow.kafkalog import client_logging
+from crmflow.runtime.consumer import consumer_config
 from crmflow.serialization import AvroDecoder, SerializationError, load_schema
 from sinks import telemetry
 from sinks.base import BatchingSink, Sink, SinkRecord, TopicPartitionKey
@@ -97,13 +98,8 @@ class SinkRunner:
 
     def run(self, *, drain: bool = False) -> SinkStats:
         p = self.params
-        consumer = self._consumer = Consumer({
-            "bootstrap.servers": p.bootstrap_servers, "group.id": p.group_id, "client.id": "crmflow-sink",
-            "enable.auto.commit": False, "enable.auto.offset.store": False, "auto.offset.reset": "earliest",
-            "isolation.level": "read_committed", "enable.partition.eof": True,
-            # A sink that died (SIGKILL, a lost node) gives its partitions up after 10 s, not librdkafka's 45.
-            "session.timeout.ms": 10_000, "heartbeat.interval.ms": 2_000, **client_logging(), **p.consumer_config,
-        })
+        consumer = self._consumer = Consumer(consumer_config(
+            p.bootstrap_servers, p.group_id, "crmflow-sink", session_timeout_ms=10_000, extra=p.consumer_config))
         producer = Producer({"bootstrap.servers": p.bootstrap_servers, "client.id": "crmflow-sink-dlq",
                              "enable.idempotence": True, "linger.ms": 20, **client_logging()})
         try:

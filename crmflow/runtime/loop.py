@@ -26,7 +26,6 @@ upstream stage) get that end offset committed in an offsets-only transaction, so
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import signal
 import threading
@@ -43,7 +42,6 @@ from crmflow.kafkalog import client_logging
 from crmflow.metrics import (
     BATCH_DURATION,
     BATCH_SIZE,
-    CONSUMER_LAG,
     DEDUPE_DECISIONS,
     LAST_SUCCESS,
     RECORDS,
@@ -51,6 +49,7 @@ from crmflow.metrics import (
     TRANSACTIONS,
 )
 from crmflow.runtime.changelog import ChangelogError, ensure_changelog, read_partitions
+from crmflow.runtime.consumer import consumer_config, forget_lag, update_lag
 from crmflow.runtime.stage import BatchStage, InRecord, StageOutput
 from crmflow.serialization import SerializationError
 
@@ -91,6 +90,8 @@ class TransactionalRuntime:
         self.opts = opts
         self.dlq = dlq
         self.stop_event = threading.Event()
+        #: Set once transactions are initialised (any older instance with this transactional id is fenced).
+        self.ready = threading.Event()
         self._assigned: set[TP] = set()
         self._done: dict[TP, int] = {}  # next offset to read, as last committed by this worker
         self._eof: dict[TP, int] = {}  # end offsets seen past what was committed
@@ -108,14 +109,8 @@ class TransactionalRuntime:
     def _clients(self) -> tuple[Consumer, Producer]:
         o = self.opts
         common = {"bootstrap.servers": o.bootstrap_servers, **client_logging(), **o.client_config}
-        consumer = Consumer({
-            **common, "group.id": o.group_id, "client.id": f"{o.transactional_id}-consumer",
-            "partition.assignment.strategy": "cooperative-sticky", "isolation.level": "read_committed",
-            "enable.auto.commit": False, "enable.auto.offset.store": False, "auto.offset.reset": "earliest",
-            "enable.partition.eof": True, "session.timeout.ms": o.session_timeout_ms,
-            "heartbeat.interval.ms": max(1000, o.session_timeout_ms // 5),
-            "fetch.max.bytes": 64 * 1024 * 1024, "max.partition.fetch.bytes": 4 * 1024 * 1024,
-        })
+        consumer = Consumer(consumer_config(o.bootstrap_servers, o.group_id, f"{o.transactional_id}-consumer",
+                                            session_timeout_ms=o.session_timeout_ms, extra=o.client_config))
         producer = Producer({
             **common, "client.id": o.transactional_id, "transactional.id": o.transactional_id,
             "enable.idempotence": True, "acks": "all", "linger.ms": 5, "batch.size": 1024 * 1024,
@@ -141,6 +136,7 @@ class TransactionalRuntime:
         consumer, producer = self._consumer, self._producer = self._clients()
         try:
             self._retrying("initialising transactions", lambda: producer.init_transactions(30))
+            self.ready.set()
             if self.stage.changelog and self.stage.state_topic:
                 changelog, state_topic = self.stage.changelog, self.stage.state_topic
                 self._retrying("creating the changelog", lambda: ensure_changelog(
@@ -402,8 +398,7 @@ class TransactionalRuntime:
             if tp.topic == self.stage.state_topic:
                 state_partitions.append(tp.partition)
                 self._restore.discard(tp.partition)
-            with contextlib.suppress(KeyError):  # never reported: nothing to remove
-                CONSUMER_LAG.remove(self.stage.name, tp.topic, str(tp.partition))
+            forget_lag(self.stage.name, tp.topic, tp.partition)
         if state_partitions:
             self.stage.release(state_partitions)
         log.info("%s %d partitions (now %d)", why, len(partitions), len(self._assigned),
@@ -425,17 +420,7 @@ class TransactionalRuntime:
         if now < self._next_lag or self._consumer is None:
             return
         self._next_lag = now + self.opts.lag_interval_s
-        for topic, partition in list(self._assigned):
-            done = self._done.get((topic, partition))
-            if done is None:
-                continue
-            try:
-                _, high = self._consumer.get_watermark_offsets(TopicPartition(topic, partition), cached=True)
-            except KafkaException:
-                continue
-            if high >= 0:
-                CONSUMER_LAG.labels(stage=self.stage.name, topic=topic, partition=str(partition)).set(
-                    max(high - done, 0))
+        update_lag(self._consumer, self.stage.name, self._assigned)
 
     def _retrying(self, what: str, fn: Any) -> None:
         attempt = 0

@@ -204,6 +204,7 @@ def test_a_new_instance_with_the_same_transactional_id_fences_the_old_one(
     new, _ = setup("same")
     new_thread = _run(new)
     try:
+        wait_until(new.ready.is_set, 60, what="the new instance to initialise its transactions")
         # The old one's next transaction is refused: it stops with FencedError rather than committing.
         _produce(endpoints.bootstrap_servers, setup.source, setup.codec, [f"k2-{i}" for i in range(20)])
         wait_until(lambda: errors or not thread.is_alive(), 60, what="the old instance to be fenced")

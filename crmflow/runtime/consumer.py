@@ -1,0 +1,62 @@
+"""What every consuming stage's Kafka consumer shares: its settings and its lag gauge.
+
+Both loops, the processors' transactional runtime and the sink's write-then-commit loop, build their
+consumer here, so they join groups, read and report the same way:
+
+- cooperative-sticky assignment: a rebalance moves only the partitions that change owner, and the others
+  keep flowing; the revoke callback of the partitions that go runs when no batch of them is in flight;
+- ``read_committed``: only what an upstream transaction committed is read, never an aborted batch;
+- manual commits only (after the downstream write is durable), end-of-partition events (a drain knows
+  when it is done, and a commit can move past trailing transaction markers);
+- a dead member gives its partitions up after ``session_timeout_ms`` (15 s), not librdkafka's 45.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaException, TopicPartition
+
+from crmflow.kafkalog import client_logging
+from crmflow.metrics import CONSUMER_LAG
+
+log = logging.getLogger(__name__)
+
+
+def consumer_config(bootstrap_servers: str, group_id: str, client_id: str, *, session_timeout_ms: int = 15_000,
+                    extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The consumer settings of a stage (see the module docs); ``extra`` (TLS, SASL, tuning) wins."""
+    return {
+        "bootstrap.servers": bootstrap_servers, "group.id": group_id, "client.id": client_id,
+        "partition.assignment.strategy": "cooperative-sticky", "isolation.level": "read_committed",
+        "enable.auto.commit": False, "enable.auto.offset.store": False, "auto.offset.reset": "earliest",
+        "enable.partition.eof": True, "session.timeout.ms": session_timeout_ms,
+        "heartbeat.interval.ms": max(1000, session_timeout_ms // 5),
+        "fetch.max.bytes": 64 * 1024 * 1024, "max.partition.fetch.bytes": 4 * 1024 * 1024,
+        **client_logging(), **(extra or {}),
+    }
+
+
+def update_lag(consumer: Consumer, stage: str, assigned: Iterable[tuple[str, int]]) -> None:
+    """``crmflow_consumer_lag_messages`` per assigned partition: high watermark (as last fetched, no broker
+    round trip) minus the consumer's position."""
+    tps = [TopicPartition(t, p) for t, p in sorted(assigned)]
+    if not tps:
+        return
+    try:
+        for tp in consumer.position(tps):
+            _low, high = consumer.get_watermark_offsets(tp, cached=True)
+            if high >= 0 and tp.offset >= 0:
+                CONSUMER_LAG.labels(stage=stage, topic=tp.topic, partition=str(tp.partition)).set(
+                    max(high - tp.offset, 0))
+    except KafkaException as exc:
+        log.debug("lag not updated: %s", exc)
+
+
+def forget_lag(stage: str, topic: str, partition: int) -> None:
+    """Stop reporting the lag of a partition this consumer no longer owns."""
+    with contextlib.suppress(KeyError):  # no lag was recorded for it yet
+        CONSUMER_LAG.remove(stage, topic, str(partition))
