@@ -420,9 +420,9 @@ def k8s_objects() -> list[dict[str, Any]]:
 
 
 def workloads() -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
-    """(object, pod template) of every Deployment and Job."""
+    """(object, pod template) of every Deployment, StatefulSet and Job."""
     for obj in k8s_objects():
-        if obj["kind"] in {"Deployment", "Job"}:
+        if obj["kind"] in {"Deployment", "StatefulSet", "Job"}:
             yield obj, obj["spec"]["template"]
 
 
@@ -434,7 +434,7 @@ def test_kustomization_lists_every_manifest() -> None:
     assert {
         ("Namespace", "crmflow"),
         ("ConfigMap", "crmflow-config"),
-        ("Deployment", "crmflow-process"),
+        ("StatefulSet", "crmflow-process"),
         ("Deployment", "crmflow-sink"),
         ("Job", "crmflow-snapshot"),
         ("Service", "crmflow-process"),
@@ -458,6 +458,7 @@ def test_k8s_has_no_secret_in_clear() -> None:
         for _, t in workloads()
         for c in t["spec"]["containers"]
         for env in c.get("env", [])
+        if "secretKeyRef" in env.get("valueFrom", {})
     }
     assert {("CRMFLOW_TARGET_DSN", "target-dsn"), ("CRMFLOW_DLQ_KEY", "dlq-key")} <= refs
 
@@ -479,7 +480,17 @@ def test_k8s_workloads_limits_probes_and_scrape_annotations() -> None:
         assert probe["path"] == "/metrics" and probe["port"] in ("metrics", port)
         security = container["securityContext"]
         assert security["allowPrivilegeEscalation"] is False and security["readOnlyRootFilesystem"] is True
-    assert seen == {("Job", "snapshot"), ("Deployment", "process"), ("Deployment", "sink")}
+    assert seen == {("Job", "snapshot"), ("StatefulSet", "process"), ("Deployment", "sink")}
+
+
+def test_each_processor_pod_is_its_own_stable_instance() -> None:
+    """The processor's transactional id comes from --instance: the pod's stable StatefulSet name."""
+    (sts,) = [o for o in k8s_objects() if o["kind"] == "StatefulSet" and o["metadata"]["name"] == "crmflow-process"]
+    (container,) = sts["spec"]["template"]["spec"]["containers"]
+    args = container["args"]
+    assert args[args.index("--instance") + 1] == "$(POD_NAME)"
+    env = {e["name"]: e for e in container["env"]}
+    assert env["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
 
 
 def _relabel(rule: dict[str, Any], value: str) -> str:
