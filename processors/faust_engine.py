@@ -34,14 +34,14 @@ from crmflow.runtime.stage import InRecord
 from crmflow.serialization import SerializationError
 from crmflow.stack import Endpoints
 from processors.acks import ConfirmedAckApp, ConfirmedAckConsumer
-from processors.config import ProcessorConfig as MigrationConfig
+from processors.config import ProcessorConfig
 from processors.service import build_stage, group_id
 
 log = logging.getLogger(__name__)
 
 
 def build_app(
-    cfg: MigrationConfig,
+    cfg: ProcessorConfig,
     endpoints: Endpoints,
     *,
     batch_size: int = 2000,

@@ -18,7 +18,7 @@ from crmflow.runtime import RuntimeOptions, TransactionalRuntime
 from crmflow.runtime.stage import Decoder, Encoder
 from crmflow.serialization import AvroCodec, AvroDecoder, load_schema, topic_subject
 from crmflow.stack import Endpoints
-from processors.config import ProcessorConfig as MigrationConfig
+from processors.config import ProcessorConfig
 from processors.mapping import build_mappers
 from processors.masking import Masker
 from processors.stage import ProcessStage
@@ -28,12 +28,12 @@ log = logging.getLogger(__name__)
 Engine = Literal["batch", "faust"]
 
 
-def group_id(cfg: MigrationConfig) -> str:
+def group_id(cfg: ProcessorConfig) -> str:
     """The processor's consumer group: one per config (topic prefix), shared by all its workers."""
     return f"crmflow-process-{cfg.kafka.topic_prefix}"
 
 
-def changelog_topic(cfg: MigrationConfig) -> str:
+def changelog_topic(cfg: ProcessorConfig) -> str:
     """The compacted changelog of the dedupe state, co-partitioned with the dedupe topic."""
     return f"{cfg.kafka.dedupe_topic('account')}.state"
 
@@ -43,7 +43,7 @@ def default_instance() -> str:
     return socket.gethostname()
 
 
-def build_stage(cfg: MigrationConfig, registry: SchemaRegistryClient) -> ProcessStage:
+def build_stage(cfg: ProcessorConfig, registry: SchemaRegistryClient) -> ProcessStage:
     """The processor's stage for ``cfg``: decoders of the raw (and dedupe) topics, encoders of its outputs."""
     k = cfg.kafka
     mappers = build_mappers(cfg)
@@ -72,7 +72,7 @@ def build_stage(cfg: MigrationConfig, registry: SchemaRegistryClient) -> Process
 
 
 def build_runtime(
-    cfg: MigrationConfig,
+    cfg: ProcessorConfig,
     endpoints: Endpoints,
     *,
     instance: str | None = None,

@@ -33,6 +33,7 @@ from crmflow.config import MigrationConfig
 from crmflow.dlq import read_dead_letters
 from crmflow.exceptions import CrmflowError, InfrastructureError
 from crmflow.pipeline.health import KafkaWatch, require_reachable
+from crmflow.pipeline.letters import update_ledger
 from crmflow.pipeline.runs import RunStore
 from crmflow.pipeline.services import Service, group_lag, stop_all, wait_drained
 from crmflow.pipeline.targets import Target
@@ -264,6 +265,7 @@ def run_migration(
         c.golden, c.merged = w.golden, w.merged
         c.flagged_records, c.flagged = w.flagged_records, dict(w.flagged_values)
     count_rejected(summary, ep, registry, cfg.kafka.dlq_topic, run_id)
+    update_ledger(cfg, ep, target)  # `crmflow dlq list` right after the run shows its letters at once
     summary.elapsed_s = time.monotonic() - started
     summary.peak_rss_bytes = {s.name: s.peak_rss for s in services}
     own_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
