@@ -1,0 +1,460 @@
+"""Exactly-once between topics, proven on the real stack (issue 9): SIGKILLs in the middle of transactions,
+and workers added and removed while a migration runs.
+
+The invariant, per committed record: every raw record's output is committed exactly once. The processor
+turns each raw record into exactly one record (a mapped child, or a clean account on the dedupe topic) or
+one dead letter, and each dedupe-topic record into exactly one golden-record update on the mapped account
+topic or one dead letter. A golden record may legitimately be sent many times (once per member that
+reaches its cluster), but each update comes from one input record and carries its ``source_position``.
+So, read ``read_committed`` from the beginning to the end, the outputs counted by ``source_position``
+must equal the inputs counted the same way, each exactly once: a batch whose transaction was cut by a kill
+and then processed again by the successor shows up as a count of 2 if its outputs leaked. The same
+topics read ``read_uncommitted`` do show those aborted copies: that is the control that the kills landed
+inside transactions and that the check would see a leak.
+
+The target must then hold exactly what an uninterrupted run of the same data holds: every source account
+cross-referenced to the same golden id, one account per golden id, every child once on its golden
+account, every child's fields as the ground truth says.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import subprocess
+import sys
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+import yaml
+from confluent_kafka import Consumer, IsolationLevel, KafkaError, KafkaException, TopicPartition
+from confluent_kafka.admin import AdminClient, OffsetSpec  # type: ignore[attr-defined]
+from confluent_kafka.schema_registry import SchemaRegistryClient
+
+from crmflow.config import MigrationConfig, load_config
+from crmflow.pipeline.migrate import drain_sink, prepare, processor_topics
+from crmflow.pipeline.services import Service, group_lag, wait_drained
+from crmflow.serialization import AvroDecoder
+from crmflow.stack import Endpoints
+from producers.snapshot import run_snapshot
+from tests.e2e.conftest import DEMO_CONFIG, Dataset, Run, assert_target_matches_truth
+from tests.e2e.test_dedupe import assert_golden_target, golden_of
+from tests.helpers import wait_until
+
+pytestmark = pytest.mark.e2e
+
+SEED = 20261203
+KILLS = 3
+BATCH_SIZE = "200"  # ~75 transactions for the demo data: most of the run is in flight
+PROCESSOR_STAGES = ("process", "dedupe")  # the dead-letter stages the processor writes, in its transactions
+CHILDREN = ("contact", "sale", "case")
+
+
+# ----------------------------------------------------------------------------------- reading topics
+
+
+@dataclass
+class Audit:
+    """One read of the processor's inputs and outputs, every record counted by where it came from."""
+
+    raw: Counter[str] = field(default_factory=Counter)  # raw records by position (file:line)
+    dedupe_in: Counter[str] = field(default_factory=Counter)  # clean accounts on the dedupe topic
+    first: Counter[str] = field(default_factory=Counter)  # outputs of raw records, by source position
+    second: Counter[str] = field(default_factory=Counter)  # outputs of dedupe-topic records
+    letters: Counter[tuple[str, int, int]] = field(default_factory=Counter)  # processor letters by source
+    records: int = 0  # output records read (mapped, dedupe, processor letters)
+
+    def doubled(self) -> dict[str, int]:
+        """Outputs committed more than once: position → copies."""
+        return {p: n for c in (self.first, self.second) for p, n in c.items() if n > 1}
+
+
+def read_topics(ep: Endpoints, topics: list[str], *, committed: bool = True) -> dict[str, list[bytes]]:
+    """Every value of each topic, from the beginning to its end, ``read_committed`` unless told otherwise."""
+    consumer = Consumer({
+        "bootstrap.servers": ep.bootstrap_servers, "group.id": f"audit-{uuid.uuid4().hex[:8]}",
+        "enable.auto.commit": False, "enable.partition.eof": True,
+        "isolation.level": "read_committed" if committed else "read_uncommitted",
+    })
+    out: dict[str, list[bytes]] = {t: [] for t in topics}
+    try:
+        md = consumer.list_topics(timeout=10)
+        pending = {(t, p) for t in topics for p in md.topics[t].partitions}
+        consumer.assign([TopicPartition(t, p, -2) for t, p in pending])  # -2: from the beginning
+
+        def read_some() -> bool:
+            for msg in consumer.consume(10_000, 0.5):
+                err = msg.error()
+                if err is None:
+                    out[msg.topic() or ""].append(msg.value() or b"")
+                elif err.code() == KafkaError._PARTITION_EOF:
+                    pending.discard((msg.topic() or "", msg.partition() or 0))
+            return not pending
+
+        wait_until(read_some, timeout_s=60, interval_s=0, what=f"reading {topics} to their end")
+    finally:
+        consumer.close()
+    return out
+
+
+def audit(ep: Endpoints, registry: SchemaRegistryClient, cfg: MigrationConfig, *, committed: bool = True) -> Audit:
+    k = cfg.kafka
+    decode = AvroDecoder(registry).decode  # each record in its writer's shape
+    raw = [k.raw_topic(name) for name in cfg.sources]
+    children = [k.mapped_topic(e) for e in CHILDREN]
+    account, dedupe = k.mapped_topic("account"), k.dedupe_topic("account")
+    values = read_topics(ep, [*raw, *children, account, dedupe, k.dlq_topic], committed=committed)
+    a = Audit()
+    for topic in raw:
+        a.raw.update(decode(v)["position"] for v in values[topic])
+    for topic in children:
+        a.first.update(decode(v)["source_position"] for v in values[topic])
+    a.dedupe_in.update(decode(v)["source_position"] for v in values[dedupe])
+    a.first.update(a.dedupe_in)
+    # Without dedupe, the mapped accounts are first-stage outputs, and the dedupe topic is empty.
+    (a.second if cfg.dedupe_enabled else a.first).update(decode(v)["source_position"] for v in values[account])
+    a.records = sum(len(values[t]) for t in (*children, account, dedupe))
+    for value in values[k.dlq_topic]:
+        letter = decode(value)
+        if letter["stage"] not in PROCESSOR_STAGES:
+            continue  # the snapshot's and the sink's letters are not written in the processor's transactions
+        a.letters[(letter["source_topic"], letter["source_partition"], letter["source_offset"])] += 1
+        (a.first if letter["stage"] == "process" else a.second)[letter["source_position"]] += 1
+        a.records += 1
+    return a
+
+
+def assert_exactly_once(ep: Endpoints, registry: SchemaRegistryClient, cfg: MigrationConfig) -> Audit:
+    """Read committed, every raw record's output is there exactly once (see the module docs)."""
+    a = audit(ep, registry, cfg)
+    assert a.raw and max(a.raw.values()) == 1, "the snapshot put every source line on the raw topics once"
+    doubled = a.doubled()
+    assert not doubled, f"{len(doubled)} inputs have their output committed more than once: {list(doubled.items())[:5]}"
+    assert a.first == a.raw, (
+        f"raw records without an output: {sorted(set(a.raw) - set(a.first))[:5]}; "
+        f"outputs of no raw record: {sorted(set(a.first) - set(a.raw))[:5]}")
+    assert a.second == a.dedupe_in, (
+        f"clean accounts without a golden update: {sorted(set(a.dedupe_in) - set(a.second))[:5]}; "
+        f"golden updates of no clean account: {sorted(set(a.second) - set(a.dedupe_in))[:5]}")
+    twice = {s: n for s, n in a.letters.items() if n > 1}
+    assert a.letters and not twice, f"processor dead letters committed more than once: {list(twice.items())[:5]}"
+    return a
+
+
+# --------------------------------------------------------------------------------- the reference run
+
+
+def _demo_config(dataset: Dataset, directory: Path, dsn_env: str) -> tuple[Path, str]:
+    """The demo config with dedupe on, its own topics and run name (as ``run_factory`` writes it)."""
+    raw = yaml.safe_load(DEMO_CONFIG.read_text())
+    tag = uuid.uuid4().hex[:8]
+    raw["dedupe"]["enabled"] = True
+    raw["kafka"]["topic_prefix"] = f"e2e-{tag}"
+    raw["kafka"]["partitions"] = 3
+    raw["run"]["name"] = f"e2e{tag}"
+    for src in raw["sources"].values():
+        src["path"] = str(dataset.dir / Path(src["path"]).name)
+    raw["target"]["dsn_env"] = dsn_env
+    path = directory / "crmflow-reference.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path, f"e2e-{tag}"
+
+
+@dataclass(frozen=True)
+class Reference:
+    golden: dict[str, str]  # source account → golden id, as an uninterrupted run leaves the target
+    audit: Audit
+
+
+@pytest.fixture(scope="module")
+def reference(small_dataset: Dataset, endpoints: Endpoints, registry_client: SchemaRegistryClient,
+              tmp_path_factory: pytest.TempPathFactory) -> Iterator[Reference]:
+    """An uninterrupted ``crmflow migrate`` of the same data, with dedupe, in its own database."""
+    db = f"e2e_reference_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(endpoints.postgres_dsn, autocommit=True) as conn:
+        conn.execute(f'create database "{db}"')
+    try:
+        dsn_env = f"E2E_TARGET_DSN_{db.upper()}"
+        config, _ = _demo_config(small_dataset, tmp_path_factory.mktemp("reference"), dsn_env)
+        done = subprocess.run([sys.executable, "-m", "crmflow", "migrate", "-c", str(config), "--json"],
+                              env={**_env(), dsn_env: endpoints.dsn(db)}, capture_output=True, text=True,
+                              timeout=300, check=False)
+        assert done.returncode == 0, done.stderr[-3000:]
+        # The invariant holds on an uninterrupted run (nothing vacuous or mis-keyed in the check itself).
+        yield Reference(golden_of(endpoints.dsn(db)), assert_exactly_once(endpoints, registry_client,
+                                                                          load_config(config)))
+    finally:
+        with psycopg.connect(endpoints.postgres_dsn, autocommit=True) as conn:
+            conn.execute(f'drop database if exists "{db}" with (force)')
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "PYTHONUNBUFFERED": "1"}
+
+
+# ------------------------------------------------------------------------------------ watching a run
+
+
+class Probe:
+    """What the processor's group has committed, who owns what, and whether a transaction is open."""
+
+    def __init__(self, ep: Endpoints, cfg: MigrationConfig) -> None:
+        self.group = f"crmflow-process-{cfg.kafka.topic_prefix}"
+        self._consumer = Consumer({"bootstrap.servers": ep.bootstrap_servers, "group.id": self.group,
+                                   "enable.auto.commit": False})
+        self._admin = AdminClient({"bootstrap.servers": ep.bootstrap_servers})
+        self._partitions: dict[str, list[TopicPartition]] = {}
+
+    def _tps(self, topics: list[str]) -> list[TopicPartition]:
+        for t in topics:
+            if t not in self._partitions:
+                md = self._consumer.list_topics(t, timeout=10)
+                self._partitions[t] = [TopicPartition(t, p) for p in md.topics[t].partitions]
+        return [tp for t in topics for tp in self._partitions[t]]
+
+    def committed(self, topics: list[str]) -> int | None:
+        """Input records (offsets) the group has committed on ``topics``; None while the coordinator cannot
+        say (a transaction with pending offsets is open: a killed worker's, until its successor fences it)."""
+        try:
+            return sum(max(tp.offset, 0) for tp in self._consumer.committed(self._tps(topics), timeout=2))
+        except KafkaException:
+            return None
+
+    def in_flight(self, topics: list[str]) -> int:
+        """Partitions of ``topics`` holding records of an open transaction: end offset past the last stable one."""
+        latest = OffsetSpec.latest()  # type: ignore[no-untyped-call]
+        tps = self._tps(topics)
+
+        def ends(level: IsolationLevel) -> dict[tuple[str, int], int]:
+            futures = self._admin.list_offsets({tp: latest for tp in tps}, isolation_level=level, request_timeout=10)
+            return {(tp.topic, tp.partition): f.result().offset for tp, f in futures.items()}
+
+        stable = ends(IsolationLevel.READ_COMMITTED)  # the last stable offset
+        high = ends(IsolationLevel.READ_UNCOMMITTED)  # the high watermark
+        return sum(1 for tp, end in high.items() if end > stable[tp])
+
+    def owned(self, topic: str) -> dict[str, list[int]]:
+        """The partitions of ``topic`` each member of the group owns, by the member's client id."""
+        description = self._admin.describe_consumer_groups([self.group])[self.group].result(timeout=10)
+        return {m.client_id: [tp.partition for tp in m.assignment.topic_partitions if tp.topic == topic]
+                for m in description.members}
+
+    def committed_of(self, topic: str, partitions: list[int]) -> int:
+        """Offsets the group committed on these partitions of ``topic`` (0 while it cannot say)."""
+        try:
+            done = self._consumer.committed([TopicPartition(topic, p) for p in partitions], timeout=2)
+        except KafkaException:
+            return 0
+        return sum(max(tp.offset, 0) for tp in done)
+
+    def close(self) -> None:
+        self._consumer.close()
+
+
+def _committed_at_least(probe: Probe, topics: list[str], target: int) -> Callable[[], int | None]:
+    """The committed count on ``topics`` once it reached ``target``."""
+    def check() -> int | None:
+        n = probe.committed(topics)
+        return n if n is not None and n >= target else None
+    return check
+
+
+def _alive(services: list[Service], cond: Callable[[], Any]) -> Callable[[], Any]:
+    """``cond``, after checking that no service died (a dead one raises with its log's tail)."""
+    def check() -> Any:
+        for s in services:
+            s.sample()
+        return cond()
+    return check
+
+
+def _restored(log_file: Path) -> list[int]:
+    """The state entries a processor restored from the changelog, per restore, from its log."""
+    return [int(n) for n in re.findall(r"restored (\d+) state entries", log_file.read_text(errors="replace"))]
+
+
+@dataclass
+class Pipeline:
+    run: Run
+    cfg: MigrationConfig
+    ep: Endpoints
+    tmp_path: Path
+    produced: int
+    started: float = field(default_factory=time.monotonic)
+    sink: Service | None = None
+
+    def processor(self, instance: str, n: int) -> Service:
+        args = ["process", "-c", str(self.run.config), "--metrics-port", "0", "--batch-size", BATCH_SIZE,
+                "--instance", instance]
+        return Service(f"process-{instance}-{n}", args, self.tmp_path / f"process-{instance}-{n}.log",
+                       dict(self.run.env))
+
+    def lag(self) -> int:
+        return group_lag(self.ep.bootstrap_servers, f"crmflow-process-{self.cfg.kafka.topic_prefix}",
+                         processor_topics(self.cfg))
+
+    def drain(self, processors: list[Service]) -> None:
+        """Wait until the group committed everything, stop every stage (SIGTERM), run the final sink pass."""
+        assert self.sink is not None
+        try:
+            wait_drained(self.ep.bootstrap_servers, f"crmflow-process-{self.cfg.kafka.topic_prefix}",
+                         processor_topics(self.cfg), [*processors, self.sink], 180)
+        finally:
+            codes = [s.stop(20) for s in [*processors, self.sink]]
+        assert codes == [0] * len(codes), f"exit codes of the stages stopped by SIGTERM: {codes}"
+        drain_sink(self.cfg, self.ep, self.run.target_dsn)
+
+
+@pytest.fixture
+def pipeline(small_dataset: Dataset, run_factory: Callable[..., Run], endpoints: Endpoints,
+             registry_client: SchemaRegistryClient, tmp_path: Path) -> Iterator[Pipeline]:
+    """The demo data with dedupe on, snapshotted onto this test's raw topics, with a live sink running."""
+    run = run_factory(small_dataset, dedupe=True)
+    cfg = load_config(run.config)
+    prepare(cfg, endpoints, registry_client, run.target_dsn)
+    stats = run_snapshot(cfg, bootstrap_servers=endpoints.bootstrap_servers, registry_client=registry_client,
+                         state_dir=tmp_path / "state")
+    p = Pipeline(run, cfg, endpoints, tmp_path, sum(s.produced for s in stats.sources.values()))
+    p.sink = Service("sink", ["sink", "-c", str(run.config)], tmp_path / "sink.log", dict(run.env))
+    yield p
+    p.sink.stop()
+
+
+def _batches(log_file: Path) -> int:
+    """Batches a processor committed, from its stop message (0 if it never stopped cleanly)."""
+    found = re.findall(r"stopped after (\d+) batches", log_file.read_text(errors="replace"))
+    return int(found[-1]) if found else 0
+
+
+def assert_target_as_uninterrupted(p: Pipeline, dataset: Dataset, reference: Reference) -> dict[str, float]:
+    scores = assert_golden_target(p.run.target_dsn, dataset)
+    golden = golden_of(p.run.target_dsn)
+    differing = sorted(s for s in golden if golden[s] != reference.golden.get(s))
+    assert not differing, f"{len(differing)} accounts with another golden id than uninterrupted: {differing[:5]}"
+    assert golden == reference.golden
+    assert_target_matches_truth(p.run.target_dsn, dataset, entities=CHILDREN)
+    return scores
+
+
+# ------------------------------------------------------------------------------------------- tests
+
+
+def test_sigkills_inside_transactions_commit_every_output_exactly_once(
+    pipeline: Pipeline, small_dataset: Dataset, registry_client: SchemaRegistryClient, reference: Reference,
+) -> None:
+    """KILLS SIGKILLs at seeded random points of the run, each the moment a transaction of the processor is
+    seen open on its output topics; each time a worker with the same --instance starts at once (it fences
+    the dead one's transactional id, which aborts its open transaction). The first kills land while raw
+    records are mapped, the last while clean accounts are resolved (the deduper's state is then in the
+    changelog, and the transaction cut holds changelog writes too)."""
+    p = pipeline
+    assert p.sink is not None
+    k = p.cfg.kafka
+    rng = random.Random(SEED)
+    probe = Probe(p.ep, p.cfg)
+    raw = [k.raw_topic(s) for s in p.cfg.sources]
+    dedupe = [k.dedupe_topic("account")]
+    accounts = len(small_dataset.ok("account"))
+    mapping_outputs = [*(k.mapped_topic(e) for e in CHILDREN), *dedupe, k.dlq_topic]
+    resolving_outputs = [k.mapped_topic("account"), f"{dedupe[0]}.state"]
+    # Where each kill may land: a random point in a stratum of the mapping, then of the resolution.
+    plan = [(raw, int(p.produced * (0.05 + 0.6 * (i + rng.random()) / (KILLS - 1))), mapping_outputs)
+            for i in range(KILLS - 1)]
+    plan.append((dedupe, int(accounts * rng.uniform(0.15, 0.6)), resolving_outputs))
+    processor = p.processor("solo", 1)
+    kills: list[dict[str, Any]] = []
+    try:
+        for n, (inputs, target, outputs) in enumerate(plan, start=2):
+            services = [processor, p.sink]
+            wait_until(_alive(services, _committed_at_least(probe, inputs, target)), timeout_s=120,
+                       interval_s=0.02, what=f"the processor to commit {target} records of {inputs}")
+            # Then the first moment a transaction is open: its records are in the log, not committed yet.
+            cut = wait_until(_alive(services, partial(probe.in_flight, outputs)), timeout_s=30, interval_s=0,
+                             what=f"a transaction in flight on {outputs}")
+            processor.proc.kill()
+            processor.proc.wait(10)
+            processor = p.processor("solo", n)  # at once, the same instance: fences the dead one
+            kills.append({"at_s": round(time.monotonic() - p.started, 1), "inputs": inputs[0].rsplit(".", 2)[1],
+                          "target": target, "open_partitions": cut})
+        assert p.lag() > 0, "the last kill came after the processor had committed everything"
+        p.drain([processor])
+    finally:
+        probe.close()
+        processor.stop()
+    restored = _restored(processor.log_file)
+    print(f"\nkills (of {p.produced} raw records, {accounts} accounts): {json.dumps(kills)}; "
+          f"the last worker restored {restored} state entries")
+    assert restored and restored[0] > 0, "the worker started after the last kill restored the deduper's state"
+
+    scores = assert_target_as_uninterrupted(p, small_dataset, reference)
+    committed = assert_exactly_once(p.ep, registry_client, p.cfg)
+    assert committed.records == reference.audit.records, "as many committed outputs as an uninterrupted run"
+    uncommitted = audit(p.ep, registry_client, p.cfg, committed=False)
+    aborted = uncommitted.records - committed.records
+    # The control: the log holds the outputs of the cut transactions, and the successor's copies of them.
+    assert aborted > 0 and uncommitted.doubled(), "no kill landed inside a transaction"
+    print(f"committed outputs {committed.records}, aborted records in the log {aborted} "
+          f"({len(uncommitted.doubled())} inputs with an aborted copy), dedupe scores {scores}")
+
+
+def test_a_worker_added_and_one_removed_mid_run_commit_every_output_exactly_once(
+    pipeline: Pipeline, small_dataset: Dataset, registry_client: SchemaRegistryClient, reference: Reference,
+) -> None:
+    """One worker starts; once it committed its first batch a second joins (its own --instance); once both
+    work and one of them has resolved accounts on its dedupe partitions, that one is stopped (SIGTERM), and
+    the other finishes the run alone, restoring the leaver's deduper state from the changelog."""
+    p = pipeline
+    assert p.sink is not None
+    k = p.cfg.kafka
+    probe = Probe(p.ep, p.cfg)
+    raw = [k.raw_topic(s) for s in p.cfg.sources]
+    dedupe = k.dedupe_topic("account")
+    accounts = len(small_dataset.ok("account"))
+    workers = {"a": p.processor("a", 1)}
+    try:
+        joined_at = wait_until(_alive([*workers.values(), p.sink], _committed_at_least(probe, raw, 1)),
+                               timeout_s=120, interval_s=0.05, what="the first worker to commit its first batch")
+        workers["b"] = p.processor("b", 1)
+        services = [*workers.values(), p.sink]
+
+        def resolving_worker() -> str | None:
+            """A worker whose dedupe partitions have committed resolutions (it holds deduper state)."""
+            owned = probe.owned(dedupe)
+            for w in workers:
+                mine = owned.get(f"{probe.group}-{w}-consumer", [])
+                if len(owned) == 2 and mine and probe.committed_of(dedupe, mine) >= accounts // 20:
+                    return w
+            return None
+
+        # Both in the group, and one of them has resolved accounts on its own dedupe partitions: it leaves.
+        leaving = wait_until(_alive(services, resolving_worker), timeout_s=120, interval_s=0.02,
+                             what="a worker of two to hold deduper state")
+        staying = "b" if leaving == "a" else "a"
+        removed_at = probe.committed(raw)
+        assert workers[leaving].stop(20) == 0, "the worker stops cleanly on SIGTERM"
+        assert p.lag() > 0, "the worker left before the end of the input"
+        p.drain([workers[staying]])
+    finally:
+        probe.close()
+        for w in workers.values():
+            w.stop()
+    batches = {name: _batches(w.log_file) for name, w in workers.items()}
+    restored = _restored(workers[staying].log_file)
+    print(f"\n{p.produced} raw records: b joined at {joined_at}, {leaving} left at {removed_at}; batches {batches}; "
+          f"{staying} restored {restored} state entries")
+    assert batches["a"] > 0 and batches["b"] > 0, f"both workers committed batches: {batches}"
+    assert any(n > 0 for n in restored), f"{staying} took over the deduper's state from the changelog"
+
+    assert_target_as_uninterrupted(p, small_dataset, reference)
+    committed = assert_exactly_once(p.ep, registry_client, p.cfg)
+    assert committed.records == reference.audit.records
