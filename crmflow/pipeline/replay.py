@@ -383,7 +383,10 @@ def _carry_through(
     services: list[Service] = []
     if process:
         env = service_env(cfg, target)
-        services = [Service(f"process-{i}", ["process", "-c", str(config_path), "--metrics-port", "0"],
+        # Instances of their own: a live worker of the same config on this host keeps its transactional id.
+        tag = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+        services = [Service(f"process-{i}", ["process", "-c", str(config_path), "--metrics-port", "0",
+                                             "--instance", f"replay-{tag}-{i}"],
                             logs / f"process-{i}.log", env) for i in range(opts.workers)]  # fmt: skip
         try:
             wait_drained(ep.bootstrap_servers, f"crmflow-process-{cfg.kafka.topic_prefix}", processor_topics(cfg),
