@@ -56,7 +56,7 @@ from processors.config import DedupeSettings, ReferenceConfig
 from processors.mapping import Finding, mapping_problems
 from processors.transforms.base import ReferenceData
 from processors.transforms.spec import EntityMapping, FieldMapping, TransformStep
-from producers.config import ParentRef, SegmentConfig, SourceConfig
+from producers.config import CdcConfig, ParentRef, SegmentConfig, SourceConfig
 from sinks.config import TargetConfig
 
 __all__ = [
@@ -80,6 +80,7 @@ class MigrationConfig(FrozenModel):
     target: TargetConfig | None = None
     pii: PiiConfig | None = Field(default=None, description="PII masking: profile, key, per-field policies")
     dedupe: DedupeSettings | None = Field(default=None, description="deduplication of accounts into golden records")
+    cdc: CdcConfig | None = Field(default=None, description="change capture from the legacy database (crmflow cdc)")
 
     _file: Path | None = PrivateAttr(default=None)
     _lines: dict[KeyPath, int] = PrivateAttr(default_factory=dict)

@@ -90,3 +90,23 @@ STATE_RESTORES = Counter(
     "Partitions whose stage state was rebuilt from its changelog (assignment, or after an aborted batch).",
     ["stage"],
 )
+
+CDC_EVENTS = Counter(
+    "crmflow_cdc_events_total",
+    "Change events the CDC producer sent to Kafka, by captured table (schema.table) and op: c, u, d, r, and "
+    "tombstone (the null value after each delete).",
+    ["table", "op"],
+)
+CDC_REPLICATION_LAG_BYTES = Gauge(
+    "crmflow_cdc_replication_lag_bytes",
+    "WAL bytes between the legacy database's current position and the slot's confirmed (Kafka-acknowledged) one.",
+    ["slot"],
+)
+CDC_RETAINED_WAL_BYTES = Gauge(
+    "crmflow_cdc_retained_wal_bytes",
+    "WAL bytes the legacy database keeps for the slot (current position minus the slot's restart_lsn).",
+    ["slot"],
+)
+CDC_LAST_ACKED_LSN = Gauge(
+    "crmflow_cdc_last_acked_lsn", "The last LSN confirmed to PostgreSQL (every event before it is in Kafka).", ["slot"]
+)

@@ -21,3 +21,8 @@ def dedupe_topic(prefix: str, entity: str) -> str:
 def dlq_topic(prefix: str) -> str:
     """Dead letters of every stage, with their reason; replayable."""
     return f"{prefix}.dlq"
+
+
+def cdc_topic(prefix: str, table: str) -> str:
+    """Change events of one captured legacy table (``schema.table``), Debezium-style envelopes keyed by its PK."""
+    return f"{prefix}.cdc.{table}"

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -17,7 +18,7 @@ from crmflow.entities import EntityName
 from producers.readers.dialect import check_delimiter, check_encoding
 from producers.sources import normalize_ws
 
-__all__ = ["ParentRef", "SegmentConfig", "SourceConfig"]
+__all__ = ["CdcConfig", "ParentRef", "SegmentConfig", "SourceConfig"]
 
 
 class SegmentConfig(FrozenModel):
@@ -106,6 +107,37 @@ class SourceConfig(FrozenModel):
             if declared:
                 raise ValueError(f"{', '.join(declared)}: only csv sources have a dialect")
         return self
+
+    def dsn(self) -> SecretStr:
+        """The DSN from the environment; ConfigError naming the variable if it is unset."""
+        return secret_from_env(self.dsn_env)
+
+
+class CdcConfig(FrozenModel):
+    """The ``cdc`` section: change capture from the legacy PostgreSQL database (`crmflow cdc`).
+
+    Events go to ``<kafka.topic_prefix>.cdc.<schema>.<table>``. The slot and the publication are created only by
+    ``crmflow cdc --init``; a later start finds them or stops with an error (never a silent new slot).
+    """
+
+    dsn_env: EnvVarName = Field(description="env var holding the legacy database's DSN (a replication-capable role)")
+    tables: tuple[str, ...] = Field(min_length=1, description="captured tables, each schema.table, with a primary key")
+    slot: str = Field(default="crmflow_cdc", pattern=r"^[a-z0-9_]{1,63}$", description="logical replication slot")
+    publication: str = Field(default="crmflow_cdc", pattern=r"^[a-z_][a-z0-9_]{0,62}$")
+    feedback_interval_s: float = Field(
+        default=1.0, gt=0, le=60, description="how often the confirmed LSN is sent (heartbeat), seconds"
+    )
+    stats_interval_s: float = Field(default=5.0, gt=0, description="how often slot lag / retained WAL are measured")
+
+    @field_validator("tables")
+    @classmethod
+    def _qualified(cls, tables: tuple[str, ...]) -> tuple[str, ...]:
+        for table in tables:
+            if not re.fullmatch(r"[a-z_][a-z0-9_]*\.[a-z_][a-z0-9_]*", table):
+                raise invalid(f"{table!r}: expected schema.table in lower case (unquoted identifiers)")
+        if len(set(tables)) != len(tables):
+            raise invalid("a table is listed twice")
+        return tables
 
     def dsn(self) -> SecretStr:
         """The DSN from the environment; ConfigError naming the variable if it is unset."""

@@ -7,7 +7,7 @@ import logging
 import typer
 
 from crmflow import __version__
-from crmflow.cli import bench, config_cmd, demo_data, dlq, migrate, process, runs, schemas, sink, snapshot, stack
+from crmflow.cli import bench, cdc, config_cmd, demo_data, dlq, migrate, process, runs, schemas, sink, snapshot, stack
 from crmflow.logs import configure_logging
 
 app = typer.Typer(
@@ -24,6 +24,7 @@ app.add_typer(dlq.app, name="dlq")
 app.add_typer(runs.app, name="runs")
 app.command("demo-data")(demo_data.demo_data)
 app.command("snapshot")(snapshot.snapshot)
+app.command("cdc")(cdc.cdc)
 app.command("process")(process.process)
 app.command("sink")(sink.sink)
 app.command("migrate")(migrate.migrate)

@@ -1,0 +1,76 @@
+"""`crmflow cdc` — stream the legacy database's changes into Kafka (the ``cdc`` section of the config).
+
+The first start needs ``--init``: it creates the publication and the replication slot. Every later start resumes
+from the slot's confirmed position (everything before it is in Kafka); a missing or invalidated slot is an error,
+never a silent new start. SIGTERM or Ctrl-C: flush Kafka, confirm the acknowledged LSN, exit 130.
+
+Exit codes: 2 config (or slot) must be fixed, 3 Kafka, the registry or PostgreSQL unreachable (run again),
+130 stopped by a signal.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from pathlib import Path
+from types import FrameType
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from crmflow.exceptions import CrmflowError, TransientError
+from crmflow.exitcodes import ExitCode
+
+err_console = Console(stderr=True)
+
+
+def cdc(
+    config: Annotated[Path, typer.Option("--config", "-c", envvar="CRMFLOW_CONFIG", help="Migration config (YAML).")],
+    init: Annotated[
+        bool, typer.Option("--init", help="First start: create the publication and the replication slot.")
+    ] = False,
+    bootstrap_servers: Annotated[str | None, typer.Option(help="Kafka; default: the stack's.")] = None,
+    registry_url: Annotated[str | None, typer.Option(help="Schema registry; default: the stack's.")] = None,
+    metrics_port: Annotated[int, typer.Option(help="Serve /metrics on this port (0: off).")] = 0,
+) -> None:
+    """Capture the legacy database's changes (logical replication, pgoutput) into Kafka, one topic per table."""
+    from confluent_kafka.schema_registry import SchemaRegistryClient
+
+    from crmflow import metrics
+    from crmflow.config import load_config
+    from producers.cdc.stream import run_cdc
+
+    stop = threading.Event()
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        if stop.is_set():
+            signal.signal(signum, signal.SIG_DFL)
+            signal.raise_signal(signum)
+        err_console.print("[yellow]stopping: flushing Kafka and confirming the acknowledged position…[/yellow]")
+        stop.set()
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
+    try:
+        cfg = load_config(config)
+        if cfg.cdc is None:
+            err_console.print(f"[red]error:[/red] {config}: no cdc section (dsn_env, tables, slot, publication)")
+            raise typer.Exit(ExitCode.CONFIG)
+        if bootstrap_servers is None or registry_url is None:
+            from crmflow.stack import get_stack
+
+            ep = get_stack().endpoints()
+            bootstrap_servers = bootstrap_servers or ep.bootstrap_servers
+            registry_url = registry_url or ep.registry_url
+        metrics.serve(metrics_port)
+        stats = run_cdc(cfg.cdc, cfg.kafka, bootstrap_servers=bootstrap_servers, init=init, stop_event=stop,
+                        registry_client=SchemaRegistryClient({"url": registry_url}))  # fmt: skip
+    except CrmflowError as exc:
+        err_console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(ExitCode.INFRASTRUCTURE if isinstance(exc, TransientError) else ExitCode.CONFIG) from exc
+    from producers.cdc.pgoutput import format_lsn
+
+    err_console.print(f"stopped: {stats.transactions} transaction(s), events {stats.events}, "
+                      f"confirmed {format_lsn(stats.confirmed_lsn)}")  # fmt: skip
+    raise typer.Exit(ExitCode.INTERRUPTED if stats.stopped else ExitCode.OK)

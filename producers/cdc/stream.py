@@ -1,0 +1,305 @@
+"""The CDC producer: PostgreSQL logical replication (``pgoutput``) → Avro change events in Kafka.
+
+Lifecycle of :func:`run_cdc`:
+
+1. check the slot and the publication (``init=True`` creates them, and only then: a missing or invalidated slot
+   on a normal start is a :class:`~producers.cdc.exceptions.SlotError` naming the slot and what to do);
+2. read each captured table's columns from the catalog, register its key and envelope schemas (subjects
+   ``<topic>-key`` / ``<topic>-value``) and create its topic;
+3. stream from the slot's confirmed position: each change is produced asynchronously (librdkafka batches; no
+   flush per message), a tombstone after each delete, and the LSN confirmed to PostgreSQL is the end of the last
+   transaction whose every event Kafka acknowledged (:class:`~producers.cdc.positions.AckTracker`). A crash
+   therefore replays at most the unacknowledged transactions, and loses none;
+4. every ``feedback_interval_s`` the confirmed LSN is sent even when nothing changed: psycopg2 moves it to the
+   server's keepalive position once every message received was confirmed, so an idle publication does not pin
+   WAL (the heartbeat);
+5. on ``stop_event``: flush Kafka, confirm what it acknowledged, close.
+
+Not here yet (issue 10): the initial snapshot, schema changes while running, reconnecting with backoff,
+TRUNCATE events (logged and counted, not produced).
+"""
+
+from __future__ import annotations
+
+import logging
+import select
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+import psycopg2
+import psycopg2.extras
+from confluent_kafka import Producer
+from confluent_kafka.schema_registry import SchemaRegistryClient
+
+from crmflow import metrics
+from crmflow.configbase import KafkaConfig
+from crmflow.serialization import AvroCodec, ParsedSchema
+from crmflow.topics import cdc_topic
+from producers.cdc import pgoutput as pg
+from producers.cdc.events import TableEvents, load_table
+from producers.cdc.exceptions import CdcConfigError, CdcDeliveryError, SlotBusyError, SlotError, SourceGoneError
+from producers.cdc.positions import AckTracker
+from producers.config import CdcConfig
+from producers.kafka import DEFAULT_PRODUCER_CONFIG, ensure_topics
+
+__all__ = ["CdcStats", "run_cdc", "slot_state"]
+
+log = logging.getLogger(__name__)
+
+# Text output of dates and timestamps the converters of producers.cdc.events expect.
+SESSION_OPTIONS = "-c DateStyle=ISO -c TimeZone=UTC -c IntervalStyle=postgres -c extra_float_digits=3"
+
+
+@dataclass
+class CdcStats:
+    events: dict[str, int] = field(default_factory=dict)  # "table op" -> count
+    transactions: int = 0
+    confirmed_lsn: int = 0
+    stopped: bool = False
+
+
+def slot_state(conn: psycopg.Connection[Any], slot: str) -> dict[str, Any] | None:
+    """The slot's row of ``pg_replication_slots`` (plugin, database, wal_status, LSNs as ints), or None."""
+    row = conn.execute(
+        "select plugin, database, wal_status, active_pid, confirmed_flush_lsn::text, restart_lsn::text, "
+        "pg_current_wal_lsn()::text from pg_replication_slots where slot_name = %s",
+        (slot,),
+    ).fetchone()
+    if row is None:
+        return None
+    lsn = [pg.parse_lsn(v) if v else None for v in row[4:7]]
+    return {"plugin": row[0], "database": row[1], "wal_status": row[2], "active_pid": row[3],
+            "confirmed_flush_lsn": lsn[0], "restart_lsn": lsn[1], "current_lsn": lsn[2]}  # fmt: skip
+
+
+def _prepare_slot(conn: psycopg.Connection[Any], cfg: CdcConfig, database: str, *, init: bool) -> None:
+    state = slot_state(conn, cfg.slot)
+    has_pub = conn.execute("select 1 from pg_publication where pubname = %s", (cfg.publication,)).fetchone()
+    if init:
+        if state is not None:
+            raise SlotError(f"replication slot {cfg.slot} already exists; to resume from it run `crmflow cdc` without "
+                            f"--init, or drop it (select pg_drop_replication_slot('{cfg.slot}')) to start over")
+        if not has_pub:
+            conn.execute(f"create publication {cfg.publication} for table {', '.join(cfg.tables)}")
+        conn.execute("select pg_create_logical_replication_slot(%s, 'pgoutput')", (cfg.slot,))
+        log.info("created publication %s and slot %s", cfg.publication, cfg.slot)
+        return
+    if state is None:
+        raise SlotError(
+            f"replication slot {cfg.slot} does not exist in database {database}: if this is the first start, run "
+            f"`crmflow cdc --init` (it creates the slot and publication {cfg.publication}); if the slot was dropped, "
+            "the changes since its position are lost: run --init and re-load the tables"
+        )
+    if state["wal_status"] == "lost":
+        raise SlotError(
+            f"replication slot {cfg.slot} is invalidated (wal_status=lost: PostgreSQL removed WAL it still needed, "
+            "max_slot_wal_keep_size); changes are lost: drop the slot, run `crmflow cdc --init` and re-load the tables"
+        )
+    if state["plugin"] != "pgoutput" or state["database"] != database:
+        raise SlotError(f"replication slot {cfg.slot} uses plugin {state['plugin']} on database {state['database']}, "
+                        f"not pgoutput on {database}; name another slot under cdc.slot")
+    if state["active_pid"] is not None:
+        raise SlotBusyError(f"replication slot {cfg.slot} is in use by backend pid {state['active_pid']} "
+                            "(another crmflow cdc?); stop it first")
+    if not has_pub:
+        raise SlotError(f"publication {cfg.publication} does not exist in database {database}; "
+                        "create it for the cdc.tables or run --init with a new slot")
+
+
+class _Stream:
+    """One replication session: decodes messages, produces events, tracks acknowledgements, sends feedback."""
+
+    def __init__(self, cfg: CdcConfig, tables: dict[str, TableEvents], codecs: dict[str, tuple[AvroCodec, AvroCodec]],
+                 topics: dict[str, str], producer: Producer, cursor: Any, stats: CdcStats) -> None:  # fmt: skip
+        self.cfg, self.tables, self.codecs, self.topics = cfg, tables, codecs, topics
+        self.producer, self.cursor, self.stats = producer, cursor, stats
+        self.acks = AckTracker()
+        self.relations: dict[int, str | None] = {}  # relation id -> captured table name (None: not captured)
+        self.txn: Any = None
+        self.xid = 0
+        self.commit_ms = 0
+        self.last_feedback = 0.0
+
+    # ---------------------------------------------------------------------------------------------- events
+
+    def _produce(self, table: str, op: str, key: dict[str, Any], value: dict[str, Any] | None) -> None:
+        key_codec, value_codec = self.codecs[table]
+        kbytes = key_codec.encode(key)
+        vbytes = None if value is None else value_codec.encode(value)
+        callback = self.acks.sent(self.txn)
+        while True:
+            try:
+                self.producer.produce(self.topics[table], key=kbytes, value=vbytes, on_delivery=callback)
+                break
+            except BufferError:  # librdkafka's queue is full: serve deliveries, then retry
+                self.producer.poll(0.1)
+        metrics.CDC_EVENTS.labels(table, op).inc()
+        self.stats.events[f"{table} {op}"] = self.stats.events.get(f"{table} {op}", 0) + 1
+
+    def _change(self, table: str, op: str, before: Any, after: Any, key: dict[str, Any], lsn: int) -> None:
+        ev = self.tables[table]
+        envelope = ev.envelope(op, before, after, lsn=lsn, xid=self.xid, commit_ms=self.commit_ms)  # type: ignore[arg-type]
+        self._produce(table, op, key, envelope)
+        if op == "d":
+            self._produce(table, "tombstone", key, None)
+
+    def handle(self, msg: pg.Message, lsn: int) -> None:
+        if isinstance(msg, pg.Begin):
+            self.txn = self.acks.begin()
+            self.xid, self.commit_ms = msg.xid, msg.commit_ts // 1000 + 946_684_800_000
+        elif isinstance(msg, pg.Commit):
+            self.acks.commit(self.txn, msg.end_lsn)
+            self.txn = None
+            self.stats.transactions += 1
+        elif isinstance(msg, pg.Relation):
+            name: str = f"{msg.namespace or 'pg_catalog'}.{msg.name}"
+            self.relations[msg.relation_id] = name if name in self.tables else None
+            if name in self.tables:
+                expected = [c.name for c in self.tables[name].table.columns]
+                if [c.name for c in msg.columns] != expected:  # schema changes are a later slice (issue 10 item 3)
+                    raise CdcConfigError(f"table {name} changed its columns while captured ({expected} -> "
+                                         f"{[c.name for c in msg.columns]}); schema changes are not supported yet")
+        elif isinstance(msg, pg.Insert | pg.Update | pg.Delete):
+            table = self.relations.get(msg.relation_id)
+            if table is None:
+                return
+            ev = self.tables[table]
+            if isinstance(msg, pg.Insert):
+                self._change(table, "c", None, ev.row(msg.new), ev.key(msg.new), lsn)
+            elif isinstance(msg, pg.Update):
+                before = ev.row(msg.old) if msg.old is not None else None
+                after, key = ev.row(msg.new), ev.key(msg.new)
+                if msg.old is not None and ev.key(msg.old) != key:  # the key changed: delete the old key first
+                    self._change(table, "d", before, None, ev.key(msg.old), lsn)
+                    self._change(table, "c", None, after, key, lsn)
+                else:
+                    self._change(table, "u", before, after, key, lsn)
+            else:
+                self._change(table, "d", ev.row(msg.old), None, ev.key(msg.old), lsn)
+        elif isinstance(msg, pg.Truncate):
+            names = [self.relations.get(r) for r in msg.relation_ids]
+            log.warning("TRUNCATE of %s at %s is not captured (no events produced)", names, pg.format_lsn(lsn))
+            for captured in names:
+                if captured:
+                    metrics.CDC_EVENTS.labels(captured, "truncate_skipped").inc()
+        # Origin, Type and logical messages carry nothing to produce.
+
+    # -------------------------------------------------------------------------------------------- feedback
+
+    def feedback(self, *, force: bool = False) -> None:
+        if self.acks.failure is not None:
+            raise CdcDeliveryError(f"Kafka did not acknowledge an event ({self.acks.failure}); slot {self.cfg.slot} "
+                                   f"stays at {pg.format_lsn(self.stats.confirmed_lsn)}: run again to resume from it")
+        confirmed = self.acks.confirmable()
+        now = time.monotonic()
+        if confirmed > self.stats.confirmed_lsn or force or now - self.last_feedback >= self.cfg.feedback_interval_s:
+            # Below what psycopg2 already holds this changes nothing; psycopg2 itself advances to the server's
+            # keepalive position once every message it returned was confirmed (the idle heartbeat).
+            self.cursor.send_feedback(flush_lsn=confirmed, write_lsn=confirmed,
+                                      force=force or now - self.last_feedback >= self.cfg.feedback_interval_s)
+            if confirmed > self.stats.confirmed_lsn:
+                self.stats.confirmed_lsn = confirmed
+                metrics.CDC_LAST_ACKED_LSN.labels(self.cfg.slot).set(confirmed)
+            if force or now - self.last_feedback >= self.cfg.feedback_interval_s:
+                self.last_feedback = now
+
+    def run(self, stop: threading.Event, on_stats: Callable[[], None]) -> None:
+        next_stats = 0.0
+        while not stop.is_set():
+            message = self.cursor.read_message()
+            if message is None:
+                self.producer.poll(0)
+                self.feedback()
+                if time.monotonic() >= next_stats:
+                    on_stats()
+                    next_stats = time.monotonic() + self.cfg.stats_interval_s
+                select.select([self.cursor], [], [], 0.2)
+                continue
+            self.handle(pg.decode(message.payload), message.data_start)
+            self.producer.poll(0)
+            self.feedback()
+        self.stats.stopped = True
+
+
+def run_cdc(
+    cfg: CdcConfig,
+    kafka: KafkaConfig,
+    *,
+    bootstrap_servers: str,
+    registry_client: SchemaRegistryClient,
+    init: bool = False,
+    stop_event: threading.Event | None = None,
+    producer_config: dict[str, Any] | None = None,
+) -> CdcStats:
+    """Stream the ``cdc`` tables' changes into Kafka until ``stop_event`` is set (see the module doc)."""
+    stop = stop_event or threading.Event()
+    dsn = cfg.dsn().get_secret_value()
+    try:
+        conn = psycopg.connect(dsn, autocommit=True, options=SESSION_OPTIONS)
+    except psycopg.OperationalError as exc:
+        raise SourceGoneError(f"legacy database ({cfg.dsn_env}) unreachable: {exc}") from exc
+    stats = CdcStats()
+    with conn:
+        database = str(conn.info.dbname)
+        tables = {t: TableEvents(load_table(conn, t), database=database) for t in cfg.tables}
+        _prepare_slot(conn, cfg, database, init=init)
+        topics = {t: cdc_topic(kafka.topic_prefix, t) for t in cfg.tables}
+        ensure_topics(bootstrap_servers, list(topics.values()), kafka.partitions, kafka.replication_factor)
+        codecs = {
+            t: (AvroCodec(registry_client, f"{topics[t]}-key", ParsedSchema.from_str(_json(ev.key_schema))),
+                AvroCodec(registry_client, f"{topics[t]}-value", ParsedSchema.from_str(_json(ev.value_schema))))
+            for t, ev in tables.items()
+        }  # fmt: skip
+
+        def measure() -> None:
+            state = slot_state(conn, cfg.slot)
+            if state and state["current_lsn"] is not None:
+                if state["confirmed_flush_lsn"] is not None:
+                    metrics.CDC_REPLICATION_LAG_BYTES.labels(cfg.slot).set(
+                        state["current_lsn"] - state["confirmed_flush_lsn"])
+                if state["restart_lsn"] is not None:
+                    metrics.CDC_RETAINED_WAL_BYTES.labels(cfg.slot).set(state["current_lsn"] - state["restart_lsn"])
+
+        producer = Producer(
+            {"bootstrap.servers": bootstrap_servers, **DEFAULT_PRODUCER_CONFIG, **(producer_config or {})}
+        )
+        try:
+            repl = psycopg2.connect(dsn, connection_factory=psycopg2.extras.LogicalReplicationConnection,
+                                    options=SESSION_OPTIONS)
+        except psycopg2.OperationalError as exc:
+            raise SourceGoneError(f"legacy database ({cfg.dsn_env}): replication connection refused: {exc}") from exc
+        stream: _Stream | None = None
+        try:
+            cursor = repl.cursor()
+            cursor.start_replication(
+                slot_name=cfg.slot, decode=False, status_interval=cfg.feedback_interval_s,
+                options={"proto_version": "1", "publication_names": cfg.publication, "messages": "true"},
+            )  # fmt: skip
+            log.info("streaming slot %s (publication %s) into %s",
+                     cfg.slot, cfg.publication, ", ".join(topics.values()))
+            stream = _Stream(cfg, tables, codecs, topics, producer, cursor, stats)
+            stream.run(stop, measure)
+        except psycopg2.OperationalError as exc:
+            raise SourceGoneError(f"replication from slot {cfg.slot} failed: {exc}") from exc
+        finally:
+            remaining = producer.flush(30)
+            if stream is not None and not repl.closed:
+                try:
+                    stream.feedback(force=True)
+                except (CdcDeliveryError, psycopg2.Error) as exc:
+                    log.warning("last feedback not sent: %s", exc)
+            if remaining:
+                log.warning("%d event(s) not acknowledged by Kafka at shutdown; replayed on restart", remaining)
+            repl.close()
+            measure()
+    return stats
+
+
+def _json(schema: dict[str, Any]) -> str:
+    import json
+
+    return json.dumps(schema)
