@@ -75,7 +75,7 @@ class TableInfo:
 
 _COLUMNS_SQL = """
 select a.attname, a.atttypid::int, format_type(a.atttypid, a.atttypmod), a.atttypmod, t.typtype::text,
-       coalesce(array_position(i.indkey::int2[], a.attnum), 0),
+       coalesce((select k.n from unnest(i.indkey) with ordinality k(att, n) where k.att = a.attnum), 0),
        coalesce((select array_agg(e.enumlabel::text order by e.enumsortorder) from pg_enum e
                  where e.enumtypid = t.oid), '{}')
 from pg_attribute a

@@ -276,7 +276,7 @@ def run_cdc(
         try:
             cursor = repl.cursor()
             cursor.start_replication(
-                slot_name=cfg.slot, decode=False, status_interval=cfg.feedback_interval_s,
+                slot_name=cfg.slot, decode=False, status_interval=max(1.0, cfg.feedback_interval_s),  # psycopg2: >= 1
                 options={"proto_version": "1", "publication_names": cfg.publication, "messages": "true"},
             )  # fmt: skip
             log.info("streaming slot %s (publication %s) into %s",
