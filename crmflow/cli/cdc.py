@@ -1,8 +1,9 @@
 """`crmflow cdc` — stream the legacy database's changes into Kafka (the ``cdc`` section of the config).
 
-The first start needs ``--init``: it creates the publication and the replication slot. Every later start resumes
-from the slot's confirmed position (everything before it is in Kafka); a missing or invalidated slot is an error,
-never a silent new start. SIGTERM or Ctrl-C: flush Kafka, confirm the acknowledged LSN, exit 130.
+The first start needs ``--init``: it creates the publication and the replication slot, and loads the tables
+from the slot's exported snapshot (op ``r``; ``--no-load`` skips it) before streaming on from there. Every later
+start resumes from the slot's confirmed position (everything before it is in Kafka); a missing or invalidated
+slot is an error, never a silent new start. SIGTERM or Ctrl-C: flush Kafka, confirm the acknowledged LSN, exit 130.
 
 Exit codes: 2 config (or slot) must be fixed, 3 Kafka, the registry or PostgreSQL unreachable (run again),
 130 stopped by a signal.
@@ -28,8 +29,11 @@ err_console = Console(stderr=True)
 def cdc(
     config: Annotated[Path, typer.Option("--config", "-c", envvar="CRMFLOW_CONFIG", help="Migration config (YAML).")],
     init: Annotated[
-        bool, typer.Option("--init", help="First start: create the publication and the replication slot.")
+        bool, typer.Option("--init", help="First start: create the publication and the slot, load the tables.")
     ] = False,
+    load: Annotated[
+        bool, typer.Option("--load/--no-load", help="With --init: load the tables' rows as op r events first.")
+    ] = True,
     bootstrap_servers: Annotated[str | None, typer.Option(help="Kafka; default: the stack's.")] = None,
     registry_url: Annotated[str | None, typer.Option(help="Schema registry; default: the stack's.")] = None,
     metrics_port: Annotated[int, typer.Option(help="Serve /metrics on this port (0: off).")] = 0,
@@ -64,13 +68,13 @@ def cdc(
             bootstrap_servers = bootstrap_servers or ep.bootstrap_servers
             registry_url = registry_url or ep.registry_url
         metrics.serve(metrics_port)
-        stats = run_cdc(cfg.cdc, cfg.kafka, bootstrap_servers=bootstrap_servers, init=init, stop_event=stop,
+        stats = run_cdc(cfg.cdc, cfg.kafka, bootstrap_servers=bootstrap_servers, init=init, load=load, stop_event=stop,
                         registry_client=SchemaRegistryClient({"url": registry_url}))  # fmt: skip
     except CrmflowError as exc:
         err_console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(ExitCode.INFRASTRUCTURE if isinstance(exc, TransientError) else ExitCode.CONFIG) from exc
     from producers.cdc.pgoutput import format_lsn
 
-    err_console.print(f"stopped: {stats.transactions} transaction(s), events {stats.events}, "
-                      f"confirmed {format_lsn(stats.confirmed_lsn)}")  # fmt: skip
+    err_console.print(f"stopped: {stats.loaded} row(s) loaded, {stats.transactions} transaction(s), "
+                      f"events {stats.events}, confirmed {format_lsn(stats.confirmed_lsn)}")  # fmt: skip
     raise typer.Exit(ExitCode.INTERRUPTED if stats.stopped else ExitCode.OK)

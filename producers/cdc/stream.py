@@ -4,6 +4,7 @@ Lifecycle of :func:`run_cdc`:
 
 1. check the slot and the publication (``init=True`` creates them, and only then: a missing or invalidated slot
    on a normal start is a :class:`~producers.cdc.exceptions.SlotError` naming the slot and what to do);
+   ``init=True`` also loads the tables from the slot's exported snapshot (:mod:`producers.cdc.initial`);
 2. read each captured table's columns from the catalog, register its key and envelope schemas (subjects
    ``<topic>-key`` / ``<topic>-value``) and create its topic;
 3. stream from the slot's confirmed position: each change is produced asynchronously (librdkafka batches; no
@@ -15,8 +16,8 @@ Lifecycle of :func:`run_cdc`:
    WAL (the heartbeat);
 5. on ``stop_event``: flush Kafka, confirm what it acknowledged, close.
 
-Not here yet (issue 10): the initial snapshot, schema changes while running, reconnecting with backoff,
-TRUNCATE events (logged and counted, not produced).
+Not here yet (issue 10): resuming an interrupted initial load, schema changes while running, reconnecting
+with backoff, TRUNCATE events (logged and counted, not produced).
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from crmflow.topics import cdc_topic
 from producers.cdc import pgoutput as pg
 from producers.cdc.events import TableEvents, load_table
 from producers.cdc.exceptions import CdcConfigError, CdcDeliveryError, SlotBusyError, SlotError, SourceGoneError
+from producers.cdc.initial import COMPLETE, IN_PROGRESS, create_slot_exporting, load_state, mark, read_tables
 from producers.cdc.positions import AckTracker
 from producers.config import CdcConfig
 from producers.kafka import DEFAULT_PRODUCER_CONFIG, ensure_topics
@@ -58,6 +60,7 @@ SESSION_OPTIONS = "-c DateStyle=ISO -c TimeZone=UTC -c IntervalStyle=postgres -c
 class CdcStats:
     events: dict[str, int] = field(default_factory=dict)  # "table op" -> count
     transactions: int = 0
+    loaded: int = 0  # rows of the initial load (op r)
     confirmed_lsn: int = 0
     stopped: bool = False
 
@@ -85,8 +88,7 @@ def _prepare_slot(conn: psycopg.Connection[Any], cfg: CdcConfig, database: str, 
                             f"--init, or drop it (select pg_drop_replication_slot('{cfg.slot}')) to start over")
         if not has_pub:
             conn.execute(f"create publication {cfg.publication} for table {', '.join(cfg.tables)}")
-        conn.execute("select pg_create_logical_replication_slot(%s, 'pgoutput')", (cfg.slot,))
-        log.info("created publication %s and slot %s", cfg.publication, cfg.slot)
+        mark(conn, cfg.publication, IN_PROGRESS)  # until the initial load is in Kafka (the slot comes next)
         return
     if state is None:
         raise SlotError(
@@ -108,6 +110,15 @@ def _prepare_slot(conn: psycopg.Connection[Any], cfg: CdcConfig, database: str, 
     if not has_pub:
         raise SlotError(f"publication {cfg.publication} does not exist in database {database}; "
                         "create it for the cdc.tables or run --init with a new slot")
+    if load_state(conn, cfg.publication) == IN_PROGRESS:
+        raise SlotError(f"the initial load of slot {cfg.slot} was interrupted, so streaming on would miss rows: drop "
+                        f"the slot (select pg_drop_replication_slot('{cfg.slot}')) and run `crmflow cdc --init` again")
+    published = {f"{r[0]}.{r[1]}" for r in conn.execute(
+        "select schemaname, tablename from pg_publication_tables where pubname = %s", (cfg.publication,))}
+    missing = [t for t in cfg.tables if t not in published]
+    if missing:
+        raise SlotError(f"publication {cfg.publication} does not carry {', '.join(missing)}: add them with "
+                        f"`alter publication {cfg.publication} add table ...` (their rows need a load: issue 10)")
 
 
 class _Stream:
@@ -123,6 +134,7 @@ class _Stream:
         self.xid = 0
         self.commit_ms = 0
         self.last_feedback = 0.0
+        self.started = False  # replication started: feedback may be sent
 
     # ---------------------------------------------------------------------------------------------- events
 
@@ -232,6 +244,7 @@ def run_cdc(
     bootstrap_servers: str,
     registry_client: SchemaRegistryClient,
     init: bool = False,
+    load: bool = True,
     stop_event: threading.Event | None = None,
     producer_config: dict[str, Any] | None = None,
 ) -> CdcStats:
@@ -275,19 +288,27 @@ def run_cdc(
         stream: _Stream | None = None
         try:
             cursor = repl.cursor()
+            stream = _Stream(cfg, tables, codecs, topics, producer, cursor, stats)
+            if init:
+                consistent_lsn, snapshot = create_slot_exporting(cursor, cfg.slot)
+                log.info("created slot %s at %s", cfg.slot, pg.format_lsn(consistent_lsn))
+                if load and not _initial_load(stream, dsn, snapshot, consistent_lsn, stop):
+                    return stats
+                mark(conn, cfg.publication, f"{COMPLETE} at {pg.format_lsn(consistent_lsn)}"
+                     + ("" if load else " (skipped: --no-load)"))
             cursor.start_replication(
                 slot_name=cfg.slot, decode=False, status_interval=max(1.0, cfg.feedback_interval_s),  # psycopg2: >= 1
                 options={"proto_version": "1", "publication_names": cfg.publication, "messages": "true"},
             )  # fmt: skip
+            stream.started = True
             log.info("streaming slot %s (publication %s) into %s",
                      cfg.slot, cfg.publication, ", ".join(topics.values()))
-            stream = _Stream(cfg, tables, codecs, topics, producer, cursor, stats)
             stream.run(stop, measure)
         except psycopg2.OperationalError as exc:
             raise SourceGoneError(f"replication from slot {cfg.slot} failed: {exc}") from exc
         finally:
             remaining = producer.flush(30)
-            if stream is not None and not repl.closed:
+            if stream is not None and stream.started and not repl.closed:
                 try:
                     stream.feedback(force=True)
                 except (CdcDeliveryError, psycopg2.Error) as exc:
@@ -297,6 +318,26 @@ def run_cdc(
             repl.close()
             measure()
     return stats
+
+
+def _initial_load(stream: _Stream, dsn: str, snapshot: str, consistent_lsn: int, stop: threading.Event) -> bool:
+    """The tables as of the slot's consistent point, every row acknowledged by Kafka; False if stopped."""
+    stream.txn = stream.acks.begin()
+
+    def emit(table: str, key: dict[str, Any], envelope: dict[str, Any]) -> None:
+        stream._produce(table, "r", key, envelope)
+        stream.stats.loaded += 1
+        stream.producer.poll(0)
+
+    done = read_tables(dsn, SESSION_OPTIONS, snapshot, stream.tables, emit, consistent_lsn=consistent_lsn, stop=stop)
+    stream.acks.commit(stream.txn, consistent_lsn)
+    stream.txn = None
+    stream.producer.flush(60)
+    if stream.acks.failure is not None or stream.acks.confirmable() < consistent_lsn:
+        raise CdcDeliveryError(f"Kafka did not acknowledge the initial load of slot {stream.cfg.slot} "
+                               f"({stream.acks.failure or 'timed out'}); drop the slot and run --init again")
+    stream.stats.stopped = not done
+    return done
 
 
 def _json(schema: dict[str, Any]) -> str:

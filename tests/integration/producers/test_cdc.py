@@ -345,3 +345,58 @@ def test_sigkill_mid_stream_then_restart_loses_nothing_and_confirms_only_acknowl
     print(f"SIGKILL with {len(in_kafka)} of the first {at_kill} changes in Kafka, {len(acked)}/150 transactions "
           "confirmed; "
           f"after the restart {total} changes, {replays} replayed")
+
+
+def test_initial_load_hands_over_to_the_stream_with_no_gap_and_no_double(
+    legacy: Legacy, endpoints: Endpoints, registry_client: SchemaRegistryClient,
+    read_events: Callable[[str], list[Event]],
+) -> None:  # fmt: skip
+    legacy.sql("insert into legacy.customers (id, name, notes) "
+               f"select i, 'old', case when i % 50 = 0 then '{NOTES}' end from generate_series(1, 300) i")  # fmt: skip
+    topic = cdc_topic(legacy.prefix, "legacy.customers")
+    done = threading.Event()
+    written: list[int] = []
+
+    def writer() -> None:  # one row per transaction, before, during and after the slot's creation
+        i = 1000
+        while not done.is_set() or len(written) < 20:
+            legacy.sql(f"insert into legacy.customers (id, name) values ({i}, 'new')")
+            written.append(i)
+            i += 1
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    try:
+        with streaming(legacy, endpoints, registry_client, init=True) as stats:
+            mark = len(written)
+            wait_until(lambda: len(written) >= mark + 20, 30, what="writes after the stream started")
+            done.set()
+            thread.join(30)
+            wait_until(lambda: count(read_events, topic)() >= 300 + len(written), 30, what="every row in Kafka")
+    finally:
+        done.set()
+        thread.join(30)
+    events = [e.value for e in read_events(topic) if e.value]
+    loaded = [e for e in events if e["op"] == "r"]
+    assert {e["source"]["snapshot"] for e in loaded} == {True} and len({e["source"]["lsn"] for e in loaded}) == 1
+    assert all(e["source"]["snapshot"] is False for e in events if e["op"] == "c")
+    ids = sorted(e["after"]["id"] for e in events)
+    assert ids == sorted([*range(1, 301), *written]), "a row is missing or arrived twice across the handover"
+    assert {e["after"]["id"] for e in loaded} >= set(range(1, 301))
+    assert next(e["after"]["notes"] for e in loaded if e["after"]["id"] == 50) == NOTES
+    assert stats.loaded == len(loaded) and 0 < len(loaded) - 300 < len(written)  # the writer straddled the slot
+    print(f"initial load: {len(loaded)} rows as r, {len(events) - len(loaded)} as c after the consistent point")
+
+
+def test_an_interrupted_initial_load_is_refused_on_restart(
+    legacy: Legacy, endpoints: Endpoints, registry_client: SchemaRegistryClient
+) -> None:
+    legacy.sql("insert into legacy.customers (id) select generate_series(1, 10)")
+    stop = threading.Event()
+    stop.set()  # as a SIGTERM in the middle of the load
+    kafka = load_config_kafka(legacy.prefix)
+    stats = run_cdc(legacy.cdc(), kafka, bootstrap_servers=endpoints.bootstrap_servers,
+                    registry_client=registry_client, init=True, stop_event=stop)  # fmt: skip
+    assert stats.stopped and stats.loaded == 0
+    with pytest.raises(SlotError, match=f"initial load of slot {legacy.slot} was interrupted.*--init"):
+        run_cdc(legacy.cdc(), kafka, bootstrap_servers=endpoints.bootstrap_servers, registry_client=registry_client)
