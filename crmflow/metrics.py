@@ -2,7 +2,8 @@
 
 Naming: ``crmflow_<what>_<unit>``. Labels are low-cardinality only: stage (snapshot, process, sink),
 entity (account, contact, sale, case), outcome, reason (a rule name), decision (a dedupe decision), topic,
-partition. Never ids or PII.
+partition; for CDC, table (a captured schema.table of the config), op (c, u, d, r, tombstone) and slot. Never ids
+or PII.
 """
 
 from __future__ import annotations

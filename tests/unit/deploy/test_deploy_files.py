@@ -30,7 +30,9 @@ DASHBOARD_FILE = DEPLOY / "grafana" / "dashboards" / "crmflow-cutover.json"
 COMPOSE_FILE = DEPLOY / "compose" / "docker-compose.yml"
 K8S = DEPLOY / "k8s"
 METRICS_PORTS = {"snapshot": 9401, "process": 9402, "sink": 9403}
-LOW_CARDINALITY = {"stage", "entity", "outcome", "reason", "decision", "topic", "partition", "dependency"}
+# cdc: table is one of the config's captured tables, op one of c u d r tombstone, slot one per cdc instance
+LOW_CARDINALITY = {"stage", "entity", "outcome", "reason", "decision", "topic", "partition", "dependency",
+                   "table", "op", "slot"}
 SECRET_NAME = re.compile(r"DSN|KEY|PASSWORD|SECRET|TOKEN", re.IGNORECASE)
 
 
