@@ -154,7 +154,7 @@ def assert_exactly_once(ep: Endpoints, registry: SchemaRegistryClient, cfg: Migr
 # --------------------------------------------------------------------------------- the reference run
 
 
-def _demo_config(dataset: Dataset, directory: Path, dsn_env: str) -> tuple[Path, str]:
+def _demo_config(dataset: Dataset, directory: Path, dsn_env: str) -> Path:
     """The demo config with dedupe on, its own topics and run name (as ``run_factory`` writes it)."""
     raw = yaml.safe_load(DEMO_CONFIG.read_text())
     tag = uuid.uuid4().hex[:8]
@@ -167,7 +167,7 @@ def _demo_config(dataset: Dataset, directory: Path, dsn_env: str) -> tuple[Path,
     raw["target"]["dsn_env"] = dsn_env
     path = directory / "crmflow-reference.yaml"
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
-    return path, f"e2e-{tag}"
+    return path
 
 
 @dataclass(frozen=True)
@@ -185,10 +185,10 @@ def reference(small_dataset: Dataset, endpoints: Endpoints, registry_client: Sch
         conn.execute(f'create database "{db}"')
     try:
         dsn_env = f"E2E_TARGET_DSN_{db.upper()}"
-        config, _ = _demo_config(small_dataset, tmp_path_factory.mktemp("reference"), dsn_env)
+        config = _demo_config(small_dataset, tmp_path_factory.mktemp("reference"), dsn_env)
         done = subprocess.run([sys.executable, "-m", "crmflow", "migrate", "-c", str(config), "--json"],
-                              env={**_env(), dsn_env: endpoints.dsn(db)}, capture_output=True, text=True,
-                              timeout=300, check=False)
+                              env={**os.environ, "PYTHONUNBUFFERED": "1", dsn_env: endpoints.dsn(db)},
+                              capture_output=True, text=True, timeout=300, check=False)
         assert done.returncode == 0, done.stderr[-3000:]
         # The invariant holds on an uninterrupted run (nothing vacuous or mis-keyed in the check itself).
         yield Reference(golden_of(endpoints.dsn(db)), assert_exactly_once(endpoints, registry_client,
@@ -196,10 +196,6 @@ def reference(small_dataset: Dataset, endpoints: Endpoints, registry_client: Sch
     finally:
         with psycopg.connect(endpoints.postgres_dsn, autocommit=True) as conn:
             conn.execute(f'drop database if exists "{db}" with (force)')
-
-
-def _env() -> dict[str, str]:
-    return {**os.environ, "PYTHONUNBUFFERED": "1"}
 
 
 # ------------------------------------------------------------------------------------ watching a run
@@ -290,8 +286,8 @@ class Pipeline:
     ep: Endpoints
     tmp_path: Path
     produced: int
+    sink: Service  # the live sink, running from the start
     started: float = field(default_factory=time.monotonic)
-    sink: Service | None = None
 
     def processor(self, instance: str, n: int) -> Service:
         args = ["process", "-c", str(self.run.config), "--metrics-port", "0", "--batch-size", BATCH_SIZE,
@@ -305,7 +301,6 @@ class Pipeline:
 
     def drain(self, processors: list[Service]) -> None:
         """Wait until the group committed everything, stop every stage (SIGTERM), run the final sink pass."""
-        assert self.sink is not None
         try:
             wait_drained(self.ep.bootstrap_servers, f"crmflow-process-{self.cfg.kafka.topic_prefix}",
                          processor_topics(self.cfg), [*processors, self.sink], 180)
@@ -324,8 +319,8 @@ def pipeline(small_dataset: Dataset, run_factory: Callable[..., Run], endpoints:
     prepare(cfg, endpoints, registry_client, run.target_dsn)
     stats = run_snapshot(cfg, bootstrap_servers=endpoints.bootstrap_servers, registry_client=registry_client,
                          state_dir=tmp_path / "state")
-    p = Pipeline(run, cfg, endpoints, tmp_path, sum(s.produced for s in stats.sources.values()))
-    p.sink = Service("sink", ["sink", "-c", str(run.config)], tmp_path / "sink.log", dict(run.env))
+    sink = Service("sink", ["sink", "-c", str(run.config)], tmp_path / "sink.log", dict(run.env))
+    p = Pipeline(run, cfg, endpoints, tmp_path, sum(s.produced for s in stats.sources.values()), sink)
     yield p
     p.sink.stop()
 
@@ -358,7 +353,6 @@ def test_sigkills_inside_transactions_commit_every_output_exactly_once(
     records are mapped, the last while clean accounts are resolved (the deduper's state is then in the
     changelog, and the transaction cut holds changelog writes too)."""
     p = pipeline
-    assert p.sink is not None
     k = p.cfg.kafka
     rng = random.Random(SEED)
     probe = Probe(p.ep, p.cfg)
@@ -414,7 +408,6 @@ def test_a_worker_added_and_one_removed_mid_run_commit_every_output_exactly_once
     work and one of them has resolved accounts on its dedupe partitions, that one is stopped (SIGTERM), and
     the other finishes the run alone, restoring the leaver's deduper state from the changelog."""
     p = pipeline
-    assert p.sink is not None
     k = p.cfg.kafka
     probe = Probe(p.ep, p.cfg)
     raw = [k.raw_topic(s) for s in p.cfg.sources]
