@@ -55,6 +55,13 @@ class AckTracker:
         """Transactions begun and not yet confirmable (open, or with events Kafka has not acknowledged)."""
         return len(self._txns)
 
+    def advance_idle(self, lsn: int) -> None:
+        """Confirm up to ``lsn`` when nothing is in flight: the server's position after every message it sent
+        was handled (the keepalive's WAL end). The heartbeat of an idle publication; ignored while a transaction
+        is open or unacknowledged."""
+        if not self._txns and lsn > self._confirmed:
+            self._confirmed = lsn
+
     def confirmable(self) -> int:
         """The highest LSN every event before which Kafka acknowledged (never decreases)."""
         while self._txns:

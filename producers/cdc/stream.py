@@ -11,9 +11,9 @@ Lifecycle of :func:`run_cdc`:
    flush per message), a tombstone after each delete, and the LSN confirmed to PostgreSQL is the end of the last
    transaction whose every event Kafka acknowledged (:class:`~producers.cdc.positions.AckTracker`). A crash
    therefore replays at most the unacknowledged transactions, and loses none;
-4. every ``feedback_interval_s`` the confirmed LSN is sent even when nothing changed: psycopg2 moves it to the
-   server's keepalive position once every message received was confirmed, so an idle publication does not pin
-   WAL (the heartbeat);
+4. every ``feedback_interval_s`` the confirmed LSN is sent even when nothing changed; between transactions, with
+   every event acknowledged, it moves to the server's WAL end (the keepalives' position), so an idle publication
+   does not pin WAL (the heartbeat);
 5. on ``stop_event``: flush Kafka, confirm what it acknowledged, close.
 
 Not here yet (issue 10): resuming an interrupted initial load, schema changes while running, reconnecting
@@ -206,11 +206,12 @@ class _Stream:
         if self.acks.failure is not None:
             raise CdcDeliveryError(f"Kafka did not acknowledge an event ({self.acks.failure}); slot {self.cfg.slot} "
                                    f"stays at {pg.format_lsn(self.stats.confirmed_lsn)}: run again to resume from it")
+        if self.txn is None:  # between transactions: everything the server sent so far was handled
+            self.acks.advance_idle(int(self.cursor.wal_end or 0))
         confirmed = self.acks.confirmable()
         now = time.monotonic()
         if confirmed > self.stats.confirmed_lsn or force or now - self.last_feedback >= self.cfg.feedback_interval_s:
-            # Below what psycopg2 already holds this changes nothing; psycopg2 itself advances to the server's
-            # keepalive position once every message it returned was confirmed (the idle heartbeat).
+            # psycopg2 keeps the highest LSN it was given and sends it every status_interval too.
             self.cursor.send_feedback(flush_lsn=confirmed, write_lsn=confirmed,
                                       force=force or now - self.last_feedback >= self.cfg.feedback_interval_s)
             if confirmed > self.stats.confirmed_lsn:

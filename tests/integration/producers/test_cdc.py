@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -20,8 +22,10 @@ import psycopg
 import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from confluent_kafka.schema_registry import SchemaRegistryClient
+from prometheus_client import REGISTRY
 
 from crmflow.config import load_config
+from crmflow.exitcodes import ExitCode
 from crmflow.pipeline.services import Service
 from crmflow.serialization import AvroDecoder
 from crmflow.stack import Endpoints
@@ -178,6 +182,22 @@ def load_config_kafka(prefix: str) -> Any:
     return KafkaConfig(topic_prefix=prefix, partitions=2)
 
 
+def write_config(tmp_path: Path, legacy: Legacy) -> Path:
+    """A migration config whose ``cdc`` section captures TABLES (the other sections are the minimum)."""
+    config = tmp_path / "crmflow.yaml"
+    config.write_text(
+        "run: {name: itcdc}\n"
+        f"kafka: {{topic_prefix: {legacy.prefix}, partitions: 2}}\n"
+        f"sources:\n  customers: {{kind: table, dsn_env: {legacy.env}, table: legacy.customers, entity: account, "
+        "key: id}\n"
+        "entities:\n  account:\n    fields:\n      - {source: id, target: customer_id}\n"
+        f"cdc: {{dsn_env: {legacy.env}, tables: [{', '.join(TABLES)}], slot: {legacy.slot}, "
+        f"publication: {legacy.publication}, feedback_interval_s: 0.2}}\n"
+    )
+    assert load_config(config).cdc is not None
+    return config
+
+
 # ------------------------------------------------------------------------------------------------------ tests
 
 NOTES = "".join(f"{i:05d}-{os.urandom(4).hex()} " for i in range(1500))  # ~22 kB, out of line
@@ -242,11 +262,15 @@ def test_changes_become_envelopes_with_keys_tombstones_and_the_unchanged_marker(
 
 
 def test_a_missing_slot_is_an_error_naming_it_never_a_new_start(
-    legacy: Legacy, endpoints: Endpoints, registry_client: SchemaRegistryClient
+    legacy: Legacy, endpoints: Endpoints, registry_client: SchemaRegistryClient, tmp_path: Path
 ) -> None:
     with pytest.raises(SlotError, match=f"slot {legacy.slot} does not exist.*--init"):
         run_cdc(legacy.cdc(), load_config_kafka(legacy.prefix), bootstrap_servers=endpoints.bootstrap_servers,
                 registry_client=registry_client)  # fmt: skip
+    cli = subprocess.run([sys.executable, "-m", "crmflow", "cdc", "-c", str(write_config(tmp_path, legacy))],
+                         capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert cli.returncode == ExitCode.CONFIG, cli.stderr
+    assert f"slot {legacy.slot} does not exist" in " ".join(cli.stderr.split())
     assert legacy.slot_row() is None
 
 
@@ -268,22 +292,19 @@ def test_heartbeats_advance_an_idle_slot(
             return parse_lsn(legacy.slot_row()[2]) >= parse_lsn(mark)  # type: ignore[index]
 
         wait_until(restart_past, 30, interval_s=0.5, what="the slot's restart_lsn (retained WAL) moving on")
+    # measured once more at the stop: the gauges name the slot, and what the slot retains is back to a few kB
+    retained = REGISTRY.get_sample_value("crmflow_cdc_retained_wal_bytes", {"slot": legacy.slot})
+    acked = REGISTRY.get_sample_value("crmflow_cdc_last_acked_lsn", {"slot": legacy.slot})
+    assert retained is not None and 0 <= retained < parse_lsn(mark) - parse_lsn(start[2]), retained
+    assert acked is not None and acked >= parse_lsn(mark)
+    assert REGISTRY.get_sample_value("crmflow_cdc_replication_lag_bytes", {"slot": legacy.slot}) is not None
+    print(f"idle slot: {parse_lsn(mark) - parse_lsn(start[2])} bytes of unrelated WAL written, {retained:.0f} retained")
 
 
 def test_sigkill_mid_stream_then_restart_loses_nothing_and_confirms_only_acknowledged_events(
     legacy: Legacy, endpoints: Endpoints, read_events: Callable[[str], list[Event]], tmp_path: Path
 ) -> None:
-    config = tmp_path / "crmflow.yaml"
-    config.write_text(
-        "run: {name: itcdc}\n"
-        f"kafka: {{topic_prefix: {legacy.prefix}, partitions: 2}}\n"
-        f"sources:\n  customers: {{kind: table, dsn_env: {legacy.env}, table: legacy.customers, entity: account, "
-        "key: id}\n"
-        "entities:\n  account:\n    fields:\n      - {source: id, target: customer_id}\n"
-        f"cdc: {{dsn_env: {legacy.env}, tables: [{', '.join(TABLES)}], slot: {legacy.slot}, "
-        f"publication: {legacy.publication}, feedback_interval_s: 0.2}}\n"
-    )
-    assert load_config(config).cdc is not None
+    config = write_config(tmp_path, legacy)
     topic = cdc_topic(legacy.prefix, "legacy.customers")
     expected: dict[int, list[str]] = {}  # key -> names in change order ("" for a delete)
     marks: list[tuple[str, list[tuple[int, str]]]] = []  # (WAL position after the commit, its changes)

@@ -52,3 +52,18 @@ def test_empty_transactions_confirm_at_commit_and_the_position_never_goes_back()
     t = acks.begin()
     acks.commit(t, 60)
     assert acks.confirmable() == 60
+
+
+def test_the_idle_heartbeat_moves_the_position_only_when_nothing_is_in_flight() -> None:
+    acks = AckTracker(10)
+    acks.advance_idle(30)
+    assert acks.confirmable() == 30
+    t = acks.begin()
+    cb = acks.sent(t)
+    acks.commit(t, 40)
+    acks.advance_idle(90)  # a keepalive while an event is unacknowledged: ignored
+    assert acks.confirmable() == 30
+    cb(None, None)
+    assert acks.confirmable() == 40
+    acks.advance_idle(90)
+    assert acks.confirmable() == 90
