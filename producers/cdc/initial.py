@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -63,7 +64,11 @@ def read_tables(
     consistent_lsn: int,
     stop: threading.Event,
 ) -> bool:
-    """Emit every row of ``tables`` as seen by the exported snapshot; False if ``stop`` cut it short."""
+    """Emit every row of ``tables`` as seen by the exported snapshot; False if ``stop`` cut it short.
+
+    ``source.ts_ms`` of the ``r`` events is when the load started (the snapshot's time).
+    """
+    started_ms = int(time.time() * 1000)
     with psycopg.connect(dsn, options=options) as conn:
         conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
         conn.read_only = True
@@ -82,7 +87,7 @@ def read_tables(
                         log.warning("initial load stopped in %s after %d rows", name, rows)
                         return False
                     emit(name, ev.key(values), ev.envelope("r", None, ev.row(values), lsn=consistent_lsn, xid=None,
-                                                           commit_ms=0, snapshot=True))  # fmt: skip
+                                                           commit_ms=started_ms, snapshot=True))  # fmt: skip
                     rows += 1
             log.info("initial load of %s: %d rows at %s", name, rows, format_lsn(consistent_lsn))
     return True

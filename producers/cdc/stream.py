@@ -41,7 +41,7 @@ from crmflow.configbase import KafkaConfig
 from crmflow.serialization import AvroCodec, ParsedSchema
 from crmflow.topics import cdc_topic
 from producers.cdc import pgoutput as pg
-from producers.cdc.events import TableEvents, load_table
+from producers.cdc.events import Op, TableEvents, load_table
 from producers.cdc.exceptions import CdcConfigError, CdcDeliveryError, SlotBusyError, SlotError, SourceGoneError
 from producers.cdc.initial import COMPLETE, IN_PROGRESS, create_slot_exporting, load_state, mark, read_tables
 from producers.cdc.positions import AckTracker
@@ -138,7 +138,7 @@ class _Stream:
 
     # ---------------------------------------------------------------------------------------------- events
 
-    def _produce(self, table: str, op: str, key: dict[str, Any], value: dict[str, Any] | None) -> None:
+    def produce(self, table: str, op: str, key: dict[str, Any], value: dict[str, Any] | None) -> None:
         key_codec, value_codec = self.codecs[table]
         kbytes = key_codec.encode(key)
         vbytes = None if value is None else value_codec.encode(value)
@@ -152,17 +152,17 @@ class _Stream:
         metrics.CDC_EVENTS.labels(table, op).inc()
         self.stats.events[f"{table} {op}"] = self.stats.events.get(f"{table} {op}", 0) + 1
 
-    def _change(self, table: str, op: str, before: Any, after: Any, key: dict[str, Any], lsn: int) -> None:
+    def _change(self, table: str, op: Op, before: Any, after: Any, key: dict[str, Any], lsn: int) -> None:
         ev = self.tables[table]
-        envelope = ev.envelope(op, before, after, lsn=lsn, xid=self.xid, commit_ms=self.commit_ms)  # type: ignore[arg-type]
-        self._produce(table, op, key, envelope)
+        envelope = ev.envelope(op, before, after, lsn=lsn, xid=self.xid, commit_ms=self.commit_ms)
+        self.produce(table, op, key, envelope)
         if op == "d":
-            self._produce(table, "tombstone", key, None)
+            self.produce(table, "tombstone", key, None)
 
     def handle(self, msg: pg.Message, lsn: int) -> None:
         if isinstance(msg, pg.Begin):
             self.txn = self.acks.begin()
-            self.xid, self.commit_ms = msg.xid, msg.commit_ts // 1000 + 946_684_800_000
+            self.xid, self.commit_ms = msg.xid, int(pg.pg_time(msg.commit_ts).timestamp() * 1000)
         elif isinstance(msg, pg.Commit):
             self.acks.commit(self.txn, msg.end_lsn)
             self.txn = None
@@ -326,7 +326,7 @@ def _initial_load(stream: _Stream, dsn: str, snapshot: str, consistent_lsn: int,
     stream.txn = stream.acks.begin()
 
     def emit(table: str, key: dict[str, Any], envelope: dict[str, Any]) -> None:
-        stream._produce(table, "r", key, envelope)
+        stream.produce(table, "r", key, envelope)
         stream.stats.loaded += 1
         stream.producer.poll(0)
 
