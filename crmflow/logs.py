@@ -38,8 +38,23 @@ class _KeyValueFormatter(logging.Formatter):
         return f"{base} {' '.join(fields)}" if fields else base
 
 
+#: What :func:`configure_logging` last set up: (level, json_lines); None until it is called.
+_CONFIGURED: tuple[int, bool] | None = None
+
+
+def cli_flags() -> list[str]:
+    """The global CLI options that give a child process this process's logging (``--verbose``,
+    ``--log-json``), so the stages a command starts log the way it was asked to."""
+    if _CONFIGURED is None:
+        return []
+    level, json_lines = _CONFIGURED
+    return [*(["--verbose"] if level <= logging.DEBUG else []), *(["--log-json"] if json_lines else [])]
+
+
 def configure_logging(level: int = logging.INFO, *, json_lines: bool = False) -> None:
     """Send logs to stderr (stdout stays clean for --json output)."""
+    global _CONFIGURED
+    _CONFIGURED = (level, json_lines)
     handler = logging.StreamHandler(sys.stderr)
     if json_lines:
         handler.setFormatter(_JsonFormatter())

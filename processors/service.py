@@ -68,7 +68,7 @@ def build_stage(cfg: ProcessorConfig, registry: SchemaRegistryClient) -> Process
         encoders=encoders, dedupe=cfg.dedupe.matcher() if dedupe_topic and cfg.dedupe else None,
         dedupe_topic=dedupe_topic, changelog=changelog_topic(cfg),
     )
-    return stage.with_sources({name: src.entity for name, src in cfg.sources.items()})
+    return stage.with_sources({name: src.entity for name, src in cfg.sources.items()}).with_partitions(k.partitions)
 
 
 def build_runtime(

@@ -69,6 +69,15 @@ class ProcessStage(BatchStage):
         self._shards: dict[int, tuple[Deduper, WriteBehind]] = {}
         self._stores: dict[int, dict[str, Any]] = {}
         self._source_entities: dict[str, str] = {}
+        self._dedupe_partitions = 1
+
+    def with_partitions(self, partitions: int) -> ProcessStage:
+        """How many partitions the dedupe topic gets when the runtime has to create it."""
+        self._dedupe_partitions = partitions
+        return self
+
+    def internal_topics(self) -> Mapping[str, int]:
+        return {self._dedupe_topic: self._dedupe_partitions} if self._dedupe_topic else {}
 
     def with_sources(self, source_entities: Mapping[str, str]) -> ProcessStage:
         """Which entity each source name feeds (the raw records carry their source name)."""

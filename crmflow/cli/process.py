@@ -20,7 +20,7 @@ from rich.console import Console
 
 from crmflow import metrics
 from crmflow.config import load_config
-from crmflow.exceptions import CrmflowError, TerminalError
+from crmflow.exceptions import CrmflowError
 from crmflow.exitcodes import ExitCode
 
 err_console = Console(stderr=True)
@@ -66,6 +66,6 @@ def process(
     runtime.install_signals()
     try:
         runtime.run()
-    except TerminalError as exc:
+    except CrmflowError as exc:  # fenced, or Kafka unusable: one line, never a traceback
         err_console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
         raise typer.Exit(ExitCode.INFRASTRUCTURE) from None

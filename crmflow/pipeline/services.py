@@ -18,6 +18,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from crmflow.exceptions import StackError
 from crmflow.kafkalog import client_logging
+from crmflow.logs import cli_flags
 from crmflow.stack.process import tail
 
 log = logging.getLogger(__name__)
@@ -33,7 +34,8 @@ def _die_with_parent() -> None:
 
 
 class Service:
-    """``python -m crmflow <args>`` in the background, its output in ``log_file``; tracks peak RSS.
+    """``python -m crmflow <args>`` in the background (with this process's logging options), its output in
+    ``log_file``; tracks peak RSS.
 
     The child gets SIGTERM when this process dies (``PR_SET_PDEATHSIG``), so no stage outlives the run that
     started it, and it ignores the terminal's SIGINT (its own session): the parent decides when it stops.
@@ -45,7 +47,7 @@ class Service:
         log_file.parent.mkdir(parents=True, exist_ok=True)
         with log_file.open("ab") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "crmflow", *args], stdout=out, stderr=subprocess.STDOUT,
+                [sys.executable, "-m", "crmflow", *cli_flags(), *args], stdout=out, stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL, env={**os.environ, **env}, start_new_session=True,
                 preexec_fn=_die_with_parent,  # only a prctl call: safe between fork and exec
             )

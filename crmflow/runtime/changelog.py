@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
@@ -24,6 +24,28 @@ log = logging.getLogger(__name__)
 
 class ChangelogError(TransientError):
     """The changelog could not be read or created (Kafka away); retried by the caller."""
+
+
+def ensure_topics(bootstrap_servers: str, topics: Mapping[str, int], replication_factor: int = -1,
+                  extra: dict[str, Any] | None = None, timeout_s: float = 30.0) -> None:
+    """Create the missing ones of ``topics`` (name → partitions); an existing topic is left as it is."""
+    if not topics:
+        return
+    admin = AdminClient({"bootstrap.servers": bootstrap_servers, **client_logging(), **(extra or {})})
+    existing = admin.list_topics(timeout=timeout_s).topics
+    missing = [NewTopic(t, num_partitions=n, replication_factor=replication_factor) for t, n in topics.items()
+               if t not in existing]
+    if not missing:
+        return
+    for name, fut in admin.create_topics(missing).items():
+        try:
+            fut.result(timeout=timeout_s)
+        except KafkaException as exc:
+            err = exc.args[0] if exc.args else None
+            if not (isinstance(err, KafkaError) and err.code() == KafkaError.TOPIC_ALREADY_EXISTS):
+                raise
+        else:
+            log.info("created topic %s", name)
 
 
 def ensure_changelog(bootstrap_servers: str, topic: str, partitions_of: str, replication_factor: int = -1,

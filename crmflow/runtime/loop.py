@@ -48,7 +48,7 @@ from crmflow.metrics import (
     STATE_RESTORES,
     TRANSACTIONS,
 )
-from crmflow.runtime.changelog import ChangelogError, ensure_changelog, read_partitions
+from crmflow.runtime.changelog import ChangelogError, ensure_changelog, ensure_topics, read_partitions
 from crmflow.runtime.consumer import consumer_config, forget_lag, update_lag
 from crmflow.runtime.stage import BatchStage, InRecord, StageOutput
 from crmflow.serialization import SerializationError
@@ -135,12 +135,18 @@ class TransactionalRuntime:
         o = self.opts
         consumer, producer = self._consumer, self._producer = self._clients()
         try:
-            self._retrying("initialising transactions", lambda: producer.init_transactions(30))
+            if not self._retrying("initialising transactions", lambda: producer.init_transactions(30)):
+                return
             self.ready.set()
+            internal = self.stage.internal_topics()
+            if internal and not self._retrying("creating the internal topics", lambda: ensure_topics(
+                    o.bootstrap_servers, internal, o.replication_factor, o.client_config)):
+                return
             if self.stage.changelog and self.stage.state_topic:
                 changelog, state_topic = self.stage.changelog, self.stage.state_topic
-                self._retrying("creating the changelog", lambda: ensure_changelog(
-                    o.bootstrap_servers, changelog, state_topic, o.replication_factor, o.client_config))
+                if not self._retrying("creating the changelog", lambda: ensure_changelog(
+                        o.bootstrap_servers, changelog, state_topic, o.replication_factor, o.client_config)):
+                    return
             consumer.subscribe(list(self.stage.topics), on_assign=self._on_assign, on_revoke=self._on_revoke,
                                on_lost=self._on_lost)
             log.info("%s reading %s as group %s (transactional id %s)", self.stage.name,
@@ -194,7 +200,9 @@ class TransactionalRuntime:
         for tp, nxt in nexts.items():  # an end seen in this very batch, past its last record, stays noted
             if self._eof.get(tp, nxt + 1) <= nxt:
                 del self._eof[tp]
-        self._restore_pending()
+        if not self._restore_pending():
+            self._rewind(firsts)  # stopping: nothing of this batch is processed or committed
+            return
         records, undecodable = self._decode(messages)
         try:
             output = self.stage.process(records)
@@ -355,9 +363,10 @@ class TransactionalRuntime:
 
     # ----------------------------------------------------------------------------- state and rebalance
 
-    def _restore_pending(self) -> None:
+    def _restore_pending(self) -> bool:
+        """Restore the state partitions waiting for it; False when a stop came first (nothing restored)."""
         if not self._restore or not self.stage.changelog:
-            return
+            return True
         partitions = sorted(self._restore)
         while True:
             try:
@@ -367,11 +376,12 @@ class TransactionalRuntime:
             except ChangelogError as exc:
                 log.warning("restoring state failed (%s); retrying", exc, extra={"stage": self.stage.name})
                 if self.stop_event.wait(self.opts.retry_backoff_s):
-                    raise
+                    return False
         for p in partitions:
             self.stage.restore(p, state[p])
             STATE_RESTORES.labels(stage=self.stage.name).inc()
         self._restore.clear()
+        return True
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         for tp in partitions:
@@ -422,18 +432,19 @@ class TransactionalRuntime:
         self._next_lag = now + self.opts.lag_interval_s
         update_lag(self._consumer, self.stage.name, self._assigned)
 
-    def _retrying(self, what: str, fn: Any) -> None:
+    def _retrying(self, what: str, fn: Any) -> bool:
+        """Call ``fn`` until it succeeds (True), with backoff; False when a stop came first."""
         attempt = 0
-        while True:
+        while not self.stop_event.is_set():
             try:
                 fn()
-                return
+                return True
             except (KafkaException, TransientError) as exc:
                 attempt += 1
                 delay = min(self.opts.retry_backoff_max_s, self.opts.retry_backoff_s * 2 ** attempt)
-                log.warning("%s failed (%s); retrying in %.1fs", what, exc, delay)
-                if self.stop_event.wait(delay):
-                    raise
+                log.warning("%s failed (%s); retrying in %.1fs", what, exc, delay, extra={"stage": self.stage.name})
+                self.stop_event.wait(delay)
+        return False
 
 
 _FENCED = {KafkaError._FENCED, KafkaError.PRODUCER_FENCED, KafkaError.INVALID_PRODUCER_EPOCH}

@@ -131,6 +131,11 @@ class BatchStage(abc.ABC):
     def process(self, batch: Sequence[InRecord]) -> StageOutput:
         """Turn one batch into its outputs. Pure: no I/O; may update the state of the batch's partitions."""
 
+    def internal_topics(self) -> Mapping[str, int]:
+        """Topics the stage both writes and reads (an internal repartition topic), by partition count: the
+        runtime creates the missing ones before it subscribes, since nothing upstream does."""
+        return {}
+
     def restore(self, partition: int, entries: Mapping[bytes, bytes]) -> None:  # noqa: B027 - optional hook
         """The committed state of ``partition`` (changelog key → latest value), before its first batch."""
 

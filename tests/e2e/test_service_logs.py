@@ -168,9 +168,6 @@ def test_migrate_logs_json_for_its_whole_run_and_no_pii_anywhere(
     print(f"\nmigrate: {len(records)} JSON records; run directory: {sorted(files)}")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "crmflow/pipeline/migrate.py starts its stages as `crmflow process ...` and `crmflow sink ...` without the "
-    "global --verbose/--log-json it was given: they log plain text at INFO"))
 def test_the_stages_migrate_starts_log_with_its_global_options(
     small_dataset: Dataset, run_factory: Callable[..., Run],
 ) -> None:
@@ -180,10 +177,6 @@ def test_the_stages_migrate_starts_log_with_its_global_options(
         assert_json_logs(f"migrate's {name}", files[name].decode(errors="replace"), f"^{first}", f"^{last}")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "with dedupe on, `crmflow process` waits forever for <prefix>.dedupe.account, its own output topic, which "
-    "only `migrate` (pipeline.migrate.prepare) creates: crmflow/runtime/loop.py retries ensure_changelog "
-    "('cannot size changelog ... does not exist'); on SIGTERM it then exits 1 with a traceback"))
 def test_the_processor_started_right_after_the_snapshot_runs_and_stops_cleanly(
     small_dataset: Dataset, run_factory: Callable[..., Run], endpoints: Endpoints, tmp_path: Path,
 ) -> None:
