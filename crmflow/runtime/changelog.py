@@ -86,8 +86,14 @@ def read_partitions(bootstrap_servers: str, topic: str, partitions: Iterable[int
     })
     started = time.monotonic()
     try:
-        consumer.assign([TopicPartition(topic, p, -2) for p in wanted])  # -2: OFFSET_BEGINNING
-        pending = set(wanted)
+        # An empty partition has nothing to read: skip it rather than wait for its end-of-partition event.
+        pending = set()
+        for p in wanted:
+            low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout_s)
+            if high > low:
+                pending.add(p)
+        if pending:
+            consumer.assign([TopicPartition(topic, p, -2) for p in sorted(pending)])  # -2: OFFSET_BEGINNING
         deadline = time.monotonic() + timeout_s
         while pending:
             if time.monotonic() > deadline:
