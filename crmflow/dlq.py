@@ -245,8 +245,10 @@ def read_dead_letters(
     """Every dead letter currently in ``topic``, from the beginning (or from ``start``, the next offset to
     read per partition) to the high watermark (no group). A start outside the partition's offsets (the
     topic was re-created, or retention deleted the start) reads the partition from its beginning."""
+    # read_committed: a letter a processor batch wrote in a transaction that was then aborted never counts.
     consumer = Consumer({"bootstrap.servers": bootstrap_servers, "group.id": "crmflow-dlq-reader",
-                         "enable.auto.commit": False, "auto.offset.reset": "earliest", **client_logging()})
+                         "enable.auto.commit": False, "auto.offset.reset": "earliest",
+                         "isolation.level": "read_committed", **client_logging()})
     codec = AvroCodec(registry_client, topic_subject(topic), load_schema(DLQ_SCHEMA))
     try:
         try:

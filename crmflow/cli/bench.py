@@ -49,9 +49,11 @@ def bench(
                               f"{f['records_per_cpu_second']:>9,.0f} rec/CPU-s, peak RSS "
                               f"{f['peak_rss_bytes'] / 2**20:,.0f} MiB")
         return
+    from crmflow.evaluation.pandas_baseline import measure
+
     try:
         result = run_bench(get_stack().endpoints(), customers, seed=seed, workers=workers, partitions=partitions,
-                           keep=keep, dedupe=dedupe, engine=engine)
+                           keep=keep, dedupe=dedupe, engine=engine, baseline=measure)
     except CrmflowError as exc:
         err_console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from exc
@@ -67,5 +69,8 @@ def bench(
     if (q := figures.get("dedupe")) is not None:
         err_console.print(f"  dedupe: precision {q['precision']:.4f}, recall {q['recall']:.4f}, F1 {q['f1']:.4f}; "
                           f"{q['clusters']:,} golden accounts for {q['true_clusters']:,} true customers")
+    if (b := figures.get("baseline")) is not None:
+        err_console.print(f"  the seeds' pandas script on the same files: {b['rows_per_second']:,.0f} rows/s "
+                          f"({b['ratio']}x; no cleansing, no Kafka, no database)")
     for proc, rss in figures["peak_rss_bytes"].items():
         err_console.print(f"  peak RSS {proc}: {rss / 2**20:,.0f} MiB")

@@ -17,6 +17,7 @@ import os
 import shutil
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,7 @@ class BenchResult:
     generate_s: float
     summary: MigrationSummary
     dedupe: dict[str, Any] | None = None
+    baseline: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         s = self.summary
@@ -61,6 +63,9 @@ class BenchResult:
             "peak_rss_bytes": s.peak_rss_bytes,
             "generate_s": round(self.generate_s, 2),
             **({"dedupe": self.dedupe} if self.dedupe is not None else {}),
+            **({"baseline": {**self.baseline, "ratio": round(
+                self.baseline["rows_per_second"] / s.records_per_second, 1) if s.records_per_second else None}}
+               if self.baseline is not None else {}),
         }
 
 
@@ -79,7 +84,9 @@ def _bench_config(root: Path, data: Path, tag: str, partitions: int, dedupe: boo
 
 
 def run_bench(ep: Endpoints, customers: int, *, seed: int = 1, workers: int = 1, partitions: int = 4,
-              keep: bool = False, dedupe: bool = False, engine: str = "batch") -> BenchResult:
+              keep: bool = False, dedupe: bool = False, engine: str = "batch",
+              baseline: Callable[[Path], dict[str, Any] | None] | None = None) -> BenchResult:
+    """Generate, migrate, score; ``baseline`` (the seeds' pandas script) is timed on the same files after."""
     tag = uuid.uuid4().hex[:8]
     root = stack_settings().home / "bench" / tag
     data = root / "data"
@@ -99,12 +106,13 @@ def run_bench(ep: Endpoints, customers: int, *, seed: int = 1, workers: int = 1,
                                 MigrateOptions(workers=workers, engine=engine, logs_dir=root / "logs"))
         if dedupe:
             quality = dedupe_quality(ep.dsn(database), data / "truth.jsonl")
+        measured = baseline(data) if baseline is not None else None
     finally:
         if not keep:
             with psycopg.connect(ep.postgres_dsn, autocommit=True) as conn:
                 conn.execute(f'drop database if exists "{database}" with (force)')
             shutil.rmtree(data, ignore_errors=True)
-    return BenchResult(customers, generate_s, summary, quality)
+    return BenchResult(customers, generate_s, summary, quality, measured)
 
 
 def dedupe_quality(target_dsn: str, truth_file: Path) -> dict[str, Any]:
