@@ -88,10 +88,10 @@ def read_partitions(bootstrap_servers: str, topic: str, partitions: Iterable[int
     try:
         # An empty partition has nothing to read: skip it rather than wait for its end-of-partition event.
         pending = set()
-        for p in wanted:
-            low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout_s)
+        for wanted_p in wanted:
+            low, high = consumer.get_watermark_offsets(TopicPartition(topic, wanted_p), timeout=timeout_s)
             if high > low:
-                pending.add(p)
+                pending.add(wanted_p)
         if pending:
             consumer.assign([TopicPartition(topic, p, -2) for p in sorted(pending)])  # -2: OFFSET_BEGINNING
         deadline = time.monotonic() + timeout_s
