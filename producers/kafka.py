@@ -6,11 +6,10 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-from confluent_kafka import KafkaError, KafkaException
-from confluent_kafka.admin import AdminClient
-from confluent_kafka.cimpl import NewTopic
+from confluent_kafka import KafkaException
 
 from crmflow.kafkalog import client_logging
+from crmflow.runtime.changelog import ensure_topics as create_missing
 from producers.exceptions import KafkaUnavailableError
 
 log = logging.getLogger(__name__)
@@ -40,24 +39,7 @@ def ensure_topics(
 
     An existing topic is left as it is (whatever its partition count).
     """
-    admin = AdminClient({"bootstrap.servers": bootstrap_servers, **client_logging()})
     try:
-        existing = set(admin.list_topics(timeout=timeout_s).topics)
-        missing = [
-            NewTopic(t, num_partitions=partitions, replication_factor=replication_factor)
-            for t in topics
-            if t not in existing
-        ]
-        if not missing:
-            return
-        for name, fut in admin.create_topics(missing).items():
-            try:
-                fut.result(timeout=timeout_s)
-            except KafkaException as exc:
-                err = exc.args[0] if exc.args else None
-                if not (isinstance(err, KafkaError) and err.code() == KafkaError.TOPIC_ALREADY_EXISTS):
-                    raise
-            else:
-                log.info("created topic %s with %d partitions", name, partitions, extra={"topic": name})
+        create_missing(bootstrap_servers, dict.fromkeys(topics, partitions), replication_factor, timeout_s=timeout_s)
     except KafkaException as exc:
         raise KafkaUnavailableError(f"cannot list or create topics at {bootstrap_servers}: {exc}") from exc

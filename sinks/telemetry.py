@@ -5,14 +5,15 @@ Labels are stage, entity, outcome, topic and partition only — never ids or val
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from collections import Counter
 from collections.abc import Iterable, Mapping
 
-from confluent_kafka import Consumer, KafkaException, TopicPartition
+from confluent_kafka import Consumer
 
-from crmflow.metrics import BATCH_DURATION, BATCH_SIZE, CONSUMER_LAG, LAST_SUCCESS, PARKED, RECORDS
+from crmflow.metrics import BATCH_DURATION, BATCH_SIZE, LAST_SUCCESS, PARKED, RECORDS
+from crmflow.runtime.consumer import forget_lag
+from crmflow.runtime.consumer import update_lag as consumer_lag
 from sinks.base import FlushOutcome, TopicPartitionKey
 
 logger = logging.getLogger(__name__)
@@ -54,21 +55,10 @@ def parked(counts: Mapping[str, int]) -> None:
 
 
 def update_lag(consumer: Consumer, assigned: Iterable[TopicPartitionKey]) -> None:
-    """Lag per assigned partition: high watermark (as last fetched, no broker round trip) − position."""
-    tps = [TopicPartition(t, p) for t, p in sorted(assigned)]
-    if not tps:
-        return
-    try:
-        for tp in consumer.position(tps):
-            _low, high = consumer.get_watermark_offsets(tp, cached=True)
-            if high >= 0 and tp.offset >= 0:
-                lag = max(high - tp.offset, 0)
-                CONSUMER_LAG.labels(stage=STAGE, topic=tp.topic, partition=str(tp.partition)).set(lag)
-    except KafkaException as exc:
-        logger.debug("lag not updated: %s", exc)
+    """Lag per assigned partition (the runtime's gauge, labelled with the sink's stage)."""
+    consumer_lag(consumer, STAGE, assigned)
 
 
 def forget_partition(tp: TopicPartitionKey) -> None:
     """Stop reporting lag of a partition this consumer no longer owns."""
-    with contextlib.suppress(KeyError):  # no lag was recorded for it yet
-        CONSUMER_LAG.remove(STAGE, tp[0], str(tp[1]))
+    forget_lag(STAGE, tp[0], tp[1])

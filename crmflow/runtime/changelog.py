@@ -45,7 +45,7 @@ def ensure_topics(bootstrap_servers: str, topics: Mapping[str, int], replication
             if not (isinstance(err, KafkaError) and err.code() == KafkaError.TOPIC_ALREADY_EXISTS):
                 raise
         else:
-            log.info("created topic %s", name)
+            log.info("created topic %s with %d partitions", name, topics[name], extra={"topic": name})
 
 
 def ensure_changelog(bootstrap_servers: str, topic: str, partitions_of: str, replication_factor: int = -1,
