@@ -87,6 +87,10 @@ def account(i: int = 0) -> dict[str, Any]:
         "golden_id": None,
         "merged_golden_ids": [],
         "match_evidence": None,
+        "national_id": None,
+        "tax_id": None,
+        "legacy_account_number": None,
+        "company_registration_number": None,
     }
 
 
