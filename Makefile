@@ -17,13 +17,15 @@ help:
 	@echo "make test   - set everything up and run all tests (unit, integration, e2e)"
 	@echo "make test-unit | test-integration | test-e2e | lint | bench | stack | stack-down | clean"
 
-# Debian packages: Java 17 and Maven for Kafka/Apicurio, the PostgreSQL server, Prometheus (promtool).
+# Debian packages: Java 17 and Maven for Kafka/Apicurio, the PostgreSQL server, Prometheus (promtool), and
+# Chromium, headless, which the tests open every HTML report in.
 system-deps:
 	@missing=""; \
 	command -v java >/dev/null || missing="$$missing openjdk-17-jre-headless"; \
 	command -v mvn >/dev/null || missing="$$missing maven"; \
 	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
 	command -v promtool >/dev/null || missing="$$missing prometheus"; \
+	command -v chromium >/dev/null || missing="$$missing chromium"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
 	    echo "installing Debian packages:$$missing"; \

@@ -1,0 +1,1 @@
+"""HTML reports people read: offline pages with charts (plotly, inlined) from Jinja templates."""
