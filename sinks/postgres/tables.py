@@ -258,6 +258,7 @@ class EntityTable:
             members = "members as (select * from latest)"
         upsert = self._upsert(insert_cols, select_cols, "latest l", sets, changed)
         # Rows inserted by ``up`` are not visible to the table scan of this same statement, hence both joins.
+        versions = self._versions_sql("latest l on l._target = up.external_id")
         xref = self._xref(
             f"select '{self.entity}', m.source, m.external_id, coalesce(up.id, t.id), m.golden_id, m.run_id, "
             "m.match_evidence::jsonb, %(system)s::text from members m left join up on up.external_id = m._target "
@@ -272,7 +273,7 @@ class EntityTable:
             "or up.id is not null",
         )
         return (
-            f"with {', '.join(ctes)}, {upsert}, {members}, {xref}, {deliveries} "
+            f"with {', '.join(ctes)}, {upsert}, {versions}, {members}, {xref}, {deliveries} "
             "select (select count(*) from latest) + (select count(*) from refused), "
             "count(*) filter (where inserted), count(*) filter (where not inserted), '{}'::bigint[], "
             f"{_REFUSED_JSON} from up"
@@ -346,6 +347,7 @@ class EntityTable:
             refused,
             joined,
             upsert,
+            self._versions_sql("joined l on l.external_id = up.external_id"),
             xref,
             deliveries,
             # A record written now supersedes an older version of it still parked.
@@ -375,6 +377,17 @@ class EntityTable:
             f"with {', '.join(ctes)} select (select count(*) from latest), "
             f"count(*) filter (where inserted), count(*) filter (where not inserted), {parked}, "
             f"{_REFUSED_JSON} from up"
+        )
+
+    def _versions_sql(self, joined: str) -> str:
+        """The CTE keeping, per row the upsert ``up`` changed, the row as it was before the run's first change
+        of it (``crm.row_versions``, migration 0007; null when inserted): what ``crmflow rollback`` restores.
+        Every part of one statement sees the table as it was before the statement, so ``t`` is that row."""
+        return (
+            f"ver as (insert into {self.schema}.row_versions (run_id, entity, external_id, previous) "
+            f"select distinct on (up.external_id) coalesce(l.run_id, ''), '{self.entity}', up.external_id, "
+            f"to_jsonb(t) from up join {joined} left join {self.schema}.{self.table} t on t.id = up.id "
+            "on conflict do nothing)"
         )
 
     def _deliveries_sql(self, source: str) -> str:
