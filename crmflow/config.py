@@ -62,12 +62,28 @@ from sinks.config import TargetConfig
 __all__ = [
     "ConfigLoadError", "CurrencyCode", "DedupeSettings", "EntityMapping", "EnvVarName", "FieldMapping",
     "Identifier", "KafkaConfig", "KeyPath", "MigrationConfig", "ParentRef", "Problem", "ReferenceConfig",
-    "RunConfig", "SegmentFilter", "Severity", "SourceConfig", "TargetConfig", "TransformStep", "check_config",
+    "RunConfig", "SegmentFilter", "Severity", "SourceConfig", "TargetConfig", "TransformStep", "ValidationConfig",
+    "check_config",
     "expand_env", "format_path", "load_config",
 ]  # fmt: skip
 
 #: The ``sources.<name>.segment`` section, under its former name.
 SegmentFilter = SegmentConfig
+
+
+class ValidationConfig(FrozenModel):
+    """The ``validation:`` section: the thresholds ``crmflow validate`` gates on (exit 1 when one is not met)
+    and what ``crmflow cutover status`` accepts."""
+
+    accuracy: float = Field(default=1.0, ge=0.0, le=1.0, description="least share of target records whose "
+                            "every field equals the value recomputed from the source")
+    completeness: float = Field(default=1.0, ge=0.0, le=1.0, description="least share of expected source "
+                                "records found in the target (landed, merged, or dead-lettered)")
+    accepted_dlq_rules: tuple[str, ...] = Field(default=(), description="dead-letter rules whose open letters do "
+                                                "not block the cutover (e.g. orphan)")
+    max_lag: int = Field(default=0, ge=0, description="records the pipeline's consumer groups (or the CDC "
+                         "producer) may lag behind for a GO")
+    drift_sample: int = Field(default=200, ge=1, description="records cutover status re-validates afresh")
 
 
 class MigrationConfig(FrozenModel):
@@ -81,6 +97,8 @@ class MigrationConfig(FrozenModel):
     pii: PiiConfig | None = Field(default=None, description="PII masking: profile, key, per-field policies")
     dedupe: DedupeSettings | None = Field(default=None, description="deduplication of accounts into golden records")
     cdc: CdcConfig | None = Field(default=None, description="change capture from the legacy database (crmflow cdc)")
+    validation: ValidationConfig = Field(default_factory=ValidationConfig,
+                                         description="thresholds of crmflow validate and crmflow cutover status")
 
     _file: Path | None = PrivateAttr(default=None)
     _lines: dict[KeyPath, int] = PrivateAttr(default_factory=dict)
