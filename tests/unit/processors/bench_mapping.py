@@ -30,7 +30,7 @@ from processors.transforms import address, contact, dates, money, text
 from processors.transforms import phone as phone_module
 
 CACHES = (text._name_case, dates._parse, money._parse, money._convert, contact._email,
-          phone_module.to_e164, address._street)  # fmt: skip
+          phone_module.parse_e164, address._street)  # fmt: skip
 
 CONFIG = Path(__file__).resolve().parents[3] / "deploy" / "demo" / "crmflow.yaml"
 FIRST = ["anne-marie", "John", "MARY", "j.", "Jürgen", "Zoë", "Pierre", "Sven", "Olivia", "Liam"] * 30
