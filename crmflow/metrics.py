@@ -111,3 +111,19 @@ CDC_RETAINED_WAL_BYTES = Gauge(
 CDC_LAST_ACKED_LSN = Gauge(
     "crmflow_cdc_last_acked_lsn", "The last LSN confirmed to PostgreSQL (every event before it is in Kafka).", ["slot"]
 )
+CDC_REPLICATION_LAG_SECONDS = Gauge(
+    "crmflow_cdc_replication_lag_seconds",
+    "Seconds between now and the commit time of the oldest legacy transaction the CDC producer received but Kafka "
+    "has not acknowledged yet (0 when every received transaction is confirmed).",
+    ["slot"],
+)
+CDC_RECONNECTS = Counter(
+    "crmflow_cdc_reconnects_total",
+    "Times the CDC producer lost the legacy database (restart, dropped connection) and reconnected to its slot.",
+    ["slot"],
+)
+CDC_TABLES_STOPPED = Gauge(
+    "crmflow_cdc_tables_stopped",
+    "Captured tables whose changes go to the dead-letter topic after an incompatible schema change.",
+    ["slot"],
+)

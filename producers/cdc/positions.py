@@ -21,6 +21,7 @@ __all__ = ["AckTracker"]
 class _Txn:
     pending: int = 0
     end_lsn: int | None = None
+    commit_ms: int = 0  # the transaction's commit time in the legacy database (lag in seconds)
     failed: str | None = None
 
 
@@ -30,8 +31,8 @@ class AckTracker:
         self._confirmed = confirmed_lsn
         self.failure: str | None = None
 
-    def begin(self) -> _Txn:
-        txn = _Txn()
+    def begin(self, commit_ms: int = 0) -> _Txn:
+        txn = _Txn(commit_ms=commit_ms)
         self._txns.append(txn)
         return txn
 
@@ -54,6 +55,11 @@ class AckTracker:
     def in_flight(self) -> int:
         """Transactions begun and not yet confirmable (open, or with events Kafka has not acknowledged)."""
         return len(self._txns)
+
+    def oldest_pending_ms(self) -> int | None:
+        """Commit time of the oldest transaction received and not yet confirmable; None when none is."""
+        self.confirmable()
+        return self._txns[0].commit_ms if self._txns else None
 
     def advance_idle(self, lsn: int) -> None:
         """Confirm up to ``lsn`` when nothing is in flight: the server's position after every message it sent

@@ -161,8 +161,8 @@ class _Stream:
 
     def handle(self, msg: pg.Message, lsn: int) -> None:
         if isinstance(msg, pg.Begin):
-            self.txn = self.acks.begin()
             self.xid, self.commit_ms = msg.xid, int(pg.pg_time(msg.commit_ts).timestamp() * 1000)
+            self.txn = self.acks.begin(self.commit_ms)
         elif isinstance(msg, pg.Commit):
             self.acks.commit(self.txn, msg.end_lsn)
             self.txn = None
@@ -209,6 +209,9 @@ class _Stream:
         if self.txn is None:  # between transactions: everything the server sent so far was handled
             self.acks.advance_idle(int(self.cursor.wal_end or 0))
         confirmed = self.acks.confirmable()
+        oldest = self.acks.oldest_pending_ms()
+        metrics.CDC_REPLICATION_LAG_SECONDS.labels(self.cfg.slot).set(
+            0.0 if oldest is None else max(0.0, time.time() - oldest / 1000))
         now = time.monotonic()
         if confirmed > self.stats.confirmed_lsn or force or now - self.last_feedback >= self.cfg.feedback_interval_s:
             # psycopg2 keeps the highest LSN it was given and sends it every status_interval too.
@@ -323,7 +326,7 @@ def run_cdc(
 
 def _initial_load(stream: _Stream, dsn: str, snapshot: str, consistent_lsn: int, stop: threading.Event) -> bool:
     """The tables as of the slot's consistent point, every row acknowledged by Kafka; False if stopped."""
-    stream.txn = stream.acks.begin()
+    stream.txn = stream.acks.begin(int(time.time() * 1000))
 
     def emit(table: str, key: dict[str, Any], envelope: dict[str, Any]) -> None:
         stream.produce(table, "r", key, envelope)

@@ -67,3 +67,16 @@ def test_the_idle_heartbeat_moves_the_position_only_when_nothing_is_in_flight() 
     assert acks.confirmable() == 40
     acks.advance_idle(90)
     assert acks.confirmable() == 90
+
+
+def test_lag_is_the_commit_time_of_the_oldest_transaction_not_yet_confirmable() -> None:
+    acks = AckTracker()
+    assert acks.oldest_pending_ms() is None  # nothing received: no lag
+    t1, t2 = acks.begin(commit_ms=1_000), acks.begin(commit_ms=2_000)
+    cb1, cb2 = acks.sent(t1), acks.sent(t2)
+    acks.commit(t1, 10)
+    acks.commit(t2, 20)
+    cb2(None, None)
+    assert acks.oldest_pending_ms() == 1_000  # t2 is acknowledged but waits behind t1
+    cb1(None, None)
+    assert acks.oldest_pending_ms() is None and acks.confirmable() == 20
