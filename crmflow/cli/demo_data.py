@@ -16,6 +16,7 @@ from rich.table import Table
 
 from crmflow.demo_data import Summary, generate, parse_rate_overrides, rate_names
 from crmflow.demo_data.exceptions import InvalidRateError, LegacyLoadError, UnknownRateError
+from crmflow.demo_data.hard import NoiseProfile
 from crmflow.demo_data.layout import SNAPSHOT_RULES, SOURCE_FILES
 from crmflow.demo_data.legacy_db import LEGACY_SCHEMA, load_legacy_db
 
@@ -71,11 +72,22 @@ def demo_data(
     ] = None,
     workers: Annotated[int, typer.Option("--workers", min=0, help="Worker processes; 0 means one per CPU.")] = 0,
     json_summary: Annotated[bool, typer.Option("--json", help="Print the summary as JSON instead of a table.")] = False,
+    noise: Annotated[
+        NoiseProfile,
+        typer.Option(
+            "--noise",
+            help="default, or hard: duplicates mostly without e-mail or phone, first-letter typos, swapped and "
+            "missing name parts, nicknames, birth-date typos, a National_ID column with typos, duplicate contacts.",
+        ),
+    ] = "default",
 ) -> None:
     """Generate the demo legacy CRM: customers, contacts, sales, tickets, with quality problems.
 
     Writes the four legacy CSV files and truth.jsonl (see docs/data-contract.md) into --out.
     """
+    if noise == "hard" and legacy_dsn is not None:
+        raise typer.BadParameter("the hard profile's customers.csv has a National_ID column the legacy schema lacks; "
+                                 "load the default profile", param_hint="--legacy-dsn")  # fmt: skip
     try:
         rates = parse_rate_overrides(rate or [])
     except (UnknownRateError, InvalidRateError) as err:
@@ -83,7 +95,9 @@ def demo_data(
     console = Console()
     started = time.perf_counter()
     with _progress(console, "customers", customers) as on_progress:
-        summary = generate(out, customers, seed, rates, workers=workers or None, on_progress=on_progress)
+        summary = generate(
+            out, customers, seed, rates, workers=workers or None, on_progress=on_progress, noise_profile=noise
+        )
     seconds = time.perf_counter() - started
     if json_summary:
         typer.echo(summary.model_dump_json(indent=2))

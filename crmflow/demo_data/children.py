@@ -14,7 +14,7 @@ from datetime import date
 from decimal import Decimal
 from typing import TYPE_CHECKING, Final, NamedTuple
 
-from crmflow.demo_data import noise
+from crmflow.demo_data import hard, noise
 from crmflow.demo_data.layout import (
     CSV_MALFORMED,
     CURRENCY_FORMAT,
@@ -84,6 +84,22 @@ def optional_date(
     return texts.iso[i], texts.iso[i]
 
 
+_CONTACT_WINDOW: Final = 2000
+
+
+class _ContactPerson(NamedTuple):
+    """Hard profile: a contact person's first record, which its duplicates start from."""
+
+    cluster: str
+    parent: Parent
+    first: str
+    last: str
+    email: str | None
+    phone: str | None
+    phone_text: str
+    job: str | None
+
+
 class Children:
     """Writes ``contacts.csv``, ``sales.csv`` and ``tickets.csv`` and their truth lines.
 
@@ -99,8 +115,14 @@ class Children:
         rates: QualityRates,
         pools: Pools,
         fx_rates: Mapping[str, Decimal],
+        *,
+        hard_profile: bool = False,
     ) -> None:
         self.rng = rng
+        #: The hard profile: contacts get duplicates and a truth cluster (see :mod:`crmflow.demo_data.hard`).
+        self.hard = hard_profile
+        self.contact_persons: list[_ContactPerson] = []
+        self.contact_window_pos = 0
         self.rates = rates
         self.pools = pools
         self.truth = sinks.truth
@@ -155,6 +177,7 @@ class Children:
         key: str,
         clean: tuple[str | None, ...],
         flags: list[str],
+        cluster: str | None = None,
     ) -> None:
         rng = self.rng
         if rng.random() < self.rates.whitespace:  # never the ids: they are the keys
@@ -165,17 +188,20 @@ class Children:
             if parent.rejected:
                 self.truth.reject(sink.source, line, key, None, ORPHAN)
             else:
-                self.truth.ok(sink.source, line, key, None, clean, flags)
+                self.truth.ok(sink.source, line, key, cluster, clean, flags)
             return
         if reject == CSV_MALFORMED:
             fields = noise.malformed(fields, rng)
         elif reject == ENCODING:
             fields = noise.mis_encoded(fields)
-        self.truth.reject(sink.source, sink.row(fields), key, None, reject)
+        self.truth.reject(sink.source, sink.row(fields), key, cluster, reject)
 
     def _contact(self, parent: Parent, pool: CountryPool) -> None:
         rng, r = self.rng, self.rates
         rnd = rng.random
+        if self.hard and self.contact_persons and rnd() < hard.CONTACT_DUPLICATE:
+            self._duplicate_contact(parent)
+            return
         self.contact_seq += 1
         key = f"K{self.contact_seq:07d}"
         fn = pool.first_names[int(rnd() * len(pool.first_names))]
@@ -220,7 +246,45 @@ class Children:
         job: str | None = None if rnd() < r.field_missing else pool.job_titles[int(rnd() * len(pool.job_titles))]
         fields = [key, parent.customer_id, first_s, last_s, email_s, phone_s, job or ""]
         clean = (key, parent.customer_id, f"{first} {last}", first, last, email, phone, job)
-        self._emit(self.contacts, fields, reject, parent, key, clean, flags)
+        if not self.hard:
+            self._emit(self.contacts, fields, reject, parent, key, clean, flags)
+            return
+        person = _ContactPerson(key, parent, first, last, email, phone, phone_s if phone else "", job)
+        if len(self.contact_persons) < _CONTACT_WINDOW:
+            self.contact_persons.append(person)
+        else:
+            self.contact_persons[self.contact_window_pos] = person
+            self.contact_window_pos = (self.contact_window_pos + 1) % _CONTACT_WINDOW
+        self._emit(self.contacts, fields, reject, parent, key, clean, flags, key)
+
+    def _duplicate_contact(self, parent: Parent) -> None:
+        """Hard profile: a further record of a recent contact person, on its account or on ``parent``."""
+        rng, r = self.rng, self.rates
+        rnd = rng.random
+        self.contact_seq += 1
+        key = f"K{self.contact_seq:07d}"
+        person = self.contact_persons[int(rnd() * len(self.contact_persons))]
+        on = person.parent if rnd() < hard.CONTACT_SAME_ACCOUNT else parent
+        first: str | None = person.first
+        last: str | None = person.last
+        if rnd() < hard.HARD_NAME:
+            first, last, _ = hard.vary_name(person.first, person.last, rng)
+        flags: list[str] = []
+        email, phone, phone_s = person.email, person.phone, person.phone_text
+        if rnd() < hard.HARD_NO_CONTACT:
+            email, phone, phone_s = None, None, ""
+        if email is None:
+            flags.append("email_missing")
+        if phone is None:
+            flags.append("phone_missing")
+        job = person.job if rnd() < 0.5 else None
+        u = rnd()
+        reject = None if u >= self.contact_ok_from else self._reject(u, REQUIRED)
+        first_s, last_s = (first or "", last or "") if reject != REQUIRED else ("", "")
+        fields = [key, on.customer_id, first_s, last_s, email or "", phone_s, job or ""]
+        full = " ".join(part for part in (first, last) if part)
+        clean = (key, on.customer_id, full, first, last, email, phone, job)
+        self._emit(self.contacts, fields, reject, on, key, clean, flags, person.cluster)
 
     def _sale(self, parent: Parent, pool: CountryPool, since: int) -> None:
         rng, r = self.rng, self.rates

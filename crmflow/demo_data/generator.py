@@ -18,7 +18,7 @@ from datetime import date
 from decimal import Decimal
 from typing import Final
 
-from crmflow.demo_data import noise
+from crmflow.demo_data import hard, noise
 from crmflow.demo_data.children import LAST_DAY, Children, Parent, email_address, optional_date, phone_number
 from crmflow.demo_data.layout import CSV_MALFORMED, CUSTOMERS, ENCODING, REQUIRED
 from crmflow.demo_data.plan import Chunk, Slot, chunk_slots
@@ -48,6 +48,7 @@ class _Person:
         "first",
         "house",
         "last",
+        "nid",
         "phone",
         "pool",
         "postal",
@@ -71,6 +72,7 @@ class _Person:
         self.city, self.postal = pool.places[int(rnd() * len(pool.places))]
         self.birth = _BIRTH_FIRST + int(rnd() * _BIRTH_DAYS)
         self.records: list[Parent] = []
+        self.nid: str | None = None
 
 
 def _abbreviated(street: Street, house: str, rng: random.Random) -> str:
@@ -108,7 +110,14 @@ class ChunkGenerator:
     """Writes the customer slots of one chunk; all randomness comes from ``(seed, chunk index)``."""
 
     def __init__(
-        self, sinks: Sinks, seed: int, chunk: Chunk, rates: QualityRates, window: int, fx_rates: Mapping[str, Decimal]
+        self,
+        sinks: Sinks,
+        seed: int,
+        chunk: Chunk,
+        rates: QualityRates,
+        window: int,
+        fx_rates: Mapping[str, Decimal],
+        noise_profile: hard.NoiseProfile = "default",
     ) -> None:
         self.rng = random.Random(f"{seed}:data:{chunk.index}")
         self.slots = chunk_slots(seed, chunk.index, chunk.slots, rates)
@@ -119,7 +128,8 @@ class ChunkGenerator:
         ]
         self.truth = sinks.truth
         self.customers = sinks.customers
-        self.children = Children(sinks, chunk.offsets, self.rng, rates, pools, fx_rates)
+        self.hard = noise_profile == "hard"
+        self.children = Children(sinks, chunk.offsets, self.rng, rates, pools, fx_rates, hard_profile=self.hard)
         self.window: list[_Person] = []
         self.window_size = window
         self.window_pos = 0
@@ -158,6 +168,8 @@ class ChunkGenerator:
             self.stats.persons += 1
             pool = self.country_table[int(rnd() * len(self.country_table))]
             person = _Person(f"P{self.person_seq:07d}", pool, self.rng, self.person_seq)
+            if self.hard and rnd() < hard.ID_PERSONS:
+                person.nid = hard.national_id(self.rng)
             if len(window) < self.window_size:
                 window.append(person)
             else:
@@ -174,24 +186,36 @@ class ChunkGenerator:
         rnd = rng.random
         self.customer_seq += 1
         cid = f"C{self.customer_seq:07d}"
-        first, last = p.first, p.last
+        first: str | None = p.first
+        last: str | None = p.last
         names_case = rnd() < r.name_case
         abbreviate = rnd() < r.street_abbreviation
         phone_alt = rnd() < r.phone_format
         email_mixed = rnd() < r.email_case
         drop = ""
-        if dup:  # one change of the name, and/or one of the spelling of other fields
+        birth_day, place, street_of, house = p.birth, (p.city, p.postal), p.street, p.house
+        if dup and self.hard:  # see crmflow.demo_data.hard
+            if rnd() < hard.HARD_NAME:
+                first, last, _ = hard.vary_name(p.first, p.last, rng)
+            drop = "both" if rnd() < hard.HARD_NO_CONTACT else ""
+            if rnd() < hard.HARD_BIRTH:
+                birth_day = hard.birth_typo(p.birth, rng)
+            if rnd() < hard.HARD_MOVED:
+                place = pool.places[int(rnd() * len(pool.places))]
+                street_of = pool.streets[int(rnd() * len(pool.streets))]
+                house = str(1 + int(rnd() * pool.max_house_number))
+        elif dup:  # one change of the name, and/or one of the spelling of other fields
             kind = _NAME_VARIATIONS[int(rnd() * 5)] if rnd() < 0.65 else ""
             if kind == "initial":
-                first = first[0] + "."
+                first = p.first[0] + "."
             elif kind == "middle":
-                first = f"{first} {_UPPER[int(rnd() * len(_UPPER))]}."
+                first = f"{p.first} {_UPPER[int(rnd() * len(_UPPER))]}."
             elif kind == "swap":
-                first, last = last, first
+                first, last = p.last, p.first
             elif kind == "typo_first":
-                first = noise.typo(first, rng)
+                first = noise.typo(p.first, rng)
             elif kind == "typo_last":
-                last = noise.typo(last, rng)
+                last = noise.typo(p.last, rng)
             other = _OTHER_VARIATIONS[int(rnd() * 5)] if not kind or rnd() < 0.6 else ""
             names_case = names_case or other == "case"
             abbreviate = abbreviate or other == "street"
@@ -202,9 +226,10 @@ class ChunkGenerator:
 
         flags: list[str] = []
         if names_case:
-            first_s, last_s = noise.case_noise(first, rng), noise.case_noise(last, rng)
+            first_s = noise.case_noise(first, rng) if first is not None else ""
+            last_s = noise.case_noise(last, rng) if last is not None else ""
         else:
-            first_s, last_s = first, last
+            first_s, last_s = first or "", last or ""
         u = rnd()
         reject = None
         if u < self.reject_at[2]:
@@ -215,7 +240,7 @@ class ChunkGenerator:
 
         email: str | None = p.email
         u = rnd()
-        if drop == "email" or u < r.email_missing:
+        if drop in ("email", "both") or u < r.email_missing:
             email_s, email = "", None
             flags.append("email_missing")
         elif u < r.email_missing + r.email_invalid:
@@ -226,7 +251,7 @@ class ChunkGenerator:
 
         phone: str | None
         u = rnd()
-        if drop == "phone" or u < r.phone_missing:
+        if drop in ("phone", "both") or u < r.phone_missing:
             phone_s, phone = "", None
             flags.append("phone_missing")
         elif u < r.phone_missing + r.phone_invalid:
@@ -244,26 +269,27 @@ class ChunkGenerator:
             phone_s, phone = template.format(*p.digits), pre.e164(p.digits)
 
         missing = _MISSING_FIELDS[int(rnd() * 5)] if rnd() < r.field_missing else ""
-        street: str | None = p.street_text
+        street_text = p.street_text if street_of is p.street and house == p.house else street_of.template.format(house)
+        street: str | None = street_text
         if missing == "street":
             street_s, street = "", None
         elif abbreviate and not unknown:  # Str → Straße depends on the country being known
-            street_s = _abbreviated(p.street, p.house, rng)
+            street_s = _abbreviated(street_of, house, rng)
         else:
-            street_s = p.street_text
-        city: str | None = p.city
+            street_s = street_text
+        city: str | None = place[0]
         if missing == "city":
             city_s, city = "", None
         else:
-            city_s = noise.case_noise(p.city, rng) if names_case else p.city
-        postal: str | None = p.postal
+            city_s = noise.case_noise(place[0], rng) if names_case else place[0]
+        postal: str | None = place[1]
         if missing == "postal_code" or unknown:  # no country, no pattern: leave it out
             postal_s, postal = "", None
         elif rnd() < r.postal_code_invalid:
-            postal_s, postal = noise.invalid_postal(pool.code, p.postal), None
+            postal_s, postal = noise.invalid_postal(pool.code, place[1]), None
             flags.append("postal_code_invalid")
         else:
-            postal_s = p.postal.lower() if names_case else p.postal
+            postal_s = place[1].lower() if names_case else place[1]
         country: str | None = pool.code
         if unknown:
             country_s, country = pool.unknown_spellings[int(rnd() * len(pool.unknown_spellings))], None
@@ -272,7 +298,7 @@ class ChunkGenerator:
             country_s = pool.spellings[int(rnd() * len(pool.spellings))]
         else:
             country_s = pool.code
-        birth_s, birth = optional_date(p.birth, missing == "birth_date", "birth_date", flags, rng, r)
+        birth_s, birth = optional_date(birth_day, missing == "birth_date", "birth_date", flags, rng, r)
         since_day = self._since()
         since_s, since = optional_date(since_day, missing == "customer_since", "customer_since", flags, rng, r)
 
@@ -290,6 +316,11 @@ class ChunkGenerator:
             birth_s,
             since_s,
         ]
+        nid: str | None = None
+        if self.hard:  # the hard profile's National_ID column
+            if p.nid is not None and rnd() < hard.ID_ON_RECORD:
+                nid = hard.id_typo(p.nid, rng) if rnd() < hard.ID_TYPO else p.nid
+            fields.append(nid or "")
         if rnd() < r.whitespace:
             for _ in range(1 + int(rnd() * 2)):
                 i = 1 + int(rnd() * 11)
@@ -302,9 +333,9 @@ class ChunkGenerator:
         if reject:
             self.truth.reject(CUSTOMERS, line, cid, p.cluster, reject)
         else:
-            clean = (
+            clean: tuple[str | None, ...] = (
                 cid,
-                f"{first} {last}",
+                " ".join(part for part in (first, last) if part),
                 first,
                 last,
                 email,
@@ -316,6 +347,7 @@ class ChunkGenerator:
                 pool.region,
                 birth,
                 since,
+                *((nid,) if self.hard else ()),
             )
             self.truth.ok(CUSTOMERS, line, cid, p.cluster, clean, flags)
         me = Parent(cid, reject is not None)

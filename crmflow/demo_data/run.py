@@ -19,7 +19,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import BinaryIO, Final
 
-from crmflow.demo_data import noise
+from crmflow.demo_data import hard, noise
 from crmflow.demo_data.exceptions import DemoDataError
 from crmflow.demo_data.generator import ChunkGenerator, ChunkStats, Sinks
 from crmflow.demo_data.layout import CONTACTS, CUSTOMERS, SALES, SOURCE_FILES, TICKETS, TRUTH_FILE
@@ -66,9 +66,10 @@ class _Settings:
     rates: QualityRates
     window: int
     fx_rates: Mapping[str, Decimal]
+    noise: hard.NoiseProfile = "default"
 
     def generator(self, sinks: Sinks, chunk: Chunk) -> ChunkGenerator:
-        return ChunkGenerator(sinks, self.seed, chunk, self.rates, self.window, self.fx_rates)
+        return ChunkGenerator(sinks, self.seed, chunk, self.rates, self.window, self.fx_rates, self.noise)
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,12 +95,14 @@ class _Totals:
         self.stats.deleted_customers += stats.deleted_customers
 
 
-def _open_sinks(directory: Path, chunk: Chunk | None) -> Sinks:
+def _open_sinks(directory: Path, chunk: Chunk | None, profile: hard.NoiseProfile = "default") -> Sinks:
     """Whole files with headers (``chunk`` None), or headerless parts starting at the chunk's lines."""
     o = chunk.offsets if chunk else None
 
     def sink(source_name: str, before: int) -> CsvSink:
         source = next(s for s in SOURCE_FILES if s.name == source_name)
+        if profile == "hard" and source is CUSTOMERS:
+            source = hard.HARD_CUSTOMERS
         return CsvSink(directory / source.name, source, header=o is None, line=1 + before)
 
     return Sinks(
@@ -107,13 +110,13 @@ def _open_sinks(directory: Path, chunk: Chunk | None) -> Sinks:
         contacts=sink(CONTACTS.name, o.contacts if o else 0),
         sales=sink(SALES.name, o.sales if o else 0),
         tickets=sink(TICKETS.name, o.tickets if o else 0),
-        truth=TruthWriter(directory / TRUTH_FILE),
+        truth=TruthWriter(directory / TRUTH_FILE, national_id=profile == "hard"),
     )
 
 
 def _generate_part(job: _Job) -> tuple[dict[str, Counter[str]], ChunkStats]:
     """Worker process: write one chunk as part files into ``job.directory``."""
-    sinks = _open_sinks(job.directory, job.chunk)
+    sinks = _open_sinks(job.directory, job.chunk, job.settings.noise)
     try:
         stats = job.settings.generator(sinks, job.chunk).run()
     finally:
@@ -133,7 +136,7 @@ def _sequential(
     out_dir: Path, chunks: list[Chunk], settings: _Settings, on_progress: Callable[[int], None] | None
 ) -> _Totals:
     totals = _Totals({}, ChunkStats())
-    sinks = _open_sinks(out_dir, None)
+    sinks = _open_sinks(out_dir, None, settings.noise)
     try:
         for chunk in chunks:
             _check_lines(sinks, chunk)
@@ -165,6 +168,8 @@ def _parallel(
     outputs = {name: (out_dir / name).open("wb") for name in names}
     try:
         for source in SOURCE_FILES:
+            if settings.noise == "hard" and source is CUSTOMERS:
+                source = hard.HARD_CUSTOMERS
             outputs[source.name].write((",".join(source.columns) + "\n").encode())
         with multiprocessing.get_context(method).Pool(workers) as pool:
             for chunk_job, (counts, stats) in zip(jobs, pool.imap(_generate_part, jobs), strict=True):
@@ -192,12 +197,15 @@ def generate(
     fx_rates: Mapping[str, Decimal] = DEMO_FX_RATES,
     chunk_size: int = CHUNK_SIZE,
     on_progress: Callable[[int], None] | None = None,
+    noise_profile: hard.NoiseProfile = "default",
 ) -> Summary:
     """Write the four legacy CSV files and ``truth.jsonl`` for ``customers`` customer records.
 
     The same ``seed``, rates and ``chunk_size`` give the same bytes, whatever ``workers`` is (default:
     one process per CPU, at most one per chunk). ``window`` bounds how many recent persons a duplicate
     may be drawn from; ``on_progress`` gets the number of customer records written so far.
+    ``noise_profile``: ``default``, or ``hard`` (see :mod:`crmflow.demo_data.hard`: duplicates mostly without
+    e-mail or phone, harder name and birth-date variations, a ``National_ID`` column, duplicate contacts).
     """
     if customers < 0:
         raise DemoDataError(f"customers must be >= 0, got {customers}")
@@ -208,7 +216,9 @@ def generate(
     noise.amount_table()
     chunks = plan_chunks(seed, customers, rates, chunk_size)
     n_workers = min(workers or os.cpu_count() or 1, max(1, len(chunks)))
-    settings = _Settings(seed, rates, window, fx_rates)
+    if noise_profile not in hard.NOISE_PROFILES:
+        raise DemoDataError(f"noise profile must be one of {', '.join(hard.NOISE_PROFILES)}, got {noise_profile!r}")
+    settings = _Settings(seed, rates, window, fx_rates, noise_profile)
     log.info(
         "generating demo data: %d customers in %d chunks on %d worker(s)",
         customers,

@@ -48,6 +48,14 @@ def _account(line: int, key: str, cluster: str | None, v: Sequence[str | None], 
     )
 
 
+def _account_with_id(line: int, key: str, cluster: str | None, v: Sequence[str | None], flags: list[str]) -> str:
+    """An account line of the hard profile: the default keys plus ``national_id`` before ``quality_flags``."""
+    text = _account(line, key, cluster, v[:-1], flags)
+    at = text.rindex(',"quality_flags":')
+    nid = v[-1]
+    return f'{text[:at]},"national_id":{_N if nid is None else _enc(nid)}{text[at:]}'
+
+
 def _contact(line: int, key: str, cluster: str | None, v: Sequence[str | None], flags: list[str]) -> str:
     kid, cid, full, first, last, email, phone, job = v
     return (
@@ -138,12 +146,15 @@ class Summary(BaseModel):
 class TruthWriter:
     """Writes ``truth.jsonl`` (or a part of it) and counts oks and rejects per file and rule."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, national_id: bool = False) -> None:
+        """``national_id``: account values end with the hard profile's national id (see :mod:`.hard`)."""
         self._file = path.open("wb")
         self._buf: list[bytes] = []  # encoded per line: cheaper than a text-mode write of the joined lines
         self._ok: dict[str, int] = {s.name: 0 for s in SOURCE_FILES}
         self._rejected: dict[str, Counter[str]] = {s.name: Counter() for s in SOURCE_FILES}
         self._formatters = {s.name: OK_FORMATTERS[s.name] for s in SOURCE_FILES}
+        if national_id:
+            self._formatters["customers.csv"] = _account_with_id
 
     def ok(
         self,
