@@ -7,7 +7,21 @@ import logging
 import typer
 
 from crmflow import __version__
-from crmflow.cli import bench, cdc, config_cmd, demo_data, dlq, migrate, process, runs, schemas, sink, snapshot, stack
+from crmflow.cli import (
+    bench,
+    cdc,
+    config_cmd,
+    demo_data,
+    dlq,
+    migrate,
+    process,
+    runs,
+    schemas,
+    sink,
+    snapshot,
+    stack,
+    validate,
+)
 from crmflow.logs import configure_logging
 
 app = typer.Typer(
@@ -29,6 +43,7 @@ app.command("process")(process.process)
 app.command("sink")(sink.sink)
 app.command("migrate")(migrate.migrate)
 app.command("bench")(bench.bench)
+app.command("validate")(validate.validate)
 
 
 def _version(value: bool) -> None:
