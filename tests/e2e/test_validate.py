@@ -1,0 +1,92 @@
+"""crmflow validate on the real stack: a clean migration passes at 100%; injected discrepancies are each named
+(entity, id, field, expected, found, PII masked) and fail the gate; validate.html shows them in Chromium."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from crmflow.reports.browser import dump_dom
+from tests.e2e.conftest import Dataset, Run
+
+pytestmark = pytest.mark.e2e
+
+
+def _validate(run: Run, out: Path, *args: str) -> tuple[int, dict[str, Any]]:
+    res = run.cli("validate", "-c", str(run.config), "--out", str(out), "--json", *args)
+    assert res.returncode in (0, 1), res.stderr[-2000:]
+    return res.returncode, json.loads(res.stdout)
+
+
+def _first(dsn: str, sql: str) -> Any:
+    with psycopg.connect(dsn) as conn:
+        row = conn.execute(sql).fetchone()
+        assert row is not None
+        return row[0]
+
+
+def test_validate_clean_then_injected(run_factory: Callable[..., Run], small_dataset: Dataset, tmp_path: Path) -> None:
+    run = run_factory(small_dataset)
+    res = run.cli("migrate", "-c", str(run.config), "--no-progress")
+    assert res.returncode == 0, res.stderr[-3000:]
+
+    code, clean = _validate(run, tmp_path / "clean")
+    assert code == 0, clean["reasons"]
+    assert clean["kpis"]["data_accuracy_rate"] == 1.0
+    assert clean["kpis"]["data_completeness_rate"] == 1.0
+    assert clean["discrepancies"] == []
+    assert clean["entities"]["account"]["compared"] == clean["entities"]["account"]["landed"] > 0
+    assert clean["kpis"]["processing_speed_records_per_s"] > 0
+
+    dsn = run.target_dsn
+    deleted = _first(dsn, "select external_id from crm.cases order by external_id limit 1")
+    altered = _first(dsn, "select external_id from crm.accounts where email is not null order by external_id limit 1")
+    city = _first(dsn, "select external_id from crm.accounts where city is not null order by external_id desc limit 1")
+    wrong = _first(dsn, "select external_id from crm.sales where original_currency <> 'USD' order by external_id limit 1")
+    orphan = _first(dsn, "select external_id from crm.contacts order by external_id limit 1")
+    broken = _first(dsn, "select external_id from crm.sales order by external_id desc limit 1")
+    with psycopg.connect(dsn) as conn:
+        conn.execute("delete from crm.cases where external_id = %s", (deleted,))
+        conn.execute("update crm.accounts set email = 'someone.else@example.org' where external_id = %s", (altered,))
+        conn.execute("update crm.accounts set city = 'Nowhere' where external_id = %s", (city,))
+        # A wrong transformation: the amount kept in its original currency instead of converted.
+        conn.execute("update crm.sales set total_sales = original_amount where external_id = %s", (wrong,))
+        conn.execute("update crm.contacts set customer_id = 'NO-SUCH-CUSTOMER' where external_id = %s", (orphan,))
+        conn.execute(
+            "insert into crm.accounts (external_id, full_name, run_id, source, source_position, system) "
+            "select 'EXTRA-1', 'Extra Row', run_id, source, source_position, system from crm.accounts limit 1")
+        # A broken golden link: the sale hangs off another account than its customer's.
+        conn.execute("update crm.sales s set account_id = (select min(id) from crm.accounts a where a.id <> s.account_id "
+                     "and a.external_id <> 'EXTRA-1') where external_id = %s", (broken,))
+
+    code, bad = _validate(run, tmp_path / "bad")
+    assert code == 1 and not bad["ok"]
+    found = {(d["check"], d["entity"], d["id"], d["field"]): d for d in bad["discrepancies"]}
+    assert ("completeness", "case", deleted, None) in found
+    assert deleted in bad["entities"]["case"]["missing_ids"]
+    email = found[("accuracy", "account", altered, "email")]
+    assert email["found"] == "s***@example.org" and "***" in email["expected"]  # PII masked
+    assert found[("accuracy", "account", city, "city")]["found"] == "Nowhere"
+    assert "convert_currency" in found[("accuracy", "sale", wrong, "total_sales")]["rule"]
+    assert found[("integrity", "contact", orphan, "customer_id")]["found"].startswith("orphan")
+    assert ("completeness", "account", "EXTRA-1", None) in found and "EXTRA-1" in bad["entities"]["account"]["extra_ids"]
+    assert ("integrity", "sale", broken, "account_id") in found
+    rules = {(r["entity"], r["field"]): r for r in bad["rules"]}
+    assert rules[("sale", "total_sales")]["wrong"] == 1 and rules[("account", "city")]["wrong"] == 1
+    assert bad["kpis"]["data_accuracy_rate"] < 1.0 and bad["kpis"]["data_completeness_rate"] < 1.0
+
+    dom = dump_dom(tmp_path / "bad" / "validate.html")
+    assert 'data-verdict="fail"' in dom
+    assert "Nowhere" in dom and "NO-SUCH-CUSTOMER" in dom and "EXTRA-1" in dom
+    assert "someone.else@example.org" not in dom
+    assert "plotly" in dom and "Records per mapping rule" in dom
+
+    code, sampled = _validate(run, tmp_path / "sample", "--sample", "200", "--seed", "7")
+    assert code == 1
+    assert 0 < sampled["confidence"]["sampled"] < clean["entities"]["account"]["compared"] * 2
+    assert 0 < sampled["confidence"]["error_rate_upper_bound"] < 1
