@@ -11,6 +11,7 @@ from crmflow.cli import (
     bench,
     cdc,
     config_cmd,
+    dedupe,
     demo_data,
     dlq,
     migrate,
@@ -36,6 +37,7 @@ app.add_typer(schemas.app, name="schemas")
 app.add_typer(config_cmd.app, name="config")
 app.add_typer(dlq.app, name="dlq")
 app.add_typer(runs.app, name="runs")
+app.add_typer(dedupe.app, name="dedupe")
 app.command("demo-data")(demo_data.demo_data)
 app.command("snapshot")(snapshot.snapshot)
 app.command("cdc")(cdc.cdc)

@@ -238,6 +238,17 @@ class Scorer:
             out.append(None if x is None or y is None else comp.level(x, y))
         return tuple(out)
 
+    def field_levels(self, a: Features, b: Features) -> list[tuple[str, str, int | None, float | None]]:
+        """Per comparison of the model: field, feature key, level and the bits it adds (None: a value missing);
+        the evidence of a Fellegi-Sunter decision."""
+        out: list[tuple[str, str, int | None, float | None]] = []
+        for comp, level in zip(self._fs, self.levels(a, b), strict=True):
+            bits = None
+            if level is not None:
+                bits = comp.weights[level] if comp.cap is None else max(comp.weights[level], comp.cap)
+            out.append((comp.field, comp.key, level, bits))
+        return out
+
     def bits(self, a: Features, b: Features, name: NameSimilarity) -> tuple[float, str | None]:
         """Fellegi-Sunter match weight (bits) of the pair, and the first veto field that disagrees."""
         total, veto = 0.0, None
