@@ -1,4 +1,5 @@
-"""`crmflow runs` and `crmflow runs show ID` — what each migration run did, from its run directory."""
+"""`crmflow runs`, `crmflow runs show ID` and `crmflow runs report ID` — what each migration run did, from its
+run directory."""
 
 from __future__ import annotations
 
@@ -88,3 +89,27 @@ def show(
     if record.status in ("failed", "interrupted"):
         console.print(f"resume with: crmflow migrate -c {record.config} --run-id {record.run_id}", highlight=False,
                       soft_wrap=True)
+
+
+@app.command("report")
+def report(
+    run_id: Annotated[str, typer.Argument(help="The run id (see `crmflow runs`).")],
+    open_path: Annotated[
+        bool, typer.Option("--open-path", help="Print a file:// URL to open in a browser instead of the path.")
+    ] = False,
+) -> None:
+    """(Re)build the run's HTML report (`report.html` in its run directory) and print its path."""
+    from crmflow.pipeline.run_report import write_run_report
+    from crmflow.pipeline.runs import RunStore
+
+    store = RunStore()
+    try:
+        record = store.load(run_id)
+    except CrmflowError as exc:
+        Console(stderr=True).print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(ExitCode.CONFIG) from None
+    path = write_run_report(store, record)
+    if path is None:
+        Console(stderr=True).print(f"[red]error:[/red] could not write the report of run {run_id} (see the log)")
+        raise typer.Exit(ExitCode.CONFIG)
+    sys.stdout.write((path.resolve().as_uri() if open_path else str(path)) + "\n")

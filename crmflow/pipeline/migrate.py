@@ -34,9 +34,11 @@ from crmflow.dlq import read_dead_letters
 from crmflow.exceptions import CrmflowError, InfrastructureError
 from crmflow.pipeline.health import KafkaWatch, require_reachable
 from crmflow.pipeline.letters import update_ledger
+from crmflow.pipeline.run_report import write_run_report
 from crmflow.pipeline.runs import RunStore
 from crmflow.pipeline.services import Service, group_lag, stop_all, wait_drained
 from crmflow.pipeline.targets import Target
+from crmflow.pipeline.timeline import ThroughputSampler
 from crmflow.registry import register_all
 from crmflow.stack import Endpoints
 from producers.kafka import ensure_topics
@@ -131,6 +133,8 @@ class MigrationSummary:
             "records": self.records,
             "elapsed_s": round(self.elapsed_s, 1),
             "records_per_second": self.records_per_second,
+            "stage_done_s": {k: round(v, 1) for k, v in self.stage_done_s.items()},
+            "peak_rss_bytes": dict(self.peak_rss_bytes),
         }
 
 
@@ -230,9 +234,12 @@ def run_migration(
     services = [*processors, sink]
     done: dict[str, float] = {}
     group = f"crmflow-process-{cfg.kafka.topic_prefix}"
+    sampler = ThroughputSampler(ep.bootstrap_servers, raw_topics=[cfg.kafka.raw_topic(s) for s in cfg.sources],
+                                process_group=group, mapped_topics=[cfg.kafka.mapped_topic(e) for e in cfg.entities],
+                                sink_group=f"crmflow-sink.{cfg.run.name}")
     try:
         with KafkaWatch(ep.bootstrap_servers, opts.infra_grace_s,
-                        on_fail=lambda w: control.request_stop(w.error())):
+                        on_fail=lambda w: control.request_stop(w.error())), sampler:
             stats = run_snapshot(cfg, bootstrap_servers=ep.bootstrap_servers, registry_client=registry,
                                  run_id=run_id, limit=opts.limit, stop_event=control.stop, progress=progress)
             _raise_if_stopped(control)
@@ -250,7 +257,9 @@ def run_migration(
             _raise_if_stopped(control)
             done["sink"] = time.monotonic() - started
     except CrmflowError:
+        record.timeline = sampler.timeline()
         runs.fail(record, control.reason)
+        write_run_report(runs, record)
         raise
     finally:
         stop_all(services)
@@ -270,7 +279,9 @@ def run_migration(
     summary.peak_rss_bytes = {s.name: s.peak_rss for s in services}
     own_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
     summary.peak_rss_bytes["migrate (snapshot + final sink)"] = own_peak
+    record.timeline = sampler.timeline()
     runs.finish(record, summary.to_json())
+    write_run_report(runs, record)
     return summary
 
 

@@ -2,8 +2,9 @@
 
 ``run.json`` holds the run's state (running, reconciled, not_reconciled, failed, interrupted), its
 config, its target (no password), when it started and ended, how many times it was started (a resume
-is a start of the same run id), and at the end its summary; ``summary.txt`` is the same summary as a
-table. The stages' logs live beside them. ``crmflow runs`` reads this directory, nothing else.
+is a start of the same run id), its throughput timeline, and at the end its summary; ``summary.txt`` is
+the same summary as a table, ``report.html`` the same with charts (:mod:`crmflow.pipeline.run_report`).
+The stages' logs live beside them. ``crmflow runs`` reads this directory, nothing else.
 """
 
 from __future__ import annotations
@@ -34,11 +35,12 @@ class RunRecord:
     starts: int = 1
     error: str | None = None
     summary: dict[str, Any] | None = None
+    timeline: dict[str, Any] | None = None  # crmflow.pipeline.timeline: counts each second, for the report
 
     def to_json(self) -> dict[str, Any]:
         return {"run_id": self.run_id, "config": self.config, "target": self.target, "status": self.status,
                 "started_at": self.started_at, "ended_at": self.ended_at, "starts": self.starts,
-                "error": self.error, "summary": self.summary}
+                "error": self.error, "summary": self.summary, "timeline": self.timeline}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> RunRecord:
@@ -46,7 +48,7 @@ class RunRecord:
             run_id=str(data["run_id"]), config=str(data.get("config", "")), target=str(data.get("target", "")),
             status=str(data.get("status", RUNNING)), started_at=float(data.get("started_at") or 0.0),
             ended_at=data.get("ended_at"), starts=int(data.get("starts") or 1), error=data.get("error"),
-            summary=data.get("summary"),
+            summary=data.get("summary"), timeline=data.get("timeline"),
         )
 
 
