@@ -11,11 +11,13 @@ from crmflow.cli import (
     bench,
     cdc,
     config_cmd,
+    cutover,
     dedupe,
     demo_data,
     dlq,
     migrate,
     process,
+    rollback,
     runs,
     schemas,
     sink,
@@ -37,6 +39,7 @@ app.add_typer(schemas.app, name="schemas")
 app.add_typer(config_cmd.app, name="config")
 app.add_typer(dlq.app, name="dlq")
 app.add_typer(runs.app, name="runs")
+app.add_typer(cutover.app, name="cutover")
 app.add_typer(dedupe.app, name="dedupe")
 app.command("demo-data")(demo_data.demo_data)
 app.command("snapshot")(snapshot.snapshot)
@@ -46,6 +49,7 @@ app.command("sink")(sink.sink)
 app.command("migrate")(migrate.migrate)
 app.command("bench")(bench.bench)
 app.command("validate")(validate.validate)
+app.command("rollback")(rollback.rollback)
 
 
 def _version(value: bool) -> None:
