@@ -128,6 +128,12 @@ class CdcConfig(FrozenModel):
         default=1.0, gt=0, le=60, description="how often the confirmed LSN is sent (heartbeat), seconds"
     )
     stats_interval_s: float = Field(default=5.0, gt=0, description="how often slot lag / retained WAL are measured")
+    reconnect_initial_s: float = Field(
+        default=0.5, gt=0, le=60, description="first wait before reconnecting to a lost legacy database, seconds"
+    )
+    reconnect_max_s: float = Field(
+        default=30.0, gt=0, le=600, description="longest wait between reconnects (the wait doubles up to it)"
+    )
 
     @field_validator("tables")
     @classmethod

@@ -16,13 +16,19 @@ Lifecycle of :func:`run_cdc`:
    does not pin WAL (the heartbeat);
 5. on ``stop_event``: flush Kafka, confirm what it acknowledged, close.
 
-Not here yet (issue 10): resuming an interrupted initial load, schema changes while running, reconnecting
-with backoff, TRUNCATE events (logged and counted, not produced).
+A lost legacy database (a restart, a terminated walsender, a dropped connection) ends only the replication
+session: :func:`run_cdc` reconnects with exponential backoff, counts ``crmflow_cdc_reconnects_total``, checks the
+slot again (missing or invalidated: :class:`~producers.cdc.exceptions.SlotError`) and resumes from its confirmed
+position.
+
+Not here yet (issue 10): resuming an interrupted initial load, TRUNCATE events (logged and counted, not produced).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import random
 import select
 import threading
 import time
@@ -62,6 +68,7 @@ class CdcStats:
     transactions: int = 0
     loaded: int = 0  # rows of the initial load (op r)
     confirmed_lsn: int = 0
+    reconnects: int = 0
     stopped: bool = False
 
 
@@ -128,7 +135,7 @@ class _Stream:
                  topics: dict[str, str], producer: Producer, cursor: Any, stats: CdcStats) -> None:  # fmt: skip
         self.cfg, self.tables, self.codecs, self.topics = cfg, tables, codecs, topics
         self.producer, self.cursor, self.stats = producer, cursor, stats
-        self.acks = AckTracker()
+        self.acks = AckTracker(stats.confirmed_lsn)  # a new session resumes at what the last one confirmed
         self.relations: dict[int, str | None] = {}  # relation id -> captured table name (None: not captured)
         self.txn: Any = None
         self.xid = 0
@@ -241,6 +248,34 @@ class _Stream:
         self.stats.stopped = True
 
 
+class Backoff:
+    """Exponential waits between reconnects: ``initial``, doubling up to ``cap``, with ±20% jitter."""
+
+    def __init__(self, initial: float, cap: float) -> None:
+        self.initial, self.cap = initial, cap
+        self.attempt = 0
+
+    def next(self) -> float:
+        delay = min(self.cap, self.initial * 2**self.attempt)
+        self.attempt += 1
+        return float(delay * random.uniform(0.8, 1.2))  # jitter, not a secret
+
+    def reset(self) -> None:
+        self.attempt = 0
+
+
+# What a lost legacy database looks like: a restart, a terminated walsender, a refused connection, a closed socket
+# (psycopg2 then says DatabaseError "no COPY in progress"). A missing slot is caught before each session, as a
+# SlotError, so retrying these never hides one.
+CONNECTION_LOST = (psycopg2.DatabaseError, psycopg2.InterfaceError, psycopg.OperationalError, SlotBusyError)
+
+
+def _describe(exc: BaseException) -> str:
+    """The error's class and first line: PostgreSQL's connection errors name no row value (no PII)."""
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {first[:200]}"
+
+
 def run_cdc(
     cfg: CdcConfig,
     kafka: KafkaConfig,
@@ -252,7 +287,13 @@ def run_cdc(
     stop_event: threading.Event | None = None,
     producer_config: dict[str, Any] | None = None,
 ) -> CdcStats:
-    """Stream the ``cdc`` tables' changes into Kafka until ``stop_event`` is set (see the module doc)."""
+    """Stream the ``cdc`` tables' changes into Kafka until ``stop_event`` is set (see the module doc).
+
+    A lost legacy database (restart, terminated walsender, dropped connection) ends the replication session,
+    not the run: after an exponential backoff (``reconnect_initial_s`` doubling to ``reconnect_max_s``) the slot
+    is checked again and streaming resumes from its confirmed position (events past it are replayed, none lost).
+    A slot that is then missing or invalidated is a :class:`SlotError`, never a new start.
+    """
     stop = stop_event or threading.Event()
     dsn = cfg.dsn().get_secret_value()
     try:
@@ -260,6 +301,7 @@ def run_cdc(
     except psycopg.OperationalError as exc:
         raise SourceGoneError(f"legacy database ({cfg.dsn_env}) unreachable: {exc}") from exc
     stats = CdcStats()
+    meta = {"conn": conn}  # the catalog connection, replaced after a reconnect
     with conn:
         database = str(conn.info.dbname)
         tables = {t: TableEvents(load_table(conn, t), database=database) for t in cfg.tables}
@@ -273,7 +315,7 @@ def run_cdc(
         }  # fmt: skip
 
         def measure() -> None:
-            state = slot_state(conn, cfg.slot)
+            state = slot_state(meta["conn"], cfg.slot)
             if state and state["current_lsn"] is not None:
                 if state["confirmed_flush_lsn"] is not None:
                     metrics.CDC_REPLICATION_LAG_BYTES.labels(cfg.slot).set(
@@ -284,44 +326,82 @@ def run_cdc(
         producer = Producer(
             {"bootstrap.servers": bootstrap_servers, **DEFAULT_PRODUCER_CONFIG, **(producer_config or {})}
         )
+        backoff = Backoff(cfg.reconnect_initial_s, cfg.reconnect_max_s)
+        first = True
+        streamed = threading.Event()  # replication started once: the slot (and its load) exist from here on
+
+        def on_streaming() -> None:
+            streamed.set()
+            backoff.reset()
         try:
-            repl = psycopg2.connect(dsn, connection_factory=psycopg2.extras.LogicalReplicationConnection,
-                                    options=SESSION_OPTIONS)
-        except psycopg2.OperationalError as exc:
-            raise SourceGoneError(f"legacy database ({cfg.dsn_env}): replication connection refused: {exc}") from exc
-        stream: _Stream | None = None
-        try:
-            cursor = repl.cursor()
-            stream = _Stream(cfg, tables, codecs, topics, producer, cursor, stats)
-            if init:
-                consistent_lsn, snapshot = create_slot_exporting(cursor, cfg.slot)
-                log.info("created slot %s at %s", cfg.slot, pg.format_lsn(consistent_lsn))
-                if load and not _initial_load(stream, dsn, snapshot, consistent_lsn, stop):
-                    return stats
-                mark(conn, cfg.publication, f"{COMPLETE} at {pg.format_lsn(consistent_lsn)}"
-                     + ("" if load else " (skipped: --no-load)"))
-            cursor.start_replication(
-                slot_name=cfg.slot, decode=False, status_interval=max(1.0, cfg.feedback_interval_s),  # psycopg2: >= 1
-                options={"proto_version": "1", "publication_names": cfg.publication, "messages": "true"},
-            )  # fmt: skip
-            stream.started = True
-            log.info("streaming slot %s (publication %s) into %s",
-                     cfg.slot, cfg.publication, ", ".join(topics.values()))
-            stream.run(stop, measure)
-        except psycopg2.OperationalError as exc:
-            raise SourceGoneError(f"replication from slot {cfg.slot} failed: {exc}") from exc
+            while first or not stop.is_set():  # a stop before the first session still creates the slot (--init)
+                try:
+                    if not first:
+                        meta["conn"].close()
+                        meta["conn"] = psycopg.connect(dsn, autocommit=True, options=SESSION_OPTIONS)
+                        _prepare_slot(meta["conn"], cfg, database, init=False)  # SlotError stays terminal
+                    session = _Stream(cfg, tables, codecs, topics, producer, None, stats)
+                    if not _session(session, meta["conn"], dsn, init=init and first, load=load, stop=stop,
+                                    measure=measure, on_streaming=on_streaming):  # fmt: skip
+                        break
+                except CONNECTION_LOST as exc:
+                    if init and not streamed.is_set():
+                        raise SourceGoneError(f"replication from slot {cfg.slot} failed during --init: {exc}") from exc
+                    producer.flush(30)  # the lost session's events: acknowledged or not, the slot replays them
+                    delay = backoff.next()
+                    metrics.CDC_RECONNECTS.labels(cfg.slot).inc()
+                    stats.reconnects += 1
+                    log.warning("cdc slot %s: lost the legacy database (%s); reconnecting in %.1f s (attempt %d), "
+                                "resuming from the slot's confirmed position %s", cfg.slot, _describe(exc), delay,
+                                backoff.attempt, pg.format_lsn(stats.confirmed_lsn))  # fmt: skip
+                    stop.wait(delay)
+                first = False
         finally:
             remaining = producer.flush(30)
-            if stream is not None and stream.started and not repl.closed:
-                try:
-                    stream.feedback(force=True)
-                except (CdcDeliveryError, psycopg2.Error) as exc:
-                    log.warning("last feedback not sent: %s", exc)
             if remaining:
                 log.warning("%d event(s) not acknowledged by Kafka at shutdown; replayed on restart", remaining)
-            repl.close()
-            measure()
+            with contextlib.suppress(psycopg.Error):
+                measure()
+            meta["conn"].close()
+    stats.stopped = stop.is_set() or stats.stopped
     return stats
+
+
+def _session(stream: _Stream, conn: psycopg.Connection[Any], dsn: str, *, init: bool, load: bool,
+             stop: threading.Event, measure: Callable[[], None], on_streaming: Callable[[], None]) -> bool:  # fmt: skip
+    """One replication connection: (with ``init``) create the slot and load, then stream until ``stop``.
+
+    Returns False when the run must end (stopped during the load); connection losses propagate."""
+    cfg = stream.cfg
+    repl = psycopg2.connect(dsn, connection_factory=psycopg2.extras.LogicalReplicationConnection,
+                            options=SESSION_OPTIONS)  # fmt: skip
+    try:
+        cursor = repl.cursor()
+        stream.cursor = cursor
+        if init:
+            consistent_lsn, snapshot = create_slot_exporting(cursor, cfg.slot)
+            log.info("created slot %s at %s", cfg.slot, pg.format_lsn(consistent_lsn))
+            if load and not _initial_load(stream, dsn, snapshot, consistent_lsn, stop):
+                return False
+            mark(conn, cfg.publication, f"{COMPLETE} at {pg.format_lsn(consistent_lsn)}"
+                 + ("" if load else " (skipped: --no-load)"))  # fmt: skip
+        cursor.start_replication(
+            slot_name=cfg.slot, decode=False, status_interval=max(1.0, cfg.feedback_interval_s),  # psycopg2: >= 1
+            options={"proto_version": "1", "publication_names": cfg.publication, "messages": "true"},
+        )  # fmt: skip
+        stream.started = True
+        on_streaming()
+        log.info("streaming slot %s (publication %s) into %s",
+                 cfg.slot, cfg.publication, ", ".join(stream.topics.values()))  # fmt: skip
+        stream.run(stop, measure)
+        stream.producer.flush(30)
+        try:
+            stream.feedback(force=True)
+        except (CdcDeliveryError, psycopg2.Error) as exc:
+            log.warning("last feedback not sent: %s", exc)
+        return False
+    finally:
+        repl.close()
 
 
 def _initial_load(stream: _Stream, dsn: str, snapshot: str, consistent_lsn: int, stop: threading.Event) -> bool:
