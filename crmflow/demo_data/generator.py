@@ -200,7 +200,7 @@ class ChunkGenerator:
             drop = "both" if rnd() < hard.HARD_NO_CONTACT else ""
             if rnd() < hard.HARD_BIRTH:
                 birth_day = hard.birth_typo(p.birth, rng)
-            if rnd() < hard.HARD_MOVED:
+            if not drop and rnd() < hard.HARD_MOVED:  # a moved person is only findable by e-mail or phone
                 place = pool.places[int(rnd() * len(pool.places))]
                 street_of = pool.streets[int(rnd() * len(pool.streets))]
                 house = str(1 + int(rnd() * pool.max_house_number))

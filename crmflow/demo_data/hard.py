@@ -8,7 +8,8 @@ person (a duplicate):
 - one or two name variations (:func:`vary_name`): a typo in the first letter, a typo elsewhere, given and
   surname swapped, a missing given or surname, a nickname (:data:`NICKNAMES`), an initial;
 - a birth date with transposed digits, swapped day and month, or one digit wrong (:func:`birth_typo`);
-- sometimes another address (the person moved).
+- sometimes another address (the person moved), only on duplicates that kept their e-mail and phone: with
+  neither, nothing would be left to link them by.
 
 Every person may have a national id (:func:`national_id`), written on some of their records and sometimes
 with a typo (:func:`id_typo`); it is the ``National_ID`` column that only the hard profile's
@@ -40,7 +41,7 @@ HARD_NAME: Final = 0.85
 HARD_SECOND_NAME: Final = 0.3
 #: Share of duplicate records whose birth date has a typo.
 HARD_BIRTH: Final = 0.2
-#: Share of duplicate records at another address (moved house).
+#: Share of the duplicate records that kept e-mail and phone which are at another address (moved house).
 HARD_MOVED: Final = 0.08
 #: Share of persons with a national id; of their records, how many carry it; of those, how many with a typo.
 ID_PERSONS: Final = 0.5
