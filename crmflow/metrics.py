@@ -95,7 +95,8 @@ STATE_RESTORES = Counter(
 CDC_EVENTS = Counter(
     "crmflow_cdc_events_total",
     "Change events the CDC producer sent to Kafka, by captured table (schema.table) and op: c, u, d, r, and "
-    "tombstone (the null value after each delete).",
+    "tombstone (the null value after each delete), dead_letter (a change of a table stopped by an incompatible "
+    "schema change, sent to the dead-letter topic).",
     ["table", "op"],
 )
 CDC_REPLICATION_LAG_BYTES = Gauge(

@@ -128,6 +128,9 @@ class CdcConfig(FrozenModel):
         default=1.0, gt=0, le=60, description="how often the confirmed LSN is sent (heartbeat), seconds"
     )
     stats_interval_s: float = Field(default=5.0, gt=0, description="how often slot lag / retained WAL are measured")
+    capture_new_tables: bool = Field(
+        default=True, description="capture a table added to the publication while running (its own topic)"
+    )
     reconnect_initial_s: float = Field(
         default=0.5, gt=0, le=60, description="first wait before reconnecting to a lost legacy database, seconds"
     )

@@ -21,6 +21,10 @@ session: :func:`run_cdc` reconnects with exponential backoff, counts ``crmflow_c
 slot again (missing or invalidated: :class:`~producers.cdc.exceptions.SlotError`) and resumes from its confirmed
 position.
 
+DDL while running (a Relation message with other columns) is :mod:`producers.cdc.tables`' business: a compatible
+change registers a new schema version and the stream goes on; an incompatible one stops only that table (its
+changes become dead letters).
+
 Not here yet (issue 10): resuming an interrupted initial load, TRUNCATE events (logged and counted, not produced).
 """
 
@@ -44,15 +48,14 @@ from confluent_kafka.schema_registry import SchemaRegistryClient
 
 from crmflow import metrics
 from crmflow.configbase import KafkaConfig
-from crmflow.serialization import AvroCodec, ParsedSchema
-from crmflow.topics import cdc_topic
 from producers.cdc import pgoutput as pg
-from producers.cdc.events import Op, TableEvents, load_table
-from producers.cdc.exceptions import CdcConfigError, CdcDeliveryError, SlotBusyError, SlotError, SourceGoneError
+from producers.cdc.events import Op, load_table
+from producers.cdc.exceptions import CdcDeliveryError, SlotBusyError, SlotError, SourceGoneError
 from producers.cdc.initial import COMPLETE, IN_PROGRESS, create_slot_exporting, load_state, mark, read_tables
 from producers.cdc.positions import AckTracker
+from producers.cdc.tables import CapturedTables
 from producers.config import CdcConfig
-from producers.kafka import DEFAULT_PRODUCER_CONFIG, ensure_topics
+from producers.kafka import DEFAULT_PRODUCER_CONFIG
 
 __all__ = ["CdcStats", "run_cdc", "slot_state"]
 
@@ -131,9 +134,9 @@ def _prepare_slot(conn: psycopg.Connection[Any], cfg: CdcConfig, database: str, 
 class _Stream:
     """One replication session: decodes messages, produces events, tracks acknowledgements, sends feedback."""
 
-    def __init__(self, cfg: CdcConfig, tables: dict[str, TableEvents], codecs: dict[str, tuple[AvroCodec, AvroCodec]],
-                 topics: dict[str, str], producer: Producer, cursor: Any, stats: CdcStats) -> None:  # fmt: skip
-        self.cfg, self.tables, self.codecs, self.topics = cfg, tables, codecs, topics
+    def __init__(self, cfg: CdcConfig, tables: CapturedTables, producer: Producer, cursor: Any,
+                 stats: CdcStats) -> None:  # fmt: skip
+        self.cfg, self.tables = cfg, tables
         self.producer, self.cursor, self.stats = producer, cursor, stats
         self.acks = AckTracker(stats.confirmed_lsn)  # a new session resumes at what the last one confirmed
         self.relations: dict[int, str | None] = {}  # relation id -> captured table name (None: not captured)
@@ -146,13 +149,14 @@ class _Stream:
     # ---------------------------------------------------------------------------------------------- events
 
     def produce(self, table: str, op: str, key: dict[str, Any], value: dict[str, Any] | None) -> None:
-        key_codec, value_codec = self.codecs[table]
-        kbytes = key_codec.encode(key)
-        vbytes = None if value is None else value_codec.encode(value)
+        cap = self.tables[table]
+        assert cap.key_codec is not None and cap.value_codec is not None  # registered, or the table is stopped
+        kbytes = cap.key_codec.encode(key)
+        vbytes = None if value is None else cap.value_codec.encode(value)
         callback = self.acks.sent(self.txn)
         while True:
             try:
-                self.producer.produce(self.topics[table], key=kbytes, value=vbytes, on_delivery=callback)
+                self.producer.produce(cap.topic, key=kbytes, value=vbytes, on_delivery=callback)
                 break
             except BufferError:  # librdkafka's queue is full: serve deliveries, then retry
                 self.producer.poll(0.1)
@@ -160,7 +164,7 @@ class _Stream:
         self.stats.events[f"{table} {op}"] = self.stats.events.get(f"{table} {op}", 0) + 1
 
     def _change(self, table: str, op: Op, before: Any, after: Any, key: dict[str, Any], lsn: int) -> None:
-        ev = self.tables[table]
+        ev = self.tables[table].events
         envelope = ev.envelope(op, before, after, lsn=lsn, xid=self.xid, commit_ms=self.commit_ms)
         self.produce(table, op, key, envelope)
         if op == "d":
@@ -174,19 +178,21 @@ class _Stream:
             self.acks.commit(self.txn, msg.end_lsn)
             self.txn = None
             self.stats.transactions += 1
-        elif isinstance(msg, pg.Relation):
-            name: str = f"{msg.namespace or 'pg_catalog'}.{msg.name}"
-            self.relations[msg.relation_id] = name if name in self.tables else None
-            if name in self.tables:
-                expected = [c.name for c in self.tables[name].table.columns]
-                if [c.name for c in msg.columns] != expected:  # schema changes are a later slice (issue 10 item 3)
-                    raise CdcConfigError(f"table {name} changed its columns while captured ({expected} -> "
-                                         f"{[c.name for c in msg.columns]}); schema changes are not supported yet")
+        elif isinstance(msg, pg.Relation):  # before the first change of a table, and after DDL changed it
+            cap = self.tables.on_relation(msg)
+            self.relations[msg.relation_id] = None if cap is None else cap.name
         elif isinstance(msg, pg.Insert | pg.Update | pg.Delete):
             table = self.relations.get(msg.relation_id)
             if table is None:
                 return
-            ev = self.tables[table]
+            cap = self.tables[table]
+            if cap.stopped is not None:  # an incompatible schema change stopped this table: dead letters
+                op, values = ("c", msg.new) if isinstance(msg, pg.Insert) else \
+                    ("u", msg.new) if isinstance(msg, pg.Update) else ("d", msg.old)  # fmt: skip
+                self.tables.dead_letter(cap, op, values, lsn=lsn, xid=self.xid, on_delivery=self.acks.sent(self.txn))
+                metrics.CDC_EVENTS.labels(table, "dead_letter").inc()
+                return
+            ev = cap.events
             if isinstance(msg, pg.Insert):
                 self._change(table, "c", None, ev.row(msg.new), ev.key(msg.new), lsn)
             elif isinstance(msg, pg.Update):
@@ -304,15 +310,16 @@ def run_cdc(
     meta = {"conn": conn}  # the catalog connection, replaced after a reconnect
     with conn:
         database = str(conn.info.dbname)
-        tables = {t: TableEvents(load_table(conn, t), database=database) for t in cfg.tables}
+        infos = [load_table(conn, t) for t in cfg.tables]
         _prepare_slot(conn, cfg, database, init=init)
-        topics = {t: cdc_topic(kafka.topic_prefix, t) for t in cfg.tables}
-        ensure_topics(bootstrap_servers, list(topics.values()), kafka.partitions, kafka.replication_factor)
-        codecs = {
-            t: (AvroCodec(registry_client, f"{topics[t]}-key", ParsedSchema.from_str(_json(ev.key_schema))),
-                AvroCodec(registry_client, f"{topics[t]}-value", ParsedSchema.from_str(_json(ev.value_schema))))
-            for t, ev in tables.items()
-        }  # fmt: skip
+        producer = Producer(
+            {"bootstrap.servers": bootstrap_servers, **DEFAULT_PRODUCER_CONFIG, **(producer_config or {})}
+        )
+        tables = CapturedTables(registry_client=registry_client, kafka=kafka, bootstrap_servers=bootstrap_servers,
+                                database=database, slot=cfg.slot, producer=producer, catalog=lambda: meta["conn"],
+                                capture_new=cfg.capture_new_tables)  # fmt: skip
+        for info in infos:
+            tables.add(info)
 
         def measure() -> None:
             state = slot_state(meta["conn"], cfg.slot)
@@ -323,9 +330,6 @@ def run_cdc(
                 if state["restart_lsn"] is not None:
                     metrics.CDC_RETAINED_WAL_BYTES.labels(cfg.slot).set(state["current_lsn"] - state["restart_lsn"])
 
-        producer = Producer(
-            {"bootstrap.servers": bootstrap_servers, **DEFAULT_PRODUCER_CONFIG, **(producer_config or {})}
-        )
         backoff = Backoff(cfg.reconnect_initial_s, cfg.reconnect_max_s)
         first = True
         streamed = threading.Event()  # replication started once: the slot (and its load) exist from here on
@@ -340,7 +344,7 @@ def run_cdc(
                         meta["conn"].close()
                         meta["conn"] = psycopg.connect(dsn, autocommit=True, options=SESSION_OPTIONS)
                         _prepare_slot(meta["conn"], cfg, database, init=False)  # SlotError stays terminal
-                    session = _Stream(cfg, tables, codecs, topics, producer, None, stats)
+                    session = _Stream(cfg, tables, producer, None, stats)
                     if not _session(session, meta["conn"], dsn, init=init and first, load=load, stop=stop,
                                     measure=measure, on_streaming=on_streaming):  # fmt: skip
                         break
@@ -392,7 +396,7 @@ def _session(stream: _Stream, conn: psycopg.Connection[Any], dsn: str, *, init: 
         stream.started = True
         on_streaming()
         log.info("streaming slot %s (publication %s) into %s",
-                 cfg.slot, cfg.publication, ", ".join(stream.topics.values()))  # fmt: skip
+                 cfg.slot, cfg.publication, ", ".join(c.topic for c in stream.tables.by_name.values()))  # fmt: skip
         stream.run(stop, measure)
         stream.producer.flush(30)
         try:
@@ -413,7 +417,8 @@ def _initial_load(stream: _Stream, dsn: str, snapshot: str, consistent_lsn: int,
         stream.stats.loaded += 1
         stream.producer.poll(0)
 
-    done = read_tables(dsn, SESSION_OPTIONS, snapshot, stream.tables, emit, consistent_lsn=consistent_lsn, stop=stop)
+    done = read_tables(dsn, SESSION_OPTIONS, snapshot, stream.tables.events(), emit,
+                       consistent_lsn=consistent_lsn, stop=stop)  # fmt: skip
     stream.acks.commit(stream.txn, consistent_lsn)
     stream.txn = None
     stream.producer.flush(60)
@@ -422,9 +427,3 @@ def _initial_load(stream: _Stream, dsn: str, snapshot: str, consistent_lsn: int,
                                f"({stream.acks.failure or 'timed out'}); drop the slot and run --init again")
     stream.stats.stopped = not done
     return done
-
-
-def _json(schema: dict[str, Any]) -> str:
-    import json
-
-    return json.dumps(schema)
