@@ -8,6 +8,7 @@ import typer
 
 from crmflow import __version__
 from crmflow.cli import (
+    assess,
     bench,
     cdc,
     config_cmd,
@@ -48,6 +49,7 @@ app.command("process")(process.process)
 app.command("sink")(sink.sink)
 app.command("migrate")(migrate.migrate)
 app.command("bench")(bench.bench)
+app.command("assess")(assess.assess)
 app.command("validate")(validate.validate)
 app.command("rollback")(rollback.rollback)
 
