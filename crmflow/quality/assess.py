@@ -343,9 +343,7 @@ class Assessment:
             "rejects_by_rule": dict(sorted(by_rule.items())),
             "rules": rules,
             "orphans": orphans,
-            "outliers": [
-                {"entity": e, "field": f, **ext.to_json()} for (e, f), ext in sorted(self.extremes.items())
-            ],
+            "outliers": [{"entity": e, "field": f, **ext.to_json()} for (e, f), ext in sorted(self.extremes.items())],
             "duplicates": self._duplicates(),
             "notes": _NOTES,
             "elapsed_s": round(time.monotonic() - self.started, 1),

@@ -75,7 +75,7 @@ class DistinctCounter:
         registers = self._registers
         assert registers is not None
         alpha = 0.7213 / (1 + 1.079 / _HLL_M)
-        estimate = alpha * _HLL_M * _HLL_M / sum(2.0 ** -r for r in registers)
+        estimate = alpha * _HLL_M * _HLL_M / sum(2.0**-r for r in registers)
         zeros = registers.count(0)
         if estimate <= 2.5 * _HLL_M and zeros:
             estimate = _HLL_M * math.log(_HLL_M / zeros)  # linear counting for small cardinalities

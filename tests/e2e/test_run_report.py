@@ -64,7 +64,7 @@ def test_the_migration_report_shows_verdict_reconciliation_rejects_and_throughpu
     rules = _section(dom, "rejects-by-rule-table")
     expected = Counter(t["rule"] for t in small_dataset.rejects())
     for rule, n in summary["rejected_by_rule"].items():
-        assert f"<td>{rule}</td><td class=\"num\">{n:,}</td>" in rules
+        assert f'<td>{rule}</td><td class="num">{n:,}</td>' in rules
     assert sum(summary["rejected_by_rule"].values()) == sum(expected.values())
 
     png = screenshot(page, tmp_path / "migration-report.png", height=2400)

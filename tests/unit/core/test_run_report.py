@@ -13,8 +13,11 @@ from crmflow.pipeline.runs import RunRecord, RunStore
 
 pytestmark = pytest.mark.unit
 
-TIMELINE = {"interval_s": 1.0, "columns": ["t_s", "read", "processed", "written"],
-            "samples": [[0.0, 0, 0, 0], [1.0, 500, 100, 0], [2.0, 1000, 600, 400], [4.0, 1000, 1000, 1000]]}
+TIMELINE = {
+    "interval_s": 1.0,
+    "columns": ["t_s", "read", "processed", "written"],
+    "samples": [[0.0, 0, 0, 0], [1.0, 500, 100, 0], [2.0, 1000, 600, 400], [4.0, 1000, 1000, 1000]],
+}
 
 
 def _record(counts: EntityCounts, rejected_by_rule: dict[str, int] | None = None) -> RunRecord:
