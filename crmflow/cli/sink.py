@@ -2,11 +2,12 @@
 
 Runs on the core batch runtime: each batch is written into the target, then its dead letters and offsets
 commit in one Kafka transaction. Applies the target schema migrations at start-up, then consumes until
-stopped (SIGTERM/SIGINT: finish the batch, commit, exit 0) or, with ``--drain``, until every partition is read to its end, buffers are written and
-orphaned children are dead-lettered (exit 0).
+stopped (SIGTERM/SIGINT: finish the batch, commit, exit 0) or, with ``--drain``, until every partition is
+read to its end and orphaned children are dead-lettered (exit 0). A service retries a target that is away
+for as long as it takes; a drain gives up after the retry policy.
 
-Exit codes: 0 done or stopped cleanly, 1 the target or Kafka stayed unavailable (run again: nothing
-uncommitted is lost), 2 configuration or other terminal error, 130 a drain stopped by a signal before it
+Exit codes: 0 done or stopped cleanly, 1 the target or Kafka stayed unavailable during a drain (run again:
+nothing uncommitted is lost), 2 configuration or other terminal error, 130 a drain stopped by a signal before it
 finished.
 """
 
