@@ -86,6 +86,12 @@ TRANSACTIONS = Counter(
     "committed or aborted (the batch is read and processed again).",
     ["stage", "outcome"],
 )
+RETRIES = Counter(
+    "crmflow_retries_total",
+    "Batches a stage rewound and retried with backoff because a dependency was unavailable, by stage and "
+    "operation (setup, decode: the schema registry; process: the target; transaction: Kafka).",
+    ["stage", "operation"],
+)
 STATE_RESTORES = Counter(
     "crmflow_state_restores_total",
     "Partitions whose stage state was rebuilt from its changelog (assignment, or after an aborted batch).",

@@ -29,6 +29,9 @@ class SinkParams:
     target_schema: str = "crm"
     system: str | None = None
     group_id: str = "crmflow-sink"
+    #: This sink's stable, unique name (its Kafka transactional id is ``<group_id>-<instance>``): a restart
+    #: with the same name fences its predecessor at once. Default: host, process and a random suffix.
+    instance: str | None = None
     batch_size: int = 1000
     max_batch_age_s: float = 1.0
     consume_batch: int = 1000

@@ -1,11 +1,13 @@
 """`crmflow sink` — write the mapped topics into the target CRM (PostgreSQL), exactly once in effect.
 
-Applies the target schema migrations at start-up, then consumes until stopped (SIGTERM/SIGINT: flush,
-commit, exit 0) or, with ``--drain``, until every partition is read to its end, buffers are written and
-orphaned children are dead-lettered (exit 0).
+Runs on the core batch runtime: each batch is written into the target, then its dead letters and offsets
+commit in one Kafka transaction. Applies the target schema migrations at start-up, then consumes until
+stopped (SIGTERM/SIGINT: finish the batch, commit, exit 0) or, with ``--drain``, until every partition is
+read to its end and orphaned children are dead-lettered (exit 0). A service retries a target that is away
+for as long as it takes; a drain gives up after the retry policy.
 
-Exit codes: 0 done or stopped cleanly, 1 the target or Kafka stayed unavailable (run again: nothing
-uncommitted is lost), 2 configuration or other terminal error, 130 a drain stopped by a signal before it
+Exit codes: 0 done or stopped cleanly, 1 the target or Kafka stayed unavailable during a drain (run again:
+nothing uncommitted is lost), 2 configuration or other terminal error, 130 a drain stopped by a signal before it
 finished.
 """
 
@@ -66,6 +68,9 @@ def sink(
     ] = None,
     dlq_topic: Annotated[str | None, typer.Option(help="Dead-letter topic; default <prefix>.dlq.")] = None,
     group: Annotated[str | None, typer.Option(help="Consumer group; default crmflow-sink[.<run name>].")] = None,
+    instance: Annotated[str | None, typer.Option(
+        help="This sink's unique, stable name (a pod's name): its Kafka transactional id is <group>-<instance>, "
+             "so a restart fences its predecessor at once. Default: host, pid and a random suffix.")] = None,
     target_dsn_env: Annotated[
         str | None,
         typer.Option(help="NAME of the env var holding the target DSN; default: the config's, else the stack's."),
@@ -116,6 +121,8 @@ def sink(
         overrides: dict[str, Any] = {"orphan_timeout_s": orphan_timeout}
         if group:
             overrides["group_id"] = group
+        if instance:
+            overrides["instance"] = instance
         if batch_size:
             overrides["batch_size"] = batch_size
         if max_batch_age:

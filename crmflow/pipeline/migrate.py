@@ -230,7 +230,9 @@ def run_migration(
                 logs / f"process-{i}.log", env)
         for i in range(opts.workers)
     ]
-    sink = Service("sink", ["sink", "-c", str(config_path)], logs / "sink.log", env)
+    # The live sink and the final pass share one stable instance name: the pass fences a sink that did not
+    # stop in time (and aborts its open transaction at once instead of waiting for it to time out).
+    sink = Service("sink", ["sink", "-c", str(config_path), "--instance", f"{run_id}-sink"], logs / "sink.log", env)
     services = [*processors, sink]
     done: dict[str, float] = {}
     group = f"crmflow-process-{cfg.kafka.topic_prefix}"
@@ -253,7 +255,7 @@ def run_migration(
             for s in services:
                 s.sample()
             stop_all(services, timeout_s=30.0)  # the sink finishes the batch it is writing
-            drain_sink(cfg, ep, target, stop_event=control.stop)
+            drain_sink(cfg, ep, target, stop_event=control.stop, instance=f"{run_id}-sink")
             _raise_if_stopped(control)
             done["sink"] = time.monotonic() - started
     except CrmflowError:
@@ -309,12 +311,13 @@ def processor_topics(cfg: MigrationConfig) -> list[str]:
 
 
 def drain_sink(
-    cfg: MigrationConfig, ep: Endpoints, target: Target | str, stop_event: threading.Event | None = None
+    cfg: MigrationConfig, ep: Endpoints, target: Target | str, stop_event: threading.Event | None = None,
+    instance: str | None = None,
 ) -> None:
     """The final sink pass: write what the mapped topics still hold, resolve or dead-letter parked children."""
     target = as_target(cfg, target)
     run_sink(SinkParams.from_config(cfg, bootstrap_servers=ep.bootstrap_servers, registry_url=ep.registry_url,
-                                    target_dsn=target.dsn), drain=True, stop_event=stop_event)
+                                    target_dsn=target.dsn, instance=instance), drain=True, stop_event=stop_event)
 
 
 def service_env(cfg: MigrationConfig, target: Target) -> dict[str, str]:

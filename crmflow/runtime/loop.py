@@ -22,6 +22,12 @@ committed changelog before their first batch is processed.
 
 Partitions that reached their end with an offset past the last commit (transaction markers from the
 upstream stage) get that end offset committed in an offsets-only transaction, so a group's lag reaches 0.
+
+A stage that writes elsewhere (the sink) writes inside ``process``; a dependency that is away there, or the
+registry while decoding, raises a ``TransientError``: the batch is rewound and retried with backoff
+(``crmflow_retries_total``), never dead-lettered and never committed. Between batches the runtime calls the
+stage's ``maintain`` every ``maintenance_interval_s`` and commits the dead letters it returns. ``run(drain=True)``
+returns once every assigned partition was read to its end, after a final ``maintain(final=True)``.
 """
 
 from __future__ import annotations
@@ -36,7 +42,7 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
-from crmflow.dlq import DeadLetterWriter
+from crmflow.dlq import DeadLetterWriter, Letter
 from crmflow.exceptions import TerminalError, TransientError
 from crmflow.kafkalog import client_logging
 from crmflow.metrics import (
@@ -45,6 +51,7 @@ from crmflow.metrics import (
     DEDUPE_DECISIONS,
     LAST_SUCCESS,
     RECORDS,
+    RETRIES,
     STATE_RESTORES,
     TRANSACTIONS,
 )
@@ -79,23 +86,29 @@ class RuntimeOptions:
     retry_backoff_s: float = 0.5
     retry_backoff_max_s: float = 10.0
     lag_interval_s: float = 2.0
+    maintenance_interval_s: float = 5.0
     client_config: dict[str, Any] = field(default_factory=dict)  # TLS/SASL and other client settings
 
 
 class TransactionalRuntime:
     """Runs one :class:`BatchStage` until :meth:`stop` (or SIGTERM/SIGINT with ``install_signals``)."""
 
-    def __init__(self, stage: BatchStage, opts: RuntimeOptions, dlq: DeadLetterWriter) -> None:
+    def __init__(self, stage: BatchStage, opts: RuntimeOptions, dlq: DeadLetterWriter,
+                 stop_event: threading.Event | None = None) -> None:
         self.stage = stage
         self.opts = opts
         self.dlq = dlq
-        self.stop_event = threading.Event()
+        self.stop_event = stop_event or threading.Event()
         #: Set once transactions are initialised (any older instance with this transactional id is fenced).
         self.ready = threading.Event()
         self._assigned: set[TP] = set()
         self._done: dict[TP, int] = {}  # next offset to read, as last committed by this worker
+        self._committed: dict[TP, int] = {}  # the same, kept after the partitions go (for reports)
         self._eof: dict[TP, int] = {}  # end offsets seen past what was committed
         self._restore: set[int] = set()  # state partitions to restore before their next batch
+        self._at_end: set[TP] = set()  # assigned partitions read to their end (no record since)
+        self._assigned_once = False
+        self._next_maintenance = 0.0
         self._decoders = {t: stage.decoder(t) for t in stage.topics}
         self._consumer: Consumer | None = None
         self._producer: Producer | None = None
@@ -103,6 +116,7 @@ class TransactionalRuntime:
         self._failures = 0  # transactions aborted in a row (backoff)
         self.batches = 0
         self.records = 0
+        self.undecodable = 0  # poison messages dead-lettered (committed)
 
     # ------------------------------------------------------------------------------------------ setup
 
@@ -119,6 +133,10 @@ class TransactionalRuntime:
         })
         return consumer, producer
 
+    def committed(self) -> dict[TP, int]:
+        """The next offset to read of each partition this worker committed, as it last committed it."""
+        return dict(self._committed)
+
     def install_signals(self) -> None:
         """SIGTERM and SIGINT finish the current batch, commit it and return from :meth:`run`."""
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -129,24 +147,28 @@ class TransactionalRuntime:
 
     # ------------------------------------------------------------------------------------------ loop
 
-    def run(self) -> None:
-        """Consume, process and commit until stopped. Raises :class:`FencedError` when another instance
-        took over, and lets a ``TerminalError`` of the stage's setup through; everything else is retried."""
+    def run(self, *, drain: bool = False) -> bool:
+        """Consume, process and commit until stopped, or with ``drain`` until every assigned partition was read
+        to its end. Returns True when a drain finished. Raises :class:`FencedError` when another instance took
+        over, and lets a ``TerminalError`` of the stage's setup through; everything else is retried."""
         o = self.opts
         consumer, producer = self._consumer, self._producer = self._clients()
+        drained = False
         try:
             if not self._retrying("initialising transactions", lambda: producer.init_transactions(30)):
-                return
+                return False
             self.ready.set()
+            if not self._retrying("setting up the stage", self.stage.setup, operation="setup"):
+                return False
             internal = self.stage.internal_topics()
             if internal and not self._retrying("creating the internal topics", lambda: ensure_topics(
                     o.bootstrap_servers, internal, o.replication_factor, o.client_config)):
-                return
+                return False
             if self.stage.changelog and self.stage.state_topic:
                 changelog, state_topic = self.stage.changelog, self.stage.state_topic
                 if not self._retrying("creating the changelog", lambda: ensure_changelog(
                         o.bootstrap_servers, changelog, state_topic, o.replication_factor, o.client_config)):
-                    return
+                    return False
             consumer.subscribe(list(self.stage.topics), on_assign=self._on_assign, on_revoke=self._on_revoke,
                                on_lost=self._on_lost)
             log.info("%s reading %s as group %s (transactional id %s)", self.stage.name,
@@ -158,7 +180,11 @@ class TransactionalRuntime:
                     self._process(batch)
                 elif self._eof:
                     self._commit_ends()
+                self._maintain()
                 self._lag()
+                if drain and not messages and self._drained():
+                    drained = self._finish_drain()
+                    break
         finally:
             try:
                 consumer.close()
@@ -167,6 +193,7 @@ class TransactionalRuntime:
             self.stage.close()
             log.info("%s stopped after %d batches, %d records", self.stage.name, self.batches, self.records,
                      extra={"stage": self.stage.name})
+        return drained
 
     def _admit(self, messages: list[Message]) -> list[Message]:
         """The data messages of assigned partitions; end-of-partition events are noted."""
@@ -177,14 +204,17 @@ class TransactionalRuntime:
             if err is not None:
                 if err.code() == KafkaError._PARTITION_EOF:
                     end = msg.offset() or 0
-                    if tp in self._assigned and end > self._done.get(tp, -1):
-                        self._eof[tp] = end
+                    if tp in self._assigned:
+                        self._at_end.add(tp)
+                        if end > self._done.get(tp, -1):
+                            self._eof[tp] = end
                 elif err.fatal():
                     raise TerminalError(f"fatal consumer error: {err.str()}")
                 else:
                     log.warning("consumer error: %s", err.str())
                 continue
             if tp in self._assigned:
+                self._at_end.discard(tp)
                 batch.append(msg)
         return batch
 
@@ -203,9 +233,16 @@ class TransactionalRuntime:
         if not self._restore_pending():
             self._rewind(firsts)  # stopping: nothing of this batch is processed or committed
             return
-        records, undecodable = self._decode(messages)
+        try:
+            records, undecodable = self._decode(messages)
+        except TransientError as exc:
+            self._retry_later("decode", exc, firsts)
+            return
         try:
             output = self.stage.process(records)
+        except TransientError as exc:  # what the stage writes into is away: the same batch, later
+            self._retry_later("process", exc, firsts)
+            return
         except Exception:
             # A bug in a stage must not commit anything: its partitions are read again by the next owner.
             self._rewind(firsts)
@@ -219,8 +256,11 @@ class TransactionalRuntime:
             return
         self._failures = 0
         self._done.update(nexts)
+        self._committed.update(nexts)
         self.batches += 1
         self.records += len(messages)
+        self.undecodable += len(undecodable)
+        self.stage.committed(output)
         self._report(output, undecodable)
         BATCH_SIZE.labels(stage=self.stage.name).observe(len(messages))
         BATCH_DURATION.labels(stage=self.stage.name).observe(time.perf_counter() - started)
@@ -232,6 +272,10 @@ class TransactionalRuntime:
         for msg in messages:
             topic, partition, offset = msg.topic() or "", msg.partition() or 0, msg.offset() or 0
             raw = msg.value()
+            if raw is None and self.stage.skip_tombstones:
+                log.debug("passing over a tombstone at %s[%d]@%d", topic, partition, offset,
+                          extra={"stage": self.stage.name})
+                continue
             if raw is None:  # a tombstone: deletes are not part of the raw or dedupe contracts
                 undecodable.append((msg, f"{topic}[{partition}]@{offset}: a tombstone (no value) is not a record"))
                 continue
@@ -272,9 +316,15 @@ class TransactionalRuntime:
                 stage=rej.stage, rule=rej.rule, field=rej.field, error=rej.error, entity=rej.entity,
                 run_id=rej.run_id, source_position=rej.source_position)
             self._produce(producer, self.dlq.topic, None, value, headers=list(headers))
+        self._produce_letters(producer, output.letters)
         offsets = [TopicPartition(t, p, o) for (t, p), o in nexts.items()]
         producer.send_offsets_to_transaction(offsets, consumer.consumer_group_metadata(), 30)
         self._commit(producer)
+
+    def _produce_letters(self, producer: Producer, letters: Sequence[Letter]) -> None:
+        for letter in letters:
+            value, headers = self.dlq.encode(letter)
+            self._produce(producer, self.dlq.topic, None, value, headers=list(headers))
 
     @staticmethod
     def _produce(producer: Producer, topic: str, key: bytes | None, value: bytes | None, *, partition: int = -1,
@@ -326,6 +376,16 @@ class TransactionalRuntime:
                     extra={"stage": self.stage.name})
         self.stop_event.wait(delay)
 
+    def _retry_later(self, operation: str, exc: TransientError, firsts: dict[TP, int]) -> None:
+        """A dependency is away: rewind the batch, wait (backoff), and let the loop read it again."""
+        self._rewind(firsts)
+        self._failures += 1
+        RETRIES.labels(stage=self.stage.name, operation=operation).inc()
+        delay = min(self.opts.retry_backoff_max_s, self.opts.retry_backoff_s * 2 ** (self._failures - 1))
+        log.warning("%s: %s failed (%s); the batch's %d partitions are read again in %.1fs", self.stage.name,
+                    operation, exc, len(firsts), delay, extra={"stage": self.stage.name})
+        self.stop_event.wait(delay)
+
     def _rewind(self, firsts: dict[TP, int]) -> None:
         """Seek the batch's partitions back to their first offset; their state is restored before reuse."""
         consumer = self._consumer
@@ -360,6 +420,42 @@ class TransactionalRuntime:
             self._after_failed_transaction(exc, {}, 1)
             return
         self._done.update(ends)
+        self._committed.update(ends)
+
+    # ---------------------------------------------------------------------------- maintenance and drain
+
+    def _maintain(self, *, final: bool = False) -> bool:
+        """Every ``maintenance_interval_s`` (or now, when ``final``): commit the dead letters the stage's
+        ``maintain`` returns, until it returns none. False when a transaction failed (tried again later)."""
+        now = time.monotonic()
+        if not final and now < self._next_maintenance:
+            return True
+        self._next_maintenance = now + self.opts.maintenance_interval_s
+        producer = self._producer
+        assert producer is not None
+        while (output := self.stage.maintain(final=final)) is not None and output.letters:
+            try:
+                producer.begin_transaction()
+                self._produce_letters(producer, output.letters)
+                self._commit(producer)
+            except KafkaException as exc:
+                self._after_failed_transaction(exc, {}, 1)
+                return False
+            self.stage.committed(output)
+            self._report(output, [])
+            final = False  # the first pass marked everything held as given up; the next ones page through it
+        return True
+
+    def _drained(self) -> bool:
+        return self._assigned_once and all(tp in self._at_end for tp in self._assigned)
+
+    def _finish_drain(self) -> bool:
+        """Every partition is read: the stage's final dead letters, then the end offsets. True when done."""
+        if not self._maintain(final=True):
+            return False
+        if self._eof:
+            self._commit_ends()
+        return not self._eof
 
     # ----------------------------------------------------------------------------- state and rebalance
 
@@ -384,6 +480,7 @@ class TransactionalRuntime:
         return True
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._assigned_once = True
         for tp in partitions:
             self._assigned.add((tp.topic, tp.partition))
             if tp.topic == self.stage.state_topic:
@@ -405,6 +502,7 @@ class TransactionalRuntime:
             self._assigned.discard(key)
             self._done.pop(key, None)
             self._eof.pop(key, None)
+            self._at_end.discard(key)
             if tp.topic == self.stage.state_topic:
                 state_partitions.append(tp.partition)
                 self._restore.discard(tp.partition)
@@ -432,7 +530,7 @@ class TransactionalRuntime:
         self._next_lag = now + self.opts.lag_interval_s
         update_lag(self._consumer, self.stage.name, self._assigned)
 
-    def _retrying(self, what: str, fn: Any) -> bool:
+    def _retrying(self, what: str, fn: Any, operation: str | None = None) -> bool:
         """Call ``fn`` until it succeeds (True), with backoff; False when a stop came first."""
         attempt = 0
         while not self.stop_event.is_set():
@@ -440,6 +538,8 @@ class TransactionalRuntime:
                 fn()
                 return True
             except (KafkaException, TransientError) as exc:
+                if operation:
+                    RETRIES.labels(stage=self.stage.name, operation=operation).inc()
                 attempt += 1
                 delay = min(self.opts.retry_backoff_max_s, self.opts.retry_backoff_s * 2 ** attempt)
                 log.warning("%s failed (%s); retrying in %.1fs", what, exc, delay, extra={"stage": self.stage.name})

@@ -13,9 +13,17 @@ A stage is a pure function of a batch, plus partition-local state it is handed b
   before the partition's next batch. State writes go to the changelog partition of the input partition
   they belong to (the topics are co-partitioned).
 
-Lifecycle: ``decoder(topic)`` and ``topics`` are read once at start; ``restore``/``release`` are called
-from the consumer's rebalance callbacks (between batches, never during ``process``); ``process`` is called
-once per non-empty batch; ``close`` once at the end.
+A stage whose output is a write into some other system (the sink writes the target CRM) does that write in
+``process`` and returns only when it is durable; its dead letters and the input offsets then commit in the
+runtime's transaction, so the offsets never pass a record the target does not hold. Such a write may raise a
+``TransientError`` (the target is away): the runtime rewinds the batch and retries it with backoff.
+
+Lifecycle: ``setup()`` once before subscribing (retried while it raises a ``TransientError``);
+``decoder(topic)`` and ``topics`` are read once at start; ``restore``/``release`` are called from the
+consumer's rebalance callbacks (between batches, never during ``process``); ``process`` is called once per
+non-empty batch, and ``committed(output)`` after its transaction committed; ``maintain(final=...)`` every
+few seconds between batches, and with ``final=True`` when a drain has read everything; ``close`` once at
+the end.
 """
 
 from __future__ import annotations
@@ -24,6 +32,8 @@ import abc
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
+
+from crmflow.dlq import Letter
 
 
 class Decoder(Protocol):
@@ -95,6 +105,8 @@ class StageOutput:
     records: list[OutRecord] = field(default_factory=list)
     rejections: list[Rejection] = field(default_factory=list)
     state: list[StateWrite] = field(default_factory=list)
+    #: Dead letters that are not records of this batch (records a stage held and has now given up on).
+    letters: list[Letter] = field(default_factory=list)
     counts: dict[tuple[str, str, str], int] = field(default_factory=dict)
     decisions: dict[tuple[str, str], int] = field(default_factory=dict)
 
@@ -113,6 +125,8 @@ class BatchStage(abc.ABC):
     changelog: str | None = None
     #: The input topic whose partitions own the state (co-partitioned with ``changelog``).
     state_topic: str | None = None
+    #: A message without a value (a tombstone of a compacted topic) is passed over (True) or dead-lettered.
+    skip_tombstones: bool = False
 
     @property
     @abc.abstractmethod
@@ -130,6 +144,17 @@ class BatchStage(abc.ABC):
     @abc.abstractmethod
     def process(self, batch: Sequence[InRecord]) -> StageOutput:
         """Turn one batch into its outputs. Pure: no I/O; may update the state of the batch's partitions."""
+
+    def setup(self) -> None:  # noqa: B027 - optional hook
+        """Connect to and prepare what ``process`` writes into; may raise a ``TransientError`` (retried)."""
+
+    def committed(self, output: StageOutput) -> None:  # noqa: B027 - optional hook
+        """``output`` (of ``process`` or ``maintain``) is committed: its dead letters are in Kafka."""
+
+    def maintain(self, *, final: bool) -> StageOutput | None:
+        """Periodic work between batches: dead letters of held records given up on (``final``: a drain read
+        everything, so nothing held can be completed any more). Default: nothing."""
+        return None
 
     def internal_topics(self) -> Mapping[str, int]:
         """Topics the stage both writes and reads (an internal repartition topic), by partition count: the
