@@ -134,6 +134,13 @@ class _EntityPlan:
         return partial_text
 
 
+def _show_date(mask: Mask | None) -> Callable[[float], str]:
+    def show(ordinal: float) -> str:
+        return _shown(date.fromordinal(round(ordinal)), mask)
+
+    return show
+
+
 def _shown(value: Any, mask: Mask | None) -> str:
     text = value.isoformat() if isinstance(value, date) else str(value)
     return mask(text) if mask is not None else text
@@ -271,17 +278,25 @@ class Assessment:
         if spec.entity in self.parent_entities:
             self.parent_keys.setdefault(spec.entity, set()).add(str(mapped[id_field(spec.entity)]))
         flags = mapped.get("quality_flags") or ()
+        flagged = {f.rsplit("_", 1)[0] for f in flags} if flags else ()
         for flag in flags:
             prof.hits(prof.flagged, flag).add(position)
+        fields = item.fields
         for target, fp in plan.fields.items():
             value = mapped.get(target)
             if fp.source is not None:
-                raw = _raw(item.fields, fp.source)
+                raw = fields.get(fp.source)
+                if raw is None and fp.source not in fields:
+                    raw = fields.get(fp.source.lower())
                 before = normalize_ws(raw) if raw is not None else ""
                 after = "" if value is None else (value.isoformat() if isinstance(value, date) else str(value))
-                if before != after and not any(f.startswith(f"{target}_") for f in flags):
-                    prof.hits(prof.changed, target).add(position, _shown(before, fp.mask), to=_shown(after, fp.mask))
-            if isinstance(value, Decimal | date) and not isinstance(value, bool):
+                if before != after and target not in flagged:
+                    hits = prof.hits(prof.changed, target)
+                    if hits.wants_example:  # masking costs: only for the examples kept
+                        hits.add(position, _shown(before, fp.mask), to=_shown(after, fp.mask))
+                    else:
+                        hits.count += 1
+            if isinstance(value, Decimal | date):
                 self._extreme(plan.entity, target, value, position, fp.mask)
         if self.deduper is not None and spec.entity == "account" and self.dedupe_seen < self.options.dedupe_limit:
             self._dedupe(mapped)
@@ -289,12 +304,12 @@ class Assessment:
     def _extreme(self, entity: str, target: str, value: Decimal | date, position: str, mask: Mask | None) -> None:
         ext = self.extremes.get((entity, target))
         if ext is None:
-            ext = self.extremes[(entity, target)] = Extremes("date" if isinstance(value, date) else "amount")
+            kind = "date" if isinstance(value, date) else "amount"
+            ext = self.extremes[(entity, target)] = Extremes(kind, show=_show_date(mask) if kind == "date" else None)
         if isinstance(value, date):
-            out_of_range = value < EARLIEST or value > self.today
-            ext.add(float(value.toordinal()), position, _shown(value, mask), out_of_range=out_of_range)
+            ext.add(float(value.toordinal()), position, out_of_range=value < EARLIEST or value > self.today)
         else:
-            ext.add(float(value), position, _shown(value, mask))
+            ext.add(float(value), position)
 
     def _dedupe(self, account: dict[str, Any]) -> None:
         assert self.deduper is not None

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import heapq
 import math
+from collections.abc import Callable
 from datetime import date
 from typing import Any, Final
 
@@ -29,27 +30,32 @@ def _as_text(kind: str, value: float) -> str:
 class Extremes:
     """Values of one field (amounts or dates as ordinals): sample, extremes, out-of-range dates."""
 
-    def __init__(self, kind: str, keep: int = _KEEP, examples: int = 3) -> None:
+    def __init__(
+        self, kind: str, keep: int = _KEEP, examples: int = 3, show: Callable[[float], str] | None = None
+    ) -> None:
+        """``show`` formats a value for an example (masked when the field is personal data); default: the
+        value as text."""
         self.kind = kind
+        self.show = show or (lambda v: _as_text(kind, v))
         self.keep = keep
         self.count = 0
         self.min: float | None = None
         self.max: float | None = None
         self.sample = Reservoir()
-        self._low: list[tuple[float, int, str, str]] = []  # max-heap of the smallest (negated values)
-        self._high: list[tuple[float, int, str, str]] = []  # min-heap of the largest
+        self._low: list[tuple[float, int, str]] = []  # max-heap of the smallest (negated values)
+        self._high: list[tuple[float, int, str]] = []  # min-heap of the largest
         self.out_of_range = Hits(examples)
         self.examples = examples
 
-    def add(self, value: float, position: str, shown: str, *, out_of_range: bool = False) -> None:
+    def add(self, value: float, position: str, *, out_of_range: bool = False) -> None:
         self.count += 1
         self.min = value if self.min is None else min(self.min, value)
         self.max = value if self.max is None else max(self.max, value)
         self.sample.add(value)
         if out_of_range:
-            self.out_of_range.add(position, shown)
-        entry_low = (-value, self.count, position, shown)
-        entry_high = (value, self.count, position, shown)
+            self.out_of_range.add(position, self.show(value) if self.out_of_range.wants_example else None)
+        entry_low = (-value, self.count, position)
+        entry_high = (value, self.count, position)
         if len(self._low) < self.keep:
             heapq.heappush(self._low, entry_low)
         elif -value > self._low[0][0]:
@@ -78,13 +84,13 @@ class Extremes:
         else:
             low, high = fences
             # A value can sit in both heaps when there are few values: count each record once.
-            below = {(c, p, s) for v, c, p, s in ((-e[0], e[1], e[2], e[3]) for e in self._low) if v < low}
-            above = {(c, p, s) for v, c, p, s in self._high if v > high}
+            below = {(c, p, -v) for v, c, p in self._low if -v < low}
+            above = {(c, p, v) for v, c, p in self._high if v > high}
             found = sorted(below | above)
             out.update(
                 low_fence=_as_text(self.kind, low), high_fence=_as_text(self.kind, high), outliers=len(found),
                 count_is_lower_bound=len(below) >= self.keep or len(above) >= self.keep,
-                examples=[{"at": p, "value": s} for _, p, s in found[: self.examples]],
+                examples=[{"at": p, "value": self.show(v)} for _, p, v in found[: self.examples]],
             )  # fmt: skip
         if self.kind == "date":
             out["out_of_range"] = self.out_of_range.to_json()

@@ -145,6 +145,11 @@ class Hits:
     count: int = 0
     examples: list[dict[str, Any]] = field(default_factory=list)
 
+    @property
+    def wants_example(self) -> bool:
+        """Whether the next :meth:`add` keeps its example (callers skip masking a value nobody sees)."""
+        return len(self.examples) < self.keep
+
     def add(self, position: str, value: str | None = None, **extra: Any) -> None:
         self.count += 1
         if len(self.examples) < self.keep:
