@@ -32,6 +32,11 @@ class TargetConfig(FrozenModel):
     )
     batch_size: int = Field(default=500, ge=1)
     flush_interval_s: float = Field(default=1.0, gt=0)
+    deletes: Literal["hard", "soft"] = Field(
+        default="hard",
+        description="what a source delete (change data capture) does: hard deletes the row and its children, "
+        "soft sets their deleted_at",
+    )
 
     @property
     def uses_stack(self) -> bool:

@@ -27,6 +27,7 @@ class SinkParams:
     topics: Mapping[str, str]
     dlq_topic: str
     target_schema: str = "crm"
+    deletes: str = "hard"  # target.deletes: hard or soft
     system: str | None = None
     group_id: str = "crmflow-sink"
     #: This sink's stable, unique name (its Kafka transactional id is ``<group_id>-<instance>``): a restart
@@ -81,7 +82,7 @@ class SinkParams:
         }
         if cfg.target is not None:
             defaults.update(batch_size=cfg.target.batch_size, max_batch_age_s=cfg.target.flush_interval_s,
-                            target_schema=cfg.target.schema_name)
+                            target_schema=cfg.target.schema_name, deletes=cfg.target.deletes)
         return cls(
             bootstrap_servers=bootstrap_servers,
             registry_url=registry_url,

@@ -64,7 +64,8 @@ def run_sink(
         from sinks.postgres.sink import PostgresSink
 
         sink = PostgresSink(params.target_dsn, schema=params.target_schema, system=params.system,
-                            orphan_timeout_s=params.orphan_timeout_s)
+                            orphan_timeout_s=params.orphan_timeout_s,
+                            deletes="soft" if params.deletes == "soft" else "hard")
     stop = stop_event or threading.Event()
     registry = SchemaRegistryClient({"url": params.registry_url})
     stats = SinkStats()

@@ -38,12 +38,13 @@ import logging
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal
 
 import psycopg
 from psycopg.rows import TupleRow
 
+from crmflow.entities import id_field as id_field_of
 from sinks.base import BatchResult, HeldDeadLetter, Reject, Sink, SinkRecord
 from sinks.exceptions import SinkTransientError
 from sinks.postgres.golden import GoldenPlan, golden_ids, plan_goldens
@@ -87,6 +88,14 @@ class PostgresSink(Sink):
     migrations in :meth:`setup`. ``system``: the source system writing (the config's run name): rows
     are recorded as its own, and rows another system owns are refused (rule ``owned_by_other_source``);
     None writes as nobody in particular (rows owned by a system are then never changed).
+    ``deletes`` (``target.deletes``): what a delete (a record with ``deleted``, change data capture) does
+    to its row, ``hard`` (delete it, its children and their xref entries) or ``soft`` (set ``deleted_at``
+    on it and its children).
+
+    Changes (records with ``source_lsn``): of the records of one id in a batch, the last one wins (a delete
+    drops the upserts before it); a change's ``unchanged_fields`` take the values of an earlier record of
+    the same id in the batch, else the stored ones; a change older than the stored row's LSN, or than the
+    id's last hard delete, changes nothing.
     """
 
     def __init__(
@@ -100,6 +109,7 @@ class PostgresSink(Sink):
         stage: str = "sink",
         resolve_chunk: int = 5000,
         dead_letter_chunk: int = 1000,
+        deletes: Literal["hard", "soft"] = "hard",
     ) -> None:
         self._dsn = dsn
         self._tables = tables_for(schema)  # checks the schema name
@@ -113,6 +123,12 @@ class PostgresSink(Sink):
         self.resolve_chunk = resolve_chunk
         self.dead_letter_chunk = dead_letter_chunk
         self._conn: psycopg.Connection[TupleRow] | None = None
+        self.deletes = deletes
+        self._delete_sql = {
+            t.entity: in_schema(t.delete_sql(hard=deletes == "hard", children=() if t.is_child else self._children),
+                                schema).encode()
+            for t in self._tables.values()
+        }
 
     # ------------------------------------------------------------------------------------ lifecycle
 
@@ -161,6 +177,7 @@ class PostgresSink(Sink):
                         f"the target has no table for entity {record.entity!r} ({record.origin})",
                     )
                 )
+        batch, deletes = _changes(batch, by_entity)
         written = unchanged = 0
         parked: list[int] = []
         with self._guard("write a batch"):
@@ -184,6 +201,12 @@ class PostgresSink(Sink):
                     self._audit(cur, table, [batch[i] for i in indexes], merged, started[0] if started else None)
                 if by_entity.get("account"):
                     self._resolve(cur, [str(batch[i].value.get("customer_id")) for i in by_entity["account"]])
+                for entity in reversed(self._tables):  # children first: a parent's delete then finds fewer
+                    if deletes.get(entity):
+                        ids, lsns = zip(*deletes[entity].items(), strict=True)
+                        row = cur.execute(self._delete_sql[entity],
+                                          {"ids": list(ids), "lsns": list(lsns), "system": self.system}).fetchone()
+                        written += int(row[0]) if row else 0
         return BatchResult(rejects=rejects, parked=parked, written=written, unchanged=unchanged)
 
     def _batch_loader(
@@ -459,3 +482,35 @@ class PostgresSink(Sink):
                 f"could not {what}: {type(exc).__name__} (SQLSTATE {exc.sqlstate or 'none'}); "
                 "the transaction was rolled back"
             ) from exc
+
+
+def _changes(
+    batch: Sequence[SinkRecord], by_entity: dict[str, list[int]]
+) -> tuple[list[SinkRecord], dict[str, dict[str, int | None]]]:
+    """The batch's changes in order, per entity and id: the deletes whose id's last record is a delete
+    (id → LSN; their upserts are dropped from ``by_entity``), and the records whose ``unchanged_fields``
+    an earlier record of the same id in the batch fills (those fields taken from it)."""
+    out = list(batch)
+    deletes: dict[str, dict[str, int | None]] = {}
+    for entity, indexes in by_entity.items():
+        if not any(out[i].value.get("deleted") or out[i].value.get("unchanged_fields") for i in indexes):
+            continue
+        id_field = id_field_of(entity)
+        last: dict[str, int] = {}
+        for i in indexes:
+            value = out[i].value
+            key = str(value.get(id_field))
+            prev = last.get(key)
+            fill = value.get("unchanged_fields")
+            if fill and prev is not None and not out[prev].value.get("deleted"):
+                earlier = out[prev].value
+                kept = [f for f in fill if f in (earlier.get("unchanged_fields") or ())]
+                value = {**value, **{f: earlier.get(f) for f in fill}, "unchanged_fields": kept}
+                out[i] = replace(out[i], value=value)
+            last[key] = i
+        gone = {k: i for k, i in last.items() if out[i].value.get("deleted")}
+        if gone:
+            deletes[entity] = {k: out[i].value.get("source_lsn") for k, i in gone.items()}
+            drop = set(gone)
+            by_entity[entity] = [i for i in indexes if str(out[i].value.get(id_field)) not in drop]
+    return out, deletes

@@ -71,7 +71,13 @@ _LINEAGE = (
     Column("run_id", "text", compared=False),
     Column("source_position", "text", compared=False),
     Column("mapped_at", "timestamptz", compared=False),
+    # The change's LSN (null: a file or snapshot read): compared by the upsert's own rule (a newer one
+    # is recorded, an older one never overwrites), see :meth:`EntityTable._upsert_parts`.
+    Column("source_lsn", "int8", compared=False),
+    # Staging only: the fields a change left unchanged; the upsert takes their stored values.
+    Column("unchanged_fields", "text[]", stored=False),
 )
+_LINEAGE_NAMES = frozenset(c.name for c in _LINEAGE)
 
 
 def _contract(entity: str) -> tuple[Column, ...]:
@@ -175,27 +181,54 @@ class EntityTable:
         ``source`` are those of whichever member last changed them (lineage), so a member re-delivered
         with its own flags does not count as a change of the golden row."""
         cols = (["account_id"] if self.is_child else []) + [c.name for c in self.columns if c.stored]
-        sets = ", ".join(f"{n} = excluded.{n}" for n in [*cols, "system"] if n != "external_id")
+        sets = ", ".join(
+            "source_lsn = coalesce(excluded.source_lsn, t.source_lsn)" if n == "source_lsn" else f"{n} = excluded.{n}"
+            for n in [*cols, "system"]
+            if n != "external_id"
+        )
+        sets += ", deleted_at = null"  # a newer insert brings a soft-deleted row back
         lineage = {"quality_flags", "source"} if golden else set()
         compared = (["account_id"] if self.is_child else []) + [
             c.name
             for c in self.columns
             if c.stored and c.compared and c.name != "external_id" and c.name not in lineage
         ]
+        # A newer LSN is recorded even when the values are equal (so an older event replayed later finds
+        # it); a soft-deleted row comes back.
         changed = (
             f"({', '.join('t.' + n for n in compared)}) is distinct from "
-            f"({', '.join('excluded.' + n for n in compared)})"
+            f"({', '.join('excluded.' + n for n in compared)}) or t.deleted_at is not null "
+            "or (excluded.source_lsn is not null and (t.source_lsn is null or excluded.source_lsn > t.source_lsn))"
         )
         return ", ".join(cols), sets, changed
 
+    def _filled(self, alias: str, name: str) -> str:
+        """The value to write of column ``name`` of the staged row ``alias``: the stored one (of the row
+        ``cur``) when the change left the field unchanged (``unchanged_fields``)."""
+        if name in _LINEAGE_NAMES or name in ("external_id", "account_id"):
+            return f"{alias}.{name}"
+        return f"case when '{name}' = any({alias}.unchanged_fields) then cur.{name} else {alias}.{name} end"
+
+    def _source(self, relation: str, alias: str, target: str) -> str:
+        """The upsert's rows: ``relation`` as ``alias`` with the stored row ``cur`` of its target, less the
+        changes older than a hard delete of their id (``deletions``, migration 0008)."""
+        s = self.schema
+        return (
+            f"{relation} {alias} left join {s}.{self.table} cur on cur.external_id = {alias}.{target} "
+            f"where not exists (select 1 from {s}.deletions d where d.entity = '{self.entity}' "
+            f"and d.external_id = {alias}.{target} and d.source_lsn >= {alias}.source_lsn)"
+        )
+
     def _upsert(self, insert_cols: str, select_cols: str, source: str, sets: str, changed: str) -> str:
-        # Only a row this system owns (or nobody yet) is updated, and only when its values change: a
-        # re-delivery leaves it untouched (run_id, updated_at, source_position included).
+        # Only a row this system owns (or nobody yet) is updated, only when its values change (a
+        # re-delivery leaves it untouched: run_id, updated_at, source_position included), and never by a
+        # change older than the row's (a stale or replayed event).
         return (
             f"up as (insert into {self.schema}.{self.table} as t ({insert_cols}, system) "
             f"select {select_cols}, %(system)s::text from {source} "
             f"on conflict (external_id) do update set {sets}, updated_at = now() "
             f"where ({changed}) and (t.system is null or t.system = excluded.system) "
+            "and (excluded.source_lsn is null or t.source_lsn is null or excluded.source_lsn >= t.source_lsn) "
             "returning t.id, t.external_id, (t.xmax = 0) as inserted)"
         )
 
@@ -228,7 +261,7 @@ class EntityTable:
         s = self.schema
         insert_cols, sets, changed = self._upsert_parts(golden=golden)
         select_cols = ", ".join(
-            "l._target" if c.name == "external_id" else f"l.{c.name}" for c in self.columns if c.stored
+            "l._target" if c.name == "external_id" else self._filled("l", c.name) for c in self.columns if c.stored
         )
         target = "coalesce(s.golden_id, s.external_id)" if golden else "s.external_id"
         ctes = [
@@ -256,7 +289,7 @@ class EntityTable:
         else:
             ctes.append("latest as (select distinct on (_target) * from ok order by _target, seq desc)")
             members = "members as (select * from latest)"
-        upsert = self._upsert(insert_cols, select_cols, "latest l", sets, changed)
+        upsert = self._upsert(insert_cols, select_cols, self._source("latest", "l", "_target"), sets, changed)
         # Rows inserted by ``up`` are not visible to the table scan of this same statement, hence both joins.
         versions = self._versions_sql("latest l on l._target = up.external_id")
         xref = self._xref(
@@ -282,7 +315,7 @@ class EntityTable:
     def _child_merge_sql(self) -> str:
         s = self.schema
         insert_cols, sets, changed = self._upsert_parts()
-        select_cols = ", ".join(f"j.{n}" for n in insert_cols.split(", "))
+        select_cols = ", ".join(self._filled("j", n) for n in insert_cols.split(", "))
         latest = f"latest as (select distinct on (external_id) * from {self.stage} order by external_id, seq desc)"
         # The account is found through its xref entry: the parent's source id may be a member of a
         # golden record (dedupe on) or the account's own id (dedupe off). Only an account of this system
@@ -328,7 +361,7 @@ class EntityTable:
             f"joined as (select {cols}, c._account_id as account_id from latest l join cand c on c.seq = l.seq "
             "where c._account_id is not null and not exists (select 1 from refused r where r.seq = l.seq))"
         )
-        upsert = self._upsert(insert_cols, select_cols, "joined j", sets, changed)
+        upsert = self._upsert(insert_cols, select_cols, self._source("joined", "j", "external_id"), sets, changed)
         xref = self._xref(
             f"select '{self.entity}', j.source, j.external_id, coalesce(up.id, t.id), j.golden_id, j.run_id, "
             "%(system)s::text from joined j left join up using (external_id) "
@@ -379,6 +412,55 @@ class EntityTable:
             f"{_REFUSED_JSON} from up"
         )
 
+    def delete_sql(self, *, hard: bool, children: tuple[EntityTable, ...] = ()) -> str:
+        """Apply deletes (``%(ids)s`` external ids, ``%(lsns)s`` their LSNs) as the system ``%(system)s``:
+        a row whose stored LSN is newer than the delete's is left alone (a stale delete). ``hard`` deletes
+        the rows, their xref entries and (an account) its ``children``' rows, and remembers each id's delete
+        LSN in ``deletions``; otherwise the rows and their children get ``deleted_at``. A parked child with a
+        deleted id is dropped. Returns one row: the rows deleted (children not counted)."""
+        s = self.schema
+        ctes = [
+            "d as (select distinct on (external_id) external_id, lsn from unnest(%(ids)s::text[], "
+            "%(lsns)s::bigint[]) as d (external_id, lsn) order by external_id, lsn desc nulls last)",
+            f"gone as (select t.id, t.external_id, d.lsn from {s}.{self.table} t join d using (external_id) "
+            "where (t.system is null or t.system = %(system)s::text) "
+            "and (t.source_lsn is null or d.lsn is null or t.source_lsn <= d.lsn)"
+            + ("" if hard else " and t.deleted_at is null") + ")",
+        ]
+        remembered = ["select external_id, lsn from d"]
+        for child in children:
+            c = child.table
+            if hard:
+                ctes.append(f"{c}_gone as (delete from {s}.{c} c using gone g where c.account_id = g.id "
+                            "returning c.id, c.external_id, g.lsn)")
+                ctes.append(f"{c}_xref as (delete from {s}.xref x using {c}_gone k "
+                            f"where x.entity = '{child.entity}' and x.target_id = k.id)")
+                ctes.append(f"{c}_mem as (insert into {s}.deletions as m (entity, external_id, source_lsn, system) "
+                            f"select distinct on (external_id) '{child.entity}', external_id, lsn, %(system)s::text "
+                            f"from {c}_gone where lsn is not null order by external_id, lsn desc {_REMEMBER})")
+            else:
+                ctes.append(f"{c}_gone as (update {s}.{c} c set deleted_at = now(), updated_at = now() "
+                            "from gone g where c.account_id = g.id and c.deleted_at is null)")
+        if hard:
+            ctes += [
+                f"xr as (delete from {s}.xref x using gone g where x.entity = '{self.entity}' "
+                "and x.target_id = g.id)",
+                f"del as (delete from {s}.{self.table} t using gone g where t.id = g.id returning 1)",
+                f"mem as (insert into {s}.deletions as m (entity, external_id, source_lsn, system) "
+                f"select '{self.entity}', external_id, lsn, %(system)s::text from ({remembered[0]}) r "
+                f"where lsn is not null {_REMEMBER})",
+            ]
+        else:
+            ctes.append(
+                f"del as (update {s}.{self.table} t set deleted_at = now(), updated_at = now(), "
+                "source_lsn = coalesce(greatest(t.source_lsn, g.lsn), t.source_lsn) "
+                "from gone g where t.id = g.id returning 1)"
+            )
+        if self.is_child:
+            ctes.append(f"unpark as (delete from {s}.parked p using d where p.entity = '{self.entity}' "
+                        "and p.external_id = d.external_id and (p.system is null or p.system = %(system)s::text))")
+        return f"with {', '.join(ctes)} select count(*) from del"
+
     def _versions_sql(self, joined: str) -> str:
         """The CTE keeping, per row the upsert ``up`` changed, the row as it was before the run's first change
         of it (``crm.row_versions``, migration 0007; null when inserted): what ``crmflow rollback`` restores.
@@ -413,6 +495,11 @@ _EVIDENCE = (
     "or jsonb_typeof(excluded.evidence) <> 'array' then excluded.evidence "
     "else x.evidence || coalesce((select jsonb_agg(e) from jsonb_array_elements(excluded.evidence) e "
     "where not x.evidence @> jsonb_build_array(e)), '[]'::jsonb) end)"
+)
+# A delete remembered again keeps the newest LSN.
+_REMEMBER = (
+    "on conflict (entity, external_id) do update set source_lsn = greatest(m.source_lsn, excluded.source_lsn), "
+    "system = excluded.system, deleted_at = now()"
 )
 _REFUSED_JSON = (
     "(select coalesce(jsonb_agg(jsonb_build_object('seq', seq, 'id', id, 'parent', parent, 'kind', kind, "

@@ -20,7 +20,9 @@ pytestmark = pytest.mark.unit
 
 #: Columns the target adds to every entity table besides the contract's fields: its own id, the owning
 #: system (migration 0004) and the row's timestamps; children also hold their account's id.
-TARGET_COLUMNS = frozenset({"id", "system", "created_at", "updated_at"})
+#: From migration 0008: the change's source position (the stored CHANGE_FIELDS) and a soft delete's time.
+TARGET_COLUMNS = frozenset({"id", "system", "created_at", "updated_at", "deleted_at"})
+STORED_CHANGE_FIELDS = {"source_lsn": "int8"}
 CHILD_COLUMNS = frozenset({"account_id"})
 
 _CREATE = re.compile(r"create table (?:if not exists )?crm\.(\w+)\s*\((.*?)\n\);", re.IGNORECASE | re.DOTALL)
@@ -67,7 +69,7 @@ def test_each_entity_table_has_exactly_the_contract_fields(entity: str) -> None:
     table = TABLES[entity]
     columns = final_columns()[table.table]
     own = id_field(entity)
-    expected = {"external_id": "text"} | {
+    expected = {"external_id": "text"} | STORED_CHANGE_FIELDS | {
         f: column_type(entity, f) for f in (*business_fields(entity), *METADATA_FIELDS) if f != own
     }
     extra = TARGET_COLUMNS | (CHILD_COLUMNS if table.is_child else frozenset())
@@ -81,7 +83,8 @@ def test_each_entity_table_has_exactly_the_contract_fields(entity: str) -> None:
 def test_the_sink_writes_every_contract_field(entity: str) -> None:
     stored = {c.name for c in TABLES[entity].columns if c.stored}
     own = id_field(entity)
-    assert stored == {"external_id", *METADATA_FIELDS, *(f for f in business_fields(entity) if f != own)}
+    assert stored == {"external_id", *METADATA_FIELDS, *STORED_CHANGE_FIELDS,
+                      *(f for f in business_fields(entity) if f != own)}
 
 
 def test_the_parser_sees_the_identifiers_of_migration_0006() -> None:
