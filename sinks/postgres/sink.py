@@ -487,30 +487,39 @@ class PostgresSink(Sink):
 def _changes(
     batch: Sequence[SinkRecord], by_entity: dict[str, list[int]]
 ) -> tuple[list[SinkRecord], dict[str, dict[str, int | None]]]:
-    """The batch's changes in order, per entity and id: the deletes whose id's last record is a delete
-    (id → LSN; their upserts are dropped from ``by_entity``), and the records whose ``unchanged_fields``
-    an earlier record of the same id in the batch fills (those fields taken from it)."""
+    """The batch's changes in order, per entity and id: a change older (lower LSN) than one before it of the
+    same id is dropped (a replay in the same batch); the deletes whose id's last record is a delete (id →
+    LSN; their upserts are dropped from ``by_entity``); and the records whose ``unchanged_fields`` an earlier
+    record of the same id in the batch fills (those fields taken from it)."""
     out = list(batch)
     deletes: dict[str, dict[str, int | None]] = {}
     for entity, indexes in by_entity.items():
-        if not any(out[i].value.get("deleted") or out[i].value.get("unchanged_fields") for i in indexes):
+        if all(out[i].value.get("source_lsn") is None for i in indexes):
             continue
         id_field = id_field_of(entity)
         last: dict[str, int] = {}
+        kept: list[int] = []
         for i in indexes:
             value = out[i].value
             key = str(value.get(id_field))
             prev = last.get(key)
+            if prev is not None and _older(value, out[prev].value):
+                continue
             fill = value.get("unchanged_fields")
             if fill and prev is not None and not out[prev].value.get("deleted"):
                 earlier = out[prev].value
-                kept = [f for f in fill if f in (earlier.get("unchanged_fields") or ())]
-                value = {**value, **{f: earlier.get(f) for f in fill}, "unchanged_fields": kept}
+                still = [f for f in fill if f in (earlier.get("unchanged_fields") or ())]
+                value = {**value, **{f: earlier.get(f) for f in fill}, "unchanged_fields": still}
                 out[i] = replace(out[i], value=value)
             last[key] = i
+            kept.append(i)
         gone = {k: i for k, i in last.items() if out[i].value.get("deleted")}
         if gone:
             deletes[entity] = {k: out[i].value.get("source_lsn") for k, i in gone.items()}
-            drop = set(gone)
-            by_entity[entity] = [i for i in indexes if str(out[i].value.get(id_field)) not in drop]
+        by_entity[entity] = [i for i in kept if str(out[i].value.get(id_field)) not in gone]
     return out, deletes
+
+
+def _older(value: Mapping[str, Any], than: Mapping[str, Any]) -> bool:
+    lsn, before = value.get("source_lsn"), than.get("source_lsn")
+    return lsn is not None and before is not None and int(lsn) < int(before)

@@ -45,6 +45,10 @@ def test_a_stale_or_replayed_change_never_overwrites_a_newer_row(make_sink: Any,
     sink.write_batch(_change(records, "account", {**old, "city": "Boston"}, 300))
     sink.write_batch(_change(records, "account", {**old, "city": "Between"}, 250))
     assert query(sink._dsn, "select city, source_lsn from crm.accounts") == [("Boston", 300)]
+    # In one batch, a replayed older event after the newer one: the newer one stays.
+    sink.write_batch(_change(records, "account", {**old, "city": "Newer"}, 500)
+                     + _change(records, "account", {**old, "city": "Older"}, 400))  # fmt: skip
+    assert query(sink._dsn, "select city, source_lsn from crm.accounts") == [("Newer", 500)]
 
 
 def test_unchanged_fields_keep_the_stored_value_or_the_batch_s_earlier_one(make_sink: Any, records: Any,
