@@ -27,6 +27,14 @@ def write_validate_html(data: dict[str, Any], path: Path) -> Path:
     if data.get("confidence"):
         report.add_text("Sample", data["confidence"]["statement"])
     rules = [r for r in data["rules"] if r["touched"]]
+    worst = sorted(rules, key=lambda r: (-r["wrong"], r["rule"]))
+    worst = [r for r in worst if r["wrong"]][:40] or worst[:25]
+    wrong = go.Figure(go.Bar(y=[r["rule"] for r in worst][::-1], x=[r["wrong"] for r in worst][::-1],
+                             orientation="h", marker_color="#c0392b",
+                             customdata=[r["touched"] for r in worst][::-1],
+                             hovertemplate="%{y}: %{x} wrong of %{customdata} touched<extra></extra>"))
+    wrong.update_layout(height=max(260, 22 * len(worst) + 100), margin={"l": 360}, xaxis_title="wrong records")
+    report.add_chart("Wrong records per mapping rule", wrong)
     fig = go.Figure()
     names = [r["rule"] for r in rules]
     fig.add_bar(name="right", y=names, x=[r["touched"] - r["wrong"] for r in rules], orientation="h")

@@ -86,7 +86,8 @@ def test_validate_clean_then_injected(run_factory: Callable[..., Run], small_dat
     assert 'data-verdict="fail"' in dom
     assert "Nowhere" in dom and "NO-SUCH-CUSTOMER" in dom and "EXTRA-1" in dom
     assert "someone.else@example.org" not in dom
-    assert "plotly" in dom and "Records per mapping rule" in dom
+    assert "Records per mapping rule" in dom and "Wrong records per mapping rule" in dom
+    assert dom.count('class="main-svg"') >= 2  # both charts drawn by plotly.js
 
     code, sampled = _validate(run, tmp_path / "sample", "--sample", "200", "--seed", "7")
     assert code == 1
