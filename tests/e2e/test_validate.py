@@ -50,6 +50,7 @@ def test_validate_clean_then_injected(run_factory: Callable[..., Run], small_dat
     wrong = _first(dsn, "select external_id from crm.sales where original_currency <> 'USD' "
                         "order by external_id limit 1")
     orphan = _first(dsn, "select external_id from crm.contacts order by external_id limit 1")
+    moving = _first(dsn, "select external_id from crm.contacts order by external_id desc limit 1")
     broken = _first(dsn, "select external_id from crm.sales order by external_id desc limit 1")
     with psycopg.connect(dsn) as conn:
         conn.execute("delete from crm.cases where external_id = %s", (deleted,))
@@ -58,6 +59,9 @@ def test_validate_clean_then_injected(run_factory: Callable[..., Run], small_dat
         # A wrong transformation: the amount kept in its original currency instead of converted.
         conn.execute("update crm.sales set total_sales = original_amount where external_id = %s", (wrong,))
         conn.execute("update crm.contacts set customer_id = 'NO-SUCH-CUSTOMER' where external_id = %s", (orphan,))
+        # A change in flight: the row comes from another version (position) of its source record.
+        conn.execute("update crm.contacts set job_title = 'Changed', source_position = 'contacts.csv:999999' "
+                     "where external_id = %s", (moving,))
         conn.execute(
             "insert into crm.accounts (external_id, full_name, run_id, source, source_position, system) "
             "select 'EXTRA-1', 'Extra Row', run_id, source, source_position, system from crm.accounts limit 1")
@@ -78,6 +82,8 @@ def test_validate_clean_then_injected(run_factory: Callable[..., Run], small_dat
     assert ("completeness", "account", "EXTRA-1", None) in found
     assert "EXTRA-1" in bad["entities"]["account"]["extra_ids"]
     assert ("integrity", "sale", broken, "account_id") in found
+    assert bad["entities"]["contact"]["in_flight"] == 1
+    assert not [d for d in bad["discrepancies"] if d["id"] == moving]
     rules = {(r["entity"], r["field"]): r for r in bad["rules"]}
     assert rules[("sale", "total_sales")]["wrong"] == 1 and rules[("account", "city")]["wrong"] == 1
     assert bad["kpis"]["data_accuracy_rate"] < 1.0 and bad["kpis"]["data_completeness_rate"] < 1.0
