@@ -58,7 +58,9 @@ def test_lsn_is_printed_as_postgresql_does() -> None:
     assert format_lsn((5 << 32) | 0xAB) == "5/AB"
 
 
-def _envelope(op: str, before: dict[str, Any] | None, after: dict[str, Any] | None, lsn: int = 0x16B3748) -> dict:
+def _envelope(
+    op: str, before: dict[str, Any] | None, after: dict[str, Any] | None, lsn: int = 0x16B3748
+) -> dict[str, Any]:
     return {"before": before, "after": after, "op": op, "ts_ms": COMMIT_MS + 500,
             "source": {"connector": "crmflow", "db": "legacy", "schema": "legacy", "table": "customers", "lsn": lsn,
                        "txId": 7, "ts_ms": COMMIT_MS, "snapshot": op == "r"}}  # fmt: skip
