@@ -21,15 +21,17 @@ from typing import Any
 import psycopg
 import pytest
 import yaml
-from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.schema_registry import SchemaRegistryClient
 
 from crmflow.config import MigrationConfig, load_config
 from crmflow.pipeline.migrate import prepare
 from crmflow.pipeline.services import Service
+from crmflow.serialization import AvroDecoder
 from crmflow.stack import Endpoints
 from crmflow.topics import cdc_topic
+from processors.exceptions import RecordRejected
 from processors.mapping import build_mappers
 from tests.helpers import wait_until
 
@@ -119,7 +121,10 @@ def expected_target(cfg: MigrationConfig, legacy_dsn: str) -> dict[str, dict[str
             for row in conn.execute(f"select {select} from legacy.{table}").fetchall():
                 raw = dict(zip(cols, row, strict=True))
                 meta = {"run_id": "r", "source": table, "source_position": "p"}
-                mapped = mappers[entity](raw, meta)
+                try:
+                    mapped = mappers[entity](raw, meta)
+                except RecordRejected:
+                    continue  # a dead letter, not a row
                 fields = ACCOUNT_FIELDS if entity == "account" else CONTACT_FIELDS
                 out[entity][str(raw[id_field])] = {f: mapped[f] for f in fields}
     return out
@@ -174,6 +179,32 @@ def _first_envelope(bootstrap: str, topic: str, key_part: bytes) -> tuple[bytes,
         return found
     finally:
         consumer.close()
+
+
+def _values(bootstrap: str, topic: str) -> list[bytes]:
+    """Every value of ``topic``, from the beginning to its end (committed)."""
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"e2e-{uuid.uuid4().hex}",
+                         "enable.auto.commit": False, "enable.partition.eof": True,
+                         "isolation.level": "read_committed"})  # fmt: skip
+    out: list[bytes] = []
+    try:
+        parts = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        pending = set(parts)
+        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in parts])
+
+        def read() -> bool:
+            for msg in consumer.consume(1000, 0.5):
+                err = msg.error()
+                if err is None:
+                    out.append(msg.value() or b"")
+                elif err.code() == KafkaError._PARTITION_EOF:
+                    pending.discard(msg.partition() or 0)
+            return not pending
+
+        wait_until(read, 30, interval_s=0, what=f"reading {topic} to its end")
+    finally:
+        consumer.close()
+    return out
 
 
 def test_changes_reach_the_target_in_order_with_deletes_toast_a_processor_kill_and_a_stale_replay(
@@ -234,15 +265,23 @@ def test_changes_reach_the_target_in_order_with_deletes_toast_a_processor_kill_a
         producer = Producer({"bootstrap.servers": endpoints.bootstrap_servers})
         producer.produce(cdc_topic(cfg.kafka.topic_prefix, "legacy.customers"), early[1], early[0])
         assert producer.flush(10) == 0
-        sql("update legacy.customers set last_name = 'final' where customer_id = 'C00010'")
+        sql("update legacy.customers set last_name = 'final' where customer_id = 'C00010'",
+            # A change that fails a rule (full_name is required): a dead letter with its reason and position.
+            "update legacy.customers set first_name = null, last_name = null where customer_id = 'C00011'")
 
         expected = expected_target(cfg, legacy_dsn)
-        wait_until(lambda: target_now(target_dsn) == expected, 120, what="the target equal to the mapped source")
+
+        def mapped_source() -> bool:
+            now = target_now(target_dsn)
+            return {e: {k: v for k, v in rows.items() if k != "C00011"} for e, rows in now.items()} == expected
+
+        wait_until(mapped_source, 120, what="the target equal to the mapped source")
     finally:
         for s in services:
             s.stop(15)
     got = target_now(target_dsn)
-    assert got == expected  # row by row, field by field
+    assert {k: v for k, v in got["account"].items() if k != "C00011"} == expected["account"]  # field by field
+    assert got["contact"] == expected["contact"]
     assert len(got["account"]) == 39 and "C00006" not in got["account"] and got["account"]["C00007"]["city"] == (
         "Capital City"
     )
@@ -250,6 +289,13 @@ def test_changes_reach_the_target_in_order_with_deletes_toast_a_processor_kill_a
     assert got["account"]["C00004"]["region"] == "R4"  # the TOASTed value kept through the unchanged update
     assert got["account"]["C00005"]["region"] == "NEW"
     assert not [c for c in got["contact"].values() if c["customer_id"] in ("C00006",)]
+    # The change that failed left the row as its last good change wrote it.
+    assert got["account"]["C00011"]["first_name"] is not None and "C00011" not in expected["account"]
+    letters = [AvroDecoder(registry_client).decode(v) for v in _values(endpoints.bootstrap_servers,
+                                                                       cfg.kafka.dlq_topic)]
+    [letter] = [x for x in letters if x["stage"] == "process"]
+    assert (letter["rule"], letter["field"], letter["entity"]) == ("required", "full_name", "account")
+    assert letter["source_position"].startswith("legacy.customers@")
     with psycopg.connect(target_dsn) as conn:
         placeholder = conn.execute(
             "select count(*) from crm.accounts where region is null or region like '{%' or source_lsn is null"
