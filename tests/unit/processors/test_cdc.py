@@ -179,3 +179,18 @@ def test_the_stage_maps_changes_like_snapshots_with_their_lsn(stage: ProcessStag
     [rejection] = out.rejections
     assert rejection.index == 3 and rejection.rule == "required" and rejection.field == "full_name"
     assert rejection.source_position == "legacy.customers@0/190"
+
+
+def test_an_unchanged_column_leaves_the_fields_reading_it_unchanged_and_a_required_one_rejects() -> None:
+    from processors.exceptions import RecordRejected
+    from processors.mapping import Mapper
+
+    mapper = Mapper.from_config(load_config(DEMO), "account")
+    assert mapper.unchanged_targets(["Street_Address"]) == {"street"}
+    # full_name joins first_name and last_name: it follows them.
+    assert mapper.unchanged_targets(["first_name"]) == {"first_name", "full_name"}
+    meta = {"run_id": "r", "source": "customers", "source_position": "legacy.customers@0/1"}
+    with pytest.raises(RecordRejected) as info:
+        mapper.map({k: v for k, v in CUSTOMER.items() if k != "First_Name"}, {**meta, "unchanged": {"First_Name"}})
+    assert (info.value.rule, info.value.field) == ("unchanged_required", "full_name")
+    assert "REPLICA IDENTITY FULL" in info.value.message
