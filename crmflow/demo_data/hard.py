@@ -11,6 +11,9 @@ person (a duplicate):
 - sometimes another address (the person moved), only on duplicates that kept their e-mail and phone: with
   neither, nothing would be left to link them by.
 
+Some new persons join a recent person's household (same surname and address, their own given name, birth
+date, e-mail and phone): they are not duplicates, and a matcher that merges them is wrong.
+
 Every person may have a national id (:func:`national_id`), written on some of their records and sometimes
 with a typo (:func:`id_typo`); it is the ``National_ID`` column that only the hard profile's
 ``customers.csv`` has. Contacts get duplicates too, within their account and across accounts, and the
@@ -49,6 +52,8 @@ HARD_MOVED: Final = 0.08
 ID_PERSONS: Final = 0.5
 ID_ON_RECORD: Final = 0.7
 ID_TYPO: Final = 0.1
+#: Share of new persons who live with a recent person and share their surname (a household): not duplicates.
+HOUSEHOLD: Final = 0.05
 #: Share of contacts that are a further record of a recent contact person, and of those, how many are
 #: entered on the same account (the others on another account).
 CONTACT_DUPLICATE: Final = 0.12
