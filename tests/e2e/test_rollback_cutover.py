@@ -1,4 +1,4 @@
-"""The seeds' flow on the real stack (test migration of 100 records, validate, roll back, full migration,
+"""The seeds' flow on the real stack (assess, test migration of 100 records, validate, roll back, full migration,
 validate) and the cutover verdict (NO-GO on open letters of unaccepted rules and on lag, GO once cleared)."""
 
 from __future__ import annotations
@@ -48,6 +48,9 @@ def test_seeds_flow_test_migration_rollback_full(run_factory: Callable[..., Run]
                                                  tmp_path: Path) -> None:
     run = run_factory(small_dataset)
     before = _snapshot(run.target_dsn)
+    assessed = run.cli("assess", "-c", str(run.config), "--out", str(tmp_path / "assess"), "--no-progress")
+    assert assessed.returncode == 0, assessed.stderr[-3000:]
+    assert (tmp_path / "assess" / "assess.json").is_file()
     test = run.cli("migrate", "-c", str(run.config), "--limit", "100", "--json", "--no-progress")
     assert test.returncode == 0, test.stderr[-3000:]
     rid = _run_id(test)
