@@ -170,8 +170,10 @@ class ChunkGenerator:
             person = _Person(f"P{self.person_seq:07d}", pool, self.rng, self.person_seq)
             if self.hard and rnd() < hard.ID_PERSONS:
                 person.nid = hard.national_id(self.rng)
-            if self.hard and window and rnd() < hard.HOUSEHOLD:  # another person of a recent person's household
-                other = window[int(rnd() * len(window))]
+            # Another person of a recent person's household, when both live in one country (its address patterns).
+            household = self.hard and window and rnd() < hard.HOUSEHOLD
+            other = window[int(rnd() * len(window))] if household else person
+            if other.pool is person.pool and other is not person:
                 person.last, person.street, person.house = other.last, other.street, other.house
                 person.street_text, person.city, person.postal = other.street_text, other.city, other.postal
             if len(window) < self.window_size:

@@ -154,3 +154,14 @@ def test_id_typo_changes_one_digit_or_swaps_two() -> None:
         other = id_typo(nid, rng)
         assert len(nid) == len(other) == 9 and other != nid
         assert sum(x != y for x, y in zip(nid, other, strict=True)) <= 2
+
+
+def test_households_share_surname_and_address_but_are_other_people(truth: list[dict[str, Any]]) -> None:
+    firsts = {members[0]["customer_id"]: c for c, members in _clusters(truth, "account").items()}
+    homes: dict[tuple[str, str, str], set[str]] = defaultdict(set)
+    for t in truth:
+        c = t["clean"]
+        kept = t["entity"] == "account" and t["outcome"] == "ok" and c["customer_id"] in firsts
+        if kept and c["last_name"] and c["street"] and c["postal_code"]:
+            homes[(c["last_name"], c["street"], c["postal_code"])].add(t["cluster"])
+    assert sum(1 for clusters in homes.values() if len(clusters) > 1) > 20
