@@ -68,6 +68,7 @@ class TargetReader:
         self.schema = check_schema(schema)
         self.system = system
         self._has_cdc_column: bool | None = None
+        self._soft_deletes: bool | None = None
         self._seen_table = False
 
     def sql(self, text: str) -> bytes:
@@ -94,6 +95,14 @@ class TargetReader:
 
     # ----------------------------------------------------------------------------------------- rows
 
+    def live(self, alias: str = "t") -> str:
+        """The condition of a row that is there: a soft-deleted row (``deleted_at``, migration 0008) is not."""
+        if self._soft_deletes is None:
+            self._soft_deletes = bool(self.fetch(
+                "select 1 from information_schema.columns where table_schema = %s and column_name = 'deleted_at'",
+                (self.schema,)))  # fmt: skip
+        return f"{alias}.deleted_at is null" if self._soft_deletes else "true"
+
     def _columns(self, entity: str) -> str:
         own = id_field(entity)
         cols = ["t.id", "t.external_id", "t.source_position", "t.run_id", "t.golden_id"]
@@ -109,8 +118,8 @@ class TargetReader:
 
     def rows_by_external_id(self, entity: str, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
         table = TABLES[entity].table
-        found = self.fetch(f"select {self._columns(entity)} from crm.{table} t where t.external_id = any(%s)",
-                           (list(ids),))  # fmt: skip
+        found = self.fetch(f"select {self._columns(entity)} from crm.{table} t where t.external_id = any(%s) "
+                           f"and {self.live()}", (list(ids),))  # fmt: skip
         return {str(r["external_id"]): r for r in found}
 
     def account_links(self, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], dict[str, Any]]:
@@ -125,13 +134,13 @@ class TargetReader:
             f"select x.source as _source, x.source_id as _source_id, {self._columns('account')}, "
             "(select count(*) from crm.xref y where y.entity = 'account' and y.target_id = x.target_id) as members "
             "from k join crm.xref x on x.entity = 'account' and x.source = k.source and x.source_id = k.source_id "
-            "left join crm.accounts t on t.id = x.target_id",
+            f"left join crm.accounts t on t.id = x.target_id and {self.live()}",
             (sources, ids),
         )
         return {(str(r["_source"]), str(r["_source_id"])): r for r in found}
 
     def count(self, entity: str) -> int:
-        row = self.fetch(f"select count(*) as n from crm.{TABLES[entity].table}")
+        row = self.fetch(f"select count(*) as n from crm.{TABLES[entity].table} t where {self.live()}")
         return int(row[0]["n"])
 
     def add_seen(self, entity: str, ids: Sequence[str]) -> None:
@@ -150,7 +159,7 @@ class TargetReader:
         """External ids of ``entity`` rows (this system's, or only ``run_id``'s when given) that no source
         record reached (:meth:`add_seen`)."""
         table = TABLES[entity].table
-        where = "(t.system is null or t.system = %s)"
+        where = f"(t.system is null or t.system = %s) and {self.live()}"
         params: list[Any] = [self.system]
         if run_id is not None:
             where += " and t.run_id = %s"
