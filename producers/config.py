@@ -131,6 +131,10 @@ class CdcConfig(FrozenModel):
     capture_new_tables: bool = Field(
         default=True, description="capture a table added to the publication while running (its own topic)"
     )
+    snapshot_chunk_size: int = Field(
+        default=1000, ge=1, le=100_000,
+        description="rows per chunk of a re-snapshot, and between checkpoints of the initial load",
+    )
     reconnect_initial_s: float = Field(
         default=0.5, gt=0, le=60, description="first wait before reconnecting to a lost legacy database, seconds"
     )

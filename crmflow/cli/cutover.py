@@ -35,6 +35,7 @@ def status(
     from crmflow.pipeline.targets import resolve_target
     from crmflow.quality.cutover import (
         Check,
+        cdc_check,
         dlq_check,
         drift_check,
         lag_check,
@@ -58,6 +59,9 @@ def status(
                       f"crmflow-sink.{cfg.run.name}": [k.mapped_topic(e) for e in cfg.entities]}
             lags = {group: group_lag(ep.bootstrap_servers, group, topics) for group, topics in groups.items()}
             checks.append(lag_check(lags, cfg.validation.max_lag))
+        cdc = cdc_check(cfg)
+        if cdc is not None:
+            checks.append(cdc)
         runs = RunStore()
         record = latest_run(runs, config, cfg.run.name)
         last = runs.dir(record.run_id) / "validate.json" if record else None

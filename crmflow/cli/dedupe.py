@@ -18,12 +18,15 @@ from processors.dedupe.config import DedupeConfig, DedupeEntity
 app = typer.Typer(help="Entity resolution: evaluate the dedupe settings of a config.", no_args_is_help=True)
 
 
-def _matcher(config_file: Path, entity: DedupeEntity) -> tuple[DedupeConfig, DedupeConfig | None]:
-    """The account matcher of the config's ``dedupe`` section, and the matcher of ``entity`` when it is contacts."""
+def _matcher(config_file: Path, entity: DedupeEntity, model: Path | None) -> tuple[DedupeConfig, DedupeConfig | None]:
+    """The account matcher of the config's ``dedupe`` section (``model``: Fellegi-Sunter with that model file
+    instead of the section's scoring), and the matcher of ``entity`` when it is contacts."""
     config = load_config(config_file)
     if config.dedupe is None:
         raise CrmflowError(f"{config_file}: no dedupe section (dedupe:) to evaluate")
     accounts = config.dedupe.matcher()
+    if model is not None:
+        accounts = accounts.model_copy(update={"scoring": "fellegi_sunter", "model_file": model})
     if entity == "account":
         return accounts, None
     # Contacts: the account settings on the contact entity, compared under their parent's golden account.
@@ -34,19 +37,36 @@ def _matcher(config_file: Path, entity: DedupeEntity) -> tuple[DedupeConfig, Ded
 
 @app.command("evaluate")
 def evaluate(
-    config_file: Annotated[Path, typer.Option("--config", "-c", help="The migration config (YAML) whose dedupe "
-                                              "section is evaluated.")],
-    truth: Annotated[Path, typer.Option("--truth", help="True pairs: a CSV with two id columns, or the "
-                                        "truth.jsonl of crmflow demo-data.")],
+    config_file: Annotated[
+        Path, typer.Option("--config", "-c", help="The migration config (YAML) whose dedupe section is evaluated.")
+    ],
+    truth: Annotated[
+        Path,
+        typer.Option("--truth", help="True pairs: a CSV with two id columns, or the truth.jsonl of crmflow demo-data."),
+    ],
     data: Annotated[
         list[Path] | None,
-        typer.Option("--data", help="The source files to read instead of the config's paths: a directory "
-                     "with files of the same names, or files (repeatable).", exists=True),
+        typer.Option(
+            "--data",
+            help="The source files to read instead of the config's paths: a directory "
+            "with files of the same names, or files (repeatable).",
+            exists=True,
+        ),
     ] = None,
     entity: Annotated[DedupeEntity, typer.Option("--entity", help="account, or contact.")] = "account",
     id_columns: Annotated[
-        str | None, typer.Option("--id-columns", help="The truth CSV's two id columns, comma-separated "
-                                 "(default: its first two).")
+        str | None,
+        typer.Option("--id-columns", help="The truth CSV's two id columns, comma-separated (default: its first two)."),
+    ] = None,
+    model: Annotated[
+        Path | None,
+        typer.Option(
+            "--model",
+            help="Score with Fellegi-Sunter and this model file (python -m "
+            "crmflow.evaluation.dedupe_train) instead of the config's scoring.",
+            exists=True,
+            dir_okay=False,
+        ),
     ] = None,
     worst: Annotated[int, typer.Option("--worst", min=0, help="False merges and misses to show.")] = 10,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as one JSON object.")] = False,
@@ -58,7 +78,7 @@ def evaluate(
     """
     columns = tuple(c.strip() for c in id_columns.split(",")) if id_columns else None
     try:
-        accounts_config, contact_config = _matcher(config_file, entity)
+        accounts_config, contact_config = _matcher(config_file, entity, model)
         config = load_config(config_file)
         pairs = read_truth(truth, entity, columns)
         if contact_config is None:

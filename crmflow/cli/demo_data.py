@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -80,11 +81,25 @@ def demo_data(
             "missing name parts, nicknames, birth-date typos, a National_ID column with typos, duplicate contacts.",
         ),
     ] = "default",
+    changes: Annotated[
+        float | None,
+        typer.Option("--changes", min=0.1, help="Instead: run a change workload on the legacy database at this many "
+                     "changed rows/s (inserts, updates, deletes in multi-statement transactions over the four tables, "
+                     "some large TOASTed text); each commit is logged to --out/changes.jsonl."),
+    ] = None,
+    seconds: Annotated[float, typer.Option("--seconds", min=0.1, help="With --changes: how long to run.")] = 10.0,
+    dsn: Annotated[
+        str | None, typer.Option("--dsn", help="With --changes: the legacy database; default: the stack's.")
+    ] = None,
 ) -> None:
     """Generate the demo legacy CRM: customers, contacts, sales, tickets, with quality problems.
 
-    Writes the four legacy CSV files and truth.jsonl (see docs/data-contract.md) into --out.
+    Writes the four legacy CSV files and truth.jsonl (see docs/data-contract.md) into --out. With --changes RATE it
+    instead changes the legacy database's rows at that rate for --seconds (for CDC demos and benchmarks).
     """
+    if changes is not None:
+        _run_changes(changes, seconds, dsn, out, seed, json_summary)
+        return
     if noise == "hard" and legacy_dsn is not None:
         raise typer.BadParameter("the hard profile's customers.csv has a National_ID column the legacy schema lacks; "
                                  "load the default profile", param_hint="--legacy-dsn")  # fmt: skip
@@ -124,3 +139,31 @@ def demo_data(
         typer.echo(message, err=True)
     else:
         console.print(message)
+
+
+def _run_changes(rate: float, seconds: float, dsn: str | None, out: Path, seed: int, as_json: bool) -> None:
+    import psycopg
+
+    from crmflow.demo_data.changes import run_changes
+
+    console = Console(stderr=True)
+    if dsn is None:
+        from crmflow.stack import get_stack
+
+        ep = get_stack().endpoints()
+        dsn = ep.dsn(ep.legacy_database)
+    out.mkdir(parents=True, exist_ok=True)
+    log_path = out / "changes.jsonl"
+    try:
+        stats = run_changes(dsn, rate, seconds, log_path=log_path, seed=seed)
+    except psycopg.OperationalError as err:
+        console.print(f"[red]error:[/red] legacy database unreachable (--dsn): {str(err).splitlines()[0]}")
+        raise typer.Exit(3) from None
+    summary = {"changes": stats.total, "transactions": stats.transactions, "seconds": round(stats.seconds, 2),
+               "rate": round(stats.rate, 1), "by_table_op": dict(stats.changes), "log": str(log_path)}  # fmt: skip
+    if as_json:
+        typer.echo(json.dumps(summary, indent=2))
+    else:
+        console.print(f"{stats.total} changes in {stats.transactions} transactions over {stats.seconds:.1f}s "
+                      f"({stats.rate:,.0f}/s, asked {rate:,.0f}/s); by table and op: {dict(stats.changes)}; "
+                      f"commit times in {log_path}")  # fmt: skip

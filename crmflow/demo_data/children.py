@@ -259,7 +259,7 @@ class Children:
 
     def _duplicate_contact(self, parent: Parent) -> None:
         """Hard profile: a further record of a recent contact person, on its account or on ``parent``."""
-        rng, r = self.rng, self.rates
+        rng = self.rng
         rnd = rng.random
         self.contact_seq += 1
         key = f"K{self.contact_seq:07d}"

@@ -32,7 +32,9 @@ from crmflow.demo_data.pools import name_case
 NoiseProfile = Literal["default", "hard"]
 NOISE_PROFILES: Final[tuple[NoiseProfile, ...]] = ("default", "hard")
 #: ``customers.csv`` of the hard profile: the default columns and the national id.
-HARD_CUSTOMERS: Final = SourceFile(CUSTOMERS.name, CUSTOMERS.table, CUSTOMERS.entity, (*CUSTOMERS.columns, "National_ID"))
+HARD_CUSTOMERS: Final = SourceFile(
+    CUSTOMERS.name, CUSTOMERS.table, CUSTOMERS.entity, (*CUSTOMERS.columns, "National_ID")
+)
 
 #: Share of duplicate records with neither e-mail nor phone.
 HARD_NO_CONTACT: Final = 0.8

@@ -334,8 +334,10 @@ def iter_text(report: Mapping[str, Any]) -> Iterator[str]:
     yield f"precision {r['precision']:.4f}  recall {r['recall']:.4f}  F1 {r['f1']:.4f}"
     yield (f"pairs: true {r['true_pairs']:,}, predicted {r['predicted_pairs']:,}, correct {r['correct_pairs']:,}; "
            f"clusters: true {r['true_clusters']:,}, predicted {r['predicted_clusters']:,}")  # fmt: skip
-    yield (f"blocking: pair completeness {r['pair_completeness']:.4f}, reduction ratio {r['reduction_ratio']:.6f} "
-           f"({r['candidate_pairs']:,} pairs compared); misses never compared: {r['misses_never_compared']:,}")
+    yield (
+        f"blocking: pair completeness {r['pair_completeness']:.4f}, reduction ratio {r['reduction_ratio']:.6f} "
+        f"({r['candidate_pairs']:,} pairs compared); misses never compared: {r['misses_never_compared']:,}"
+    )
     for title, key in (("worst false merges", "false_merges"), ("worst misses", "misses")):
         if r[key]:
             yield f"{title}:"

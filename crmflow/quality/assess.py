@@ -209,11 +209,13 @@ class Assessment:
             progress.start(spec.name, total=reader.total, completed=reader.start,
                            unit="bytes" if spec.path is not None else "rows")  # fmt: skip
             index = self.keys.source_index(spec.name, reader.name)
+            done = reader.start
             try:
                 for item in reader:
                     prof.records += 1
+                    done = item.mark.progress
                     if prof.records % _PROGRESS_EVERY == 0:
-                        progress.update(spec.name, item.mark.progress)
+                        progress.update(spec.name, done)
                     if isinstance(item, Record):
                         self._record(spec, prof, item, index)
                     else:
@@ -221,6 +223,7 @@ class Assessment:
                     if limit is not None and prof.records >= limit:
                         break
             finally:
+                progress.update(spec.name, done)
                 progress.finish(spec.name)
         log.info("assessed source %s: %d records", spec.name, prof.records)
 

@@ -9,6 +9,7 @@ fresh validation of a small random sample (drift). GO only when every check is o
 from __future__ import annotations
 
 import json
+import os
 import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from typing import Any
 import psycopg
 
 from crmflow.quality.validate import Validator
+from producers.cdc.stream import slot_state
 from sinks.postgres.ledger import Ledger
 
 
@@ -45,6 +47,29 @@ def lag_check(lags: Mapping[str, int], max_lag: int) -> Check:
     if high:
         return Check("lag", False, "; ".join(f"{g} is {n} record(s) behind (max {max_lag})" for g, n in high.items()))
     return Check("lag", True, ", ".join(f"{g} {n}" for g, n in lags.items()) + f" (max {max_lag})")
+
+
+def cdc_check(cfg: Any) -> Check | None:
+    """The CDC producer's lag: WAL bytes between the legacy database's current position and what the slot has
+    confirmed (everything Kafka acknowledged); None without a ``cdc`` section."""
+    cdc = cfg.cdc
+    if cdc is None:
+        return None
+    dsn = os.environ.get(cdc.dsn_env)
+    if not dsn:
+        return Check("cdc_lag", False, f"environment variable {cdc.dsn_env} (cdc.dsn_env) is not set")
+    try:
+        with psycopg.connect(dsn, connect_timeout=5) as conn:
+            state = slot_state(conn, cdc.slot)
+    except psycopg.OperationalError as exc:
+        return Check("cdc_lag", False, f"legacy database unreachable (SQLSTATE {exc.sqlstate or 'none'})")
+    if state is None:
+        return Check("cdc_lag", False, f"replication slot {cdc.slot} does not exist (`crmflow cdc --init`)")
+    if state["confirmed_flush_lsn"] is None:
+        return Check("cdc_lag", False, f"slot {cdc.slot} has confirmed nothing yet")
+    lag = int(state["current_lsn"]) - int(state["confirmed_flush_lsn"])
+    limit = cfg.validation.max_cdc_lag_bytes
+    return Check("cdc_lag", lag <= limit, f"slot {cdc.slot} is {lag} WAL byte(s) behind (max {limit})")
 
 
 def dlq_check(conn: psycopg.Connection[Any], schema: str, dlq_topic: str, accepted: Sequence[str]) -> Check:

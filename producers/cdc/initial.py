@@ -6,9 +6,11 @@ decoded by the slot. A REPEATABLE READ transaction that imports the snapshot (``
 the tables as op ``r`` events (``source.snapshot`` true, ``source.lsn`` the consistent point); only then does
 streaming start. Each row therefore arrives once, either as ``r`` or as a change after it.
 
-An interrupted load cannot resume yet (issue 10). So that a restart never streams on from a slot whose load is
-incomplete, the publication's comment records the load's state (``in progress`` → ``complete``) and a normal
-start refuses a slot whose load is still ``in progress``.
+Tables are read in primary-key order, and every ``progress_every`` rows (once Kafka acknowledged them) the last key
+is checkpointed in the publication's comment (:mod:`producers.cdc.snapshot`): its first line is the load's state
+(``in progress`` → ``complete``), its second the tables still to load with their last key. A restart after a crash
+finishes the load from there with watermark chunks while streaming; a slot whose load is ``in progress`` without a
+checkpoint (an older crmflow) is refused.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from psycopg import sql
 from producers.cdc.events import TableEvents
 from producers.cdc.pgoutput import format_lsn, parse_lsn
 
-__all__ = ["IN_PROGRESS", "create_slot_exporting", "load_state", "mark", "read_tables"]
+__all__ = ["COMPLETE", "IN_PROGRESS", "create_slot_exporting", "read_tables"]
 
 log = logging.getLogger(__name__)
 
@@ -43,17 +45,6 @@ def create_slot_exporting(cursor: Any, slot: str) -> tuple[int, str]:
     return parse_lsn(consistent_point), str(snapshot_name)
 
 
-def mark(conn: psycopg.Connection[Any], publication: str, state: str) -> None:
-    conn.execute(sql.SQL("comment on publication {} is {}").format(sql.Identifier(publication), sql.Literal(state)))
-
-
-def load_state(conn: psycopg.Connection[Any], publication: str) -> str | None:
-    row = conn.execute(
-        "select obj_description(oid, 'pg_publication') from pg_publication where pubname = %s", (publication,)
-    ).fetchone()
-    return None if row is None else row[0]
-
-
 def read_tables(
     dsn: str,
     options: str,
@@ -63,6 +54,8 @@ def read_tables(
     *,
     consistent_lsn: int,
     stop: threading.Event,
+    progress: Callable[[str, list[str] | None, bool], None] | None = None,
+    progress_every: int = 1000,
 ) -> bool:
     """Emit every row of ``tables`` as seen by the exported snapshot; False if ``stop`` cut it short.
 
@@ -75,9 +68,12 @@ def read_tables(
         conn.execute(sql.SQL("set transaction snapshot {}").format(sql.Literal(snapshot_name)))
         for name, ev in tables.items():
             cols = sql.SQL(", ").join(sql.SQL("{}::text").format(sql.Identifier(c.name)) for c in ev.table.columns)
-            query = sql.SQL("select {} from {}.{}").format(
-                cols, sql.Identifier(ev.table.schema), sql.Identifier(ev.table.name)
+            # qualified: ORDER BY a bare name would sort by the output column, the key's text ('10' before '9')
+            key = sql.SQL(", ").join(sql.SQL("t.{}").format(sql.Identifier(k)) for k in ev.table.key)
+            query = sql.SQL("select {} from {}.{} as t order by {}").format(
+                cols, sql.Identifier(ev.table.schema), sql.Identifier(ev.table.name), key
             )
+            key_index = [[c.name for c in ev.table.columns].index(k) for k in ev.table.key]
             rows = 0
             with conn.cursor(name=f"crmflow_cdc_load_{rows}") as cur:
                 cur.itersize = 2000
@@ -89,5 +85,9 @@ def read_tables(
                     emit(name, ev.key(values), ev.envelope("r", None, ev.row(values), lsn=consistent_lsn, xid=None,
                                                            commit_ms=started_ms, snapshot=True))  # fmt: skip
                     rows += 1
+                    if progress is not None and rows % progress_every == 0:
+                        progress(name, [str(values[i]) for i in key_index], False)
+            if progress is not None:
+                progress(name, None, True)
             log.info("initial load of %s: %d rows at %s", name, rows, format_lsn(consistent_lsn))
     return True

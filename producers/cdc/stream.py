@@ -25,7 +25,10 @@ DDL while running (a Relation message with other columns) is :mod:`producers.cdc
 change registers a new schema version and the stream goes on; an incompatible one stops only that table (its
 changes become dead letters).
 
-Not here yet (issue 10): resuming an interrupted initial load, TRUNCATE events (logged and counted, not produced).
+Snapshots while streaming (:mod:`producers.cdc.snapshot`): a table re-snapshotted on a signal, and an initial load
+interrupted by a crash finished from its checkpoint, both in watermark chunks between transactions.
+
+Not here yet (issue 10): TRUNCATE events (logged and counted, not produced).
 """
 
 from __future__ import annotations
@@ -51,8 +54,9 @@ from crmflow.configbase import KafkaConfig
 from producers.cdc import pgoutput as pg
 from producers.cdc.events import Op, load_table
 from producers.cdc.exceptions import CdcDeliveryError, SlotBusyError, SlotError, SourceGoneError
-from producers.cdc.initial import COMPLETE, IN_PROGRESS, create_slot_exporting, load_state, mark, read_tables
+from producers.cdc.initial import COMPLETE, IN_PROGRESS, create_slot_exporting, read_tables
 from producers.cdc.positions import AckTracker
+from producers.cdc.snapshot import SIGNAL, WATERMARK, Chunk, Resnapshot, read_comment, write_comment
 from producers.cdc.tables import CapturedTables
 from producers.config import CdcConfig
 from producers.kafka import DEFAULT_PRODUCER_CONFIG
@@ -98,7 +102,8 @@ def _prepare_slot(conn: psycopg.Connection[Any], cfg: CdcConfig, database: str, 
                             f"--init, or drop it (select pg_drop_replication_slot('{cfg.slot}')) to start over")
         if not has_pub:
             conn.execute(f"create publication {cfg.publication} for table {', '.join(cfg.tables)}")
-        mark(conn, cfg.publication, IN_PROGRESS)  # until the initial load is in Kafka (the slot comes next)
+        # until the initial load is in Kafka (the slot comes next); the tables still to load, checkpointed as it goes
+        write_comment(conn, cfg.publication, IN_PROGRESS, dict.fromkeys(cfg.tables))
         return
     if state is None:
         raise SlotError(
@@ -120,9 +125,14 @@ def _prepare_slot(conn: psycopg.Connection[Any], cfg: CdcConfig, database: str, 
     if not has_pub:
         raise SlotError(f"publication {cfg.publication} does not exist in database {database}; "
                         "create it for the cdc.tables or run --init with a new slot")
-    if load_state(conn, cfg.publication) == IN_PROGRESS:
-        raise SlotError(f"the initial load of slot {cfg.slot} was interrupted, so streaming on would miss rows: drop "
-                        f"the slot (select pg_drop_replication_slot('{cfg.slot}')) and run `crmflow cdc --init` again")
+    load, pending = read_comment(conn, cfg.publication)
+    if (load or "").startswith(IN_PROGRESS):
+        if pending is None:
+            raise SlotError(f"the initial load of slot {cfg.slot} was interrupted and has no checkpoint, so streaming "
+                            f"on would miss rows: drop the slot (select pg_drop_replication_slot('{cfg.slot}')) and "
+                            "run `crmflow cdc --init` again")  # fmt: skip
+        log.warning("the initial load of slot %s was interrupted; finishing %s from its checkpoint while streaming",
+                    cfg.slot, ", ".join(pending))  # fmt: skip
     published = {f"{r[0]}.{r[1]}" for r in conn.execute(
         "select schemaname, tablename from pg_publication_tables where pubname = %s", (cfg.publication,))}
     missing = [t for t in cfg.tables if t not in published]
@@ -135,8 +145,8 @@ class _Stream:
     """One replication session: decodes messages, produces events, tracks acknowledgements, sends feedback."""
 
     def __init__(self, cfg: CdcConfig, tables: CapturedTables, producer: Producer, cursor: Any,
-                 stats: CdcStats) -> None:  # fmt: skip
-        self.cfg, self.tables = cfg, tables
+                 stats: CdcStats, resnap: Resnapshot) -> None:  # fmt: skip
+        self.cfg, self.tables, self.resnap = cfg, tables, resnap
         self.producer, self.cursor, self.stats = producer, cursor, stats
         self.acks = AckTracker(stats.confirmed_lsn)  # a new session resumes at what the last one confirmed
         self.relations: dict[int, str | None] = {}  # relation id -> captured table name (None: not captured)
@@ -165,6 +175,7 @@ class _Stream:
 
     def _change(self, table: str, op: Op, before: Any, after: Any, key: dict[str, Any], lsn: int) -> None:
         ev = self.tables[table].events
+        self.resnap.on_change(table, key)  # newer than a snapshot chunk's copy of the row
         envelope = ev.envelope(op, before, after, lsn=lsn, xid=self.xid, commit_ms=self.commit_ms)
         self.produce(table, op, key, envelope)
         if op == "d":
@@ -178,6 +189,7 @@ class _Stream:
             self.acks.commit(self.txn, msg.end_lsn)
             self.txn = None
             self.stats.transactions += 1
+            self.resnap.next_chunk()
         elif isinstance(msg, pg.Relation):  # before the first change of a table, and after DDL changed it
             cap = self.tables.on_relation(msg)
             self.relations[msg.relation_id] = None if cap is None else cap.name
@@ -211,7 +223,32 @@ class _Stream:
             for captured in names:
                 if captured:
                     metrics.CDC_EVENTS.labels(captured, "truncate_skipped").inc()
-        # Origin, Type and logical messages carry nothing to produce.
+        elif isinstance(msg, pg.LogicalMessage):
+            if msg.prefix == SIGNAL:
+                self.resnap.on_signal(msg.content)
+            elif msg.prefix == WATERMARK and (chunk := self.resnap.on_watermark(msg.content)) is not None:
+                self.emit_chunk(chunk, lsn)
+        # Origin and Type messages carry nothing to produce.
+
+    def emit_chunk(self, chunk: Chunk, lsn: int) -> None:
+        """At a chunk's high watermark: its rows no change overtook, as op r, acknowledged, then checkpointed."""
+        cap = self.tables[chunk.table]
+        if cap.stopped is None:
+            now_ms = int(time.time() * 1000)
+            self.txn = self.acks.begin(now_ms)
+            ev = cap.events
+            for values in chunk.rows.values():
+                self.produce(chunk.table, "r", ev.key(values),
+                             ev.envelope("r", None, ev.row(values), lsn=lsn, xid=None, commit_ms=now_ms, snapshot=True))
+                self.stats.loaded += 1
+                self.producer.poll(0)
+            self.acks.commit(self.txn, lsn)
+            self.txn = None
+            self.producer.flush(60)
+            if self.acks.failure is not None or self.acks.confirmable() < lsn:
+                raise CdcDeliveryError(f"Kafka did not acknowledge a snapshot chunk of {chunk.table} "
+                                       f"({self.acks.failure or 'timed out'}); run again: it resumes at its checkpoint")
+        self.resnap.done(chunk)
 
     # -------------------------------------------------------------------------------------------- feedback
 
@@ -243,6 +280,8 @@ class _Stream:
             if message is None:
                 self.producer.poll(0)
                 self.feedback()
+                if self.txn is None:
+                    self.resnap.next_chunk()
                 if time.monotonic() >= next_stats:
                     on_stats()
                     next_stats = time.monotonic() + self.cfg.stats_interval_s
@@ -320,6 +359,9 @@ def run_cdc(
                                 capture_new=cfg.capture_new_tables)  # fmt: skip
         for info in infos:
             tables.add(info)
+        resnap = Resnapshot(slot=cfg.slot, publication=cfg.publication, catalog=lambda: meta["conn"],
+                            events=lambda t: tables[t].events if t in tables and not tables[t].stopped else None,
+                            chunk_size=cfg.snapshot_chunk_size)  # fmt: skip
 
         def measure() -> None:
             state = slot_state(meta["conn"], cfg.slot)
@@ -344,7 +386,7 @@ def run_cdc(
                         meta["conn"].close()
                         meta["conn"] = psycopg.connect(dsn, autocommit=True, options=SESSION_OPTIONS)
                         _prepare_slot(meta["conn"], cfg, database, init=False)  # SlotError stays terminal
-                    session = _Stream(cfg, tables, producer, None, stats)
+                    session = _Stream(cfg, tables, producer, None, stats, resnap)
                     if not _session(session, meta["conn"], dsn, init=init and first, load=load, stop=stop,
                                     measure=measure, on_streaming=on_streaming):  # fmt: skip
                         break
@@ -387,8 +429,10 @@ def _session(stream: _Stream, conn: psycopg.Connection[Any], dsn: str, *, init: 
             log.info("created slot %s at %s", cfg.slot, pg.format_lsn(consistent_lsn))
             if load and not _initial_load(stream, dsn, snapshot, consistent_lsn, stop):
                 return False
-            mark(conn, cfg.publication, f"{COMPLETE} at {pg.format_lsn(consistent_lsn)}"
-                 + ("" if load else " (skipped: --no-load)"))  # fmt: skip
+            write_comment(conn, cfg.publication, f"{COMPLETE} at {pg.format_lsn(consistent_lsn)}"
+                          + ("" if load else " (skipped: --no-load)"), {})  # fmt: skip
+        stream.resnap.load()  # the snapshots still pending (a resumed initial load, signals before a restart)
+        stream.resnap.chunk = None  # a chunk of a lost session starts over
         cursor.start_replication(
             slot_name=cfg.slot, decode=False, status_interval=max(1.0, cfg.feedback_interval_s),  # psycopg2: >= 1
             options={"proto_version": "1", "publication_names": cfg.publication, "messages": "true"},
@@ -417,8 +461,21 @@ def _initial_load(stream: _Stream, dsn: str, snapshot: str, consistent_lsn: int,
         stream.stats.loaded += 1
         stream.producer.poll(0)
 
-    done = read_tables(dsn, SESSION_OPTIONS, snapshot, stream.tables.events(), emit,
-                       consistent_lsn=consistent_lsn, stop=stop)  # fmt: skip
+    pending: dict[str, list[str] | None] = dict.fromkeys(stream.tables.events())
+
+    def progress(table: str, last_key: list[str] | None, finished: bool) -> None:
+        """Checkpoint ``table``'s last key once Kafka acknowledged every row so far (a crash resumes after it)."""
+        stream.producer.flush(60)
+        if stream.acks.failure is not None or stream.producer.flush(0):
+            return  # not acknowledged: the checkpoint stays behind (the error is raised after the load)
+        if finished:
+            pending.pop(table, None)
+        else:
+            pending[table] = last_key
+        write_comment(stream.tables.catalog(), stream.cfg.publication, IN_PROGRESS, pending)
+
+    done = read_tables(dsn, SESSION_OPTIONS, snapshot, stream.tables.events(), emit, consistent_lsn=consistent_lsn,
+                       stop=stop, progress=progress, progress_every=stream.cfg.snapshot_chunk_size)  # fmt: skip
     stream.acks.commit(stream.txn, consistent_lsn)
     stream.txn = None
     stream.producer.flush(60)

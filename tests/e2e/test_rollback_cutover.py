@@ -36,7 +36,7 @@ def _snapshot(dsn: str) -> dict[str, list[str]]:
 
 
 def _json(res: Any) -> dict[str, Any]:
-    assert res.returncode in (0, 1), res.stderr[-3000:]
+    assert res.returncode in (0, 1) and res.stdout.strip(), res.stderr[-3000:]
     return json.loads(res.stdout)  # type: ignore[no-any-return]
 
 

@@ -92,3 +92,30 @@ def test_validate_clean_then_injected(run_factory: Callable[..., Run], small_dat
     assert code == 1
     assert 0 < sampled["confidence"]["sampled"] < clean["entities"]["account"]["compared"] * 2
     assert 0 < sampled["confidence"]["error_rate_upper_bound"] < 1
+
+
+def test_validate_golden_records(run_factory: Callable[..., Run], small_dataset: Dataset, tmp_path: Path) -> None:
+    """Dedupe on: merged sources are checked against their golden record through the xref."""
+    run = run_factory(small_dataset, dedupe=True)
+    res = run.cli("migrate", "-c", str(run.config), "--no-progress")
+    assert res.returncode == 0, res.stderr[-3000:]
+    code, clean = _validate(run, tmp_path / "clean")
+    assert code == 0, (clean["reasons"], clean["discrepancies"][:5])
+    accounts = clean["entities"]["account"]
+    assert accounts["merged"] > 0 and accounts["missing"] == 0 and accounts["compared"] > 0
+
+    dsn = run.target_dsn
+    golden = _first(dsn, "select a.external_id from crm.accounts a join crm.xref x on x.target_id = a.id "
+                         "and x.entity = 'account' group by a.external_id having count(*) > 1 "
+                         "order by a.external_id limit 1")
+    member = _first(dsn, "select x.source_id from crm.xref x join crm.accounts a on a.id = x.target_id "
+                         f"where x.entity = 'account' and a.external_id = '{golden}' order by x.source_id limit 1")
+    with psycopg.connect(dsn) as conn:
+        conn.execute("update crm.accounts set city = 'Nowhere' where external_id = %s", (golden,))
+        conn.execute("update crm.xref set golden_id = 'G-BROKEN' where entity = 'account' and source_id = %s",
+                     (member,))
+    code, bad = _validate(run, tmp_path / "bad")
+    assert code == 1
+    found = {(d["check"], d["entity"], d["id"], d["field"]): d for d in bad["discrepancies"]}
+    assert found[("golden", "account", golden, "city")]["found"] == "Nowhere"
+    assert found[("integrity", "account", member, "xref.golden_id")]["expected"] == "G-BROKEN"

@@ -151,11 +151,12 @@ def streaming(legacy: Legacy, endpoints: Endpoints, registry_client: SchemaRegis
     stop = threading.Event()
     box: dict[str, Any] = {}
     kafka = load_config_kafka(legacy.prefix)
+    load = cfg.pop("load", True)  # run_cdc's, not the config's
 
     def target() -> None:
         try:
             box["stats"] = run_cdc(legacy.cdc(**cfg), kafka, bootstrap_servers=endpoints.bootstrap_servers,
-                                   registry_client=registry_client, init=init, stop_event=stop)  # fmt: skip
+                                   registry_client=registry_client, init=init, load=load, stop_event=stop)  # fmt: skip
         except Exception as exc:  # noqa: BLE001 - re-raised in the test thread
             box["error"] = exc
 
@@ -429,7 +430,7 @@ def test_initial_load_hands_over_to_the_stream_with_no_gap_and_no_double(
     print(f"initial load: {len(loaded)} rows as r, {len(events) - len(loaded)} as c after the consistent point")
 
 
-def test_an_interrupted_initial_load_is_refused_on_restart(
+def test_an_interrupted_initial_load_without_a_checkpoint_is_refused_on_restart(
     legacy: Legacy, endpoints: Endpoints, registry_client: SchemaRegistryClient
 ) -> None:
     legacy.sql("insert into legacy.customers (id) select generate_series(1, 10)")
@@ -439,5 +440,7 @@ def test_an_interrupted_initial_load_is_refused_on_restart(
     stats = run_cdc(legacy.cdc(), kafka, bootstrap_servers=endpoints.bootstrap_servers,
                     registry_client=registry_client, init=True, stop_event=stop)  # fmt: skip
     assert stats.stopped and stats.loaded == 0
-    with pytest.raises(SlotError, match=f"initial load of slot {legacy.slot} was interrupted.*--init"):
+    # an older crmflow's mark: the load's state without the checkpoint (test_cdc_snapshot resumes one that has it)
+    legacy.sql(f"comment on publication {legacy.publication} is 'crmflow cdc: initial load in progress'")
+    with pytest.raises(SlotError, match=f"initial load of slot {legacy.slot} was interrupted and has no checkpoint"):
         run_cdc(legacy.cdc(), kafka, bootstrap_servers=endpoints.bootstrap_servers, registry_client=registry_client)

@@ -161,7 +161,7 @@ def test_default_passes_lean_on_neither_email_nor_phone(account: Any) -> None:
     keys = raw(account(), DedupeConfig(builtin_blocking=False))
     assert keys and not any("example" in k or "+1414" in k for k in keys)
     assert {k.partition("|")[0] for k in keys} == {"ph_names", "ph_last_year", "ph_first_year", "pc_year", "birth",
-                                                   "sn_names"}  # fmt: skip
+                                                   "street_pc", "sn_names"}  # fmt: skip
 
 
 def test_phonetic_keys_survive_spelling_variants(account: Any) -> None:

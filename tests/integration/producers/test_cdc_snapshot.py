@@ -1,0 +1,156 @@
+"""Snapshots while streaming: a table re-snapshotted on a signal and an interrupted initial load resumed, both with
+watermark chunks (DBLog). Checked by the outcome a consumer sees: the last event of every key in the topic is the
+row as it now is in the legacy database (or its deletion), while a writer changed rows during the snapshot."""
+
+from __future__ import annotations
+
+import random
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import psycopg
+import pytest
+from confluent_kafka.schema_registry import SchemaRegistryClient
+
+from crmflow.stack import Endpoints
+from crmflow.topics import cdc_topic
+from producers.cdc.initial import COMPLETE, IN_PROGRESS
+from producers.cdc.pgoutput import parse_lsn
+from producers.cdc.snapshot import read_comment
+from producers.cdc.stream import run_cdc
+from tests.helpers import wait_until
+from tests.integration.producers.test_cdc import (  # noqa: F401
+    Event,
+    Legacy,
+    legacy,
+    load_config_kafka,
+    read_events,
+    streaming,
+)
+
+pytestmark = pytest.mark.integration
+
+ROWS = 4000
+
+
+def comment(db: Legacy) -> tuple[str | None, dict[str, Any] | None]:
+    with psycopg.connect(db.dsn) as conn:
+        return read_comment(conn, db.publication)
+
+
+def last_per_key(events: list[Event]) -> dict[int, str | None]:
+    """key -> the name of its last event's row (None after a delete); tombstones carry nothing new."""
+    out: dict[int, str | None] = {}
+    for e in events:
+        if e.value is not None:
+            out[e.key["id"]] = e.value["after"]["name"] if e.value["after"] else None
+    return out
+
+
+def source_rows(db: Legacy) -> dict[int, str | None]:
+    with psycopg.connect(db.dsn) as conn:
+        return {r[0]: r[1] for r in conn.execute("select id, name from legacy.customers")}
+
+
+class Churn:
+    """Updates and deletes random rows, and inserts new ones, in small transactions until stopped."""
+
+    def __init__(self, db: Legacy) -> None:
+        self.legacy, self.stop, self.n = db, threading.Event(), 0
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        rnd = random.Random(7)
+        with psycopg.connect(self.legacy.dsn, autocommit=True) as conn:
+            while not self.stop.is_set():
+                i = rnd.randrange(1, ROWS)
+                with conn.transaction():
+                    conn.execute("update legacy.customers set name = %s where id = %s", (f"u{self.n}", i))
+                    if self.n % 5 == 0:
+                        conn.execute("delete from legacy.customers where id = %s", (rnd.randrange(1, ROWS),))
+                    conn.execute("insert into legacy.customers (id, name) values (%s, 'new')", (ROWS + 1 + self.n,))
+                self.n += 1
+
+    def __enter__(self) -> Churn:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join(30)
+
+
+def assert_topic_matches_source(db: Legacy, read: Callable[[str], list[Event]]) -> list[Event]:
+    topic = cdc_topic(db.prefix, "legacy.customers")
+    source = source_rows(db)
+    events = read(topic)
+    last = {k: v for k, v in last_per_key(events).items() if v is not None}  # deleted keys end with a delete
+    diff = sorted(k for k in set(source) | set(last) if source.get(k) != last.get(k))
+    ranges: list[list[int]] = []
+    for k in diff:
+        if ranges and ranges[-1][1] == k - 1:
+            ranges[-1][1] = k
+        else:
+            ranges.append([k, k])
+    assert not diff, f"{len(diff)} keys differ (source vs Kafka), ranges {ranges[:10]}"
+    return events
+
+
+def test_a_signal_resnapshots_one_table_while_the_stream_runs(
+    legacy: Legacy, endpoints: Endpoints, registry_client: SchemaRegistryClient,  # noqa: F811
+    read_events: Callable[[str], list[Event]],  # noqa: F811
+) -> None:  # fmt: skip
+    legacy.sql(f"insert into legacy.customers (id, name) select i, 'old' from generate_series(1, {ROWS}) i")
+    with streaming(legacy, endpoints, registry_client, init=True, load=False, snapshot_chunk_size=300,
+                   feedback_interval_s=0.2) as stats, Churn(legacy) as churn:  # fmt: skip
+        wait_until(lambda: churn.n > 20, 30, what="changes before the signal")
+        legacy.sql("select pg_logical_emit_message(true, 'crmflow.cdc.signal', '{\"snapshot\": \"legacy.customers\"}')")
+        wait_until(lambda: comment(legacy)[1] == {"legacy.customers": None} or stats.loaded, 30,
+                   what="the signal taken")  # fmt: skip
+        wait_until(lambda: comment(legacy)[1] == {}, 60, what="the re-snapshot complete")
+        churn.stop.set()
+        churn.thread.join(30)
+        last = legacy.sql("select 1")
+        wait_until(lambda: parse_lsn(legacy.slot_row()[1]) >= parse_lsn(last), 30, what="caught up")  # type: ignore[index]
+    events = assert_topic_matches_source(legacy, read_events)
+    reads = [e for e in events if e.value and e.value["op"] == "r"]
+    assert reads and all(e.value and e.value["source"]["snapshot"] for e in reads)
+    assert ROWS - churn.n * 2 <= len(reads) <= ROWS + churn.n  # rows overtaken by a change were not re-read
+    print(f"re-snapshot: {len(reads)} rows as r while {churn.n} transactions changed the table")
+
+
+def test_an_interrupted_initial_load_resumes_from_its_checkpoint(
+    legacy: Legacy, endpoints: Endpoints, registry_client: SchemaRegistryClient,  # noqa: F811
+    read_events: Callable[[str], list[Event]],  # noqa: F811
+) -> None:  # fmt: skip
+    legacy.sql(f"insert into legacy.customers (id, name) select i, 'old' from generate_series(1, {ROWS}) i")
+    stop = threading.Event()
+    box: dict[str, Any] = {}
+
+    def first_run() -> None:
+        box["stats"] = run_cdc(legacy.cdc(snapshot_chunk_size=100), load_config_kafka(legacy.prefix),
+                               bootstrap_servers=endpoints.bootstrap_servers, registry_client=registry_client,
+                               init=True, stop_event=stop)  # fmt: skip
+
+    thread = threading.Thread(target=first_run)
+    thread.start()
+    wait_until(lambda: (comment(legacy)[1] or {}).get("legacy.customers") is not None, 30, interval_s=0.01,
+               what="a checkpoint in the customers table")  # fmt: skip
+    stop.set()  # as a crash in the middle of the load (what was checkpointed is acknowledged)
+    thread.join(60)
+    state, pending = comment(legacy)
+    assert state == IN_PROGRESS and pending is not None and pending["legacy.customers"] is not None
+    done_key = int(pending["legacy.customers"][0])
+    assert box["stats"].stopped and done_key < ROWS, "the load was not interrupted"
+
+    with streaming(legacy, endpoints, registry_client, init=False, snapshot_chunk_size=300,
+                   feedback_interval_s=0.2), Churn(legacy) as churn:  # fmt: skip
+        wait_until(lambda: comment(legacy)[1] == {}, 60, what="the load finished from its checkpoint")
+        churn.stop.set()
+        churn.thread.join(30)
+        wait_until(lambda: last_per_key(read_events(cdc_topic(legacy.prefix, "legacy.customers")))
+                   .keys() >= source_rows(legacy).keys(), 30, what="every row in Kafka")  # fmt: skip
+    assert_topic_matches_source(legacy, read_events)
+    assert (comment(legacy)[0] or "").startswith(COMPLETE)
+    print(f"initial load interrupted after key {done_key} of {ROWS}; finished while {churn.n} transactions ran")
