@@ -81,8 +81,8 @@ class ValidationConfig(FrozenModel):
                                 "records found in the target (landed, merged, or dead-lettered)")
     accepted_dlq_rules: tuple[str, ...] = Field(default=(), description="dead-letter rules whose open letters do "
                                                 "not block the cutover (e.g. orphan)")
-    max_lag: int = Field(default=0, ge=0, description="records the pipeline's consumer groups (or the CDC "
-                         "producer) may lag behind for a GO")
+    max_lag: int = Field(default=0, ge=0, description="records the pipeline's consumer groups (processor, sink) "
+                         "may lag behind for a GO")
     max_cdc_lag_bytes: int = Field(default=16 * 1024 * 1024, ge=0, description="WAL bytes the CDC slot may lag "
                                    "behind the legacy database's current position for a GO")
     drift_sample: int = Field(default=200, ge=1, description="records cutover status re-validates afresh")

@@ -130,6 +130,10 @@ ENTITIES: Mapping[str, type[TargetEntity]] = MappingProxyType(
     {"account": Account, "contact": Contact, "sale": Sale, "case": Case}
 )
 METADATA_FIELDS: frozenset[str] = frozenset(TargetEntity.model_fields)
+#: Fields of a change (change data capture) in every target Avro schema, set by the processor after mapping,
+#: not by the mapping: the source LSN, whether it is a delete, the fields a change left unchanged. Of these
+#: the target stores ``source_lsn`` only (its tables' ``source_lsn`` column, migration 0008).
+CHANGE_FIELDS: tuple[str, ...] = ("source_lsn", "deleted", "unchanged_fields")
 
 
 def entity_model(name: str) -> type[TargetEntity]:

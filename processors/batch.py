@@ -50,7 +50,8 @@ def map_batch(
             out.rejected.append(Rejected(index, None, "process", "unknown_source", None,
                                          f"no entity mapping for source {source!r}", position, rec.get("run_id")))
             continue
-        meta = {"run_id": rec.get("run_id"), "source": source, "source_position": position}
+        meta = {"run_id": rec.get("run_id"), "source": source, "source_position": position,
+                "unchanged": rec.get("_unchanged")}
         try:
             mapped = mappers[entity](rec["fields"], meta)
         except RecordRejected as rej:

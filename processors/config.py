@@ -24,7 +24,7 @@ from processors.dedupe.config import DedupeConfig
 from processors.transforms.base import ReferenceData
 from processors.transforms.spec import EntityMapping
 
-__all__ = ["DedupeSettings", "ProcessorConfig", "ReferenceConfig", "SourceRef"]
+__all__ = ["CdcRef", "DedupeSettings", "ProcessorConfig", "ReferenceConfig", "SourceRef"]
 
 
 class ReferenceConfig(FrozenModel):
@@ -75,10 +75,27 @@ class DedupeSettings(DedupeConfig):
 
 
 class SourceRef(Protocol):
-    """What the processor reads of a source: the entity it feeds."""
+    """What the processor reads of a source: the entity it feeds; a table source's table and key column
+    (its changes are read when the ``cdc`` section captures the table)."""
 
     @property
     def entity(self) -> EntityName: ...
+
+    @property
+    def kind(self) -> str: ...
+
+    @property
+    def table(self) -> str | None: ...
+
+    @property
+    def key(self) -> str: ...
+
+
+class CdcRef(Protocol):
+    """What the processor reads of the ``cdc`` section: the captured tables (``schema.table``)."""
+
+    @property
+    def tables(self) -> tuple[str, ...]: ...
 
 
 class ProcessorConfig(Protocol):
@@ -105,6 +122,9 @@ class ProcessorConfig(Protocol):
 
     @property
     def dedupe(self) -> DedupeSettings | None: ...
+
+    @property
+    def cdc(self) -> CdcRef | None: ...
 
     @property
     def dedupe_enabled(self) -> bool: ...

@@ -156,6 +156,10 @@ class Mapper:
             )
             for f in self._fields
         )
+        # What each field reads (raw columns in lower case, other targets): which targets an unchanged
+        # TOASTed column leaves unchanged (:meth:`unchanged_targets`).
+        self._reads = tuple((f.target, frozenset(f.lower_sources), f.refs) for f in self._fields)
+        self._required = required
         self._template: dict[str, Any] = dict.fromkeys(business_fields(entity))
         self._validate = entity_model(entity).__pydantic_validator__.validate_python
         log.debug("mapper compiled: %d fields", len(self._plan), extra={"stage": STAGE, "entity": entity})
@@ -173,18 +177,39 @@ class Mapper:
         """Mapped target fields, in the order they are computed."""
         return tuple(f.target for f in self._fields)
 
+    def unchanged_targets(self, columns: Iterable[str]) -> frozenset[str]:
+        """The target fields computed from any of the raw ``columns`` (a change left them unchanged), directly
+        or through another field a transform reads."""
+        lower = {c.lower() for c in columns}
+        out: set[str] = set()
+        if not lower:
+            return frozenset()
+        for target, sources, refs in self._reads:  # in computing order: a field's refs come first
+            if sources & lower or refs & out:
+                out.add(target)
+        return frozenset(out)
+
     def map(self, raw: Mapping[str, str | None], meta: Mapping[str, Any]) -> dict[str, Any]:
         """The validated target record (a plain dict for Avro), or raise :class:`RecordRejected`.
 
         ``raw`` is keyed by the source's field names; a name missing from ``raw`` is also tried in lower
         case (database columns). ``meta``: run_id, source, source_position; optional mapped_at (default
-        now, UTC), golden_id, quality_flags.
+        now, UTC), golden_id, quality_flags, and ``unchanged``: raw columns a change left unchanged (an
+        unchanged TOASTed value): the fields they feed are not computed, and the record lists them in
+        ``unchanged_fields`` so the sink keeps their stored values (a required one rejects the record,
+        rule ``unchanged_required``).
         """
         out = self._template.copy()
         flags: list[str] = list(meta.get("quality_flags") or ())
         ctx = TransformContext(raw, out, self.reference)
         get = raw.get
+        skipped = self.unchanged_targets(meta.get("unchanged") or ())
+        for required in sorted(skipped & self._required):
+            raise self._reject("unchanged_required", required, "required field fed by an unchanged TOASTed "
+                               "column: give the table REPLICA IDENTITY FULL", meta)
         for target, source, lower, many, chain, missing, default, missing_flag, invalid_rejects in self._plan:
+            if skipped and target in skipped:
+                continue
             value: Any = None
             if source is not None:
                 value = get(source, _ABSENT)
@@ -229,6 +254,8 @@ class Mapper:
             loc = first["loc"]
             field = str(loc[0]) if loc else None
             raise self._reject("schema", field, f"{first['type']}: {first['msg']}", meta) from None
+        if skipped:
+            record = {**record, "unchanged_fields": sorted(skipped)}
         return record
 
     __call__ = map

@@ -18,6 +18,8 @@ from crmflow.runtime import RuntimeOptions, TransactionalRuntime
 from crmflow.runtime.stage import Decoder, Encoder
 from crmflow.serialization import AvroCodec, AvroDecoder, load_schema, topic_subject
 from crmflow.stack import Endpoints
+from crmflow.topics import cdc_topic
+from processors.cdc import CdcSource
 from processors.config import ProcessorConfig
 from processors.mapping import build_mappers
 from processors.masking import Masker
@@ -43,6 +45,22 @@ def default_instance() -> str:
     return socket.gethostname()
 
 
+def cdc_sources(cfg: ProcessorConfig) -> dict[str, CdcSource]:
+    """Change topic → table source, for every table source whose table the ``cdc`` section captures (a
+    table without a schema is in ``public``)."""
+    if cfg.cdc is None:
+        return {}
+    captured = set(cfg.cdc.tables)
+    out: dict[str, CdcSource] = {}
+    for name, src in cfg.sources.items():
+        if src.kind != "table" or not src.table:
+            continue
+        table = src.table if "." in src.table else f"public.{src.table}"
+        if table in captured:
+            out[cdc_topic(cfg.kafka.topic_prefix, table)] = CdcSource(name, src.entity, src.key)
+    return out
+
+
 def build_stage(cfg: ProcessorConfig, registry: SchemaRegistryClient) -> ProcessStage:
     """The processor's stage for ``cfg``: decoders of the raw (and dedupe) topics, encoders of its outputs."""
     k = cfg.kafka
@@ -50,6 +68,9 @@ def build_stage(cfg: ProcessorConfig, registry: SchemaRegistryClient) -> Process
     raw = {k.raw_topic(name): src.entity for name, src in cfg.sources.items()}
     legacy = AvroDecoder(registry, load_schema("legacy/legacy_record"))
     decoders: dict[str, Decoder] = dict.fromkeys(raw, legacy)
+    cdc = cdc_sources(cfg)
+    envelope = AvroDecoder(registry)  # change envelopes in their writer's shape (one schema per table version)
+    decoders.update(dict.fromkeys(cdc, envelope))
     mapped = {entity: k.mapped_topic(entity) for entity in mappers}
     encoders: dict[str, Encoder] = {
         topic: AvroCodec(registry, topic_subject(topic), load_schema(f"target/{entity}"))
@@ -66,7 +87,7 @@ def build_stage(cfg: ProcessorConfig, registry: SchemaRegistryClient) -> Process
     stage = ProcessStage(
         raw_topics=raw, mappers=mappers, masker=Masker.from_config(cfg), mapped_topics=mapped, decoders=decoders,
         encoders=encoders, dedupe=cfg.dedupe.matcher() if dedupe_topic and cfg.dedupe else None,
-        dedupe_topic=dedupe_topic, changelog=changelog_topic(cfg),
+        dedupe_topic=dedupe_topic, changelog=changelog_topic(cfg), cdc_topics=cdc, run_id=f"{cfg.run.name}-cdc",
     )
     return stage.with_sources({name: src.entity for name, src in cfg.sources.items()}).with_partitions(k.partitions)
 

@@ -12,6 +12,10 @@ what comes out.
   partition (the records' features and the golden values, in the order that keeps any prefix a valid
   state); the engine persists them with the outputs and offsets of the same batch.
 
+- Change events of captured tables (``<prefix>.cdc.<schema>.<table>``, :mod:`processors.cdc`) become the
+  LegacyRecords of their table source and are mapped the same way; the mapped record carries the change's
+  ``source_lsn`` and ``unchanged_fields``, and a DELETE becomes a record with ``deleted`` set (its id only).
+
 A record that cannot be mapped or resolved becomes a :class:`~crmflow.runtime.Rejection` naming the stage,
 rule and field: it never fails its batch.
 """
@@ -26,6 +30,7 @@ import orjson
 from crmflow.runtime import BatchStage, InRecord, OutRecord, Rejection, StageOutput, StateWrite
 from crmflow.runtime.stage import Decoder, Encoder
 from processors.batch import MapFn, map_batch
+from processors.cdc import CdcSource, ChangeFormatError, delete_record, envelope_to_legacy
 from processors.dedupe import DedupeConfig, DedupeError, Deduper, DedupeResult, shard_key
 from processors.dedupe.state import WriteBehind
 from processors.dedupe.stream import golden_account
@@ -39,6 +44,7 @@ class ProcessStage(BatchStage):
     """Cleanse and map raw records and, with a matcher, resolve clean accounts into golden records."""
 
     name = STAGE
+    skip_tombstones = True  # the tombstone after a CDC delete (raw and dedupe topics have none)
 
     def __init__(
         self,
@@ -52,10 +58,15 @@ class ProcessStage(BatchStage):
         dedupe: DedupeConfig | None = None,
         dedupe_topic: str | None = None,
         changelog: str | None = None,
+        cdc_topics: Mapping[str, CdcSource] | None = None,
+        run_id: str = "cdc",
     ) -> None:
         """``raw_topics``: topic → source name's entity; ``mapped_topics``: entity → topic; ``decoders`` per
         input topic, ``encoders`` per output topic. ``dedupe`` with ``dedupe_topic`` and ``changelog`` turns on
-        the resolution of accounts."""
+        the resolution of accounts. ``cdc_topics``: change topic → the table source it feeds; ``run_id`` is
+        the run id of the changes' records."""
+        self._cdc = dict(cdc_topics or {})
+        self._cdc_run = run_id
         self._raw_entities = dict(raw_topics)
         self._mappers = mappers
         self._masker = masker
@@ -88,7 +99,7 @@ class ProcessStage(BatchStage):
 
     @property
     def topics(self) -> Sequence[str]:
-        return [*self._raw_entities, *([self._dedupe_topic] if self._dedupe_topic else [])]
+        return [*self._raw_entities, *self._cdc, *([self._dedupe_topic] if self._dedupe_topic else [])]
 
     def decoder(self, topic: str) -> Decoder:
         return self._decoders[topic]
@@ -97,7 +108,10 @@ class ProcessStage(BatchStage):
         return self._encoders[topic]
 
     def entity_of(self, record: InRecord) -> str:
-        return "account" if record.topic == self._dedupe_topic else self._raw_entities.get(record.topic, "unknown")
+        if record.topic == self._dedupe_topic:
+            return "account"
+        cdc = self._cdc.get(record.topic)
+        return cdc.entity if cdc is not None else self._raw_entities.get(record.topic, "unknown")
 
     def process(self, batch: Sequence[InRecord]) -> StageOutput:
         out = StageOutput()
@@ -135,24 +149,69 @@ class ProcessStage(BatchStage):
 
     # -------------------------------------------------------------------------------------- mapping
 
+    def _changes(
+        self, raw: list[tuple[int, InRecord]], out: StageOutput
+    ) -> tuple[list[tuple[int, dict[str, Any]]], dict[int, int], dict[str, list[tuple[int, bytes, dict[str, Any]]]]]:
+        """The LegacyRecords of ``raw`` (change events converted), the LSN of each change by batch index, and
+        per entity the deletes' records (not mapped: they carry the id only); unreadable changes are rejected."""
+        legacy: list[tuple[int, dict[str, Any]]] = []
+        lsns: dict[int, int] = {}
+        deletes: dict[str, list[tuple[int, bytes, dict[str, Any]]]] = {}
+        for index, rec in raw:
+            cdc = self._cdc.get(rec.topic)
+            if cdc is None:
+                legacy.append((index, rec.value))
+                continue
+            try:
+                change = envelope_to_legacy(rec.value, source=cdc.source, entity=cdc.entity, key=cdc.key,
+                                            run_id=self._cdc_run, origin=rec.origin)
+            except ChangeFormatError as exc:
+                out.rejections.append(Rejection(index, STAGE, "cdc_format", str(exc), None, cdc.entity,
+                                                self._cdc_run, rec.origin))
+                out.count(STAGE, cdc.entity, "rejected")
+                continue
+            if change.deleted:
+                out.count(STAGE, cdc.entity, "in")
+                if cdc.entity in self._mapped:
+                    deletes.setdefault(cdc.entity, []).append(
+                        (index, change.record["source_key"].encode(), delete_record(cdc.entity, change)))
+                continue
+            lsns[index] = change.lsn
+            legacy.append((index, {**change.record, "_unchanged": change.unchanged}))
+        return legacy, lsns, deletes
+
     def _map(self, batch: Sequence[InRecord], raw: list[tuple[int, InRecord]], out: StageOutput) -> None:
-        outcome = map_batch([(i, r.value) for i, r in raw], self._mappers, self._source_entities)
+        if self._cdc:
+            legacy, lsns, deletes = self._changes(raw, out)
+        else:
+            legacy, lsns, deletes = [(i, r.value) for i, r in raw], {}, {}
+        outcome = map_batch(legacy, self._mappers, self._source_entities)
+        for entity, gone in deletes.items():  # in batch order with the entity's other changes: order per key
+            outcome.mapped[entity] = sorted([*outcome.mapped.get(entity, []), *gone], key=lambda row: row[0])
         counts: dict[str, int] = {}
-        for _, rec in raw:
-            entity = self._source_entities.get(rec.value.get("source", ""), "unknown")
+        for _, value in legacy:
+            entity = self._source_entities.get(value.get("source", ""), "unknown")
             counts[entity] = counts.get(entity, 0) + 1
         for entity, n in counts.items():
             out.count(STAGE, entity, "in", n)
         for entity, rows in outcome.mapped.items():
+            if lsns:
+                rows = [(i, key, {**record, "source_lsn": lsns[i]} if i in lsns else record)
+                        for i, key, record in rows]
             if entity == "account" and self._dedupe_topic is not None:
-                # Unmasked: the matcher needs the real values; the resolution masks its output.
-                for _, _, record in rows:
-                    out.records.append(OutRecord(self._dedupe_topic, shard_key(record).encode(), record))
+                # Unmasked: the matcher needs the real values; the resolution masks its output. A delete goes
+                # to the mapped topic (deduplication of changes is not built yet).
+                for _, key, record in rows:
+                    if record.get("deleted"):
+                        out.records.append(OutRecord(self._mapped[entity], key, record))
+                    else:
+                        out.records.append(OutRecord(self._dedupe_topic, shard_key(record).encode(), record))
             else:
                 topic = self._mapped[entity]
                 mask = self._masker.active
                 for _, key, record in rows:
-                    out.records.append(OutRecord(topic, key, self._masker.mask(entity, record) if mask else record))
+                    masked = mask and not record.get("deleted")  # a delete holds no personal data
+                    out.records.append(OutRecord(topic, key, self._masker.mask(entity, record) if masked else record))
             out.count(STAGE, entity, "out", len(rows))
         for rej in outcome.rejected:
             out.rejections.append(Rejection(rej.index, rej.stage, rej.rule, rej.error, rej.field, rej.entity,

@@ -3,7 +3,10 @@
 The first start needs ``--init``: it creates the publication and the replication slot, and loads the tables
 from the slot's exported snapshot (op ``r``; ``--no-load`` skips it) before streaming on from there. Every later
 start resumes from the slot's confirmed position (everything before it is in Kafka); a missing or invalidated
-slot is an error, never a silent new start. SIGTERM or Ctrl-C: flush Kafka, confirm the acknowledged LSN, exit 130.
+slot is an error, never a silent new start. A restart of PostgreSQL or a dropped connection is waited out (reconnect
+with backoff, resume from the slot). To re-snapshot one table while it runs, emit the signal
+``select pg_logical_emit_message(true, 'crmflow.cdc.signal', '{"snapshot": "schema.table"}')``.
+SIGTERM or Ctrl-C: flush Kafka, confirm the acknowledged LSN, exit 130.
 
 Exit codes: 2 config (or slot) must be fixed, 3 Kafka, the registry or PostgreSQL unreachable (run again),
 130 stopped by a signal.

@@ -177,11 +177,11 @@ def run_changes(
 ) -> ChangeStats:
     """Change ``rate`` rows/s of the legacy tables for ``seconds`` (or until ``stop``); see the module doc.
 
-    ``workers`` connections share the rate (0: one per 250 changes/s, at most 8): one connection waits for each
+    ``workers`` connections share the rate (0: one per 100 changes/s, at most 8): one connection waits for each
     statement's round trip, so a single one tops out at a few hundred changes/s.
     """
     stop = stop or threading.Event()
-    workers = workers or max(1, min(8, math.ceil(rate / 250)))
+    workers = workers or max(1, min(8, math.ceil(rate / 100)))
     stats = ChangeStats()
     lock = threading.Lock()
     options = "-c synchronous_commit=off"

@@ -343,7 +343,10 @@ def iter_text(report: Mapping[str, Any]) -> Iterator[str]:
             yield f"{title}:"
         for e in r[key]:
             veto = f", veto {e['veto']}" if e["veto"] else ""
-            where = "" if key == "false_merges" else (" (compared)" if e["compared"] else " (never compared)")
+            if key == "false_merges":
+                where = "" if e["matched"] else " (linked through other records)"
+            else:
+                where = " (compared)" if e["compared"] else " (never compared)"
             yield (f"  {e['a']} ~ {e['b']}{where}: {e['rule']} score {e['score']} / threshold {e['threshold']}{veto}; "
                    f"blocks {','.join(e['shared_blocks']) or '-'}")  # fmt: skip
             parts = []

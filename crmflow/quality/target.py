@@ -25,6 +25,8 @@ _CDC_COLUMN = "source_lsn"
 def normalise(value: Any) -> Any:
     """One comparable form for a mapped value and a column value: dates as ISO text, amounts with two
     decimals, lists sorted, everything else as it is."""
+    if value is None or type(value) is str:
+        return value
     if isinstance(value, datetime):
         return value.isoformat()
     if isinstance(value, date):
@@ -66,6 +68,7 @@ class TargetReader:
         self.schema = check_schema(schema)
         self.system = system
         self._has_cdc_column: bool | None = None
+        self._seen_table = False
 
     def sql(self, text: str) -> bytes:
         return in_schema(text, self.schema).encode()
@@ -131,20 +134,37 @@ class TargetReader:
         row = self.fetch(f"select count(*) as n from crm.{TABLES[entity].table}")
         return int(row[0]["n"])
 
-    def extra_ids(self, entity: str, seen: set[str], *, run_id: str | None) -> Iterator[str]:
-        """External ids of ``entity`` rows (this system's, or only ``run_id``'s when given) not in ``seen``."""
+    def add_seen(self, entity: str, ids: Sequence[str]) -> None:
+        """Remember target ids the sources reached, in a temporary table of this session (not in memory:
+        millions of ids), for :meth:`extra_ids`."""
+        if not self._seen_table:
+            self.conn.execute("create temp table if not exists _validate_seen (entity text, external_id text)")
+            self.conn.execute("truncate _validate_seen")
+            self._seen_table = True
+        if ids:
+            with self.conn.cursor() as cur, cur.copy("copy _validate_seen (entity, external_id) from stdin") as copy:
+                for ident in ids:
+                    copy.write_row((entity, ident))
+
+    def extra_ids(self, entity: str, *, run_id: str | None) -> Iterator[str]:
+        """External ids of ``entity`` rows (this system's, or only ``run_id``'s when given) that no source
+        record reached (:meth:`add_seen`)."""
         table = TABLES[entity].table
         where = "(t.system is null or t.system = %s)"
         params: list[Any] = [self.system]
         if run_id is not None:
             where += " and t.run_id = %s"
             params.append(run_id)
+        if self._seen_table:
+            self.conn.execute("analyze _validate_seen")
+            where += (" and not exists (select 1 from _validate_seen s where s.entity = %s "
+                      "and s.external_id = t.external_id)")  # fmt: skip
+            params.append(entity)
         with self.conn.cursor(name=f"extra_{entity}") as cur:
             cur.itersize = 10000
             cur.execute(self.sql(f"select t.external_id from crm.{table} t where {where}"), params)
             for (ext,) in cur:
-                if str(ext) not in seen:
-                    yield str(ext)
+                yield str(ext)
 
     def dead_letter_rules(self, positions: Sequence[str], entity: str) -> dict[str, str]:
         """Source position → rule of an open or resolved-as-rejected dead letter of ``entity`` (the sink's

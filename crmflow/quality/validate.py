@@ -20,6 +20,7 @@ values of multi-member golden clusters.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import random
@@ -218,6 +219,7 @@ def _rule_names(cfg: Any) -> dict[tuple[str, str], str]:
     return out
 
 
+@functools.cache
 def _compared_fields(entity: str) -> tuple[str, ...]:
     own = id_field(entity)
     return (*[f for f in business_fields(entity) if f != own], "quality_flags", "source")
@@ -250,9 +252,10 @@ class Validator:
                                        run_summary=dict(run_summary) if run_summary else None)
         self._rule_names = _rule_names(cfg)
         self._pii = {e: pii_fields(cfg, e) for e in cfg.entities}
-        self._seen: dict[str, set[str]] = defaultdict(set)  # target external ids reached, per entity
+        self._golden_seen: set[str] = set()  # golden ids reached (the first member lands, the others merged)
         self._clusters: dict[str, dict[str, set[Any]]] = {}  # golden id -> field -> member values
         self._cluster_size: dict[str, int] = {}
+        self._plans: dict[str, list[tuple[str, RuleCheck, bool]]] = {}
 
     def run(self, progress: Callable[[int], None] | None = None) -> ValidationReport:
         started = time.monotonic()
@@ -270,7 +273,7 @@ class Validator:
         for entity in self.cfg.entities:
             check = self.report.entities.setdefault(entity, EntityCheck())
             check.target_rows = self.reader.count(entity)
-            for extra in self.reader.extra_ids(entity, self._seen[entity], run_id=self.run_id if partial else None):
+            for extra in self.reader.extra_ids(entity, run_id=self.run_id if partial else None):
                 check.extra_count += 1
                 if len(check.extra) < MAX_LISTED:
                     check.extra.append(extra)
@@ -332,13 +335,13 @@ class Validator:
         check = self.report.entities[entity]
         ids = [_ident(entity, e) for e in records]
         rows = self.reader.rows(entity, ids)
+        self.reader.add_seen(entity, list(rows))
         misses: list[Expected] = []
         for e, ident in zip(records, ids, strict=True):
             row = rows.get(ident)
             if row is None:
                 misses.append(e)
                 continue
-            self._seen[entity].add(ident)
             check.landed += 1
             assert e.record is not None
             if row.get("source_position") != e.position:
@@ -354,20 +357,29 @@ class Validator:
         check = self.report.entities[entity]
         check.compared += 1
         wrong = False
-        for f in _compared_fields(entity):
+        for f, stat, pii in self._plan(entity):
             want, got = normalise(expected.get(f)), normalise(row.get(f))
-            rule = self._rule_names.get((entity, f), f"{entity}.{f} <- pipeline")
-            stat = self.report.rules.setdefault((entity, f), RuleCheck(entity, f, rule))
             if want is not None or got is not None:
                 stat.touched += 1
             if want != got:
                 wrong = True
                 stat.wrong += 1
-                pii = f in self._pii[entity]
                 self.report.add(Discrepancy("accuracy", entity, ident, f, display(want, f, pii),
-                                            display(got, f, pii), rule))
+                                            display(got, f, pii), stat.rule))
         if not wrong:
             check.accurate += 1
+
+    def _plan(self, entity: str) -> list[tuple[str, RuleCheck, bool]]:
+        """Per compared field of ``entity``: its name, its rule's counters, whether it holds PII."""
+        plan = self._plans.get(entity)
+        if plan is None:
+            plan = self._plans[entity] = [
+                (f, self.report.rules.setdefault(
+                    (entity, f), RuleCheck(entity, f, self._rule_names.get((entity, f), f"{entity}.{f} <- pipeline"))),
+                 f in self._pii[entity])
+                for f in _compared_fields(entity)
+            ]  # fmt: skip
+        return plan
 
     # ----------------------------------------------------------------------------------- golden records
 
@@ -375,6 +387,7 @@ class Validator:
         check = self.report.entities["account"]
         links = self.reader.account_links([(e.source, _ident("account", e)) for e in records])
         misses: list[Expected] = []
+        reached: list[str] = []
         for e in records:
             ident = _ident("account", e)
             link = links.get((e.source, ident))
@@ -382,8 +395,10 @@ class Validator:
                 misses.append(e)
                 continue
             gid = str(link["external_id"])
-            first = gid not in self._seen["account"]
-            self._seen["account"].add(gid)
+            first = gid not in self._golden_seen
+            if first:
+                self._golden_seen.add(gid)
+                reached.append(gid)
             size = int(link["members"])
             if first:
                 check.landed += 1
@@ -398,6 +413,7 @@ class Validator:
             values = self._clusters.setdefault(gid, {})
             for f in _compared_fields("account"):
                 values.setdefault(f, set()).add(normalise(e.record.get(f)))
+        self.reader.add_seen("account", reached)
         if misses:
             self._missing_or_rejected("account", misses)
 

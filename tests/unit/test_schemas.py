@@ -74,6 +74,7 @@ TARGET: dict[str, dict[str, tuple[str, bool]]] = {
 METADATA = ["run_id", "source", "source_position", "quality_flags", "mapped_at", "golden_id"]
 #: Fields the deduplication stage fills, after the metadata (added later, with defaults: BACKWARD-compatible).
 DEDUPE = {"account": ["merged_golden_ids", "match_evidence"]}
+CHANGE = ["source_lsn", "deleted", "unchanged_fields"]  # crmflow.entities.CHANGE_FIELDS
 
 EXPECTED_FILES = {
     "legacy/legacy_record.avsc": "io.crmflow.legacy.LegacyRecord",
@@ -164,7 +165,7 @@ def test_namespace_matches_its_folder_and_subject_is_the_full_name(path: Path) -
 @pytest.mark.parametrize("entity", sorted(TARGET))
 def test_target_fields_follow_the_contract(entity: str) -> None:
     fields = fields_of(f"target/{entity}")
-    assert list(fields) == [*TARGET[entity], *METADATA, *DEDUPE.get(entity, [])]
+    assert list(fields) == [*TARGET[entity], *METADATA, *DEDUPE.get(entity, []), *CHANGE]
     for name, (expected_kind, required) in TARGET[entity].items():
         avro_type = fields[name]["type"]
         if required:
@@ -187,6 +188,10 @@ def test_target_metadata_fields(entity: str) -> None:
     assert fields["golden_id"]["type"] == ["null", "string"]
     assert fields["golden_id"]["default"] is None
     assert "deduplication" in fields["golden_id"]["doc"]
+    assert fields["source_lsn"]["type"] == ["null", "long"] and fields["source_lsn"]["default"] is None
+    assert fields["deleted"]["type"] == "boolean" and fields["deleted"]["default"] is False
+    assert fields["unchanged_fields"]["type"] == {"type": "array", "items": "string"}
+    assert fields["unchanged_fields"]["default"] == []
     if entity in DEDUPE:
         assert fields["merged_golden_ids"]["type"] == {"type": "array", "items": "string"}
         assert fields["merged_golden_ids"]["default"] == []
@@ -327,6 +332,13 @@ SAMPLES: dict[str, dict[str, Any]] = {
         "key_id": "k1",
     },
 }
+
+
+# The change fields (crmflow.entities.CHANGE_FIELDS): a change with its LSN on accounts, the defaults elsewhere.
+for _name, _sample in SAMPLES.items():
+    if _name.startswith("target/"):
+        _sample.update(source_lsn=None, deleted=False, unchanged_fields=[])
+SAMPLES["target/account"].update(source_lsn=0x16B3748, unchanged_fields=["street"])
 
 
 @pytest.mark.parametrize("name", sorted(SAMPLES))

@@ -19,8 +19,16 @@ from prometheus_client import REGISTRY
 
 from crmflow.stack import Endpoints, get_stack
 from crmflow.topics import cdc_topic
+from producers.cdc.stream import run_cdc
 from tests.helpers import wait_until
-from tests.integration.producers.test_cdc import Event, Legacy, legacy, read_events, streaming  # noqa: F401
+from tests.integration.producers.test_cdc import (  # noqa: F401
+    Event,
+    Legacy,
+    legacy,
+    load_config_kafka,
+    read_events,
+    streaming,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -139,13 +147,41 @@ def test_a_slot_dropped_during_an_outage_stops_with_an_error_naming_it(
 ) -> None:  # fmt: skip
     from producers.cdc.exceptions import SlotError
 
-    with pytest.raises(SlotError, match=f"slot {legacy.slot} does not exist.*--init"):  # noqa: SIM117
-        with streaming(legacy, endpoints, registry_client, init=True, reconnect_initial_s=3, reconnect_max_s=3):
-            with psycopg.connect(legacy.dsn, autocommit=True) as conn:
-                pid = legacy.slot_row()[0]  # type: ignore[index]
-                conn.execute("select pg_terminate_backend(%s)", (pid,))
-                wait_until(lambda: legacy.slot_row()[0] is None, 10, what="the walsender gone")  # type: ignore[index]
-                conn.execute("select pg_drop_replication_slot(%s)", (legacy.slot,))
-            # the producer's reconnect finds no slot: a terminal error, and no new slot created silently
-            threading.Event().wait(4)  # the reconnect (after its 3 s backoff) happens inside the block
-    assert legacy.slot_row() is None
+    stop, box = threading.Event(), {}
+
+    def run() -> None:
+        try:
+            run_cdc(legacy.cdc(reconnect_initial_s=3, reconnect_max_s=3), load_config_kafka(legacy.prefix),
+                    bootstrap_servers=endpoints.bootstrap_servers, registry_client=registry_client, init=True,
+                    stop_event=stop)  # fmt: skip
+        except Exception as exc:  # noqa: BLE001 - checked below
+            box["error"] = exc
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    try:
+        wait_until(lambda: (row := legacy.slot_row()) is not None and row[0] is not None, 30, what="streaming")
+        with psycopg.connect(legacy.dsn, autocommit=True) as conn:
+
+            def terminate_then_drop() -> bool:
+                """Terminate the walsender; drop the slot in the backoff window before the reconnect."""
+                row = legacy.slot_row()
+                if row is None:
+                    return True
+                if row[0] is not None:
+                    conn.execute("select pg_terminate_backend(%s)", (row[0],))
+                    return False
+                try:
+                    conn.execute("select pg_drop_replication_slot(%s)", (legacy.slot,))
+                except psycopg.errors.ObjectInUse:  # the producer took it back first: again
+                    return False
+                return True
+
+            wait_until(terminate_then_drop, 30, interval_s=0.1, what="the slot dropped while the producer waits")
+        wait_until(lambda: "error" in box, 30, what="the producer stopping on the missing slot")
+    finally:
+        stop.set()
+        thread.join(30)
+    assert isinstance(box["error"], SlotError)
+    assert f"slot {legacy.slot} does not exist" in str(box["error"]) and "--init" in str(box["error"])
+    assert legacy.slot_row() is None  # no new slot created silently

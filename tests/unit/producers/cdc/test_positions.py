@@ -80,3 +80,14 @@ def test_lag_is_the_commit_time_of_the_oldest_transaction_not_yet_confirmable() 
     assert acks.oldest_pending_ms() == 1_000  # t2 is acknowledged but waits behind t1
     cb1(None, None)
     assert acks.oldest_pending_ms() is None and acks.confirmable() == 20
+
+
+def test_reconnect_backoff_doubles_to_its_cap_with_jitter_and_resets() -> None:
+    from producers.cdc.stream import Backoff
+
+    backoff = Backoff(0.5, 4.0)
+    waits = [backoff.next() for _ in range(6)]
+    for wait, base in zip(waits, [0.5, 1, 2, 4, 4, 4], strict=True):
+        assert 0.8 * base <= wait <= 1.2 * base
+    backoff.reset()
+    assert backoff.next() <= 0.6
