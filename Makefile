@@ -57,7 +57,7 @@ demo: stack
 	CRMFLOW_DEMO_DATA=$(DEMO_DIR) $(BIN)/crmflow migrate -c deploy/demo/crmflow.yaml --workers 2
 
 test: setup
-	$(BIN)/pytest $(PYTEST_ARGS)
+	$(BIN)/python tests/run_suite.py $(PYTEST_ARGS)
 
 test-unit: setup
 	$(BIN)/pytest -m unit $(PYTEST_ARGS)

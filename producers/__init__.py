@@ -6,18 +6,20 @@
 
 from __future__ import annotations
 
-from producers.report import SnapshotStats, SourceStats
-from producers.runs import new_run_id
-from producers.snapshot import SnapshotProducer, run_snapshot
-from producers.sources import SegmentFilter, SourceSpec, source_specs
+import importlib
+from typing import Any
 
-__all__ = [
-    "SegmentFilter",
-    "SnapshotProducer",
-    "SnapshotStats",
-    "SourceSpec",
-    "SourceStats",
-    "new_run_id",
-    "run_snapshot",
-    "source_specs",
-]
+# Imported on first use (PEP 562): importing a light module of the package (its config) must not pull in
+# the snapshot producer and the registry client, which every `crmflow` command would then pay for.
+_EXPORTS = {
+    "SnapshotStats": "producers.report", "SourceStats": "producers.report", "new_run_id": "producers.runs",
+    "SnapshotProducer": "producers.snapshot", "run_snapshot": "producers.snapshot",
+    "SegmentFilter": "producers.sources", "SourceSpec": "producers.sources", "source_specs": "producers.sources",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'producers' has no attribute {name!r}")

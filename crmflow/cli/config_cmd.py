@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from crmflow.config import ConfigLoadError, MigrationConfig, Problem, check_config, load_config
+if TYPE_CHECKING:  # the composed config imports every stage's config: only the command that runs pays for it
+    from crmflow.config import MigrationConfig, Problem
 
 app = typer.Typer(no_args_is_help=True, rich_markup_mode=None)
 
@@ -65,6 +66,8 @@ def check(
     Prints each problem as ``file:line: severity: key.path: message``; exits 1 if there is an error.
     ``--json`` prints ``{"ok", "errors", "warnings", "problems": [{severity, file, line, path, message}]}``.
     """
+    from crmflow.config import ConfigLoadError, check_config, load_config
+
     try:
         config = load_config(config_file)
     except ConfigLoadError as exc:

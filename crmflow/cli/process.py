@@ -19,7 +19,6 @@ import typer
 from rich.console import Console
 
 from crmflow import metrics
-from crmflow.config import load_config
 from crmflow.exceptions import CrmflowError
 from crmflow.exitcodes import ExitCode
 
@@ -38,6 +37,7 @@ def process(
     metrics_port: Annotated[int, typer.Option(help="Serve /metrics on this port (0: off).")] = 9402,
 ) -> None:
     """Cleanse, validate, map and deduplicate raw legacy records into target entities; rejects go to the DLQ."""
+    from crmflow.config import load_config
     from crmflow.stack import get_stack
 
     if engine not in ("batch", "faust"):

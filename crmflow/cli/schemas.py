@@ -11,7 +11,6 @@ from rich.console import Console
 from rich.table import Table
 
 from crmflow.exceptions import CrmflowError
-from crmflow.registry import Compatibility, load_schema, record_subject, register_all, schema_files, schemas_dir
 
 app = typer.Typer(no_args_is_help=True, rich_markup_mode=None,
                   help="Inspect the Avro schemas and register them with the registry.")
@@ -41,6 +40,8 @@ def list_schemas(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON array instead of a table."),
 ) -> None:
     """List the schema files, their record names and the subject `register` puts them under."""
+    from crmflow.registry import load_schema, record_subject, schema_files, schemas_dir
+
     try:
         root = directory or schemas_dir()
         rows = []
@@ -82,6 +83,8 @@ def register(
     Safe to re-run: an unchanged schema keeps its id. A change the compatibility level forbids is
     refused by the registry and nothing after it is registered."""
     from confluent_kafka.schema_registry import SchemaRegistryClient
+
+    from crmflow.registry import Compatibility, register_all
 
     level = compatibility.upper()
     if level not in get_args(Compatibility):

@@ -118,6 +118,7 @@ def test_a_signal_stops_migrate_and_every_child_within_seconds(
     wait_until(lambda: not _crmflow_processes(run.config), timeout_s=10, what="no crmflow process left")
 
 
+@pytest.mark.serial  # kills the shared stack's broker: `make test` runs it alone
 def test_kafka_killed_mid_run_stops_with_a_resume_command_that_reconciles(
     medium_dataset: Dataset, run_factory: Callable[..., Run], migrate_proc: Callable[..., subprocess.Popen[str]]
 ) -> None:

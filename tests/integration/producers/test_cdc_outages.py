@@ -112,6 +112,7 @@ def outage_then_check(legacy: Legacy, endpoints: Endpoints, registry_client: Sch
           f"{writer.failures} writer retries")  # fmt: skip
 
 
+@pytest.mark.serial  # restarts the shared stack's PostgreSQL: `make test` runs it alone
 def test_a_restart_of_postgresql_loses_no_change(
     legacy: Legacy, endpoints: Endpoints, registry_client: SchemaRegistryClient,  # noqa: F811
     read_events: Callable[[str], list[Event]],  # noqa: F811

@@ -32,7 +32,7 @@ K8S = DEPLOY / "k8s"
 METRICS_PORTS = {"snapshot": 9401, "process": 9402, "sink": 9403}
 # cdc: table is one of the config's captured tables, op one of c u d r tombstone, slot one per cdc instance
 LOW_CARDINALITY = {"stage", "entity", "outcome", "reason", "decision", "topic", "partition", "dependency",
-                   "table", "op", "slot"}
+                   "table", "op", "slot", "operation"}
 SECRET_NAME = re.compile(r"DSN|KEY|PASSWORD|SECRET|TOKEN", re.IGNORECASE)
 
 
