@@ -46,6 +46,7 @@ def sales(n: int) -> list[dict[str, Any]]:
     return [
         {
             "sale_id": f"S{i:07d}",
+            "source_lsn": None, "deleted": False, "unchanged_fields": [],  # the change fields (defaults)
             "customer_id": f"C{i % 17:07d}",
             "total_sales": Decimal(i * 37 - 500) / 4 + Decimal("0.01"),
             "currency": "USD",
@@ -67,6 +68,7 @@ def sales(n: int) -> list[dict[str, Any]]:
 def account(i: int = 0) -> dict[str, Any]:
     return {
         "customer_id": f"C{i:07d}",
+        "source_lsn": None, "deleted": False, "unchanged_fields": [],  # the change fields (defaults)
         "full_name": "Anne O'Brien",
         "first_name": "Anne",
         "last_name": "O'Brien",

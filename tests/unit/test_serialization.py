@@ -46,6 +46,7 @@ SECRET_EMAIL = "anne.secret@example.com"
 def account(**overrides: Any) -> dict[str, Any]:
     record: dict[str, Any] = {
         "customer_id": "C0000001",
+        "source_lsn": None, "deleted": False, "unchanged_fields": [],  # the change fields (defaults)
         "full_name": "Anne O'Brien",
         "first_name": "Anne",
         "last_name": "O'Brien",
@@ -78,6 +79,7 @@ def account(**overrides: Any) -> dict[str, Any]:
 def sale() -> dict[str, Any]:
     return {
         "sale_id": "S0000001",
+        "source_lsn": None, "deleted": False, "unchanged_fields": [],  # the change fields (defaults)
         "customer_id": "C0000001",
         "total_sales": Decimal("1333.26"),
         "currency": "USD",
