@@ -14,12 +14,15 @@ show ``**********``; only the edge conversions hold them in clear, for the one c
 
 from __future__ import annotations
 
+import logging
 import re
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Literal, Self, get_args
 
 from pydantic import BaseModel, ConfigDict, SecretStr, model_validator
 
 from crmflow.exceptions import ConfigError
+from crmflow.kafkalog import client_logging, redact
 from crmflow.settings import SaslMechanism, SecurityProtocol, SslMode, StackSettings
 
 if TYPE_CHECKING:
@@ -31,6 +34,8 @@ if TYPE_CHECKING:
 #: The Kafka principals of least privilege: one per stage, OPS for the CLI's admin work (topics, dlq, runs).
 Stage = Literal["snapshot", "cdc", "process", "sink", "ops"]
 STAGES: tuple[Stage, ...] = get_args(Stage)
+
+log = logging.getLogger(__name__)
 
 KAFKA = "CRMFLOW_KAFKA"  # the prefix of the common Kafka settings
 
@@ -378,6 +383,18 @@ class PostgresConnection(ConnectionModel):
             raise ConfigError(f"{setting}: sslmode={fields['sslmode']} is not one of {', '.join(get_args(SslMode))}")
         return cls.model_validate(fields)
 
+    @classmethod
+    def from_env(cls, name: str, value: str | SecretStr | None = None) -> PostgresConnection:
+        """The DSN in environment variable ``name`` (a config's ``dsn_env``; ``value`` when already read),
+        with ``CRMFLOW_POSTGRES_SSLMODE``/``_SSLROOTCERT`` applied when the DSN sets none."""
+        import os
+
+        raw = value if value is not None else os.environ.get(name)
+        if not raw:
+            raise ConfigError(f"environment variable {name} is not set; export it with the DSN")
+        s = StackSettings()
+        return cls.from_dsn(raw, setting=name, sslmode=s.postgres_sslmode, sslrootcert=s.postgres_sslrootcert)
+
     def with_database(self, dbname: str, *, setting: str | None = None) -> PostgresConnection:
         """The same server and role, another database."""
         return self.model_copy(update={"dbname": dbname, "setting": setting or self.setting})
@@ -457,3 +474,47 @@ def secret_values(*models: BaseModel | None) -> list[str]:
     """Every secret the models hold, in clear: for log filters and leak tests only."""
     return [value for m in models if m is not None for value in _secrets(m)]
 
+
+
+def as_kafka(kafka: KafkaConnection | str) -> KafkaConnection:
+    """A connection as is; a bare ``host:port[,...]`` (tests, scripts) as a PLAINTEXT connection."""
+    return kafka if isinstance(kafka, KafkaConnection) else KafkaConnection(bootstrap_servers=kafka)
+
+
+def kafka_config(kafka: KafkaConnection | str, *overrides: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The config of a Producer, Consumer or AdminClient: the connection's librdkafka keys (the edge
+    conversion), crmflow's log routing and an ``error_cb`` that names the setting to fix when the cluster
+    refuses the credentials or the TLS setup; then ``overrides`` in order (a client's own settings)."""
+    conn = as_kafka(kafka)
+    conf: dict[str, Any] = {**conn.client_config(), **client_logging(), "error_cb": _ErrorReporter(conn)}
+    redact(*secret_values(conn))
+    for extra in overrides:
+        conf.update(extra or {})
+    return conf
+
+
+class _ErrorReporter:
+    """librdkafka's ``error_cb``: a refusal retrying cannot fix is logged once as an error naming the
+    setting; anything else (a broker away) at DEBUG, as librdkafka retries it itself."""
+
+    def __init__(self, kafka: KafkaConnection) -> None:
+        self.kafka = kafka
+        self.reported: set[str] = set()
+
+    def __call__(self, error: KafkaError) -> None:
+        refusal = self.kafka.explain(error)
+        if refusal is None:
+            log.debug("kafka client: %s", _scrub(str(error.str()), self.kafka))
+        elif str(refusal) not in self.reported:
+            self.reported.add(str(refusal))
+            log.error("%s", refusal)
+
+
+def as_registry(registry: RegistryConnection | str) -> RegistryConnection:
+    """A connection as is; a bare URL (tests, scripts) as one without auth."""
+    return registry if isinstance(registry, RegistryConnection) else RegistryConnection(url=registry.rstrip("/"))
+
+
+def as_postgres(db: PostgresConnection | str | SecretStr, *, setting: str = "the DSN") -> PostgresConnection:
+    """A connection as is; a DSN (a config's ``dsn_env``, a test's) parsed, ``setting`` naming its origin."""
+    return db if isinstance(db, PostgresConnection) else PostgresConnection.from_dsn(db, setting=setting)

@@ -25,8 +25,8 @@ from confluent_kafka import Consumer, KafkaException, Message, Producer, TopicPa
 from confluent_kafka.schema_registry import SchemaRegistryClient
 from cryptography.fernet import Fernet, InvalidToken
 
+from crmflow.connections import KafkaConnection, as_kafka, kafka_config
 from crmflow.exceptions import ConfigError, InfrastructureError, TerminalError
-from crmflow.kafkalog import client_logging
 from crmflow.metrics import DLQ_RECORDS
 from crmflow.serialization import AvroCodec, load_schema, topic_subject
 from crmflow.settings import stack_settings
@@ -239,22 +239,25 @@ class DeadLetter:
 
 
 def read_dead_letters(
-    bootstrap_servers: str, registry_client: SchemaRegistryClient, topic: str, *, timeout_s: float = 10.0,
+    kafka: KafkaConnection | str, registry_client: SchemaRegistryClient, topic: str, *, timeout_s: float = 10.0,
     start: Mapping[int, int] | None = None,
 ) -> Iterator[DeadLetter]:
     """Every dead letter currently in ``topic``, from the beginning (or from ``start``, the next offset to
     read per partition) to the high watermark (no group). A start outside the partition's offsets (the
     topic was re-created, or retention deleted the start) reads the partition from its beginning."""
     # read_committed: a letter a processor batch wrote in a transaction that was then aborted never counts.
-    consumer = Consumer({"bootstrap.servers": bootstrap_servers, "group.id": "crmflow-dlq-reader",
-                         "enable.auto.commit": False, "auto.offset.reset": "earliest",
-                         "isolation.level": "read_committed", **client_logging()})
+    conn = as_kafka(kafka)
+    consumer = Consumer(kafka_config(conn, {"group.id": "crmflow-dlq-reader", "enable.auto.commit": False,
+                                            "auto.offset.reset": "earliest", "isolation.level": "read_committed"}))
     codec = AvroCodec(registry_client, topic_subject(topic), load_schema(DLQ_SCHEMA))
     try:
         try:
             md = consumer.list_topics(topic, timeout=timeout_s)
         except KafkaException as exc:
-            raise InfrastructureError(f"Kafka at {bootstrap_servers}", "no answer to a metadata request",
+            refusal = conn.explain(exc.args[0] if exc.args else exc)
+            if refusal is not None:
+                raise refusal from None
+            raise InfrastructureError(f"Kafka at {conn.bootstrap_servers}", "no answer to a metadata request",
                                       "start it with `crmflow stack up` (see `crmflow stack status`)") from exc
         if topic not in md.topics or md.topics[topic].error is not None:
             return

@@ -14,12 +14,28 @@ from typing import Any
 _LOG = logging.getLogger("crmflow.librdkafka")
 
 
+_SECRETS: set[str] = set()
+
+
+def redact(*secrets: str) -> None:
+    """Replace these strings by ``***`` in every librdkafka line from now on (the connection secrets: a
+    ``debug=conf`` or a broker's error text must not carry one into the logs)."""
+    _SECRETS.update(s for s in secrets if s)
+
+
+def _scrub(line: str) -> str:
+    for secret in _SECRETS:
+        line = line.replace(secret, "***")
+    return line
+
+
 class _DebugLogger:
     """What confluent-kafka calls ``logger.log(level, fmt, *args)`` on; everything goes out at DEBUG."""
 
     def log(self, level: int, msg: str, *args: Any, **kwargs: Any) -> None:
         if _LOG.isEnabledFor(logging.DEBUG):
-            _LOG.debug(msg, *args)
+            text = msg % args if args else msg
+            _LOG.debug("%s", _scrub(text) if _SECRETS else text)
 
 
 _INSTANCE = _DebugLogger()

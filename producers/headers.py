@@ -24,6 +24,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from crmflow.connections import PostgresConnection, as_postgres
 from producers.exceptions import HeaderMismatchError, SourceOpenError, SourceUnavailableError
 from producers.readers.csvfile import CsvReader
 from producers.readers.dialect import CsvDialect
@@ -116,13 +117,13 @@ def read_header(spec: SourceSpec, dialect: CsvDialect | None = None) -> tuple[st
     return table_columns(spec.dsn, spec.table)
 
 
-def table_columns(dsn: str, table: str, *, connect_timeout_s: int = 10) -> tuple[str, ...]:
+def table_columns(dsn: PostgresConnection | str, table: str, *, connect_timeout_s: int = 10) -> tuple[str, ...]:
     """The column names of ``table`` (``schema.table`` or ``table``), without reading a row."""
     parts = table.split(".")
     if len(parts) > 2 or not all(parts):
         raise SourceOpenError(f"table {table!r}: expected 'table' or 'schema.table'")
     try:
-        with psycopg.connect(dsn, connect_timeout=connect_timeout_s) as conn, conn.cursor() as cur:
+        with as_postgres(dsn).connect(connect_timeout=connect_timeout_s) as conn, conn.cursor() as cur:
             cur.execute(sql.SQL("SELECT * FROM {} LIMIT 0").format(sql.Identifier(*parts)))
             return tuple(c.name for c in cur.description or [])
     except psycopg.errors.UndefinedTable as exc:

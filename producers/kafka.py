@@ -8,7 +8,7 @@ from typing import Any
 
 from confluent_kafka import KafkaException
 
-from crmflow.kafkalog import client_logging
+from crmflow.connections import KafkaConnection, as_kafka
 from crmflow.runtime.changelog import ensure_topics as create_missing
 from producers.exceptions import KafkaUnavailableError
 
@@ -27,12 +27,12 @@ DEFAULT_PRODUCER_CONFIG: dict[str, Any] = {
     "queue.buffering.max.messages": 200_000,
     "queue.buffering.max.kbytes": 256 * 1024,
     "delivery.timeout.ms": 120_000,
-    **client_logging(),  # librdkafka's lines to Python logging at DEBUG, not raw to stderr
 }
 
 
 def ensure_topics(
-    bootstrap_servers: str, topics: Sequence[str], partitions: int, replication_factor: int = -1, timeout_s: float = 30
+    kafka: KafkaConnection | str, topics: Sequence[str], partitions: int, replication_factor: int = -1,
+    timeout_s: float = 30,
 ) -> None:
     """Create the topics that do not exist yet, with ``partitions`` and ``replication_factor`` (-1: the
     broker's default).
@@ -40,6 +40,10 @@ def ensure_topics(
     An existing topic is left as it is (whatever its partition count).
     """
     try:
-        create_missing(bootstrap_servers, dict.fromkeys(topics, partitions), replication_factor, timeout_s=timeout_s)
+        create_missing(kafka, dict.fromkeys(topics, partitions), replication_factor, timeout_s=timeout_s)
     except KafkaException as exc:
-        raise KafkaUnavailableError(f"cannot list or create topics at {bootstrap_servers}: {exc}") from exc
+        refusal = as_kafka(kafka).explain(exc.args[0] if exc.args else exc)
+        if refusal is not None:
+            raise refusal from None
+        where = as_kafka(kafka).bootstrap_servers
+        raise KafkaUnavailableError(f"cannot list or create topics at {where}: {exc}") from exc

@@ -33,6 +33,7 @@ from typing import Any
 from confluent_kafka import KafkaError, Producer
 from confluent_kafka.schema_registry import SchemaRegistryClient
 
+from crmflow.connections import KafkaConnection, as_kafka, kafka_config
 from crmflow.dlq import DeadLetterWriter
 from crmflow.exceptions import ConfigError
 from crmflow.metrics import BATCH_DURATION, BATCH_SIZE, LAST_SUCCESS
@@ -65,7 +66,7 @@ class SnapshotProducer:
     def __init__(
         self,
         *,
-        bootstrap_servers: str,
+        kafka: KafkaConnection | str,
         registry_client: SchemaRegistryClient,
         topic_prefix: str,
         run_id: str,
@@ -87,9 +88,9 @@ class SnapshotProducer:
         self.flush_timeout_s = flush_timeout_s
         self.progress: Progress = progress or NullProgress()
         self.on_delivered = on_delivered
-        conf = {**DEFAULT_PRODUCER_CONFIG, "client.id": f"crmflow-snapshot-{run_id}", **(producer_config or {})}
-        conf["bootstrap.servers"] = bootstrap_servers
-        conf["error_cb"] = self._on_client_error
+        self._kafka = as_kafka(kafka)
+        conf = kafka_config(self._kafka, DEFAULT_PRODUCER_CONFIG, {"client.id": f"crmflow-snapshot-{run_id}"},
+                            producer_config, {"error_cb": self._on_client_error})
         self.producer = Producer(conf)
         self.dlq_topic = dlq_topic(topic_prefix)
         self.dead_letters = dead_letters or DeadLetterWriter(self.producer, registry_client, self.dlq_topic)
@@ -324,7 +325,11 @@ class SnapshotProducer:
         LAST_SUCCESS.labels(stage=STAGE).set_to_current_time()
 
     def _on_client_error(self, err: KafkaError) -> None:
-        log.warning("kafka client: %s", err.str(), extra={"stage": STAGE, "run_id": self.run_id})
+        refusal = self._kafka.explain(err)
+        if refusal is not None:
+            log.error("%s", refusal, extra={"stage": STAGE, "run_id": self.run_id})
+        else:
+            log.warning("kafka client: %s", err.str(), extra={"stage": STAGE, "run_id": self.run_id})
 
     def _encoder(self, topic: str) -> EnvelopeEncoder:
         encoder = self._encoders.get(topic)
@@ -362,7 +367,7 @@ def preflight(cfg: Any, specs: Sequence[SourceSpec], store: CheckpointStore, run
 def run_snapshot(
     cfg: Any,
     *,
-    bootstrap_servers: str,
+    kafka: KafkaConnection | str,
     registry_client: SchemaRegistryClient,
     run_id: str | None = None,
     limit: int | None = None,
@@ -398,9 +403,9 @@ def run_snapshot(
     parts = partitions or cfg_get(cfg, "kafka", "partitions") or 3
     replication = int(cfg_get(cfg, "kafka", "replication_factor") or -1)
     topics = [raw_topic(prefix, s.name) for s in specs] + [dlq_topic(prefix)]
-    ensure_topics(bootstrap_servers, topics, int(parts), replication)
+    ensure_topics(kafka, topics, int(parts), replication)
     producer = SnapshotProducer(
-        bootstrap_servers=bootstrap_servers,
+        kafka=kafka,
         registry_client=registry_client,
         topic_prefix=prefix,
         run_id=rid,

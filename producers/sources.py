@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from crmflow.connections import PostgresConnection
 from crmflow.exceptions import ConfigError
 from producers.readers.base import FileMark, KeyMark, Mark, Reader
 from producers.readers.csvfile import CsvReader
@@ -64,7 +65,7 @@ class SourceSpec:
     key: str
     path: Path | None = None
     table: str | None = None
-    dsn: str | None = field(default=None, repr=False)
+    dsn: PostgresConnection | None = field(default=None, repr=False)
     segment: SegmentFilter | None = None
     delimiter: str | None = None
     """CSV: declared delimiter (None: detected)."""
@@ -171,7 +172,8 @@ def source_spec(name: str, raw: Any) -> SourceSpec:
     dsn = os.environ.get(str(dsn_env))
     if not dsn:
         raise ConfigError(f"{where}.dsn_env: environment variable {dsn_env} is not set (it holds the DSN)")
-    return SourceSpec(name, kind, str(entity), key, table=str(table), dsn=dsn, segment=segment)
+    db = PostgresConnection.from_env(str(dsn_env), dsn)
+    return SourceSpec(name, kind, str(entity), key, table=str(table), dsn=db, segment=segment)
 
 
 def source_specs(cfg: Any, only: Sequence[str] | None = None) -> list[SourceSpec]:

@@ -16,8 +16,8 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
+from crmflow.connections import KafkaConnection, kafka_config
 from crmflow.exceptions import TransientError
-from crmflow.kafkalog import client_logging
 
 log = logging.getLogger(__name__)
 
@@ -26,12 +26,12 @@ class ChangelogError(TransientError):
     """The changelog could not be read or created (Kafka away); retried by the caller."""
 
 
-def ensure_topics(bootstrap_servers: str, topics: Mapping[str, int], replication_factor: int = -1,
+def ensure_topics(kafka: KafkaConnection | str, topics: Mapping[str, int], replication_factor: int = -1,
                   extra: dict[str, Any] | None = None, timeout_s: float = 30.0) -> None:
     """Create the missing ones of ``topics`` (name → partitions); an existing topic is left as it is."""
     if not topics:
         return
-    admin = AdminClient({"bootstrap.servers": bootstrap_servers, **client_logging(), **(extra or {})})
+    admin = AdminClient(kafka_config(kafka, extra))
     existing = admin.list_topics(timeout=timeout_s).topics
     missing = [NewTopic(t, num_partitions=n, replication_factor=replication_factor) for t, n in topics.items()
                if t not in existing]
@@ -48,10 +48,10 @@ def ensure_topics(bootstrap_servers: str, topics: Mapping[str, int], replication
             log.info("created topic %s with %d partitions", name, topics[name], extra={"topic": name})
 
 
-def ensure_changelog(bootstrap_servers: str, topic: str, partitions_of: str, replication_factor: int = -1,
+def ensure_changelog(kafka: KafkaConnection | str, topic: str, partitions_of: str, replication_factor: int = -1,
                      extra: dict[str, Any] | None = None, timeout_s: float = 30.0) -> None:
     """Create ``topic`` (compacted) with as many partitions as ``partitions_of`` has, if it is missing."""
-    admin = AdminClient({"bootstrap.servers": bootstrap_servers, **client_logging(), **(extra or {})})
+    admin = AdminClient(kafka_config(kafka, extra))
     md = admin.list_topics(timeout=timeout_s)
     if topic in md.topics and md.topics[topic].error is None:
         return
@@ -69,7 +69,7 @@ def ensure_changelog(bootstrap_servers: str, topic: str, partitions_of: str, rep
     log.info("created changelog topic %s (%d partitions, compacted)", topic, len(source.partitions))
 
 
-def read_partitions(bootstrap_servers: str, topic: str, partitions: Iterable[int], *,
+def read_partitions(kafka: KafkaConnection | str, topic: str, partitions: Iterable[int], *,
                     extra: dict[str, Any] | None = None, timeout_s: float = 60.0) -> dict[int, dict[bytes, bytes]]:
     """The committed content of each partition: key → latest value, tombstoned keys left out.
 
@@ -79,11 +79,10 @@ def read_partitions(bootstrap_servers: str, topic: str, partitions: Iterable[int
     out: dict[int, dict[bytes, bytes]] = {p: {} for p in wanted}
     if not wanted:
         return out
-    consumer = Consumer({
-        "bootstrap.servers": bootstrap_servers, "group.id": f"crmflow-restore-{topic}",
+    consumer = Consumer(kafka_config(kafka, {
+        "group.id": f"crmflow-restore-{topic}",
         "enable.auto.commit": False, "enable.partition.eof": True, "isolation.level": "read_committed",
-        "auto.offset.reset": "earliest", "fetch.max.bytes": 64 * 1024 * 1024, **client_logging(), **(extra or {}),
-    })
+        "auto.offset.reset": "earliest", "fetch.max.bytes": 64 * 1024 * 1024}, extra))
     started = time.monotonic()
     try:
         # An empty partition has nothing to read: skip it rather than wait for its end-of-partition event.

@@ -20,24 +20,23 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
-from crmflow.kafkalog import client_logging
+from crmflow.connections import KafkaConnection, kafka_config
 from crmflow.metrics import CONSUMER_LAG
 
 log = logging.getLogger(__name__)
 
 
-def consumer_config(bootstrap_servers: str, group_id: str, client_id: str, *, session_timeout_ms: int = 15_000,
+def consumer_config(kafka: KafkaConnection | str, group_id: str, client_id: str, *, session_timeout_ms: int = 15_000,
                     extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """The consumer settings of a stage (see the module docs); ``extra`` (TLS, SASL, tuning) wins."""
-    return {
-        "bootstrap.servers": bootstrap_servers, "group.id": group_id, "client.id": client_id,
+    """The consumer settings of a stage (see the module docs) on ``kafka``; ``extra`` (tuning) wins."""
+    return kafka_config(kafka, {
+        "group.id": group_id, "client.id": client_id,
         "partition.assignment.strategy": "cooperative-sticky", "isolation.level": "read_committed",
         "enable.auto.commit": False, "enable.auto.offset.store": False, "auto.offset.reset": "earliest",
         "enable.partition.eof": True, "session.timeout.ms": session_timeout_ms,
         "heartbeat.interval.ms": max(1000, session_timeout_ms // 5),
         "fetch.max.bytes": 64 * 1024 * 1024, "max.partition.fetch.bytes": 4 * 1024 * 1024,
-        **client_logging(), **(extra or {}),
-    }
+    }, extra)
 
 
 def update_lag(consumer: Consumer, stage: str, assigned: Iterable[tuple[str, int]]) -> None:

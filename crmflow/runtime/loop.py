@@ -42,9 +42,9 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
+from crmflow.connections import KafkaConnection, kafka_config
 from crmflow.dlq import DeadLetterWriter, Letter
 from crmflow.exceptions import TerminalError, TransientError
-from crmflow.kafkalog import client_logging
 from crmflow.metrics import (
     BATCH_DURATION,
     BATCH_SIZE,
@@ -74,7 +74,7 @@ class RuntimeOptions:
     """How a runtime connects and batches. ``transactional_id`` must be unique per live worker and stable
     across its restarts (a restart then fences its predecessor and aborts its open transaction at once)."""
 
-    bootstrap_servers: str
+    kafka: KafkaConnection | str  # the stage's connection (KafkaConnection.for_stage); a bare host:port in tests
     group_id: str
     transactional_id: str
     dlq_topic: str
@@ -87,7 +87,7 @@ class RuntimeOptions:
     retry_backoff_max_s: float = 10.0
     lag_interval_s: float = 2.0
     maintenance_interval_s: float = 5.0
-    client_config: dict[str, Any] = field(default_factory=dict)  # TLS/SASL and other client settings
+    client_config: dict[str, Any] = field(default_factory=dict)  # librdkafka tuning (TLS/SASL live in ``kafka``)
 
 
 class TransactionalRuntime:
@@ -122,15 +122,14 @@ class TransactionalRuntime:
 
     def _clients(self) -> tuple[Consumer, Producer]:
         o = self.opts
-        common = {"bootstrap.servers": o.bootstrap_servers, **client_logging(), **o.client_config}
-        consumer = Consumer(consumer_config(o.bootstrap_servers, o.group_id, f"{o.transactional_id}-consumer",
+        consumer = Consumer(consumer_config(o.kafka, o.group_id, f"{o.transactional_id}-consumer",
                                             session_timeout_ms=o.session_timeout_ms, extra=o.client_config))
-        producer = Producer({
-            **common, "client.id": o.transactional_id, "transactional.id": o.transactional_id,
+        producer = Producer(kafka_config(o.kafka, o.client_config, {
+            "client.id": o.transactional_id, "transactional.id": o.transactional_id,
             "enable.idempotence": True, "acks": "all", "linger.ms": 5, "batch.size": 1024 * 1024,
             "compression.type": "lz4", "partitioner": "murmur2_random",
             "transaction.timeout.ms": o.transaction_timeout_ms, "queue.buffering.max.messages": 500_000,
-        })
+        }))
         return consumer, producer
 
     def committed(self) -> dict[TP, int]:
@@ -162,12 +161,12 @@ class TransactionalRuntime:
                 return False
             internal = self.stage.internal_topics()
             if internal and not self._retrying("creating the internal topics", lambda: ensure_topics(
-                    o.bootstrap_servers, internal, o.replication_factor, o.client_config)):
+                    o.kafka, internal, o.replication_factor, o.client_config)):
                 return False
             if self.stage.changelog and self.stage.state_topic:
                 changelog, state_topic = self.stage.changelog, self.stage.state_topic
                 if not self._retrying("creating the changelog", lambda: ensure_changelog(
-                        o.bootstrap_servers, changelog, state_topic, o.replication_factor, o.client_config)):
+                        o.kafka, changelog, state_topic, o.replication_factor, o.client_config)):
                     return False
             consumer.subscribe(list(self.stage.topics), on_assign=self._on_assign, on_revoke=self._on_revoke,
                                on_lost=self._on_lost)
@@ -466,7 +465,7 @@ class TransactionalRuntime:
         partitions = sorted(self._restore)
         while True:
             try:
-                state = read_partitions(self.opts.bootstrap_servers, self.stage.changelog, partitions,
+                state = read_partitions(self.opts.kafka, self.stage.changelog, partitions,
                                         extra=self.opts.client_config)
                 break
             except ChangelogError as exc:

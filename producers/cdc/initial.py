@@ -24,6 +24,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from crmflow.connections import PostgresConnection, as_postgres
 from producers.cdc.events import TableEvents
 from producers.cdc.pgoutput import format_lsn, parse_lsn
 
@@ -46,7 +47,7 @@ def create_slot_exporting(cursor: Any, slot: str) -> tuple[int, str]:
 
 
 def read_tables(
-    dsn: str,
+    dsn: PostgresConnection | str,
     options: str,
     snapshot_name: str,
     tables: dict[str, TableEvents],
@@ -62,7 +63,7 @@ def read_tables(
     ``source.ts_ms`` of the ``r`` events is when the load started (the snapshot's time).
     """
     started_ms = int(time.time() * 1000)
-    with psycopg.connect(dsn, options=options) as conn:
+    with as_postgres(dsn).connect(options=options) as conn:
         conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
         conn.read_only = True
         conn.execute(sql.SQL("set transaction snapshot {}").format(sql.Literal(snapshot_name)))

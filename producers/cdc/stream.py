@@ -51,6 +51,7 @@ from confluent_kafka.schema_registry import SchemaRegistryClient
 
 from crmflow import metrics
 from crmflow.configbase import KafkaConfig
+from crmflow.connections import KafkaConnection, PostgresConnection, kafka_config
 from producers.cdc import pgoutput as pg
 from producers.cdc.events import Op, load_table
 from producers.cdc.exceptions import CdcDeliveryError, SlotBusyError, SlotError, SourceGoneError
@@ -325,7 +326,7 @@ def run_cdc(
     cfg: CdcConfig,
     kafka: KafkaConfig,
     *,
-    bootstrap_servers: str,
+    connection: KafkaConnection | str,
     registry_client: SchemaRegistryClient,
     init: bool = False,
     load: bool = True,
@@ -340,9 +341,9 @@ def run_cdc(
     A slot that is then missing or invalidated is a :class:`SlotError`, never a new start.
     """
     stop = stop_event or threading.Event()
-    dsn = cfg.dsn().get_secret_value()
+    dsn = PostgresConnection.from_env(cfg.dsn_env, cfg.dsn())
     try:
-        conn = psycopg.connect(dsn, autocommit=True, options=SESSION_OPTIONS)
+        conn = dsn.connect(autocommit=True, options=SESSION_OPTIONS)
     except psycopg.OperationalError as exc:
         raise SourceGoneError(f"legacy database ({cfg.dsn_env}) unreachable: {exc}") from exc
     stats = CdcStats()
@@ -351,10 +352,8 @@ def run_cdc(
         database = str(conn.info.dbname)
         infos = [load_table(conn, t) for t in cfg.tables]
         _prepare_slot(conn, cfg, database, init=init)
-        producer = Producer(
-            {"bootstrap.servers": bootstrap_servers, **DEFAULT_PRODUCER_CONFIG, **(producer_config or {})}
-        )
-        tables = CapturedTables(registry_client=registry_client, kafka=kafka, bootstrap_servers=bootstrap_servers,
+        producer = Producer(kafka_config(connection, DEFAULT_PRODUCER_CONFIG, producer_config))
+        tables = CapturedTables(registry_client=registry_client, kafka=kafka, connection=connection,
                                 database=database, slot=cfg.slot, producer=producer, catalog=lambda: meta["conn"],
                                 capture_new=cfg.capture_new_tables)  # fmt: skip
         for info in infos:
@@ -384,7 +383,7 @@ def run_cdc(
                 try:
                     if not first:
                         meta["conn"].close()
-                        meta["conn"] = psycopg.connect(dsn, autocommit=True, options=SESSION_OPTIONS)
+                        meta["conn"] = dsn.connect(autocommit=True, options=SESSION_OPTIONS)
                         _prepare_slot(meta["conn"], cfg, database, init=False)  # SlotError stays terminal
                     session = _Stream(cfg, tables, producer, None, stats, resnap)
                     if not _session(session, meta["conn"], dsn, init=init and first, load=load, stop=stop,
@@ -413,13 +412,13 @@ def run_cdc(
     return stats
 
 
-def _session(stream: _Stream, conn: psycopg.Connection[Any], dsn: str, *, init: bool, load: bool,
+def _session(stream: _Stream, conn: psycopg.Connection[Any], dsn: PostgresConnection, *, init: bool, load: bool,
              stop: threading.Event, measure: Callable[[], None], on_streaming: Callable[[], None]) -> bool:  # fmt: skip
     """One replication connection: (with ``init``) create the slot and load, then stream until ``stop``.
 
     Returns False when the run must end (stopped during the load); connection losses propagate."""
     cfg = stream.cfg
-    repl = psycopg2.connect(dsn, connection_factory=psycopg2.extras.LogicalReplicationConnection,
+    repl = psycopg2.connect(dsn.conninfo(), connection_factory=psycopg2.extras.LogicalReplicationConnection,
                             options=SESSION_OPTIONS)  # fmt: skip
     try:
         cursor = repl.cursor()
@@ -452,7 +451,8 @@ def _session(stream: _Stream, conn: psycopg.Connection[Any], dsn: str, *, init: 
         repl.close()
 
 
-def _initial_load(stream: _Stream, dsn: str, snapshot: str, consistent_lsn: int, stop: threading.Event) -> bool:
+def _initial_load(stream: _Stream, dsn: PostgresConnection, snapshot: str, consistent_lsn: int,
+                  stop: threading.Event) -> bool:
     """The tables as of the slot's consistent point, every row acknowledged by Kafka; False if stopped."""
     stream.txn = stream.acks.begin(int(time.time() * 1000))
 

@@ -33,6 +33,7 @@ from confluent_kafka.schema_registry.error import SchemaRegistryError
 
 from crmflow import metrics
 from crmflow.configbase import KafkaConfig
+from crmflow.connections import KafkaConnection
 from crmflow.dlq import DeadLetterWriter, Letter
 from crmflow.exceptions import TerminalError
 from crmflow.serialization import AvroCodec, ParsedSchema
@@ -79,10 +80,10 @@ class CapturedTables:
     """Every captured table by ``schema.table``; registers their schemas and routes a stopped table's changes
     to the dead-letter topic. ``catalog`` returns the current catalog connection (it changes after a reconnect)."""
 
-    def __init__(self, *, registry_client: SchemaRegistryClient, kafka: KafkaConfig, bootstrap_servers: str,
+    def __init__(self, *, registry_client: SchemaRegistryClient, kafka: KafkaConfig, connection: KafkaConnection | str,
                  database: str, slot: str, producer: Producer, catalog: Callable[[], psycopg.Connection[Any]],
                  capture_new: bool = True) -> None:  # fmt: skip
-        self.registry, self.kafka, self.bootstrap = registry_client, kafka, bootstrap_servers
+        self.registry, self.kafka, self.bootstrap = registry_client, kafka, connection
         self.database, self.slot, self.producer, self.catalog = database, slot, producer, catalog
         self.capture_new = capture_new
         self.by_name: dict[str, Captured] = {}

@@ -16,6 +16,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from crmflow.connections import PostgresConnection, as_postgres
 from producers.exceptions import SourceOpenError, SourceUnavailableError
 from producers.readers.base import Item, KeyMark, ReaderBase, Record
 
@@ -29,7 +30,7 @@ class TableReader(ReaderBase):
 
     def __init__(
         self,
-        dsn: str,
+        dsn: PostgresConnection | str,
         table: str,
         *,
         key: str,
@@ -66,7 +67,7 @@ class TableReader(ReaderBase):
     def open(self) -> None:
         ident = self._ident()
         try:
-            conn = psycopg.connect(self.dsn, connect_timeout=self.connect_timeout_s)
+            conn = as_postgres(self.dsn).connect(connect_timeout=self.connect_timeout_s)
         except psycopg.OperationalError as exc:
             # psycopg's message names host and port, never the password.
             raise SourceUnavailableError(f"table {self.table}: cannot connect to PostgreSQL: {exc}") from exc

@@ -112,7 +112,7 @@ def setup(endpoints: Endpoints, registry_client: SchemaRegistryClient, topic_fac
 
     def make(instance: str = "a", batch_size: int = 50) -> tuple[TransactionalRuntime, Counter]:
         stage = Counter(source, out, codec)
-        opts = RuntimeOptions(bootstrap_servers=endpoints.bootstrap_servers, group_id=group,
+        opts = RuntimeOptions(kafka=endpoints.kafka, group_id=group,
                               transactional_id=f"{group}-{instance}", dlq_topic=dlq, batch_size=batch_size,
                               batch_timeout_s=0.1)
         return TransactionalRuntime(stage, opts, DeadLetterWriter(None, registry_client, dlq)), stage
