@@ -46,6 +46,7 @@ from confluent_kafka.admin import AdminClient, OffsetSpec  # type: ignore[attr-d
 from faust.transport.drivers import aiokafka as aiokafka_driver
 from faust.types import TP, Message
 
+from crmflow.connections import kafka_config
 from crmflow.metrics import REREADS
 
 log = logging.getLogger(__name__)
@@ -130,7 +131,7 @@ class ConfirmedAckConsumer(aiokafka_driver.Consumer):
         group = self.app.conf.id
         if self._admin is None:
             servers = ",".join(f"{url.host}:{url.port or 9092}" for url in self.app.conf.broker)
-            self._admin = AdminClient({"bootstrap.servers": servers})
+            self._admin = AdminClient(kafka_config(servers))  # PLAINTEXT: build_app refuses anything else
         try:
             found = await asyncio.to_thread(_group_start_offsets, self._admin, group, sorted(tps))
         except KafkaException as exc:

@@ -24,10 +24,10 @@ from pathlib import Path
 from typing import Any, cast
 
 import faust
-from confluent_kafka.schema_registry import SchemaRegistryClient
 from mode.types.signals import BaseSignalT
 
 from crmflow.dlq import DeadLetterWriter
+from crmflow.exceptions import ConfigError
 from crmflow.metrics import BATCH_DURATION, BATCH_SIZE, DEDUPE_DECISIONS, LAST_SUCCESS, RECORDS
 from crmflow.runtime.changelog import ensure_changelog, read_partitions
 from crmflow.runtime.stage import InRecord
@@ -48,7 +48,10 @@ def build_app(
     batch_within_s: float = 0.25,
     datadir: Path | None = None,
 ) -> faust.App:
-    registry = SchemaRegistryClient({"url": endpoints.registry_url})
+    if endpoints.kafka.security_protocol != "PLAINTEXT":
+        raise ConfigError(f"the faust engine speaks PLAINTEXT only, but CRMFLOW_KAFKA_SECURITY_PROTOCOL="
+                          f"{endpoints.kafka.security_protocol}; use the default engine (--engine batch)")
+    registry = endpoints.registry.client()
     stage = build_stage(cfg, registry)
     topics = list(stage.topics)
     app = ConfirmedAckApp(
@@ -77,7 +80,7 @@ def build_app(
     changelog, state_topic = stage.changelog, stage.state_topic
     restore: set[int] = set()
     if changelog and state_topic:
-        ensure_changelog(endpoints.bootstrap_servers, changelog, state_topic, cfg.kafka.replication_factor)
+        ensure_changelog(endpoints.kafka.for_stage("process"), changelog, state_topic, cfg.kafka.replication_factor)
 
     @app.on_partitions_revoked.connect
     def forget(sender: Any, /, *args: Any, signal: BaseSignalT[Any], **kwargs: Any) -> None:
@@ -99,7 +102,8 @@ def build_app(
             started = time.perf_counter()
             if restore and changelog:
                 parts = sorted(restore)
-                state = await asyncio.to_thread(read_partitions, endpoints.bootstrap_servers, changelog, parts)
+                state = await asyncio.to_thread(read_partitions, endpoints.kafka.for_stage("process"),
+                                                changelog, parts)
                 for p in parts:
                     stage.restore(p, state[p])
                 restore.clear()

@@ -101,11 +101,11 @@ def build_runtime(
     batch_timeout_s: float = 0.25,
 ) -> TransactionalRuntime:
     """The default engine: the transactional batch runtime running :func:`build_stage`'s stage."""
-    registry = SchemaRegistryClient({"url": endpoints.registry_url})
+    registry = endpoints.registry.client()
     stage = build_stage(cfg, registry)
     group = group_id(cfg)
     opts = RuntimeOptions(
-        bootstrap_servers=endpoints.bootstrap_servers, group_id=group,
+        kafka=endpoints.kafka.for_stage("process"), group_id=group,
         transactional_id=f"{group}-{instance or default_instance()}", dlq_topic=cfg.kafka.dlq_topic,
         batch_size=batch_size, batch_timeout_s=batch_timeout_s, replication_factor=cfg.kafka.replication_factor,
     )

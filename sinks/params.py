@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from crmflow.connections import KafkaConnection, PostgresConnection, RegistryConnection
 from crmflow.exceptions import ConfigError
 from crmflow.topics import dlq_topic, mapped_topic
 from sinks.base import RetryPolicy
@@ -21,9 +22,9 @@ class SinkParams:
     ``target_schema`` is the PostgreSQL schema of the CRM tables; ``system`` the source system writing
     (a config's run name): the target refuses records whose rows another system owns."""
 
-    bootstrap_servers: str
-    registry_url: str
-    target_dsn: str = field(repr=False)
+    kafka: KafkaConnection | str  # a bare host:port or URL/DSN: tests and scripts
+    registry: RegistryConnection | str
+    target_dsn: PostgresConnection | str = field(repr=False)
     topics: Mapping[str, str]
     dlq_topic: str
     target_schema: str = "crm"
@@ -55,9 +56,9 @@ class SinkParams:
         cls,
         cfg: SinkConfig,
         *,
-        bootstrap_servers: str,
-        registry_url: str,
-        target_dsn: str | None = None,
+        kafka: KafkaConnection | str,
+        registry: RegistryConnection | str,
+        target_dsn: PostgresConnection | str | None = None,
         **kwargs: Any,
     ) -> SinkParams:
         """Params of a migration config: its mapped topics and DLQ, group ``crmflow-sink.<run name>``, the
@@ -73,7 +74,7 @@ class SinkParams:
             if not cfg.target.dsn_env:
                 raise ConfigError(f"{where}: target.dsn_env is not set, so the target DSN must be given (resolve "
                                   "it with crmflow.pipeline.targets.resolve_target)")
-            target_dsn = cfg.target.dsn().get_secret_value()
+            target_dsn = PostgresConnection.from_env(cfg.target.dsn_env, cfg.target.dsn())
         defaults: dict[str, Any] = {
             "group_id": f"crmflow-sink.{cfg.run.name}",
             "topics": {cfg.kafka.mapped_topic(e): e for e in ENTITIES if e in cfg.entities},
@@ -84,8 +85,8 @@ class SinkParams:
             defaults.update(batch_size=cfg.target.batch_size, max_batch_age_s=cfg.target.flush_interval_s,
                             target_schema=cfg.target.schema_name, deletes=cfg.target.deletes)
         return cls(
-            bootstrap_servers=bootstrap_servers,
-            registry_url=registry_url,
+            kafka=kafka,
+            registry=registry,
             target_dsn=target_dsn,
             **{**defaults, **kwargs},
         )

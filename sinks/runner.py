@@ -28,8 +28,8 @@ import threading
 import uuid
 
 from confluent_kafka import Consumer
-from confluent_kafka.schema_registry import SchemaRegistryClient
 
+from crmflow.connections import as_kafka, as_registry
 from crmflow.dlq import DeadLetterWriter
 from crmflow.runtime import RuntimeOptions, TransactionalRuntime
 from crmflow.runtime.consumer import consumer_config
@@ -67,7 +67,7 @@ def run_sink(
                             orphan_timeout_s=params.orphan_timeout_s,
                             deletes="soft" if params.deletes == "soft" else "hard")
     stop = stop_event or threading.Event()
-    registry = SchemaRegistryClient({"url": params.registry_url})
+    registry = as_registry(params.registry).client()
     stats = SinkStats()
     topics = dict(params.topics)
     if drain:
@@ -76,7 +76,7 @@ def run_sink(
     stage = SinkStage(sink, topics, decoders, retry=params.retry, wait=stop.wait, stats=stats, give_up=drain)
     instance = params.instance or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
     opts = RuntimeOptions(
-        bootstrap_servers=params.bootstrap_servers, group_id=params.group_id,
+        kafka=as_kafka(params.kafka).for_stage("sink"), group_id=params.group_id,
         transactional_id=f"{params.group_id}-{instance}", dlq_topic=params.dlq_topic,
         batch_size=params.batch_size, batch_timeout_s=min(params.max_batch_age_s, params.poll_timeout_s),
         session_timeout_ms=10_000, maintenance_interval_s=params.maintenance_interval_s,
@@ -105,8 +105,8 @@ def run_sink(
 
 def _existing(params: SinkParams, topics: list[str]) -> list[str]:
     """The topics that exist: a drain has nothing to wait for in one nobody created."""
-    consumer = Consumer(consumer_config(params.bootstrap_servers, params.group_id, "crmflow-sink-metadata",
-                                        extra=params.consumer_config))
+    kafka = as_kafka(params.kafka).for_stage("sink")
+    consumer = Consumer(consumer_config(kafka, params.group_id, "crmflow-sink-metadata", extra=params.consumer_config))
     try:
         metadata = consumer.list_topics(timeout=30).topics
     finally:

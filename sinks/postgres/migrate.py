@@ -22,6 +22,7 @@ from pathlib import Path
 import psycopg
 from psycopg.rows import TupleRow
 
+from crmflow.connections import PostgresConnection, as_postgres
 from sinks.exceptions import MigrationError
 
 logger = logging.getLogger(__name__)
@@ -95,7 +96,7 @@ def load_migrations(directory: Path | None = None) -> list[Migration]:
 
 
 def apply_migrations(
-    conninfo: str | psycopg.Connection[TupleRow],
+    conninfo: PostgresConnection | str | psycopg.Connection[TupleRow],
     migrations: list[Migration] | None = None,
     *,
     schema: str = TEMPLATE_SCHEMA,
@@ -104,8 +105,8 @@ def apply_migrations(
     date)."""
     check_schema(schema)
     todo = load_migrations() if migrations is None else migrations
-    if isinstance(conninfo, str):
-        with psycopg.connect(conninfo) as conn:
+    if isinstance(conninfo, PostgresConnection | str):
+        with as_postgres(conninfo).connect() as conn:
             return _apply(conn, todo, schema)
     return _apply(conninfo, todo, schema)
 

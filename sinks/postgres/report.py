@@ -11,8 +11,7 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-import psycopg
-
+from crmflow.connections import PostgresConnection, as_postgres
 from sinks.postgres.migrate import in_schema
 from sinks.postgres.tables import tables_for
 
@@ -51,7 +50,7 @@ _FLAGGED = (
 )
 
 
-def run_counts(dsn: str, schema: str, run_id: str) -> dict[str, EntityWriteCounts]:
+def run_counts(dsn: PostgresConnection | str, schema: str, run_id: str) -> dict[str, EntityWriteCounts]:
     """Per entity, what run ``run_id`` delivered into the CRM tables of ``schema`` (module docs)."""
     tables = tables_for(schema)  # checks the schema name
 
@@ -60,7 +59,7 @@ def run_counts(dsn: str, schema: str, run_id: str) -> dict[str, EntityWriteCount
 
     outcomes: dict[str, dict[str, int]] = defaultdict(dict)
     out: dict[str, EntityWriteCounts] = {}
-    with psycopg.connect(dsn) as conn:
+    with as_postgres(dsn).connect() as conn:
         # Fresh statistics first: right after a bulk run autovacuum has not analyzed these tables yet, and the
         # planner's guesses for them turned these joins into nested loops (9 minutes at 100k customers; 1 s
         # with statistics).

@@ -44,6 +44,7 @@ from typing import Any, Literal
 import psycopg
 from psycopg.rows import TupleRow
 
+from crmflow.connections import PostgresConnection, as_postgres
 from crmflow.entities import id_field as id_field_of
 from sinks.base import BatchResult, HeldDeadLetter, Reject, Sink, SinkRecord
 from sinks.exceptions import SinkTransientError
@@ -100,7 +101,7 @@ class PostgresSink(Sink):
 
     def __init__(
         self,
-        dsn: str,
+        dsn: PostgresConnection | str,
         *,
         schema: str = TEMPLATE_SCHEMA,
         system: str | None = None,
@@ -111,7 +112,7 @@ class PostgresSink(Sink):
         dead_letter_chunk: int = 1000,
         deletes: Literal["hard", "soft"] = "hard",
     ) -> None:
-        self._dsn = dsn
+        self._dsn = as_postgres(dsn, setting="the target DSN")
         self._tables = tables_for(schema)  # checks the schema name
         self._children = tuple(t for t in self._tables.values() if t.is_child)
         self.schema = schema
@@ -150,7 +151,7 @@ class PostgresSink(Sink):
     def _connection(self) -> psycopg.Connection[TupleRow]:
         if self._conn is None or self._conn.closed or self._conn.broken:
             self.close()
-            conn = psycopg.connect(self._dsn, autocommit=True, application_name="crmflow-sink")
+            conn = self._dsn.connect(autocommit=True, application_name="crmflow-sink")
             try:
                 for table in self._tables.values():
                     conn.execute(table.create_stage_sql.encode())
