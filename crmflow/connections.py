@@ -164,13 +164,17 @@ class KafkaConnection(ConnectionModel):
                        "principal": f"CRMFLOW_{stage.upper()}_KAFKA"}
         return KafkaConnection.model_validate(fields)
 
-    def stage_env(self, stage: Stage) -> dict[str, str]:
-        """Environment for a child process of ``stage``: its own principal as the common one, so the child
-        holds no other stage's password. Empty when the stage has no principal of its own."""
+    def stage_env(self, stage: Stage) -> dict[str, str | None]:
+        """Environment changes for a child process of ``stage``: its own principal as the common one and
+        every per-stage variable removed (None), so the child holds no other stage's password. Empty when
+        the stage has no principal of its own."""
         creds = dict(self.stage_credentials).get(stage)
         if creds is None:
             return {}
-        return {f"{KAFKA}_SASL_USERNAME": creds.username, f"{KAFKA}_SASL_PASSWORD": creds.password.get_secret_value()}
+        env: dict[str, str | None] = {f"CRMFLOW_{s.upper()}_KAFKA_SASL_{n}": None for s in STAGES
+                                      for n in ("USERNAME", "PASSWORD")}
+        env |= {f"{KAFKA}_SASL_USERNAME": creds.username, f"{KAFKA}_SASL_PASSWORD": creds.password.get_secret_value()}
+        return env
 
     def client_config(self) -> dict[str, str]:
         """librdkafka's keys for this connection: the one place a Kafka secret leaves the model."""

@@ -40,12 +40,12 @@ def endpoints() -> Iterator[Endpoints]:
 
 @pytest.fixture(scope="session")
 def admin(endpoints: Endpoints) -> AdminClient:
-    return AdminClient({"bootstrap.servers": endpoints.bootstrap_servers})
+    return AdminClient(endpoints.kafka.client_config())
 
 
 @pytest.fixture(scope="session")
 def registry_client(endpoints: Endpoints) -> SchemaRegistryClient:
-    return SchemaRegistryClient({"url": endpoints.registry_url})
+    return endpoints.registry.client()
 
 
 @pytest.fixture

@@ -42,9 +42,8 @@ def cdc(
     metrics_port: Annotated[int, typer.Option(help="Serve /metrics on this port (0: off).")] = 0,
 ) -> None:
     """Capture the legacy database's changes (logical replication, pgoutput) into Kafka, one topic per table."""
-    from confluent_kafka.schema_registry import SchemaRegistryClient
-
     from crmflow import metrics
+    from crmflow.cli.connect import stage_connections
     from crmflow.config import load_config
     from producers.cdc.stream import run_cdc
 
@@ -64,15 +63,10 @@ def cdc(
         if cfg.cdc is None:
             err_console.print(f"[red]error:[/red] {config}: no cdc section (dsn_env, tables, slot, publication)")
             raise typer.Exit(ExitCode.CONFIG)
-        if bootstrap_servers is None or registry_url is None:
-            from crmflow.stack import get_stack
-
-            ep = get_stack().endpoints()
-            bootstrap_servers = bootstrap_servers or ep.bootstrap_servers
-            registry_url = registry_url or ep.registry_url
+        kafka, registry, _ = stage_connections("cdc", bootstrap_servers, registry_url)
         metrics.serve(metrics_port)
-        stats = run_cdc(cfg.cdc, cfg.kafka, bootstrap_servers=bootstrap_servers, init=init, load=load, stop_event=stop,
-                        registry_client=SchemaRegistryClient({"url": registry_url}))  # fmt: skip
+        stats = run_cdc(cfg.cdc, cfg.kafka, connection=kafka, init=init, load=load, stop_event=stop,
+                        registry_client=registry.client())  # fmt: skip
     except CrmflowError as exc:
         err_console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(ExitCode.INFRASTRUCTURE if isinstance(exc, TransientError) else ExitCode.CONFIG) from exc

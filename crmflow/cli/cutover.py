@@ -23,7 +23,6 @@ def status(
 ) -> None:
     """GO when every service is up, the pipeline's lag is within validation.max_lag, no dead letter of an
     unaccepted rule is open, the last validation met its thresholds, and a fresh sample shows no drift."""
-    import psycopg
 
     from crmflow.cli.validate import latest_run
     from crmflow.config import load_config
@@ -50,14 +49,14 @@ def status(
         ep = get_stack().endpoints()
         target = resolve_target(cfg, ep)
         checks: list[Check] = []
-        up = {"kafka": kafka_reachable(ep.bootstrap_servers), "registry": registry_reachable(ep.registry_url),
+        up = {"kafka": kafka_reachable(ep.kafka.for_stage("ops")), "registry": registry_reachable(ep.registry),
               "postgres": postgres_reachable(target.dsn)}
         checks.append(services_check(up))
         if up["kafka"] is None:
             k = cfg.kafka
             groups = {f"crmflow-process-{k.topic_prefix}": processor_topics(cfg),
                       f"crmflow-sink.{cfg.run.name}": [k.mapped_topic(e) for e in cfg.entities]}
-            lags = {group: group_lag(ep.bootstrap_servers, group, topics) for group, topics in groups.items()}
+            lags = {group: group_lag(ep.kafka.for_stage("ops"), group, topics) for group, topics in groups.items()}
             checks.append(lag_check(lags, cfg.validation.max_lag))
         cdc = cdc_check(cfg)
         if cdc is not None:
@@ -69,7 +68,7 @@ def status(
         if up["postgres"] is None:
             if up["kafka"] is None and up["registry"] is None:
                 update_ledger(cfg, ep, target)
-            with psycopg.connect(target.dsn) as conn:
+            with target.dsn.connect() as conn:
                 checks.append(dlq_check(conn, target.schema, cfg.kafka.dlq_topic, cfg.validation.accepted_dlq_rules))
                 checks.append(drift_check(cfg, conn, target.schema, record.run_id if record else None,
                                           cfg.validation.drift_sample))

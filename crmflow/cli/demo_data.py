@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from crmflow.connections import PostgresConnection
 from crmflow.demo_data import Summary, generate, parse_rate_overrides, rate_names
 from crmflow.demo_data.exceptions import InvalidRateError, LegacyLoadError, UnknownRateError
 from crmflow.demo_data.hard import NoiseProfile
@@ -141,7 +142,8 @@ def demo_data(
         console.print(message)
 
 
-def _run_changes(rate: float, seconds: float, dsn: str | None, out: Path, seed: int, as_json: bool) -> None:
+def _run_changes(rate: float, seconds: float, dsn: PostgresConnection | str | None, out: Path, seed: int,
+                 as_json: bool) -> None:
     import psycopg
 
     from crmflow.demo_data.changes import run_changes
@@ -151,7 +153,7 @@ def _run_changes(rate: float, seconds: float, dsn: str | None, out: Path, seed: 
         from crmflow.stack import get_stack
 
         ep = get_stack().endpoints()
-        dsn = ep.dsn(ep.legacy_database)
+        dsn = ep.legacy
     out.mkdir(parents=True, exist_ok=True)
     log_path = out / "changes.jsonl"
     try:

@@ -42,7 +42,7 @@ def rollback(
         path = config or Path(RunStore().load(run_id).config)
         cfg = load_config(path)
         target = resolve_target(cfg, get_stack().endpoints())
-        with psycopg.connect(target.dsn) as conn:
+        with target.dsn.connect() as conn:
             plan = Rollback(conn, target.schema, run_id).run(dry_run=True)
             summary: RollbackSummary = plan
             if not dry_run and not plan.empty:

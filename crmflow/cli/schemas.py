@@ -10,6 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from crmflow.connections import RegistryConnection
 from crmflow.exceptions import CrmflowError
 
 app = typer.Typer(no_args_is_help=True, rich_markup_mode=None,
@@ -26,12 +27,13 @@ def _fail(exc: CrmflowError) -> typer.Exit:
     return typer.Exit(2)
 
 
-def _registry_url(url: str | None) -> str:
+def _registry(url: str | None) -> RegistryConnection:
+    """The stack's registry connection; ``--registry-url`` replaces only its URL (auth still from CRMFLOW_*)."""
     if url:
-        return url.rstrip("/")
+        return RegistryConnection.from_env(url=url)
     from crmflow.stack import get_stack
 
-    return get_stack().endpoints().registry_url
+    return get_stack().endpoints().registry
 
 
 @app.command("list")
@@ -82,8 +84,6 @@ def register(
 
     Safe to re-run: an unchanged schema keeps its id. A change the compatibility level forbids is
     refused by the registry and nothing after it is registered."""
-    from confluent_kafka.schema_registry import SchemaRegistryClient
-
     from crmflow.registry import Compatibility, register_all
 
     level = compatibility.upper()
@@ -92,7 +92,7 @@ def register(
         console.print(f"[red]error:[/red] --compatibility {compatibility!r} is not one of {choices}")
         raise typer.Exit(2)
     try:
-        client = SchemaRegistryClient({"url": _registry_url(registry_url)})
+        client = _registry(registry_url).client()
         results = register_all(client, directory, cast(Compatibility, level))
     except CrmflowError as exc:
         raise _fail(exc) from exc

@@ -98,26 +98,28 @@ def sink(
             from crmflow.config import load_config
 
             cfg = load_config(config)
-        dsn = None
+        from crmflow.cli.connect import stage_connections
+        from crmflow.connections import PostgresConnection
+
+        dsn: PostgresConnection | None = None
         ep = None
         if target_dsn_env:
-            dsn = os.environ.get(target_dsn_env)
-            if not dsn:
+            raw = os.environ.get(target_dsn_env)
+            if not raw:
                 raise ConfigError(f"environment variable {target_dsn_env} (--target-dsn-env) is not set")
-        if bootstrap_servers is None or registry_url is None or (dsn is None and (cfg is None or cfg.target is None
-                                                                                  or cfg.target.uses_stack)):
+            dsn = PostgresConnection.from_env(target_dsn_env, raw)
+        kafka, registry, ep = stage_connections("sink", bootstrap_servers, registry_url)
+        if ep is None and dsn is None and (cfg is None or cfg.target is None or cfg.target.uses_stack):
             from crmflow.stack import get_stack
 
             ep = get_stack().endpoints()
-            bootstrap_servers = bootstrap_servers or ep.bootstrap_servers
-            registry_url = registry_url or ep.registry_url
         if dsn is None and cfg is not None:
             from crmflow.pipeline.targets import resolve_target
 
             dsn = resolve_target(cfg, ep).dsn  # the same resolution as migrate's
         elif dsn is None:
             assert ep is not None
-            dsn = ep.target_dsn
+            dsn = ep.target
         overrides: dict[str, Any] = {"orphan_timeout_s": orphan_timeout}
         if group:
             overrides["group_id"] = group
@@ -131,7 +133,7 @@ def sink(
             overrides["topics"] = _parse_topics(topic)
         if dlq_topic:
             overrides["dlq_topic"] = dlq_topic
-        conn = {"bootstrap_servers": bootstrap_servers, "registry_url": registry_url, "target_dsn": dsn}
+        conn: dict[str, Any] = {"kafka": kafka, "registry": registry, "target_dsn": dsn}
         if cfg is not None:
             params = SinkParams.from_config(cfg, **conn, **overrides)
         else:

@@ -77,9 +77,8 @@ def snapshot(
     metrics_port: Annotated[int, typer.Option(help="Serve /metrics on this port (0: off).")] = 0,
 ) -> None:
     """Snapshot the legacy sources of the migration config into Kafka (one raw topic per source), resumably."""
-    from confluent_kafka.schema_registry import SchemaRegistryClient
-
     from crmflow import metrics
+    from crmflow.cli.connect import stage_connections
     from crmflow.config import load_config
     from producers.runs import resolve_run_id
     from producers.snapshot import run_snapshot
@@ -89,17 +88,12 @@ def snapshot(
     try:
         cfg = load_config(config)
         rid = resolve_run_id(cfg, run_id)
-        if bootstrap_servers is None or registry_url is None:
-            from crmflow.stack import get_stack
-
-            ep = get_stack().endpoints()
-            bootstrap_servers = bootstrap_servers or ep.bootstrap_servers
-            registry_url = registry_url or ep.registry_url
+        kafka, registry, _ = stage_connections("snapshot", bootstrap_servers, registry_url)
         metrics.serve(metrics_port)
         err_console.print(f"run id [bold]{rid}[/bold] (resume with --run-id {rid})")
         kwargs: dict[str, Any] = {
-            "bootstrap_servers": bootstrap_servers,
-            "registry_client": SchemaRegistryClient({"url": registry_url}),
+            "kafka": kafka,
+            "registry_client": registry.client(),
             "run_id": rid,
             "limit": limit,
             "sources": source or None,

@@ -50,7 +50,7 @@ def validate(
         record = latest_run(runs, config, cfg.run.name) if run_id is None else runs.load(run_id)
         rid = record.run_id if record is not None else None
         update_ledger(cfg, ep, target)  # the sink's rejections (orphans, refusals) count as rejected
-        with psycopg.connect(target.dsn) as conn:
+        with target.dsn.connect() as conn:
             report = Validator(cfg, conn, schema=target.schema, target=target.describe(), run_id=rid,
                                sample=sample, seed=seed, run_summary=record.summary if record else None).run()
     except psycopg.OperationalError as exc:

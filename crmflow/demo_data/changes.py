@@ -32,6 +32,7 @@ from typing import IO, Any
 import psycopg
 from faker import Faker
 
+from crmflow.connections import PostgresConnection, as_postgres
 from crmflow.demo_data.legacy_db import create_legacy_schema
 
 __all__ = ["ChangeStats", "run_changes"]
@@ -166,7 +167,7 @@ class _Workload:
 
 
 def run_changes(
-    dsn: str,
+    dsn: PostgresConnection | str,
     rate: float,
     seconds: float,
     *,
@@ -187,7 +188,8 @@ def run_changes(
     options = "-c synchronous_commit=off"
     # synchronous_commit off: a commit does not wait for its WAL flush (logical decoding sees it all the same), so
     # a connection is not capped at the disk's fsync rate; the workload's rows are demo rows.
-    with psycopg.connect(dsn, options=options) as conn:
+    db = as_postgres(dsn, setting="--dsn")
+    with db.connect(options=options) as conn:
         with conn.transaction():
             create_legacy_schema(conn)
             for table in ("contacts", "sales", "tickets"):  # children by parent: the updates' and deletes' lookups
@@ -199,7 +201,7 @@ def run_changes(
 
     def worker(w: int) -> None:
         try:
-            with psycopg.connect(dsn, options=options) as conn:
+            with db.connect(options=options) as conn:
                 work = _Workload(conn, seed, first, w, workers)
                 done = 0
                 while not stop.is_set() and (now := time.monotonic()) - started < seconds:

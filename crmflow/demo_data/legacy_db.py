@@ -18,6 +18,7 @@ from typing import Any, Final
 import psycopg
 from psycopg import sql
 
+from crmflow.connections import PostgresConnection, as_postgres
 from crmflow.demo_data.exceptions import LegacyLoadError
 from crmflow.demo_data.layout import SOURCE_FILES, SourceFile
 
@@ -97,7 +98,7 @@ def _copy_file(
 
 
 def load_legacy_db(
-    dsn: str,
+    dsn: PostgresConnection | str,
     source_dir: Path,
     *,
     batch_lines: int = _BATCH_LINES,
@@ -113,7 +114,7 @@ def load_legacy_db(
         raise LegacyLoadError(f"{source_dir} lacks {', '.join(missing)}; run crmflow demo-data --out there first")
     loaded: dict[str, int] = {}
     try:
-        with psycopg.connect(dsn) as conn:
+        with as_postgres(dsn, setting="--legacy-dsn").connect() as conn:
             create_legacy_schema(conn)
             conn.execute(sql.SQL("truncate {}").format(sql.SQL(", ").join(legacy_table(s) for s in SOURCE_FILES)))
             for source in SOURCE_FILES:

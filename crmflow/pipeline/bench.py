@@ -22,10 +22,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import psycopg
 import yaml
 
 from crmflow.config import load_config
+from crmflow.connections import PostgresConnection, as_postgres
 from crmflow.demo_data.run import generate
 from crmflow.pipeline.migrate import MigrateOptions, MigrationSummary, run_migration
 from crmflow.pipeline.targets import resolve_target
@@ -96,26 +96,26 @@ def run_bench(ep: Endpoints, customers: int, *, seed: int = 1, workers: int = 1,
     config = _bench_config(root, data, tag, partitions, dedupe)
 
     database = f"bench_{tag}"
-    with psycopg.connect(ep.postgres_dsn, autocommit=True) as conn:
+    with ep.postgres.connect(autocommit=True) as conn:
         conn.execute(f'create database "{database}"')
     quality: dict[str, Any] | None = None
     try:
-        os.environ["CRMFLOW_BENCH_TARGET_DSN"] = ep.dsn(database)  # the stages resolve it from the config
+        os.environ["CRMFLOW_BENCH_TARGET_DSN"] = ep.dsn(database)  # the stages resolve it from the config (env)
         cfg = load_config(config)
         summary = run_migration(cfg, config, ep, resolve_target(cfg, ep),
                                 MigrateOptions(workers=workers, engine=engine, logs_dir=root / "logs"))
         if dedupe:
-            quality = dedupe_quality(ep.dsn(database), data / "truth.jsonl")
+            quality = dedupe_quality(ep.database(database), data / "truth.jsonl")
         measured = baseline(data) if baseline is not None else None
     finally:
         if not keep:
-            with psycopg.connect(ep.postgres_dsn, autocommit=True) as conn:
+            with ep.postgres.connect(autocommit=True) as conn:
                 conn.execute(f'drop database if exists "{database}" with (force)')
             shutil.rmtree(data, ignore_errors=True)
     return BenchResult(customers, generate_s, summary, quality, measured)
 
 
-def dedupe_quality(target_dsn: str, truth_file: Path) -> dict[str, Any]:
+def dedupe_quality(target_dsn: PostgresConnection | str, truth_file: Path) -> dict[str, Any]:
     """Pairwise precision, recall and F1 of the target's clusters against the generator's truth clusters."""
     truth: dict[str, str] = {}
     with truth_file.open() as fh:
@@ -123,7 +123,7 @@ def dedupe_quality(target_dsn: str, truth_file: Path) -> dict[str, Any]:
             t = json.loads(line)
             if t["entity"] == "account" and t["outcome"] == "ok":
                 truth[t["source_key"]] = t["cluster"]
-    with psycopg.connect(target_dsn) as conn:
+    with as_postgres(target_dsn).connect() as conn:
         rows = conn.execute("select source_id, golden_id from crm.xref where entity = 'account'").fetchall()
         (accounts,) = conn.execute("select count(*) from crm.accounts").fetchone() or (0,)
     predicted = {str(source): str(golden) for source, golden in rows}
@@ -157,8 +157,6 @@ def run_stage_bench(ep: Endpoints, customers: int, *, seed: int = 1, partitions:
                     batch_size: int = 2000) -> list[StageBench]:
     """``crmflow bench --stage process``: per engine and dedupe setting, fill fresh raw topics with the
     snapshot, then run ONE processor worker until its group has committed everything, and time it."""
-    from confluent_kafka.schema_registry import SchemaRegistryClient
-
     from crmflow.pipeline.migrate import prepare, processor_topics
     from crmflow.pipeline.services import Service, wait_drained
     from producers.snapshot import run_snapshot
@@ -166,7 +164,7 @@ def run_stage_bench(ep: Endpoints, customers: int, *, seed: int = 1, partitions:
     root = stack_settings().home / "bench" / f"stage-{uuid.uuid4().hex[:8]}"
     data = root / "data"
     generate(data, customers, seed)
-    registry = SchemaRegistryClient({"url": ep.registry_url})
+    registry = ep.registry.client()
     results: list[StageBench] = []
     try:
         for engine in engines:
@@ -174,13 +172,13 @@ def run_stage_bench(ep: Endpoints, customers: int, *, seed: int = 1, partitions:
                 tag = uuid.uuid4().hex[:8]
                 config = _bench_config(root, data, tag, partitions, with_dedupe)
                 database = f"bench_{tag}"
-                with psycopg.connect(ep.postgres_dsn, autocommit=True) as conn:
+                with ep.postgres.connect(autocommit=True) as conn:
                     conn.execute(f'create database "{database}"')
                 try:
                     os.environ["CRMFLOW_BENCH_TARGET_DSN"] = ep.dsn(database)
                     cfg = load_config(config)
-                    prepare(cfg, ep, registry, ep.dsn(database))
-                    stats = run_snapshot(cfg, bootstrap_servers=ep.bootstrap_servers, registry_client=registry,
+                    prepare(cfg, ep, registry, ep.database(database))
+                    stats = run_snapshot(cfg, kafka=ep.kafka.for_stage("snapshot"), registry_client=registry,
                                          run_id=f"bench-{tag}", state_dir=root / f"state-{tag}")
                     produced = int(sum(s.produced for s in stats.sources.values()))
                     log.info("stage bench %s dedupe=%s: %d raw records ready", engine, with_dedupe, produced)
@@ -188,9 +186,9 @@ def run_stage_bench(ep: Endpoints, customers: int, *, seed: int = 1, partitions:
                     worker = Service(f"process-{engine}", [
                         "process", "-c", str(config), "--metrics-port", "0", "--engine", engine,
                         "--instance", f"bench-{tag}", "--batch-size", str(batch_size)],
-                        root / f"process-{tag}.log", {})
+                        root / f"process-{tag}.log", ep.kafka.stage_env("process"))
                     try:
-                        done = wait_drained(ep.bootstrap_servers, f"crmflow-process-{cfg.kafka.topic_prefix}",
+                        done = wait_drained(ep.kafka.for_stage("ops"), f"crmflow-process-{cfg.kafka.topic_prefix}",
                                             processor_topics(cfg), [worker], 1800)
                         cpu = _cpu_seconds(worker.proc.pid)
                         worker.sample()
@@ -199,7 +197,7 @@ def run_stage_bench(ep: Endpoints, customers: int, *, seed: int = 1, partitions:
                     results.append(StageBench(engine, with_dedupe, produced, done - started, cpu, worker.peak_rss))
                     log.info("stage bench: %s", results[-1].to_json())
                 finally:
-                    with psycopg.connect(ep.postgres_dsn, autocommit=True) as conn:
+                    with ep.postgres.connect(autocommit=True) as conn:
                         conn.execute(f'drop database if exists "{database}" with (force)')
     finally:
         shutil.rmtree(data, ignore_errors=True)

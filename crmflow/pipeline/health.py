@@ -19,10 +19,17 @@ import psycopg
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
 
-from crmflow.exceptions import InfrastructureError
-from crmflow.kafkalog import client_logging
+from crmflow.connections import (
+    KafkaConnection,
+    PostgresConnection,
+    RegistryConnection,
+    as_kafka,
+    as_postgres,
+    as_registry,
+    kafka_config,
+)
+from crmflow.exceptions import ConfigError, InfrastructureError
 from crmflow.metrics import DEPENDENCY_UP
-from crmflow.pipeline.targets import redact_dsn
 from crmflow.settings import stack_settings
 from crmflow.stack import Endpoints
 
@@ -40,40 +47,51 @@ def fix_hint(part: str) -> str:
     return f"check that it runs and that {env} points at it"
 
 
-def kafka_reachable(bootstrap_servers: str, timeout_s: float = 5.0) -> str | None:
-    """None when a broker answers a metadata request; else a short reason."""
-    admin = AdminClient({"bootstrap.servers": bootstrap_servers, **client_logging()})
+def kafka_reachable(kafka: KafkaConnection | str, timeout_s: float = 5.0) -> str | None:
+    """None when a broker answers a metadata request; else a short reason (naming the setting to fix when
+    the cluster refused the credentials or TLS)."""
+    conn = as_kafka(kafka)
+    admin = AdminClient(kafka_config(conn))
     try:
         admin.list_topics(timeout=timeout_s)
     except KafkaException as exc:
         err = exc.args[0] if exc.args else exc
-        return str(getattr(err, "str", lambda: str(err))())
+        refusal = conn.explain(err)
+        return str(refusal) if refusal is not None else str(getattr(err, "str", lambda: str(err))())
     return None
 
 
-def registry_reachable(url: str, timeout_s: float = 5.0) -> str | None:
+def registry_reachable(registry: RegistryConnection | str, timeout_s: float = 5.0) -> str | None:
+    conn = as_registry(registry)
     try:
-        resp = httpx.get(url.rstrip("/") + "/subjects", timeout=timeout_s)
+        with conn.http_client(timeout_s) as http:
+            resp = http.get("/subjects")
     except httpx.HTTPError as exc:
         return exc.__class__.__name__
+    refusal = conn.explain(resp.status_code)
+    if refusal is not None:
+        return str(refusal)
     return None if resp.status_code < 500 else f"HTTP {resp.status_code}"
 
 
-def postgres_reachable(dsn: str, timeout_s: float = 5.0) -> str | None:
+def postgres_reachable(dsn: PostgresConnection | str, timeout_s: float = 5.0) -> str | None:
     try:
-        with psycopg.connect(dsn, connect_timeout=max(1, int(timeout_s))):
+        with as_postgres(dsn).connect(connect_timeout=max(1, int(timeout_s))):
             return None
+    except ConfigError as exc:  # refused credentials or TLS: the message names the setting
+        return str(exc)
     except psycopg.OperationalError as exc:
         # The first line only: psycopg's message names host and port, never the password.
         return str(exc).strip().splitlines()[0] if str(exc).strip() else "connection failed"
 
 
-def require_reachable(ep: Endpoints, target_dsn: str) -> None:
+def require_reachable(ep: Endpoints, target_dsn: PostgresConnection | str) -> None:
     """Raise :class:`InfrastructureError` for the first part that does not answer."""
+    target = as_postgres(target_dsn)
     checks: list[tuple[str, str, Callable[[], str | None]]] = [
-        ("Kafka", ep.bootstrap_servers, lambda: kafka_reachable(ep.bootstrap_servers)),
-        ("schema registry", ep.registry_url, lambda: registry_reachable(ep.registry_url)),
-        ("PostgreSQL", redact_dsn(target_dsn), lambda: postgres_reachable(target_dsn)),
+        ("Kafka", ep.bootstrap_servers, lambda: kafka_reachable(ep.kafka.for_stage("ops"))),
+        ("schema registry", ep.registry_url, lambda: registry_reachable(ep.registry)),
+        ("PostgreSQL", target.describe(), lambda: postgres_reachable(target)),
     ]
     for part, where, probe in checks:
         reason = probe()
@@ -88,12 +106,13 @@ class KafkaWatch:
 
     def __init__(
         self,
-        bootstrap_servers: str,
+        kafka: KafkaConnection | str,
         grace_s: float,
         interval_s: float = 2.0,
         on_fail: Callable[[KafkaWatch], None] | None = None,
     ) -> None:
-        self.bootstrap_servers = bootstrap_servers
+        self.kafka = as_kafka(kafka)
+        self.bootstrap_servers = self.kafka.bootstrap_servers
         self.on_fail = on_fail
         self.grace_s = grace_s
         self.interval_s = interval_s
@@ -120,7 +139,7 @@ class KafkaWatch:
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval_s):
-            reason = kafka_reachable(self.bootstrap_servers, timeout_s=min(5.0, self.interval_s * 2))
+            reason = kafka_reachable(self.kafka, timeout_s=min(5.0, self.interval_s * 2))
             DEPENDENCY_UP.labels(dependency="kafka").set(0 if reason else 1)
             if reason is None:
                 if self._down_since is not None:

@@ -30,9 +30,10 @@ from confluent_kafka.schema_registry import SchemaRegistryClient
 from psycopg.rows import TupleRow
 
 from crmflow.config import MigrationConfig
+from crmflow.connections import KafkaConnection
 from crmflow.dlq import DeadLetter, DlqCipher, read_dead_letters
 from crmflow.exceptions import InfrastructureError
-from crmflow.pipeline.targets import Target, redact_dsn
+from crmflow.pipeline.targets import Target
 from crmflow.serialization import AvroDecoder, SerializationError
 from crmflow.stack import Endpoints
 from sinks.postgres.ledger import Ledger, LedgerEntry, LedgerRow
@@ -103,7 +104,7 @@ def sync_ledger(
     conn: psycopg.Connection[TupleRow],
     schema: str,
     dlq_topic: str,
-    bootstrap_servers: str,
+    kafka: KafkaConnection | str,
     registry: SchemaRegistryClient,
     cipher: DlqCipher,
     retries: RetryWatch | None = None,
@@ -115,7 +116,7 @@ def sync_ledger(
     decoder = AvroDecoder(registry)
     read = 0
     with ledger.syncing(dlq_topic) as offsets:
-        for letter in read_dead_letters(bootstrap_servers, registry, dlq_topic, start=dict(offsets)):
+        for letter in read_dead_letters(kafka, registry, dlq_topic, start=dict(offsets)):
             entry = to_entry(letter, dlq_topic, cipher, decoder)
             replayed = retries.match(letter.record) if retries is not None else None
             if replayed is None:
@@ -138,10 +139,10 @@ def ledger_connection(target: Target) -> Iterator[psycopg.Connection[TupleRow]]:
     """A connection to the target database, its schema migrated (the ledger's table included)."""
     try:
         apply_migrations(target.dsn, schema=target.schema)
-        conn = psycopg.connect(target.dsn)
+        conn = target.dsn.connect()
     except psycopg.OperationalError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else "connection failed"
-        raise InfrastructureError(f"PostgreSQL at {redact_dsn(target.dsn)}", first,
+        raise InfrastructureError(f"PostgreSQL at {target.dsn.describe()}", first,
                                   "start it with `crmflow stack up` (or check the target DSN)") from exc  # fmt: skip
     try:
         yield conn
@@ -153,7 +154,7 @@ def ledger_connection(target: Target) -> Iterator[psycopg.Connection[TupleRow]]:
 def update_ledger(cfg: MigrationConfig, ep: Endpoints, target: Target) -> SyncResult:
     """Bring the config's ledger up to date with its dead-letter topic (what ``dlq list`` does first); for
     ``migrate`` to call at the end of a run, so the letters of the run are in the ledger at once."""
-    registry = SchemaRegistryClient({"url": ep.registry_url})
+    registry = ep.registry.client()
     with ledger_connection(target) as conn:
-        return sync_ledger(conn, target.schema, cfg.kafka.dlq_topic, ep.bootstrap_servers, registry,
+        return sync_ledger(conn, target.schema, cfg.kafka.dlq_topic, ep.kafka.for_stage("ops"), registry,
                            DlqCipher.from_env())  # fmt: skip

@@ -30,6 +30,7 @@ from typing import Any, Protocol
 from confluent_kafka.schema_registry import SchemaRegistryClient
 
 from crmflow.config import MigrationConfig
+from crmflow.connections import PostgresConnection, as_postgres
 from crmflow.dlq import read_dead_letters
 from crmflow.exceptions import CrmflowError, InfrastructureError
 from crmflow.pipeline.health import KafkaWatch, require_reachable
@@ -179,14 +180,17 @@ class RunControl:
         return self.reason if self.stop.is_set() else None
 
 
-def as_target(cfg: MigrationConfig, target: Target | str) -> Target:
+TargetLike = Target | PostgresConnection | str
+
+
+def as_target(cfg: MigrationConfig, target: TargetLike) -> Target:
     """A :class:`Target`, also from a bare DSN (tests and tools that made their own database)."""
     if isinstance(target, Target):
         return target
-    return Target(target, cfg.target.schema_name if cfg.target else "crm", "given DSN")
+    return Target(as_postgres(target), cfg.target.schema_name if cfg.target else "crm", "given DSN")
 
 
-def prepare(cfg: MigrationConfig, ep: Endpoints, registry: SchemaRegistryClient, target: Target | str) -> None:
+def prepare(cfg: MigrationConfig, ep: Endpoints, registry: SchemaRegistryClient, target: TargetLike) -> None:
     """Schemas registered (BACKWARD), every topic created, the target schema migrated."""
     target = as_target(cfg, target)
     register_all(registry)
@@ -194,7 +198,7 @@ def prepare(cfg: MigrationConfig, ep: Endpoints, registry: SchemaRegistryClient,
     topics = [k.raw_topic(s) for s in cfg.sources] + [k.mapped_topic(e) for e in cfg.entities] + [k.dlq_topic]
     if cfg.dedupe_enabled:
         topics.append(k.dedupe_topic("account"))
-    ensure_topics(ep.bootstrap_servers, topics, k.partitions, k.replication_factor)
+    ensure_topics(ep.kafka.for_stage("ops"), topics, k.partitions, k.replication_factor)
     apply_migrations(target.dsn, schema=target.schema)
 
 
@@ -219,36 +223,38 @@ def run_migration(
     require_reachable(ep, target.dsn)  # before the run is recorded: a run that never started is no run
     resumed = runs.exists(run_id)
     record = runs.begin(run_id, config_path, target.describe(), resumed=resumed)
-    registry = SchemaRegistryClient({"url": ep.registry_url})
+    registry = ep.registry.client()
     prepare(cfg, ep, registry, target)
     logs = opts.logs_dir or runs.dir(run_id)
     env = service_env(cfg, target)
+    ops = ep.kafka.for_stage("ops")
     log.info("run %s: writing to %s; logs in %s", run_id, target.describe(), logs, extra={"run_id": run_id})
     processors = [
         Service(f"process-{i}", ["process", "-c", str(config_path), "--metrics-port", "0",
                                  "--instance", f"{run_id}-{i}", "--engine", opts.engine],
-                logs / f"process-{i}.log", env)
+                logs / f"process-{i}.log", {**env, **ep.kafka.stage_env("process")})
         for i in range(opts.workers)
     ]
     # The live sink and the final pass share one stable instance name: the pass fences a sink that did not
     # stop in time (and aborts its open transaction at once instead of waiting for it to time out).
-    sink = Service("sink", ["sink", "-c", str(config_path), "--instance", f"{run_id}-sink"], logs / "sink.log", env)
+    sink = Service("sink", ["sink", "-c", str(config_path), "--instance", f"{run_id}-sink"], logs / "sink.log",
+                   {**env, **ep.kafka.stage_env("sink")})
     services = [*processors, sink]
     done: dict[str, float] = {}
     group = f"crmflow-process-{cfg.kafka.topic_prefix}"
-    sampler = ThroughputSampler(ep.bootstrap_servers, raw_topics=[cfg.kafka.raw_topic(s) for s in cfg.sources],
+    sampler = ThroughputSampler(ops, raw_topics=[cfg.kafka.raw_topic(s) for s in cfg.sources],
                                 process_group=group, mapped_topics=[cfg.kafka.mapped_topic(e) for e in cfg.entities],
                                 sink_group=f"crmflow-sink.{cfg.run.name}")
     try:
-        with KafkaWatch(ep.bootstrap_servers, opts.infra_grace_s,
+        with KafkaWatch(ops, opts.infra_grace_s,
                         on_fail=lambda w: control.request_stop(w.error())), sampler:
-            stats = run_snapshot(cfg, bootstrap_servers=ep.bootstrap_servers, registry_client=registry,
+            stats = run_snapshot(cfg, kafka=ep.kafka.for_stage("snapshot"), registry_client=registry,
                                  run_id=run_id, limit=opts.limit, stop_event=control.stop, progress=progress)
             _raise_if_stopped(control)
             done["snapshot"] = time.monotonic() - started
             total = _produced_total(stats)
             on_lag = (lambda lag: progress.stage("process", max(0, total - lag), total)) if progress else _ignore
-            done["process"] = wait_drained(ep.bootstrap_servers, group, processor_topics(cfg), services,
+            done["process"] = wait_drained(ops, group, processor_topics(cfg), services,
                                            opts.drain_timeout_s, should_stop=control.check, on_lag=on_lag) - started
             if progress:
                 progress.done("process")
@@ -311,12 +317,12 @@ def processor_topics(cfg: MigrationConfig) -> list[str]:
 
 
 def drain_sink(
-    cfg: MigrationConfig, ep: Endpoints, target: Target | str, stop_event: threading.Event | None = None,
+    cfg: MigrationConfig, ep: Endpoints, target: TargetLike, stop_event: threading.Event | None = None,
     instance: str | None = None,
 ) -> None:
     """The final sink pass: write what the mapped topics still hold, resolve or dead-letter parked children."""
     target = as_target(cfg, target)
-    run_sink(SinkParams.from_config(cfg, bootstrap_servers=ep.bootstrap_servers, registry_url=ep.registry_url,
+    run_sink(SinkParams.from_config(cfg, kafka=ep.kafka.for_stage("sink"), registry=ep.registry,
                                     target_dsn=target.dsn, instance=instance), drain=True, stop_event=stop_event)
 
 
@@ -326,13 +332,13 @@ def service_env(cfg: MigrationConfig, target: Target) -> dict[str, str]:
     when the config names ``target.dsn_env``, the variable carries the DSN this process resolved."""
     env = {"PYTHONUNBUFFERED": "1"}
     if cfg.target is not None and cfg.target.dsn_env:
-        env[cfg.target.dsn_env] = target.dsn
+        env[cfg.target.dsn_env] = target.dsn.conninfo()  # the child's own resolve_target reads it back
     return env
 
 
 def sink_lag(cfg: MigrationConfig, ep: Endpoints) -> int:
     """Mapped records the sink's group has not committed yet."""
-    return group_lag(ep.bootstrap_servers, f"crmflow-sink.{cfg.run.name}",
+    return group_lag(ep.kafka.for_stage("ops"), f"crmflow-sink.{cfg.run.name}",
                      [cfg.kafka.mapped_topic(e) for e in cfg.entities])
 
 
@@ -342,7 +348,7 @@ def count_rejected(
     """One rejection per source record of this run: a record re-delivered after a crash may have been
     dead-lettered twice, so letters are keyed by where the record came from."""
     seen: dict[tuple[str, str], str] = {}
-    for letter in read_dead_letters(ep.bootstrap_servers, registry, dlq_topic):
+    for letter in read_dead_letters(ep.kafka.for_stage("ops"), registry, dlq_topic):
         r = letter.record
         if r["run_id"] != run_id:
             continue

@@ -38,9 +38,9 @@ from confluent_kafka import KafkaError, Message, Producer
 from confluent_kafka.schema_registry import SchemaRegistryClient
 
 from crmflow.config import MigrationConfig
+from crmflow.connections import kafka_config
 from crmflow.dlq import DeadLetterWriter, DlqCipher, Letter
 from crmflow.exceptions import CrmflowError, TerminalError
-from crmflow.kafkalog import client_logging
 from crmflow.pipeline.health import require_reachable
 from crmflow.pipeline.letters import RetryWatch, ledger_connection, sync_ledger
 from crmflow.pipeline.migrate import RunControl, drain_sink, prepare, processor_topics, service_env
@@ -216,20 +216,20 @@ def run_replay(
     control = control or RunControl()
     report = ReplayReport(target=target.describe())
     require_reachable(ep, target.dsn)
-    registry = SchemaRegistryClient({"url": ep.registry_url})
+    registry = ep.registry.client()
     prepare(cfg, ep, registry, target)
+    ops = ep.kafka.for_stage("ops")
     cipher = DlqCipher.from_env()
     dlq = cfg.kafka.dlq_topic
     with ledger_connection(target) as conn:
-        sync_ledger(conn, target.schema, dlq, ep.bootstrap_servers, registry, cipher)
+        sync_ledger(conn, target.schema, dlq, ops, registry, cipher)
         rows = Ledger(conn, target.schema).select(dlq, statuses=("open",), run_id=selection.run_id,
                                                   stage=selection.stage, rule=selection.rule, ids=selection.ids)
         conn.commit()
     if not rows:
         report.elapsed_s = time.monotonic() - started
         return report
-    producer = Producer({"bootstrap.servers": ep.bootstrap_servers, "enable.idempotence": True, "linger.ms": 20,
-                         **client_logging()})  # fmt: skip
+    producer = Producer(kafka_config(ops, {"enable.idempotence": True, "linger.ms": 20}))
     writer = DeadLetterWriter(producer, registry, dlq, cipher)
     sent = _send(cfg, rows, producer, writer, registry, cipher, report)
     watch = RetryWatch()
@@ -245,7 +245,7 @@ def run_replay(
     if sent:
         _carry_through(cfg, config_path, ep, target, bool(to_process), opts, control)
     with ledger_connection(target) as conn:
-        sync_ledger(conn, target.schema, dlq, ep.bootstrap_servers, registry, cipher, retries=watch)
+        sync_ledger(conn, target.schema, dlq, ops, registry, cipher, retries=watch)
         ledger = Ledger(conn, target.schema)
         stamp = datetime.now(UTC).isoformat(timespec="seconds")
         by_id = {o.letter_id: o for o in report.outcomes}
@@ -387,9 +387,10 @@ def _carry_through(
         tag = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
         services = [Service(f"process-{i}", ["process", "-c", str(config_path), "--metrics-port", "0",
                                              "--instance", f"replay-{tag}-{i}"],
-                            logs / f"process-{i}.log", env) for i in range(opts.workers)]  # fmt: skip
+                            logs / f"process-{i}.log", {**env, **ep.kafka.stage_env("process")})
+                    for i in range(opts.workers)]  # fmt: skip
         try:
-            wait_drained(ep.bootstrap_servers, f"crmflow-process-{cfg.kafka.topic_prefix}", processor_topics(cfg),
+            wait_drained(ep.kafka.for_stage("ops"), f"crmflow-process-{cfg.kafka.topic_prefix}", processor_topics(cfg),
                          services, opts.drain_timeout_s, should_stop=control.check)  # fmt: skip
         finally:
             stop_all(services)

@@ -10,14 +10,14 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import psutil
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
+from crmflow.connections import KafkaConnection, kafka_config
 from crmflow.exceptions import StackError
-from crmflow.kafkalog import client_logging
 from crmflow.logs import cli_flags
 from crmflow.stack.process import tail
 
@@ -41,14 +41,15 @@ class Service:
     started it, and it ignores the terminal's SIGINT (its own session): the parent decides when it stops.
     """
 
-    def __init__(self, name: str, args: list[str], log_file: Path, env: dict[str, str]) -> None:
+    def __init__(self, name: str, args: list[str], log_file: Path, env: Mapping[str, str | None]) -> None:
+        """``env`` is added to this process's environment; a None value removes the variable."""
         self.name = name
         self.log_file = log_file
         log_file.parent.mkdir(parents=True, exist_ok=True)
         with log_file.open("ab") as out:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "crmflow", *cli_flags(), *args], stdout=out, stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL, env={**os.environ, **env}, start_new_session=True,
+                stdin=subprocess.DEVNULL, env=_child_env(env), start_new_session=True,
                 preexec_fn=_die_with_parent,  # only a prctl call: safe between fork and exec
             )
         self.peak_rss = 0
@@ -95,13 +96,19 @@ def stop_all(services: list[Service], timeout_s: float = 8.0) -> None:
         s.stop(max(0.5, deadline - time.monotonic()))
 
 
-def group_lag(bootstrap_servers: str, group: str, topics: list[str], timeout_s: float = 30.0) -> int:
+def _child_env(changes: Mapping[str, str | None]) -> dict[str, str]:
+    env = {**os.environ, **{k: v for k, v in changes.items() if v is not None}}
+    for key in [k for k, v in changes.items() if v is None]:
+        env.pop(key, None)
+    return env
+
+
+def group_lag(kafka: KafkaConnection | str, group: str, topics: list[str], timeout_s: float = 30.0) -> int:
     """Messages the group still has to read on ``topics``: high watermark minus committed offset.
 
     Retriable broker answers (the group coordinator moving or still loading, as right after a broker
     starts) are retried until ``timeout_s``."""
-    consumer = Consumer({"bootstrap.servers": bootstrap_servers, "group.id": group, "enable.auto.commit": False,
-                         **client_logging()})
+    consumer = Consumer(kafka_config(kafka, {"group.id": group, "enable.auto.commit": False}))
     deadline = time.monotonic() + timeout_s
     try:
         while True:
@@ -138,7 +145,7 @@ def _lag(consumer: Consumer, topics: list[str], timeout_s: float) -> int:
 
 
 def wait_drained(
-    bootstrap_servers: str,
+    kafka: KafkaConnection | str,
     group: str,
     topics: list[str],
     services: list[Service],
@@ -160,7 +167,7 @@ def wait_drained(
         if stop is not None:
             raise stop
         try:
-            lag = group_lag(bootstrap_servers, group, topics, timeout_s=10.0)
+            lag = group_lag(kafka, group, topics, timeout_s=10.0)
         except KafkaException as exc:
             log.debug("lag of %s not readable yet: %s", group, exc)
         else:

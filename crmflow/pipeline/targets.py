@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from psycopg.conninfo import conninfo_to_dict
 
 from crmflow.config import MigrationConfig
+from crmflow.connections import PostgresConnection
 from crmflow.exceptions import ConfigError
 from crmflow.stack import Endpoints
 
@@ -21,13 +22,13 @@ from crmflow.stack import Endpoints
 class Target:
     """A resolved target: its DSN (never printed), its schema, and where the DSN came from."""
 
-    dsn: str = field(repr=False)
+    dsn: PostgresConnection = field(repr=False)
     schema: str
     origin: str  # "env CRMFLOW_TARGET_DSN" or "crmflow stack"
 
     def describe(self) -> str:
         """``postgresql://user@host:port/db (schema crm, from env X)``: no password, for logs and summaries."""
-        return f"{redact_dsn(self.dsn)} (schema {self.schema}, {self.origin})"
+        return f"{self.dsn.describe()} (schema {self.schema}, {self.origin})"
 
 
 def redact_dsn(dsn: str) -> str:
@@ -46,8 +47,8 @@ def resolve_target(cfg: MigrationConfig, endpoints: Endpoints | None) -> Target:
     target = cfg.target
     schema = target.schema_name if target is not None else "crm"
     if target is not None and target.dsn_env:
-        return Target(target.dsn().get_secret_value(), schema, f"from env {target.dsn_env}")
+        return Target(PostgresConnection.from_env(target.dsn_env, target.dsn()), schema, f"from env {target.dsn_env}")
     if endpoints is None:
         raise ConfigError(f"{cfg.file or 'the config'}: target.dsn_env is not set and no crmflow stack is known; "
                           "name the variable holding the target DSN in target.dsn_env")
-    return Target(endpoints.target_dsn, schema, "the crmflow stack's target database")
+    return Target(endpoints.target, schema, "the crmflow stack's target database")

@@ -20,7 +20,7 @@ from typing import Any, Final
 
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
-from crmflow.kafkalog import client_logging
+from crmflow.connections import KafkaConnection, kafka_config
 
 __all__ = ["COLUMNS", "MAX_SAMPLES", "ThroughputSampler"]
 
@@ -39,7 +39,7 @@ class ThroughputSampler:
 
     def __init__(
         self,
-        bootstrap_servers: str,
+        kafka: KafkaConnection | str,
         *,
         raw_topics: list[str],
         process_group: str,
@@ -47,7 +47,7 @@ class ThroughputSampler:
         sink_group: str,
         interval_s: float = 1.0,
     ) -> None:
-        self._bootstrap = bootstrap_servers
+        self._kafka = kafka
         self._raw, self._mapped = raw_topics, mapped_topics
         self._groups = (process_group, sink_group)
         self.interval_s = interval_s
@@ -70,8 +70,7 @@ class ThroughputSampler:
         return {"interval_s": self.interval_s, "columns": list(COLUMNS), "samples": [list(s) for s in self.samples]}
 
     def _consumer(self, group: str) -> Consumer:
-        return Consumer({"bootstrap.servers": self._bootstrap, "group.id": group, "enable.auto.commit": False,
-                         **client_logging()})  # fmt: skip
+        return Consumer(kafka_config(self._kafka, {"group.id": group, "enable.auto.commit": False}))
 
     def _loop(self) -> None:
         process = self._consumer(self._groups[0])

@@ -18,6 +18,8 @@ from typing import Any
 
 import psycopg
 
+from crmflow.connections import PostgresConnection
+from crmflow.exceptions import ConfigError
 from crmflow.quality.validate import Validator
 from producers.cdc.stream import slot_state
 from sinks.postgres.ledger import Ledger
@@ -59,8 +61,10 @@ def cdc_check(cfg: Any) -> Check | None:
     if not dsn:
         return Check("cdc_lag", False, f"environment variable {cdc.dsn_env} (cdc.dsn_env) is not set")
     try:
-        with psycopg.connect(dsn, connect_timeout=5) as conn:
+        with PostgresConnection.from_env(cdc.dsn_env, dsn).connect(connect_timeout=5) as conn:
             state = slot_state(conn, cdc.slot)
+    except ConfigError as exc:
+        return Check("cdc_lag", False, str(exc))
     except psycopg.OperationalError as exc:
         return Check("cdc_lag", False, f"legacy database unreachable (SQLSTATE {exc.sqlstate or 'none'})")
     if state is None:

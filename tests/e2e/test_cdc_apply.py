@@ -236,7 +236,7 @@ def test_changes_reach_the_target_in_order_with_deletes_toast_a_processor_kill_a
     services = [cdc]
     try:
         # The processor subscribes to the change topics, which `crmflow cdc --init` creates: start it after.
-        admin = AdminClient({"bootstrap.servers": endpoints.bootstrap_servers})
+        admin = AdminClient(endpoints.kafka.client_config())
         topics = [cdc_topic(cfg.kafka.topic_prefix, t) for t in ("legacy.customers", "legacy.contacts")]
         wait_until(lambda: set(topics) <= set(admin.list_topics(timeout=5).topics), 60, what="the change topics")
         processor = service("process-1", "process")
@@ -262,7 +262,7 @@ def test_changes_reach_the_target_in_order_with_deletes_toast_a_processor_kill_a
         processor = service("process-2", "process")
         services[1] = processor
         # The stale event: C00003's snapshot envelope produced again after its update.
-        producer = Producer({"bootstrap.servers": endpoints.bootstrap_servers})
+        producer = Producer(endpoints.kafka.client_config())
         producer.produce(cdc_topic(cfg.kafka.topic_prefix, "legacy.customers"), early[1], early[0])
         assert producer.flush(10) == 0
         sql("update legacy.customers set last_name = 'final' where customer_id = 'C00010'",

@@ -57,7 +57,7 @@ def test_sigkill_mid_run_loses_and_doubles_nothing(
     run = run_factory(medium_dataset, _slow_batches)
     cfg = load_config(run.config)
     prepare(cfg, endpoints, registry_client, run.target_dsn)
-    stats = run_snapshot(cfg, bootstrap_servers=endpoints.bootstrap_servers, registry_client=registry_client,
+    stats = run_snapshot(cfg, kafka=endpoints.kafka, registry_client=registry_client,
                          state_dir=tmp_path / "state")
     produced = sum(s.produced for s in stats.sources.values())
     raw_topics = [cfg.kafka.raw_topic(s) for s in cfg.sources]

@@ -76,7 +76,7 @@ def _migrate(run: Run, dataset: Dataset, endpoints: Endpoints, registry_client: 
              kill_processor: bool, engine: str = "batch") -> None:
     cfg = load_config(run.config)
     prepare(cfg, endpoints, registry_client, run.target_dsn)
-    run_snapshot(cfg, bootstrap_servers=endpoints.bootstrap_servers, registry_client=registry_client,
+    run_snapshot(cfg, kafka=endpoints.kafka, registry_client=registry_client,
                  state_dir=tmp_path / f"state-{run.prefix}")
     group = f"crmflow-process-{cfg.kafka.topic_prefix}"
     topics = [cfg.kafka.raw_topic(s) for s in cfg.sources] + [cfg.kafka.dedupe_topic("account")]

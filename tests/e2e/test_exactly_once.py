@@ -206,9 +206,9 @@ class Probe:
 
     def __init__(self, ep: Endpoints, cfg: MigrationConfig) -> None:
         self.group = f"crmflow-process-{cfg.kafka.topic_prefix}"
-        self._consumer = Consumer({"bootstrap.servers": ep.bootstrap_servers, "group.id": self.group,
+        self._consumer = Consumer({**ep.kafka.client_config(), "group.id": self.group,
                                    "enable.auto.commit": False})
-        self._admin = AdminClient({"bootstrap.servers": ep.bootstrap_servers})
+        self._admin = AdminClient(ep.kafka.client_config())
         self._partitions: dict[str, list[TopicPartition]] = {}
 
     def _tps(self, topics: list[str]) -> list[TopicPartition]:
@@ -317,7 +317,7 @@ def pipeline(small_dataset: Dataset, run_factory: Callable[..., Run], endpoints:
     run = run_factory(small_dataset, dedupe=True)
     cfg = load_config(run.config)
     prepare(cfg, endpoints, registry_client, run.target_dsn)
-    stats = run_snapshot(cfg, bootstrap_servers=endpoints.bootstrap_servers, registry_client=registry_client,
+    stats = run_snapshot(cfg, kafka=endpoints.kafka, registry_client=registry_client,
                          state_dir=tmp_path / "state")
     sink = Service("sink", ["sink", "-c", str(run.config)], tmp_path / "sink.log", dict(run.env))
     p = Pipeline(run, cfg, endpoints, tmp_path, sum(s.produced for s in stats.sources.values()), sink)

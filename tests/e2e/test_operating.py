@@ -78,7 +78,7 @@ def test_an_unset_target_variable_is_an_error_and_nothing_is_written(
     assert "Traceback" not in res.stderr
     from confluent_kafka.admin import AdminClient
 
-    topics = AdminClient({"bootstrap.servers": endpoints.bootstrap_servers}).list_topics(timeout=10).topics
+    topics = AdminClient(endpoints.kafka.client_config()).list_topics(timeout=10).topics
     assert not [t for t in topics if t.startswith(run.prefix)], "records moved although the target was unknown"
 
 

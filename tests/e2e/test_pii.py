@@ -65,7 +65,7 @@ def _hits(blobs: Iterable[bytes], pii: set[bytes]) -> list[bytes]:
 def _topic_values(ep: Endpoints, topic: str) -> list[bytes]:
     # read_committed, with end-of-partition events: a transactional writer's last offset is a commit marker,
     # which is never delivered, so the end is the partition-EOF event, not the high watermark's offset.
-    c = Consumer({"bootstrap.servers": ep.bootstrap_servers, "group.id": f"scan-{topic}", "enable.auto.commit": False,
+    c = Consumer({**ep.kafka.client_config(), "group.id": f"scan-{topic}", "enable.auto.commit": False,
                   "isolation.level": "read_committed", "enable.partition.eof": True})
     md = c.list_topics(topic, timeout=10)
     ends = {}
@@ -114,7 +114,7 @@ def test_staging_profile_leaves_no_pii_downstream_of_masking(
     assert len(pii) > 1000
 
     prepare(cfg, endpoints, registry_client, run.target_dsn)
-    run_snapshot(cfg, bootstrap_servers=endpoints.bootstrap_servers, registry_client=registry_client,
+    run_snapshot(cfg, kafka=endpoints.kafka, registry_client=registry_client,
                  state_dir=tmp_path / "state")
     port = _free_port()
     processor = Service("process", ["--verbose", "process", "-c", str(run.config), "--metrics-port", str(port)],

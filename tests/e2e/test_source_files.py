@@ -178,7 +178,7 @@ def test_header_missing_a_mapped_column_fails_before_any_record_moves(
     assert f"{tmp_path / 'customers.csv'}: column 'Phone' is not in the header" in message, res.stderr[-2000:]
     assert f"{run.config}:{line}" in message, res.stderr[-2000:]
 
-    consumer = Consumer({"bootstrap.servers": endpoints.bootstrap_servers, "group.id": "e2e-watermarks"})
+    consumer = Consumer({**endpoints.kafka.client_config(), "group.id": "e2e-watermarks"})
     try:
         for source in ("good", "customers"):
             topic = f"{run.prefix}.raw.{source}"

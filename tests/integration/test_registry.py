@@ -208,7 +208,7 @@ def test_decoder_fetches_older_writer_schema_from_the_registry(
     record = account()
     del record["golden_id"]
     data = old.encode(record)
-    fresh = AvroDecoder(SchemaRegistryClient({"url": endpoints.registry_url}), current)  # empty caches
+    fresh = AvroDecoder(endpoints.registry.client(), current)  # empty caches
     assert fresh.decode(data) == {**record, "golden_id": None}
 
 
@@ -230,7 +230,7 @@ def test_codec_records_through_kafka_decode_with_codec_and_confluent(
     topic = topic_factory("sales", partitions=3)
     codec = AvroCodec.for_topic(registry_client, topic, "target/sale")
     records = sales(300)
-    producer = Producer({"bootstrap.servers": endpoints.bootstrap_servers})
+    producer = Producer(endpoints.kafka.client_config())
     for record, encoded in zip(records, codec.encode_many(records), strict=True):
         producer.produce(topic, key=record["sale_id"].encode(), value=encoded)
     assert producer.flush(30) == 0

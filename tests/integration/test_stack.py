@@ -26,11 +26,11 @@ def test_kafka_produce_and_consume(
     endpoints: Endpoints, topic_factory: Callable[..., str], group_factory: Callable[[], str]
 ) -> None:
     topic = topic_factory("stack", partitions=3)
-    p = Producer({"bootstrap.servers": endpoints.bootstrap_servers, "enable.idempotence": True})
+    p = Producer({**endpoints.kafka.client_config(), "enable.idempotence": True})
     for i in range(30):
         p.produce(topic, key=str(i).encode(), value=f"v{i}".encode())
     assert p.flush(30) == 0
-    c = Consumer({"bootstrap.servers": endpoints.bootstrap_servers, "group.id": group_factory(),
+    c = Consumer({**endpoints.kafka.client_config(), "group.id": group_factory(),
                   "auto.offset.reset": "earliest"})
     c.subscribe([topic])
     seen: set[bytes] = set()

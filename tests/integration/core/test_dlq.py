@@ -19,7 +19,7 @@ PII = b'{"email": "jane.doe@example.com"}'
 
 
 def _consume_all(ep: Endpoints, topic: str, group: str, n: int) -> list[bytes]:
-    c = Consumer({"bootstrap.servers": ep.bootstrap_servers, "group.id": group, "auto.offset.reset": "earliest"})
+    c = Consumer({**ep.kafka.client_config(), "group.id": group, "auto.offset.reset": "earliest"})
     c.subscribe([topic])
     out: list[bytes] = []
     deadline = time.monotonic() + 30
@@ -36,10 +36,10 @@ def test_dead_letters_are_encrypted_listed_and_replayed(
     group_factory: Callable[[], str],
 ) -> None:
     source, dlq_topic = topic_factory("src"), topic_factory("dlq")
-    producer = Producer({"bootstrap.servers": endpoints.bootstrap_servers, "enable.idempotence": True})
+    producer = Producer({**endpoints.kafka.client_config(), "enable.idempotence": True})
     producer.produce(source, key=b"C1", value=PII)
     producer.flush(10)
-    consumed = Consumer({"bootstrap.servers": endpoints.bootstrap_servers, "group.id": group_factory(),
+    consumed = Consumer({**endpoints.kafka.client_config(), "group.id": group_factory(),
                          "auto.offset.reset": "earliest"})
     consumed.subscribe([source])
     msg = None

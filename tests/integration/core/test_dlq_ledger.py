@@ -50,7 +50,7 @@ def test_re_runs_leave_one_letter_per_rejected_record_and_a_failed_replay_supers
     dsn = pg_dsn_factory()
     apply_migrations(dsn, schema="crm")
     cipher = DlqCipher(Fernet.generate_key())
-    producer = Producer({"bootstrap.servers": endpoints.bootstrap_servers, "enable.idempotence": True})
+    producer = Producer({**endpoints.kafka.client_config(), "enable.idempotence": True})
     writer = DeadLetterWriter(producer, registry_client, dlq, cipher)
     codec = AvroCodec.for_topic(registry_client, raw, load_schema("legacy/legacy_record"))
 
@@ -109,7 +109,7 @@ def test_the_keyword_writers_and_the_letter_type_write_the_same_letter(
 ) -> None:
     dlq = topic_factory("dlq")
     cipher = DlqCipher(Fernet.generate_key())
-    producer = Producer({"bootstrap.servers": endpoints.bootstrap_servers, "enable.idempotence": True})
+    producer = Producer({**endpoints.kafka.client_config(), "enable.idempotence": True})
     writer = DeadLetterWriter(producer, registry_client, dlq, cipher)
     writer.send_raw(LINE, key=None, stage="snapshot", rule="encoding", error="byte 0xfc", entity="account",
                     run_id="r1", source_position="customers.csv:7")

@@ -20,11 +20,11 @@ def test_start_offsets_are_the_groups_committed_ones_or_the_earliest(
     endpoints: Endpoints, admin: AdminClient, topic_factory: Callable[..., str], group_factory: Callable[[], str],
 ) -> None:
     topic, group = topic_factory("acks", partitions=2), group_factory()
-    producer = Producer({"bootstrap.servers": endpoints.bootstrap_servers})
+    producer = Producer(endpoints.kafka.client_config())
     for i in range(10):
         producer.produce(topic, value=b"x", partition=i % 2)
     assert producer.flush(30) == 0
-    consumer = Consumer({"bootstrap.servers": endpoints.bootstrap_servers, "group.id": group,
+    consumer = Consumer({**endpoints.kafka.client_config(), "group.id": group,
                          "enable.auto.commit": False})
     try:
         consumer.commit(offsets=[TopicPartition(topic, 0, 3)], asynchronous=False)

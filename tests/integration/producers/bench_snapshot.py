@@ -56,18 +56,18 @@ def main() -> None:
         "entities:\n  account:\n    fields:\n      - {source: Customer_ID, target: customer_id}\n"
     )
     cfg = load_config(cfg_path)
-    registry = SchemaRegistryClient({"url": ep.registry_url})
+    registry = ep.registry.client()
     profiler = cProfile.Profile() if args.profile else None
     try:
         if profiler:
             profiler.enable()
         overrides = dict(item.split("=", 1) for item in args.set)
-        stats = run_snapshot(cfg, bootstrap_servers=ep.bootstrap_servers, registry_client=registry,
+        stats = run_snapshot(cfg, kafka=ep.kafka, registry_client=registry,
                              state_dir=work / "state", producer_config=overrides)  # fmt: skip
         if profiler:
             profiler.disable()
     finally:
-        admin = AdminClient({"bootstrap.servers": ep.bootstrap_servers})
+        admin = AdminClient(ep.kafka.client_config())
         mine = [t for t in admin.list_topics(timeout=30).topics if t.startswith(prefix + ".")]
         for fut in admin.delete_topics(mine).values() if mine else []:
             fut.result(timeout=30)

@@ -50,7 +50,7 @@ def read_topic(
     def read(topic: str) -> list[Consumed]:
         codec = AvroCodec(registry_client, topic_subject(topic), "legacy/legacy_record", auto_register=False)
         consumer = Consumer(
-            {"bootstrap.servers": endpoints.bootstrap_servers, "group.id": group_factory(), "enable.auto.commit": False}
+            {**endpoints.kafka.client_config(), "group.id": group_factory(), "enable.auto.commit": False}
         )
         try:
             meta = consumer.list_topics(topic, timeout=30).topics[topic]

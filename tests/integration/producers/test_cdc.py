@@ -109,7 +109,7 @@ def read_events(
     decoder = AvroDecoder(registry_client)
 
     def read(topic: str) -> list[Event]:
-        consumer = Consumer({"bootstrap.servers": endpoints.bootstrap_servers, "group.id": group_factory(),
+        consumer = Consumer({**endpoints.kafka.client_config(), "group.id": group_factory(),
                              "enable.auto.commit": False})  # fmt: skip
         try:
             parts = consumer.list_topics(topic, timeout=30).topics[topic].partitions
@@ -155,7 +155,7 @@ def streaming(legacy: Legacy, endpoints: Endpoints, registry_client: SchemaRegis
 
     def target() -> None:
         try:
-            box["stats"] = run_cdc(legacy.cdc(**cfg), kafka, bootstrap_servers=endpoints.bootstrap_servers,
+            box["stats"] = run_cdc(legacy.cdc(**cfg), kafka, connection=endpoints.kafka,
                                    registry_client=registry_client, init=init, load=load, stop_event=stop)  # fmt: skip
         except Exception as exc:  # noqa: BLE001 - re-raised in the test thread
             box["error"] = exc
@@ -266,7 +266,7 @@ def test_a_missing_slot_is_an_error_naming_it_never_a_new_start(
     legacy: Legacy, endpoints: Endpoints, registry_client: SchemaRegistryClient, tmp_path: Path
 ) -> None:
     with pytest.raises(SlotError, match=f"slot {legacy.slot} does not exist.*--init"):
-        run_cdc(legacy.cdc(), load_config_kafka(legacy.prefix), bootstrap_servers=endpoints.bootstrap_servers,
+        run_cdc(legacy.cdc(), load_config_kafka(legacy.prefix), connection=endpoints.kafka,
                 registry_client=registry_client)  # fmt: skip
     cli = subprocess.run([sys.executable, "-m", "crmflow", "cdc", "-c", str(write_config(tmp_path, legacy))],
                          capture_output=True, text=True, timeout=60)  # fmt: skip
@@ -437,10 +437,10 @@ def test_an_interrupted_initial_load_without_a_checkpoint_is_refused_on_restart(
     stop = threading.Event()
     stop.set()  # as a SIGTERM in the middle of the load
     kafka = load_config_kafka(legacy.prefix)
-    stats = run_cdc(legacy.cdc(), kafka, bootstrap_servers=endpoints.bootstrap_servers,
+    stats = run_cdc(legacy.cdc(), kafka, connection=endpoints.kafka,
                     registry_client=registry_client, init=True, stop_event=stop)  # fmt: skip
     assert stats.stopped and stats.loaded == 0
     # an older crmflow's mark: the load's state without the checkpoint (test_cdc_snapshot resumes one that has it)
     legacy.sql(f"comment on publication {legacy.publication} is 'crmflow cdc: initial load in progress'")
     with pytest.raises(SlotError, match=f"initial load of slot {legacy.slot} was interrupted and has no checkpoint"):
-        run_cdc(legacy.cdc(), kafka, bootstrap_servers=endpoints.bootstrap_servers, registry_client=registry_client)
+        run_cdc(legacy.cdc(), kafka, connection=endpoints.kafka, registry_client=registry_client)

@@ -153,7 +153,7 @@ def test_a_slot_dropped_during_an_outage_stops_with_an_error_naming_it(
     def run() -> None:
         try:
             run_cdc(legacy.cdc(reconnect_initial_s=3, reconnect_max_s=3), load_config_kafka(legacy.prefix),
-                    bootstrap_servers=endpoints.bootstrap_servers, registry_client=registry_client, init=True,
+                    connection=endpoints.kafka, registry_client=registry_client, init=True,
                     stop_event=stop)  # fmt: skip
         except Exception as exc:  # noqa: BLE001 - checked below
             box["error"] = exc

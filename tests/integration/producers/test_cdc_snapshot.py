@@ -130,7 +130,7 @@ def test_an_interrupted_initial_load_resumes_from_its_checkpoint(
 
     def first_run() -> None:
         box["stats"] = run_cdc(legacy.cdc(snapshot_chunk_size=100), load_config_kafka(legacy.prefix),
-                               bootstrap_servers=endpoints.bootstrap_servers, registry_client=registry_client,
+                               connection=endpoints.kafka, registry_client=registry_client,
                                init=True, stop_event=stop)  # fmt: skip
 
     thread = threading.Thread(target=first_run)

@@ -65,7 +65,7 @@ def test_snapshot_produces_every_good_line_and_dead_letters_the_rest(
   customers: {{kind: csv, path: {demo}/customers.csv, entity: account, key: Customer_ID}}
   sales: {{kind: csv, path: {demo}/sales.csv, entity: sale, key: Sale_ID}}""")  # fmt: skip
     stats = run_snapshot(
-        cfg, bootstrap_servers=endpoints.bootstrap_servers, registry_client=registry_client,
+        cfg, kafka=endpoints.kafka, registry_client=registry_client,
         run_id="it-files-1", state_dir=tmp_path / "state",
     )  # fmt: skip
 
@@ -117,7 +117,7 @@ def test_limit_then_the_rest_of_the_same_run(
     """`--limit 100` produces the first 100 records; the same run id without a limit does the rest."""
     source = f"  customers: {{kind: csv, path: {demo}/customers.csv, entity: account, key: Customer_ID}}"
     cfg = write_config(tmp_path, topic_prefix, source)
-    common = {"bootstrap_servers": endpoints.bootstrap_servers, "registry_client": registry_client,
+    common = {"kafka": endpoints.kafka, "registry_client": registry_client,
               "run_id": "it-limit", "state_dir": tmp_path / "state"}  # fmt: skip
     good, bad = expected_csv(demo / "customers.csv")
     first_100 = sorted(good, key=line_of)[:100]
@@ -152,7 +152,7 @@ def test_segment_filter_keeps_only_the_segment(
     cfg = write_config(tmp_path, topic_prefix, f"""\
   customers: {{kind: csv, path: {demo}/customers.csv, entity: account, key: Customer_ID,
               segment: {{field: Region, in: [EU]}}}}""")  # fmt: skip
-    stats = run_snapshot(cfg, bootstrap_servers=endpoints.bootstrap_servers, registry_client=registry_client,
+    stats = run_snapshot(cfg, kafka=endpoints.kafka, registry_client=registry_client,
                          state_dir=tmp_path / "state")  # fmt: skip
     good, bad = expected_csv(demo / "customers.csv")
     eu = {p for p, row in good.items() if row["Region"].strip() == "EU"}
@@ -171,7 +171,7 @@ def test_stopped_run_resumes_after_its_checkpoint(
     cfg = write_config(tmp_path, topic_prefix,
                        f"  sales: {{kind: csv, path: {demo}/sales.csv, entity: sale, key: Sale_ID}}")  # fmt: skip
     state = tmp_path / "state"
-    common = {"bootstrap_servers": endpoints.bootstrap_servers, "registry_client": registry_client,
+    common = {"kafka": endpoints.kafka, "registry_client": registry_client,
               "run_id": "it-resume", "state_dir": state}  # fmt: skip
     good, bad = expected_csv(demo / "sales.csv")
     acked: list[int] = []
@@ -226,6 +226,6 @@ def test_missing_file_is_a_clear_terminal_error(
     source = f"  customers: {{kind: csv, path: {tmp_path}/nope.csv, entity: account, key: Customer_ID}}"
     cfg = write_config(tmp_path, topic_prefix, source)
     with pytest.raises(SourceOpenError, match=r"cannot open .*nope\.csv") as info:
-        run_snapshot(cfg, bootstrap_servers=endpoints.bootstrap_servers, registry_client=registry_client,
+        run_snapshot(cfg, kafka=endpoints.kafka, registry_client=registry_client,
                      state_dir=tmp_path / "state")  # fmt: skip
     assert isinstance(info.value, TerminalError)

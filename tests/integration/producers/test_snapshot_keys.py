@@ -43,7 +43,7 @@ def test_duplicates_are_dead_lettered_across_a_resume_and_the_counts_cover_the_r
         f"  a: {{kind: csv, path: {tmp_path}/a.csv, entity: account, key: Customer_ID}}\n"
         f"  b: {{kind: csv, path: {tmp_path}/b.csv, entity: account, key: Customer_ID}}"))  # fmt: skip
     state = tmp_path / "state"
-    common: dict[str, Any] = {"bootstrap_servers": endpoints.bootstrap_servers, "registry_client": registry_client,
+    common: dict[str, Any] = {"kafka": endpoints.kafka, "registry_client": registry_client,
                               "run_id": "it-keys", "state_dir": state}  # fmt: skip
     stop = threading.Event()
     first = run_snapshot(cfg, stop_event=stop, progress=StopAfterFirstBatch(stop), **common)

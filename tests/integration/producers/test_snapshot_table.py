@@ -68,7 +68,7 @@ def test_table_snapshot_in_key_order_with_nulls(
     registry_client: SchemaRegistryClient, read_topic: Callable[[str], list[Any]], write_config: Callable[..., Any],
 ) -> None:  # fmt: skip
     cfg = write_config(tmp_path, topic_prefix, SOURCE, partitions=2)
-    stats = run_snapshot(cfg, bootstrap_servers=endpoints.bootstrap_servers, registry_client=registry_client,
+    stats = run_snapshot(cfg, kafka=endpoints.kafka, registry_client=registry_client,
                          run_id="it-table", state_dir=tmp_path / "state")  # fmt: skip
     s = stats.sources["customers"]
     assert (s.read, s.produced, s.rejected, s.filtered, s.complete) == (ROWS, ROWS, 0, 0, True)
@@ -90,7 +90,7 @@ def test_table_snapshot_resumes_after_the_last_acknowledged_key(
 ) -> None:  # fmt: skip
     cfg = write_config(tmp_path, topic_prefix, SOURCE)
     state = tmp_path / "state"
-    common: dict[str, Any] = {"bootstrap_servers": endpoints.bootstrap_servers, "registry_client": registry_client,
+    common: dict[str, Any] = {"kafka": endpoints.kafka, "registry_client": registry_client,
                               "run_id": "it-table-resume", "state_dir": state}  # fmt: skip
     stop = threading.Event()
     first = run_snapshot(cfg, stop_event=stop, progress=StopAfterFirstBatch(stop), **common)

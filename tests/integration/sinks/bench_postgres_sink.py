@@ -102,13 +102,13 @@ def direct(ep: Endpoints, values: list[dict[str, Any]], batch: int) -> tuple[flo
 
 def through_kafka(ep: Endpoints, values: list[dict[str, Any]], batch: int) -> float:
     topic, dlq = f"bench-{uuid.uuid4().hex[:8]}", f"bench-dlq-{uuid.uuid4().hex[:8]}"
-    admin = AdminClient({"bootstrap.servers": ep.bootstrap_servers})
+    admin = AdminClient(ep.kafka.client_config())
     for fut in admin.create_topics([NewTopic(topic, 6, 1), NewTopic(dlq, 1, 1)]).values():
         fut.result(30)
     name, dsn = fresh_db(ep)
     try:
-        codec = AvroCodec.for_topic(SchemaRegistryClient({"url": ep.registry_url}), topic, "target/account")
-        producer = Producer({"bootstrap.servers": ep.bootstrap_servers, "linger.ms": 20, "enable.idempotence": True})
+        codec = AvroCodec.for_topic(ep.registry.client(), topic, "target/account")
+        producer = Producer({**ep.kafka.client_config(), "linger.ms": 20, "enable.idempotence": True})
         for v, data in zip(values, codec.encode_many(values), strict=True):
             while True:
                 try:
@@ -117,7 +117,7 @@ def through_kafka(ep: Endpoints, values: list[dict[str, Any]], batch: int) -> fl
                 except BufferError:
                     producer.poll(0.1)
         assert producer.flush(60) == 0
-        params = SinkParams(bootstrap_servers=ep.bootstrap_servers, registry_url=ep.registry_url, target_dsn=dsn,
+        params = SinkParams(kafka=ep.kafka, registry=ep.registry, target_dsn=dsn,
                             topics={topic: "account"}, dlq_topic=dlq, group_id=f"bench-{uuid.uuid4().hex[:8]}",
                             batch_size=batch, consume_batch=max(batch, 1000), max_batch_age_s=0.5)
         PostgresSink(dsn).setup()  # migrations outside the timed part

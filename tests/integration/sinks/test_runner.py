@@ -44,14 +44,14 @@ class Setup:
         self.registry = registry
 
     def params(self, **over: Any) -> SinkParams:
-        kw: dict[str, Any] = {"bootstrap_servers": self.ep.bootstrap_servers, "registry_url": self.ep.registry_url,
+        kw: dict[str, Any] = {"kafka": self.ep.kafka, "registry": self.ep.registry,
                               "target_dsn": self.dsn, "topics": {t: e for e, t in self.topics.items()},
                               "dlq_topic": self.dlq, "group_id": self.group, "batch_size": 40,
                               "max_batch_age_s": 0.3, "maintenance_interval_s": 1.0}
         return SinkParams(**{**kw, **over})
 
     def produce(self, entity: str, values: list[dict[str, Any]], producer: Producer | None = None) -> None:
-        p = producer or Producer({"bootstrap.servers": self.ep.bootstrap_servers, "enable.idempotence": True})
+        p = producer or Producer({**self.ep.kafka.client_config(), "enable.idempotence": True})
         id_field = {"account": "customer_id", "contact": "contact_id", "sale": "sale_id", "case": "case_id"}[entity]
         for value, data in zip(values, self.codecs[entity].encode_many(values), strict=True):
             p.produce(self.topics[entity], key=value[id_field].encode(), value=data)
@@ -59,12 +59,12 @@ class Setup:
             assert p.flush(30) == 0
 
     def produce_raw(self, entity: str, data: bytes) -> None:
-        p = Producer({"bootstrap.servers": self.ep.bootstrap_servers})
+        p = Producer(self.ep.kafka.client_config())
         p.produce(self.topics[entity], key=b"poison", value=data)
         assert p.flush(30) == 0
 
     def committed_and_ends(self, group: str | None = None) -> tuple[dict[Any, int], dict[Any, int]]:
-        c = Consumer({"bootstrap.servers": self.ep.bootstrap_servers, "group.id": group or self.group})
+        c = Consumer({**self.ep.kafka.client_config(), "group.id": group or self.group})
         try:
             md = c.list_topics(timeout=10)
             tps = [TopicPartition(t, p) for t in self.topics.values() for p in md.topics[t].partitions]

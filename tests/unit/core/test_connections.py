@@ -97,8 +97,9 @@ def test_for_stage_picks_the_stage_principal(monkeypatch: pytest.MonkeyPatch) ->
     sink = kafka.for_stage("sink")
     assert (sink.client_config()["sasl.username"], sink.client_config()["sasl.password"]) == ("crmflow-sink", STAGE_PW)
     assert kafka.for_stage("process").client_config()["sasl.username"] == "crmflow"  # falls back to the common one
-    assert kafka.stage_env("sink") == {"CRMFLOW_KAFKA_SASL_USERNAME": "crmflow-sink",
-                                       "CRMFLOW_KAFKA_SASL_PASSWORD": STAGE_PW}
+    env = kafka.stage_env("sink")
+    assert (env["CRMFLOW_KAFKA_SASL_USERNAME"], env["CRMFLOW_KAFKA_SASL_PASSWORD"]) == ("crmflow-sink", STAGE_PW)
+    assert env["CRMFLOW_SINK_KAFKA_SASL_PASSWORD"] is None  # removed from the child's environment
     assert kafka.stage_env("cdc") == {}
     refused = sink.explain(KafkaError(KafkaError._AUTHENTICATION, "SASL authentication error: Authentication failed"))
     assert refused is not None

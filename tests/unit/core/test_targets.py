@@ -38,7 +38,9 @@ def test_a_named_variable_gives_its_dsn_and_schema(tmp_path: Path, monkeypatch: 
     monkeypatch.setenv("UNIT_PROD_CRM_DSN", "postgresql://u:pw@prod:5433/crm")
     cfg = load_config(_config(tmp_path, "target: {dsn_env: UNIT_PROD_CRM_DSN, schema: crm_eu}\n"))
     target = resolve_target(cfg, EP)
-    assert (target.dsn, target.schema) == ("postgresql://u:pw@prod:5433/crm", "crm_eu")
+    assert (target.dsn.host, target.dsn.port, target.dsn.user, target.dsn.dbname, target.schema) == (
+        "prod", 5433, "u", "crm", "crm_eu")
+    assert "password=pw" in target.dsn.conninfo()
     assert target.describe().startswith("postgresql://u@prod:5433/crm (schema crm_eu")
     assert "pw" not in target.describe() and "pw" not in repr(target)
 
@@ -46,7 +48,7 @@ def test_a_named_variable_gives_its_dsn_and_schema(tmp_path: Path, monkeypatch: 
 def test_without_a_variable_the_stack_database_is_used_and_said(tmp_path: Path) -> None:
     cfg = load_config(_config(tmp_path, "target: {kind: postgres}\n"))
     target = resolve_target(cfg, EP)
-    assert "dbname=crm_target" in target.dsn and target.schema == "crm"
+    assert "dbname=crm_target" in target.dsn.conninfo() and target.schema == "crm"
     assert "stack" in target.describe() and "s3cret" not in target.describe()
     with pytest.raises(ConfigError, match="dsn_env"):
         resolve_target(cfg, None)

@@ -52,8 +52,9 @@ def test_specs_from_a_loaded_config(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     assert customers.path == tmp_path.resolve() / "data" / "customers.csv"
     assert customers.legacy_entity == "customers"
     assert customers.segment == SegmentFilter.of("Region", ["EU"])
-    assert (contacts.kind, contacts.table, contacts.dsn, contacts.legacy_entity) == (
-        "table", "legacy.contacts", "postgresql://u@h/db", "contacts",
+    assert contacts.dsn is not None and contacts.dsn.describe() == "postgresql://u@h:5432/db"
+    assert (contacts.kind, contacts.table, contacts.dsn.setting, contacts.legacy_entity) == (
+        "table", "legacy.contacts", "TEST_LEGACY_DSN", "contacts",
     )
     assert "postgresql" not in repr(contacts)
     assert sales.path == Path("/abs/sales.jsonl") and sales.segment is None

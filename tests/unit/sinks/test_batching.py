@@ -252,7 +252,7 @@ def test_retry_policy_backoff_is_capped() -> None:
 
 
 def test_params_for_a_prefix_read_every_mapped_topic() -> None:
-    params = SinkParams.for_prefix("crm.x", bootstrap_servers="b", registry_url="r", target_dsn="d")
+    params = SinkParams.for_prefix("crm.x", kafka="b", registry="r", target_dsn="d")
     assert params.topics == {
         "crm.x.mapped.account": "account",
         "crm.x.mapped.contact": "contact",
@@ -267,7 +267,7 @@ def test_params_from_the_demo_config(monkeypatch: pytest.MonkeyPatch) -> None:
     from crmflow.config import load_config
 
     cfg = load_config(Path(__file__).resolve().parents[3] / "deploy" / "demo" / "crmflow.yaml")
-    params = SinkParams.from_config(cfg, bootstrap_servers="b", registry_url="r", target_dsn="dbname=crm_target",
+    params = SinkParams.from_config(cfg, kafka="b", registry="r", target_dsn="dbname=crm_target",
                                     batch_size=7)
     assert params.topics["crmflow.demo.mapped.case"] == "case" and len(params.topics) == 4
     assert (params.dlq_topic, params.group_id, params.target_dsn) == ("crmflow.demo.dlq", "crmflow-sink.demo",

@@ -33,9 +33,9 @@ def _config(tmp_path: Path, **target: object) -> Path:
 
 def test_params_carry_the_schema_and_the_writing_system(tmp_path: Path) -> None:
     cfg = load_config(_config(tmp_path, schema="crm_eu"))
-    params = SinkParams.from_config(cfg, bootstrap_servers="b", registry_url="r", target_dsn="dbname=t")
+    params = SinkParams.from_config(cfg, kafka="b", registry="r", target_dsn="dbname=t")
     assert (params.target_schema, params.system, params.target_dsn) == ("crm_eu", "demo", "dbname=t")
-    assert SinkParams.from_config(load_config(DEMO), bootstrap_servers="b", registry_url="r",
+    assert SinkParams.from_config(load_config(DEMO), kafka="b", registry="r",
                                   target_dsn="d").target_schema == "crm"
 
 
@@ -44,16 +44,17 @@ def test_params_without_dsn_env_need_the_resolved_dsn(tmp_path: Path, monkeypatc
     assert not cfg.target or not cfg.target.dsn_env
     monkeypatch.setenv("CRMFLOW_POSTGRES_DSN", "dbname=somewhere_else")
     with pytest.raises(ConfigError, match=r"target\.dsn_env is not set"):
-        SinkParams.from_config(cfg, bootstrap_servers="b", registry_url="r")
+        SinkParams.from_config(cfg, kafka="b", registry="r")
 
 
 def test_params_take_the_dsn_from_the_named_variable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     cfg = load_config(_config(tmp_path, dsn_env="UNIT_TARGET_DSN"))
     monkeypatch.delenv("UNIT_TARGET_DSN", raising=False)
     with pytest.raises(ConfigError, match="UNIT_TARGET_DSN"):
-        SinkParams.from_config(cfg, bootstrap_servers="b", registry_url="r")
+        SinkParams.from_config(cfg, kafka="b", registry="r")
     monkeypatch.setenv("UNIT_TARGET_DSN", "dbname=named")
-    assert SinkParams.from_config(cfg, bootstrap_servers="b", registry_url="r").target_dsn == "dbname=named"
+    target = SinkParams.from_config(cfg, kafka="b", registry="r").target_dsn
+    assert not isinstance(target, str) and (target.dbname, target.setting) == ("named", "UNIT_TARGET_DSN")
 
 
 def test_migrations_and_statements_name_the_target_schema() -> None:
