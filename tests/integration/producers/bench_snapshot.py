@@ -22,7 +22,6 @@ import uuid
 from pathlib import Path
 
 from confluent_kafka.admin import AdminClient
-from confluent_kafka.schema_registry import SchemaRegistryClient
 
 from crmflow.config import load_config
 from crmflow.stack import get_stack

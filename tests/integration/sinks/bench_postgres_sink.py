@@ -22,7 +22,6 @@ from typing import Any
 import psycopg
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
-from confluent_kafka.schema_registry import SchemaRegistryClient
 
 from crmflow.serialization import AvroCodec
 from crmflow.stack import Endpoints, get_stack
