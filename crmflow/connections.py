@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, SecretStr, model_validator
 
 from crmflow.exceptions import ConfigError
 from crmflow.kafkalog import client_logging, redact
-from crmflow.settings import SaslMechanism, SecurityProtocol, SslMode, StackSettings
+from crmflow.settings import SaslMechanism, SecurityProtocol, SslMode, StackSettings, load_stack_settings
 
 if TYPE_CHECKING:
     import httpx
@@ -149,7 +149,7 @@ class KafkaConnection(ConnectionModel):
     @classmethod
     def from_env(cls, *, bootstrap_servers: str | None = None) -> KafkaConnection:
         """:meth:`from_settings` of the ``CRMFLOW_*`` environment variables as they are now."""
-        return cls.from_settings(StackSettings(), bootstrap_servers=bootstrap_servers)
+        return cls.from_settings(load_stack_settings(), bootstrap_servers=bootstrap_servers)
 
     def for_stage(self, stage: Stage) -> KafkaConnection:
         """This connection with ``stage``'s own principal (``CRMFLOW_<STAGE>_KAFKA_SASL_*``) when one is
@@ -275,7 +275,7 @@ class RegistryConnection(ConnectionModel):
 
     @classmethod
     def from_env(cls, *, url: str | None = None) -> RegistryConnection:
-        return cls.from_settings(StackSettings(), url=url)
+        return cls.from_settings(load_stack_settings(), url=url)
 
     def client_config(self) -> dict[str, str]:
         """confluent-kafka ``SchemaRegistryClient`` config: the one place a registry secret leaves the model."""
@@ -396,7 +396,7 @@ class PostgresConnection(ConnectionModel):
         raw = value if value is not None else os.environ.get(name)
         if not raw:
             raise ConfigError(f"environment variable {name} is not set; export it with the DSN")
-        s = StackSettings()
+        s = load_stack_settings()
         return cls.from_dsn(raw, setting=name, sslmode=s.postgres_sslmode, sslrootcert=s.postgres_sslrootcert)
 
     def with_database(self, dbname: str, *, setting: str | None = None) -> PostgresConnection:

@@ -14,10 +14,12 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from crmflow.exceptions import ConfigError
 
 StackMode = Literal["local", "docker", "external"]
 SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
@@ -103,6 +105,16 @@ class StackSettings(BaseSettings):
     registry_ca_location: str | None = None
 
 
+def load_stack_settings(**overrides: Any) -> StackSettings:
+    """``StackSettings`` from the environment; a bad value is a ConfigError naming the variable (never
+    echoing the value: it may be a secret)."""
+    try:
+        return StackSettings(**overrides)
+    except ValidationError as exc:
+        bad = "; ".join(f"CRMFLOW_{'_'.join(str(p) for p in e['loc']).upper()}: {e['msg']}" for e in exc.errors())
+        raise ConfigError(f"invalid setting: {bad}") from None
+
+
 @lru_cache(maxsize=1)
 def stack_settings() -> StackSettings:
-    return StackSettings()
+    return load_stack_settings()

@@ -36,6 +36,27 @@ def _json(problems: list[Problem], *, strict: bool, loaded: bool) -> dict[str, A
     }
 
 
+def _connection_problems() -> list[Problem]:
+    """The ``CRMFLOW_*`` connection settings checked the way every command builds its clients (no probe);
+    an error names the setting and never holds a secret."""
+    from crmflow.connections import STAGES
+    from crmflow.exceptions import ConfigError
+    from crmflow.settings import load_stack_settings
+    from crmflow.stack import get_stack
+
+    try:
+        settings = load_stack_settings()
+        if settings.stack == "docker":  # its endpoints exist once its containers run
+            return []
+        ep = get_stack(settings).endpoints()
+        for stage in STAGES:
+            ep.kafka.for_stage(stage)
+        ep.target, ep.legacy  # noqa: B018 - builds (and validates) the role connections
+    except ConfigError as exc:
+        return [Problem("error", str(exc), "connections")]
+    return []
+
+
 def _summary(config: MigrationConfig) -> str:
     fields = sum(len(m.fields) for m in config.entities.values())
     sources = ", ".join(f"{name} ({src.kind} → {src.entity})" for name, src in config.sources.items())
@@ -77,7 +98,7 @@ def check(
         _print(exc.problems)
         typer.echo(f"{config_file}: {len(exc.problems)} error(s); the config does not load", err=True)
         raise typer.Exit(1) from None
-    problems = check_config(config, schemas_dir=schemas)
+    problems = check_config(config, schemas_dir=schemas) + _connection_problems()
     if as_json:
         out = _json(problems, strict=strict, loaded=True)
         typer.echo(json.dumps(out))

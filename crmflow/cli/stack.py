@@ -58,8 +58,11 @@ def status(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
 ) -> None:
     """Show what runs where. Exit code 0 when every part runs, 1 otherwise."""
-    stack = get_stack()
-    parts = stack.status()
+    try:
+        stack = get_stack()
+        parts = stack.status()
+    except CrmflowError as exc:
+        raise _fail(exc) from exc
     if as_json:
         sys.stdout.write(json.dumps({
             "mode": stack.mode, "running": all(p.running for p in parts),

@@ -90,7 +90,7 @@ class DockerStack(Stack):
             return [PartStatus(n, False, "-") for n in ("kafka", "registry", "postgres")]
         ep = self._endpoints
         return [
-            PartStatus("kafka", True, ep.bootstrap_servers),
+            PartStatus("kafka", True, ep.kafka.describe()),
             PartStatus("registry", True, ep.registry_url),
             PartStatus("postgres", True, ep.redacted_postgres()),
         ]

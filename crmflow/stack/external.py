@@ -56,7 +56,7 @@ class ExternalStack(Stack):
     def status(self) -> list[PartStatus]:
         ep = self.endpoints()
         return [
-            PartStatus("kafka", _kafka_ready(ep.kafka), ep.bootstrap_servers),
+            PartStatus("kafka", _kafka_ready(ep.kafka), ep.kafka.describe()),
             PartStatus("registry", _registry_ready(ep.registry), ep.registry_url),
             PartStatus("postgres", True, ep.redacted_postgres(), detail="not probed"),
         ]

@@ -95,7 +95,7 @@ class LocalStack(Stack):
     def status(self) -> list[PartStatus]:
         ep = self.endpoints()
         return [
-            PartStatus("kafka", self.kafka.running(), ep.bootstrap_servers, self.kafka.pid(), str(self.kafka.log_file)),
+            PartStatus("kafka", self.kafka.running(), ep.kafka.describe(), self.kafka.pid(), str(self.kafka.log_file)),
             PartStatus("registry", self.registry.running(), ep.registry_url, self.registry.pid(),
                        str(self.registry.log_file)),
             PartStatus("postgres", self.pg.running(), ep.redacted_postgres(), self.pg.pid(), str(self.pg.log_file)),

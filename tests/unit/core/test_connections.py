@@ -8,7 +8,7 @@ from confluent_kafka import KafkaError
 
 from crmflow.connections import KafkaConnection, PostgresConnection, RegistryConnection, secret_values
 from crmflow.exceptions import ConfigError
-from crmflow.settings import StackSettings
+from crmflow.settings import StackSettings, load_stack_settings
 from crmflow.stack import Endpoints
 
 pytestmark = pytest.mark.unit
@@ -85,10 +85,10 @@ def test_kafka_validation_names_the_setting(monkeypatch: pytest.MonkeyPatch, env
         KafkaConnection.from_settings(s)
 
 
-def test_bad_protocol_is_a_settings_error(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_bad_protocol_is_a_config_error_naming_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CRMFLOW_KAFKA_SECURITY_PROTOCOL", "SASL_TLS")
-    with pytest.raises(ValueError, match="kafka_security_protocol"):
-        StackSettings()
+    with pytest.raises(ConfigError, match="^invalid setting: CRMFLOW_KAFKA_SECURITY_PROTOCOL: Input should be"):
+        load_stack_settings()
 
 
 def test_for_stage_picks_the_stage_principal(monkeypatch: pytest.MonkeyPatch) -> None:
