@@ -87,7 +87,7 @@ def test_kafka_validation_names_the_setting(monkeypatch: pytest.MonkeyPatch, env
 
 def test_bad_protocol_is_a_config_error_naming_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CRMFLOW_KAFKA_SECURITY_PROTOCOL", "SASL_TLS")
-    with pytest.raises(ConfigError, match="^invalid setting: CRMFLOW_KAFKA_SECURITY_PROTOCOL: Input should be"):
+    with pytest.raises(ConfigError, match=r"^invalid setting: CRMFLOW_KAFKA_SECURITY_PROTOCOL: Input should be"):
         load_stack_settings()
 
 
