@@ -47,9 +47,9 @@ def fix_hint(part: str) -> str:
     return f"check that it runs and that {env} points at it"
 
 
-def kafka_reachable(kafka: KafkaConnection | str, timeout_s: float = 5.0) -> str | None:
+def kafka_reachable(kafka: KafkaConnection | str, timeout_s: float = 5.0, *, strict: bool = False) -> str | None:
     """None when a broker answers a metadata request; else a short reason (naming the setting to fix when
-    the cluster refused the credentials or TLS)."""
+    the cluster refused the credentials or TLS; with ``strict`` that refusal is raised as a ConfigError)."""
     conn = as_kafka(kafka)
     admin = AdminClient(kafka_config(conn))
     try:
@@ -57,11 +57,14 @@ def kafka_reachable(kafka: KafkaConnection | str, timeout_s: float = 5.0) -> str
     except KafkaException as exc:
         err = exc.args[0] if exc.args else exc
         refusal = conn.explain(err)
+        if refusal is not None and strict:
+            raise refusal from None
         return str(refusal) if refusal is not None else str(getattr(err, "str", lambda: str(err))())
     return None
 
 
-def registry_reachable(registry: RegistryConnection | str, timeout_s: float = 5.0) -> str | None:
+def registry_reachable(registry: RegistryConnection | str, timeout_s: float = 5.0, *,
+                       strict: bool = False) -> str | None:
     conn = as_registry(registry)
     try:
         with conn.http_client(timeout_s) as http:
@@ -69,16 +72,20 @@ def registry_reachable(registry: RegistryConnection | str, timeout_s: float = 5.
     except httpx.HTTPError as exc:
         return exc.__class__.__name__
     refusal = conn.explain(resp.status_code)
+    if refusal is not None and strict:
+        raise refusal
     if refusal is not None:
         return str(refusal)
     return None if resp.status_code < 500 else f"HTTP {resp.status_code}"
 
 
-def postgres_reachable(dsn: PostgresConnection | str, timeout_s: float = 5.0) -> str | None:
+def postgres_reachable(dsn: PostgresConnection | str, timeout_s: float = 5.0, *, strict: bool = False) -> str | None:
     try:
         with as_postgres(dsn).connect(connect_timeout=max(1, int(timeout_s))):
             return None
     except ConfigError as exc:  # refused credentials or TLS: the message names the setting
+        if strict:
+            raise
         return str(exc)
     except psycopg.OperationalError as exc:
         # The first line only: psycopg's message names host and port, never the password.
@@ -86,12 +93,13 @@ def postgres_reachable(dsn: PostgresConnection | str, timeout_s: float = 5.0) ->
 
 
 def require_reachable(ep: Endpoints, target_dsn: PostgresConnection | str) -> None:
-    """Raise :class:`InfrastructureError` for the first part that does not answer."""
+    """Raise :class:`InfrastructureError` for the first part that does not answer, or a ConfigError naming
+    the setting for one that refused crmflow's credentials or TLS (retrying cannot fix that)."""
     target = as_postgres(target_dsn)
     checks: list[tuple[str, str, Callable[[], str | None]]] = [
-        ("Kafka", ep.bootstrap_servers, lambda: kafka_reachable(ep.kafka.for_stage("ops"))),
-        ("schema registry", ep.registry_url, lambda: registry_reachable(ep.registry)),
-        ("PostgreSQL", target.describe(), lambda: postgres_reachable(target)),
+        ("Kafka", ep.bootstrap_servers, lambda: kafka_reachable(ep.kafka.for_stage("ops"), strict=True)),
+        ("schema registry", ep.registry_url, lambda: registry_reachable(ep.registry, strict=True)),
+        ("PostgreSQL", target.describe(), lambda: postgres_reachable(target, strict=True)),
     ]
     for part, where, probe in checks:
         reason = probe()
