@@ -217,7 +217,8 @@ class KafkaConnection(ConnectionModel):
         text = str(error.str() if hasattr(error, "str") else error)
         low = text.lower()
         where = f"Kafka at {self.bootstrap_servers}"
-        if "authentication" in low or ("sasl" in low and ("fail" in low or "invalid" in low)):
+        # librdkafka's words; a broker address such as sasl_ssl://host:9096 in a "connection refused" line is no refusal
+        if "authentication" in low:
             if self.sasl_mechanism == "OAUTHBEARER":
                 return ConfigError(f"{where} refused the OAuth token of {KAFKA}_OAUTH_CLIENT_ID="
                                    f"{self.oauth_client_id}; check {KAFKA}_OAUTH_CLIENT_SECRET and "

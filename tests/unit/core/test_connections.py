@@ -3,10 +3,18 @@ secrets that never show in repr, str or model_dump."""
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 from confluent_kafka import KafkaError
 
-from crmflow.connections import KafkaConnection, PostgresConnection, RegistryConnection, secret_values
+from crmflow.connections import (
+    KafkaConnection,
+    PostgresConnection,
+    RegistryConnection,
+    kafka_config,
+    secret_values,
+)
 from crmflow.exceptions import ConfigError
 from crmflow.settings import StackSettings, load_stack_settings
 from crmflow.stack import Endpoints
@@ -187,3 +195,28 @@ def test_endpoints_roles_and_nothing_leaks(monkeypatch: pytest.MonkeyPatch) -> N
     for text in printed:
         for secret in SECRETS:
             assert secret not in text
+
+
+@pytest.mark.parametrize(("text", "setting"), [
+    ("sasl_ssl://b1:9093/bootstrap: SASL authentication error: Authentication failed during authentication due to "
+     "invalid credentials with SASL mechanism SCRAM-SHA-512", "CRMFLOW_KAFKA_SASL_PASSWORD"),
+    ("ssl://b1:9093/bootstrap: SSL handshake failed: certificate verify failed", "CRMFLOW_KAFKA_SSL_CA_LOCATION"),
+    ("Broker: Topic authorization failed", "Least-privilege roles"),
+    ("sasl_ssl://b1:9093/bootstrap: Connect to ipv4#10.0.0.1:9093 failed: Connection refused", None),
+])
+def test_kafka_refusals_are_told_apart_from_outages(monkeypatch: pytest.MonkeyPatch, text: str,
+                                                    setting: str | None) -> None:
+    refusal = KafkaConnection.from_settings(_settings(monkeypatch, **SCRAM)).explain(text)
+    assert (refusal is None) == (setting is None)
+    if refusal is not None:
+        assert setting in str(refusal) and PW not in str(refusal)
+
+
+def test_librdkafka_lines_are_scrubbed_of_connection_secrets(monkeypatch: pytest.MonkeyPatch,
+                                                             caplog: pytest.LogCaptureFixture) -> None:
+    kafka = KafkaConnection.from_settings(_settings(monkeypatch, **SCRAM))
+    conf = kafka_config(kafka, {"client.id": "x"})
+    assert conf["sasl.password"] == PW and conf["client.id"] == "x" and callable(conf["error_cb"])
+    with caplog.at_level(logging.DEBUG, logger="crmflow.librdkafka"):
+        conf["logger"].log(7, "%s [%s] %s", "CONF", "rdkafka#producer-1", f"sasl.password = {PW}")
+    assert "sasl.password = ***" in caplog.text and PW not in caplog.text
