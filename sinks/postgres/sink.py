@@ -112,7 +112,8 @@ class PostgresSink(Sink):
         dead_letter_chunk: int = 1000,
         deletes: Literal["hard", "soft"] = "hard",
     ) -> None:
-        self._dsn = as_postgres(dsn, setting="the target DSN")
+        self._dsn = dsn  # as given (tests read it back)
+        self._db = as_postgres(dsn, setting="the target DSN")
         self._tables = tables_for(schema)  # checks the schema name
         self._children = tuple(t for t in self._tables.values() if t.is_child)
         self.schema = schema
@@ -151,7 +152,7 @@ class PostgresSink(Sink):
     def _connection(self) -> psycopg.Connection[TupleRow]:
         if self._conn is None or self._conn.closed or self._conn.broken:
             self.close()
-            conn = self._dsn.connect(autocommit=True, application_name="crmflow-sink")
+            conn = self._db.connect(autocommit=True, application_name="crmflow-sink")
             try:
                 for table in self._tables.values():
                     conn.execute(table.create_stage_sql.encode())
