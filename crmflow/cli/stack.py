@@ -12,11 +12,14 @@ from rich.table import Table
 
 from crmflow.exceptions import CrmflowError
 from crmflow.settings import stack_settings
-from crmflow.stack import get_stack
+from crmflow.stack import Stack, get_stack
 
 app = typer.Typer(no_args_is_help=True, rich_markup_mode=None,
                   help="Start, stop and inspect Kafka, the registry and PostgreSQL.")
 console = Console()
+
+
+SECURE_HELP = "The secure local stack (TLS, SASL/SCRAM, ACLs, least-privilege roles); same as CRMFLOW_STACK=local-secure."
 
 
 def _fail(exc: CrmflowError) -> typer.Exit:
@@ -24,19 +27,32 @@ def _fail(exc: CrmflowError) -> typer.Exit:
     return typer.Exit(2)
 
 
+def _stack(secure: bool) -> Stack:
+    settings = stack_settings()
+    if secure:
+        settings = settings.model_copy(update={"stack": "local-secure"})
+    return get_stack(settings)
+
+
 @app.command()
-def up() -> None:
-    """Start the stack (picked by CRMFLOW_STACK: local, docker or external) and wait until it is ready.
+def up(secure: bool = typer.Option(False, "--secure", help=SECURE_HELP)) -> None:
+    """Start the stack (picked by CRMFLOW_STACK: local, local-secure, docker or external) and wait until it
+    is ready.
 
     Harmless when it already runs. The local stack fetches Kafka and Apicurio from Maven Central on
     first use."""
-    stack = get_stack()
+    stack = _stack(secure)
     try:
         ep = stack.up()
     except CrmflowError as exc:
         raise _fail(exc) from exc
     console.print(f"[green]ready[/green] ({stack.mode}): kafka {ep.bootstrap_servers}, "
-                  f"registry {ep.registry_url}, postgres {ep.redacted_postgres()}")
+                  f"registry {ep.registry_url}, postgres {ep.redacted_postgres()}", soft_wrap=True)
+    env_file = getattr(stack, "env_file", None)
+    if env_file is not None:
+        # Never the passwords themselves: they stay in the 0600 file.
+        console.print(f"connection settings (users, passwords, CA) are in {env_file}; use them with:\n"
+                      f"  set -a; . {env_file}; set +a", highlight=False, soft_wrap=True)
     if stack.mode == "docker":
         console.print("containers live while this command runs; Ctrl-C stops them")
         signal.sigwait({signal.SIGINT, signal.SIGTERM})
@@ -44,10 +60,10 @@ def up() -> None:
 
 
 @app.command()
-def down() -> None:
+def down(secure: bool = typer.Option(False, "--secure", help=SECURE_HELP)) -> None:
     """Stop every part the stack started; no process is left behind."""
     try:
-        get_stack().down()
+        _stack(secure).down()
     except CrmflowError as exc:
         raise _fail(exc) from exc
     console.print("stopped")
@@ -56,9 +72,10 @@ def down() -> None:
 @app.command()
 def status(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
+    secure: bool = typer.Option(False, "--secure", help=SECURE_HELP),
 ) -> None:
     """Show what runs where. Exit code 0 when every part runs, 1 otherwise."""
-    stack = get_stack()
+    stack = _stack(secure)
     parts = stack.status()
     if as_json:
         sys.stdout.write(json.dumps({
@@ -79,12 +96,13 @@ def status(
 
 @app.command()
 def logs(
-    part: str = typer.Argument(..., help="kafka, registry or postgres"),
+    part: str = typer.Argument(..., help="kafka, registry, registry-proxy (secure stack) or postgres"),
     lines: int = typer.Option(50, "--lines", "-n", help="How many lines from the end."),
+    secure: bool = typer.Option(False, "--secure", help=SECURE_HELP),
 ) -> None:
     """Print the end of a part's log."""
     try:
-        sys.stdout.write(get_stack().logs(part, lines))
+        sys.stdout.write(_stack(secure).logs(part, lines))
     except CrmflowError as exc:
         raise _fail(exc) from exc
 
@@ -102,9 +120,38 @@ def fetch() -> None:
 
 
 @app.command()
+def acls(
+    topic_prefix: str = typer.Option("crmflow", "--topic-prefix", help="The config's kafka.topic_prefix."),
+    apply: bool = typer.Option(False, "--apply", help="Create them on the secure local stack (as its admin)."),
+    secure: bool = typer.Option(False, "--secure", help=SECURE_HELP),
+) -> None:
+    """Print the Kafka ACLs each stage needs for a topic prefix, as kafka-acls.sh commands (for your own
+    cluster), or create them on the secure local stack with --apply."""
+    from crmflow.stack.acls import kafka_acls_commands
+    from crmflow.stack.secure import USERS, SecureStack
+
+    if not apply:
+        sys.stdout.write("\n".join(kafka_acls_commands(topic_prefix, USERS)) + "\n")
+        return
+    stack = _stack(secure)
+    if not isinstance(stack, SecureStack):
+        raise _fail(CrmflowError("--apply needs the secure local stack: add --secure or set CRMFLOW_STACK=local-secure"))
+    try:
+        n = stack.grant(topic_prefix)
+    except Exception as exc:  # noqa: BLE001 - a Kafka error: say what failed, no traceback
+        raise _fail(CrmflowError(f"granting the ACLs for topic prefix {topic_prefix} failed: {exc}")) from exc
+    console.print(f"granted {n} ACLs for topic prefix {topic_prefix}")
+
+
+@app.command()
 def env() -> None:
     """Print the endpoints as shell exports (for scripts: eval "$(crmflow stack env)")."""
-    ep = get_stack().endpoints()
+    stack = get_stack()
+    env_file = getattr(stack, "env_file", None)
+    if env_file is not None:
+        print(f"set -a; . {env_file}; set +a")
+        return
+    ep = stack.endpoints()
     print(f"export CRMFLOW_BOOTSTRAP_SERVERS={ep.bootstrap_servers}")
     print(f"export CRMFLOW_REGISTRY_URL={ep.registry_url}")
     print(f"export CRMFLOW_TARGET_DSN='{ep.target_dsn}'")
