@@ -29,6 +29,7 @@ import logging
 import os
 import secrets
 import shutil
+import ssl
 import subprocess
 import time
 from dataclasses import dataclass
@@ -107,6 +108,7 @@ class SecureStack(LocalStack):
         self.pg = _SecurePostgres(settings, self.secure_dir)
         self.certs = Certs(self.secure_dir / "tls")
         self.env_file = self.secure_dir / "crmflow.env"
+        self.secure_dir.chmod(0o700)
 
     # -- endpoints and client settings --------------------------------------------------------------
     def endpoints(self) -> Endpoints:
@@ -199,10 +201,12 @@ class SecureStack(LocalStack):
         super().down()
 
     def status(self) -> list[PartStatus]:
-        parts = super().status()
+        kafka, _, postgres = super().status()
+        registry = PartStatus("registry", self.registry.running(), f"127.0.0.1:{self.backend_port} (behind the proxy)",
+                              self.registry.pid(), str(self.registry.log_file))
         proxy = PartStatus("registry-proxy", self.nginx.running(), self.endpoints().registry_url, self.nginx.pid(),
                            str(self.nginx.log_file))
-        return [*parts[:2], proxy, *parts[2:]]
+        return [kafka, registry, proxy, postgres]
 
     def logs(self, part: str, lines: int = 50) -> str:
         if part == "registry-proxy":
@@ -299,7 +303,7 @@ class SecureStack(LocalStack):
     def _registry_ready(self) -> bool:
         try:
             resp = httpx.get(f"{self.endpoints().registry_url}/subjects", auth=self.registry_auth(),
-                             verify=str(self.certs.ca), timeout=3)
+                             verify=ssl.create_default_context(cafile=str(self.certs.ca)), timeout=3)
         except httpx.HTTPError:
             return False
         return resp.status_code == 200
