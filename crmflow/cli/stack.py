@@ -19,7 +19,8 @@ app = typer.Typer(no_args_is_help=True, rich_markup_mode=None,
 console = Console()
 
 
-SECURE_HELP = "The secure local stack (TLS, SASL/SCRAM, ACLs, least-privilege roles); same as CRMFLOW_STACK=local-secure."
+SECURE_HELP = ("The secure local stack (TLS, SASL/SCRAM, ACLs, least-privilege roles); "
+               "same as CRMFLOW_STACK=local-secure.")
 
 
 def _fail(exc: CrmflowError) -> typer.Exit:
@@ -135,10 +136,11 @@ def acls(
         return
     stack = _stack(secure)
     if not isinstance(stack, SecureStack):
-        raise _fail(CrmflowError("--apply needs the secure local stack: add --secure or set CRMFLOW_STACK=local-secure"))
+        raise _fail(CrmflowError("--apply needs the secure local stack: add --secure or set "
+                                 "CRMFLOW_STACK=local-secure"))
     try:
         n = stack.grant(topic_prefix)
-    except Exception as exc:  # noqa: BLE001 - a Kafka error: say what failed, no traceback
+    except Exception as exc:
         raise _fail(CrmflowError(f"granting the ACLs for topic prefix {topic_prefix} failed: {exc}")) from exc
     console.print(f"granted {n} ACLs for topic prefix {topic_prefix}")
 

@@ -118,7 +118,8 @@ _CLI_OPERATION: dict[Operation, str] = {"read": "Read", "write": "Write", "creat
 
 def bindings(acls: Iterable[Acl], users: dict[Principal, str]) -> list[Any]:
     """confluent-kafka ``AclBinding``s of ``acls`` for the given user names."""
-    from confluent_kafka.admin import (
+    # re-exported by confluent_kafka.admin without "as" (mypy's implicit re-export rule)
+    from confluent_kafka.admin import (  # type: ignore[attr-defined]
         AclBinding,
         AclOperation,
         AclPermissionType,

@@ -256,16 +256,18 @@ class SecureStack(LocalStack):
 
     def _setup_kafka(self) -> None:
         """Upsert the stage principals' SCRAM credentials, then their ACLs for the configured prefixes."""
-        from confluent_kafka.admin import (
+        from confluent_kafka.admin import (  # type: ignore[attr-defined]
             AdminClient,
             ScramCredentialInfo,
             ScramMechanism,
+            UserScramCredentialAlteration,
             UserScramCredentialUpsertion,
         )
 
         admin = AdminClient(self.kafka_config(log_level=0))
         info = ScramCredentialInfo(ScramMechanism.SCRAM_SHA_512, 8192)
-        upserts = [UserScramCredentialUpsertion(u, info, self.secrets.kafka[u].encode()) for u in USERS.values()]
+        upserts: list[UserScramCredentialAlteration] = [
+            UserScramCredentialUpsertion(u, info, self.secrets.kafka[u].encode()) for u in USERS.values()]
         for user, fut in admin.alter_user_scram_credentials(upserts).items():
             try:
                 fut.result()

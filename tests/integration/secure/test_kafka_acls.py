@@ -157,8 +157,13 @@ def test_each_stage_is_refused_what_it_does_not_need(secure_stack: SecureStack, 
 
 
 def test_the_acl_list_is_what_the_broker_holds(secure_stack: SecureStack, topic_prefix: str) -> None:
-    from confluent_kafka.admin import AclBindingFilter, AclOperation, AclPermissionType, ResourcePatternType, \
-        ResourceType
+    from confluent_kafka.admin import (
+        AclBindingFilter,
+        AclOperation,
+        AclPermissionType,
+        ResourcePatternType,
+        ResourceType,
+    )
 
     admin = AdminClient(secure_stack.kafka_config())
     flt = AclBindingFilter(ResourceType.ANY, None, ResourcePatternType.ANY, None, None, AclOperation.ANY,
