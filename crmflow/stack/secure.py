@@ -91,6 +91,22 @@ def write_private(path: Path, text: str) -> None:
     path.chmod(0o600)
 
 
+def sibling_settings(settings: StackSettings, offset: int = 100) -> StackSettings:
+    """Settings of a secure stack that can run next to ``settings``'s stack: every port + ``offset``, its own
+    home (``<home>/secure-sibling``) sharing the downloaded jars. The test suite's secure part runs on it."""
+    home = settings.home.expanduser().resolve()
+    sibling = home / "secure-sibling"
+    sibling.mkdir(parents=True, exist_ok=True)
+    dist = sibling / "dist"
+    if not dist.exists() and (home / "dist").is_dir():
+        dist.symlink_to(home / "dist")
+    return settings.model_copy(update={
+        "stack": "local-secure", "home": sibling, "kafka_port": settings.kafka_port + offset,
+        "kafka_controller_port": settings.kafka_controller_port + offset,
+        "registry_port": settings.registry_port + offset, "postgres_port": settings.postgres_port + offset,
+    })
+
+
 class SecureStack(LocalStack):
     mode = "local-secure"
 

@@ -1,9 +1,9 @@
 """The secure local stack for the ``secure`` tests: one per session, started if it does not run.
 
 With ``CRMFLOW_STACK=local-secure`` the tests use that stack (its home and ports, as CI sets them);
-otherwise they run their own secure stack in the same home on the ports of the plain one plus 100, so
-``pytest -m secure`` works on any machine next to a running plaintext stack. A stack this session started
-is stopped at its end.
+otherwise they run their own secure stack next to the plain one (:func:`sibling_settings`: ports + 100, its
+own home), so ``pytest -m secure`` works on any machine, even next to running stacks. A stack this session
+started is stopped at its end.
 """
 
 from __future__ import annotations
@@ -17,20 +17,12 @@ import pytest
 
 from crmflow.settings import StackSettings, stack_settings
 from crmflow.stack import roles
-from crmflow.stack.secure import SecureStack
-
-OFFSET = 100
+from crmflow.stack.secure import SecureStack, sibling_settings
 
 
 def secure_settings() -> StackSettings:
     s = stack_settings()
-    if s.stack == "local-secure":
-        return s
-    return s.model_copy(update={
-        "stack": "local-secure", "kafka_port": s.kafka_port + OFFSET,
-        "kafka_controller_port": s.kafka_controller_port + OFFSET, "registry_port": s.registry_port + OFFSET,
-        "postgres_port": s.postgres_port + OFFSET,
-    })
+    return s if s.stack == "local-secure" else sibling_settings(s)
 
 
 @pytest.fixture(scope="session")

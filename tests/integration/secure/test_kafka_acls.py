@@ -13,7 +13,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from crmflow.stack.acls import pipeline_acls
 from crmflow.stack.secure import SecureStack
 
-pytestmark = [pytest.mark.integration, pytest.mark.secure]
+pytestmark = pytest.mark.secure  # not `integration`: it needs the secure stack, `make test-secure`
 
 
 def _create(stack: SecureStack, *topics: str) -> None:

@@ -14,7 +14,7 @@ from crmflow.stack import roles
 from crmflow.stack.secure import SecureStack
 from sinks.postgres.migrate import apply_migrations, load_migrations
 
-pytestmark = [pytest.mark.integration, pytest.mark.secure]
+pytestmark = pytest.mark.secure  # not `integration`: it needs the secure stack, `make test-secure`
 
 
 def _as(stack: SecureStack, role: str, database: str) -> str:

@@ -15,7 +15,7 @@ from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
 
 from crmflow.stack.secure import SecureStack
 
-pytestmark = [pytest.mark.integration, pytest.mark.secure]
+pytestmark = pytest.mark.secure  # not `integration`: it needs the secure stack, `make test-secure`
 
 CONTRACT_KEYS = {
     "CRMFLOW_BOOTSTRAP_SERVERS", "CRMFLOW_KAFKA_SECURITY_PROTOCOL", "CRMFLOW_KAFKA_SASL_MECHANISM",
