@@ -102,7 +102,7 @@ def kafka_acls_commands(prefix: str, users: dict[Principal, str], bootstrap: str
     """``kafka-acls.sh`` command lines granting :func:`pipeline_acls` to the given user names."""
     lines: list[str] = []
     groups: dict[tuple[Principal, ResourceKind, PatternKind, str], list[Operation]] = {}
-    for acl in pipeline_acls(prefix):
+    for acl in sorted(pipeline_acls(prefix), key=lambda a: PRINCIPALS.index(a.principal)):  # stage order
         groups.setdefault((acl.principal, acl.resource, acl.pattern, acl.name), []).append(acl.operation)
     for (principal, resource, pattern, name), ops in groups.items():
         op_args = " ".join(f"--operation {_CLI_OPERATION[op]}" for op in ops)

@@ -64,7 +64,7 @@ def _denied(err: object) -> bool:
 def test_plaintext_client_is_refused(secure_stack: SecureStack) -> None:
     admin = AdminClient({"bootstrap.servers": secure_stack.endpoints().bootstrap_servers, "log_level": 0})
     with pytest.raises(KafkaException):
-        admin.list_topics(timeout=5)
+        admin.list_topics(timeout=3)
 
 
 def test_wrong_password_is_refused_with_a_clear_error(secure_stack: SecureStack) -> None:
@@ -85,7 +85,7 @@ def test_a_client_without_certificate_is_refused(secure_stack: SecureStack) -> N
     conf = {k: v for k, v in secure_stack.kafka_config("ops", log_level=0).items()
             if k not in ("ssl.certificate.location", "ssl.key.location")}
     with pytest.raises(KafkaException):
-        AdminClient(conf).list_topics(timeout=8)
+        AdminClient(conf).list_topics(timeout=4)
 
 
 def test_each_stage_may_do_what_it_needs(secure_stack: SecureStack, topic_prefix: str) -> None:
