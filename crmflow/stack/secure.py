@@ -235,6 +235,25 @@ class SecureStack(LocalStack):
 
         return acls.apply_acls(AdminClient(self.kafka_config(log_level=0)), topic_prefix, USERS)
 
+    def prepare_target(self, database: str) -> str:
+        """Make another target database (created by the admin, e.g. a test's) the sink role's, as
+        ``crm_target`` is; returns the sink role's DSN of it."""
+        ep = self.endpoints()
+        with psycopg.connect(ep.postgres_dsn, autocommit=True) as conn:
+            for stmt in roles.database_sql(database, roles.SINK_ROLE):
+                conn.execute(stmt)
+        with psycopg.connect(ep.dsn(database), autocommit=True) as conn:
+            for stmt in roles.target_sql():
+                conn.execute(stmt)
+        return self.postgres_dsn(database, roles.SINK_ROLE, self.secrets.postgres[roles.SINK_ROLE])
+
+    def create_publication(self, publication: str, tables: list[str], database: str | None = None) -> None:
+        """As the admin (the tables' owner): the CDC publication of ``tables``, owned by the capture role."""
+        ep = self.endpoints()
+        with psycopg.connect(ep.dsn(database or ep.legacy_database), autocommit=True) as conn:
+            for stmt in roles.publication_sql(publication, tables):
+                conn.execute(stmt)
+
     # -- Kafka --------------------------------------------------------------------------------------
     def _start_kafka(self) -> None:
         s = self.s

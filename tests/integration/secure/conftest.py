@@ -16,7 +16,6 @@ import psycopg
 import pytest
 
 from crmflow.settings import StackSettings, stack_settings
-from crmflow.stack import roles
 from crmflow.stack.secure import SecureStack, sibling_settings
 
 
@@ -54,11 +53,6 @@ def scratch_target(secure_stack: SecureStack, admin_conn: psycopg.Connection[Any
     """A fresh target database set up for the sink role as `stack up --secure` sets up crm_target."""
     name = f"t_{uuid.uuid4().hex[:12]}"
     admin_conn.execute(f'create database "{name}"')
-    for stmt in roles.database_sql(name, roles.SINK_ROLE):
-        admin_conn.execute(stmt)
-    ep = secure_stack.endpoints()
-    with psycopg.connect(ep.dsn(name), autocommit=True) as conn:
-        for stmt in roles.target_sql():
-            conn.execute(stmt)
+    secure_stack.prepare_target(name)
     yield name
     admin_conn.execute(f'drop database if exists "{name}" with (force)')

@@ -67,8 +67,7 @@ def test_capture_reads_legacy_but_cannot_write_it(secure_stack: SecureStack, leg
 def test_capture_owns_the_publication_and_replicates(secure_stack: SecureStack, legacy_table: Any) -> None:
     admin, table = legacy_table
     pub, slot = f"pub_{uuid.uuid4().hex[:8]}", f"slot_{uuid.uuid4().hex[:8]}"
-    for stmt in roles.publication_sql(pub, [table]):
-        admin.execute(stmt)
+    secure_stack.create_publication(pub, [table])
     try:
         with psycopg.connect(_as(secure_stack, roles.CAPTURE_ROLE, "crm_legacy"), autocommit=True) as conn:
             conn.execute(f"comment on publication {pub} is 'progress'")  # what crmflow cdc records
