@@ -91,3 +91,16 @@ def test_stack_up_again_prints_how_to_use_the_env_file_but_no_secret(secure_stac
     assert status.returncode == 0, status.stdout + status.stderr
     assert '"registry-proxy"' in status.stdout
     assert not [s for s in secrets if s in status.stdout]
+
+
+def test_no_service_log_holds_a_password(secure_stack: SecureStack) -> None:
+    """Kafka, nginx, Apicurio and PostgreSQL log start-up, connections and the refusals the other tests
+    provoke. None of them may carry a password."""
+    secrets = [*secure_stack.secrets.kafka.values(), secure_stack.secrets.registry,
+               *secure_stack.secrets.postgres.values()]
+    logs = [secure_stack.kafka.log_file, secure_stack.registry.log_file, secure_stack.nginx.log_file,
+            secure_stack.pg.log_file]
+    assert all(f.exists() for f in logs)
+    assert "Kafka Server started" in secure_stack.kafka.log_file.read_text(errors="replace")
+    leaked = [(f.name, i) for f in logs for i, s in enumerate(secrets) if s in f.read_text(errors="replace")]
+    assert leaked == []
