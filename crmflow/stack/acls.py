@@ -9,7 +9,8 @@ transactional ids from the runtimes):
 - ``process`` reads raw and change topics as group ``crmflow-process-<prefix>``, writes mapped topics, the
   DLQ and its internal dedupe topic plus that topic's changelog (``<prefix>.dedupe.<entity>[.state]``,
   which it creates), restores the changelog as ``crmflow-restore-<changelog>`` and commits in transactions
-  under ``crmflow-process-<prefix>-<instance>``;
+  under ``crmflow-process-<prefix>-<instance>``; with ``--engine faust`` its app (id = the group) also
+  keeps internal topics ``crmflow-process-<prefix>-*`` (the assignor's leader topic);
 - ``sink`` reads mapped topics as ``crmflow-sink.<run>``, writes the DLQ, transactional id
   ``crmflow-sink.<run>-<instance>``;
 - ``ops`` is the CLI's admin work: creating the pipeline's topics (``crmflow migrate``), reading the DLQ
@@ -74,6 +75,7 @@ def pipeline_acls(prefix: str) -> list[Acl]:
         *_grant("process", "group", "literal", process_group, "read"),
         *_grant("process", "group", "prefixed", f"crmflow-restore-{dedupe}", "read"),
         *_grant("process", "transactional-id", "prefixed", f"{process_group}-", "write", "describe"),
+        *_grant("process", "topic", "prefixed", f"{process_group}-", "create", "read", "write", "describe"),
         *_grant("sink", "topic", "prefixed", mapped, "read", "describe"),
         *_grant("sink", "topic", "literal", dlq, "write", "describe"),
         *_grant("sink", "group", "prefixed", "crmflow-sink", "read"),
