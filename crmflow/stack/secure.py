@@ -66,20 +66,20 @@ class Secrets:
     postgres: dict[str, str]
 
     @classmethod
-    def load_or_create(cls, path: Path) -> Secrets:
+    def load(cls, path: Path) -> Secrets:
+        """The saved passwords, or new ones (saved by :meth:`save` when the stack first starts)."""
         if path.exists():
             d = json.loads(path.read_text())
             return cls(d["kafka"], d["registry"], d["postgres"])
-        made = cls(
+        return cls(
             kafka={u: secrets.token_urlsafe(24) for u in (ADMIN, *USERS.values())},
             registry=secrets.token_urlsafe(24),
             postgres={u: secrets.token_urlsafe(24) for u in ("admin", roles.CAPTURE_ROLE, roles.SINK_ROLE)},
         )
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            json.dump({"kafka": made.kafka, "registry": made.registry, "postgres": made.postgres}, fh)
-        return made
+
+    def save(self, path: Path) -> None:
+        if not path.exists():
+            write_private(path, json.dumps({"kafka": self.kafka, "registry": self.registry, "postgres": self.postgres}))
 
 
 def write_private(path: Path, text: str) -> None:
@@ -112,7 +112,7 @@ class SecureStack(LocalStack):
 
     def __init__(self, settings: StackSettings) -> None:
         self.secure_dir = settings.home.expanduser().resolve() / "secure"
-        self.secrets = Secrets.load_or_create(self.secure_dir / "secrets.json")
+        self.secrets = Secrets.load(self.secure_dir / "secrets.json")
         settings = settings.model_copy(update={"postgres_password": SecretStr(self.secrets.postgres["admin"])})
         super().__init__(settings)
         self.run_dir = self.secure_dir / "run"
@@ -124,7 +124,6 @@ class SecureStack(LocalStack):
         self.pg = _SecurePostgres(settings, self.secure_dir)
         self.certs = Certs(self.secure_dir / "tls")
         self.env_file = self.secure_dir / "crmflow.env"
-        self.secure_dir.chmod(0o700)
 
     # -- endpoints and client settings --------------------------------------------------------------
     def endpoints(self) -> Endpoints:
@@ -187,6 +186,9 @@ class SecureStack(LocalStack):
     def up(self) -> Endpoints:
         self.fetch()
         tools.nginx()
+        self.secure_dir.mkdir(parents=True, exist_ok=True)
+        self.secure_dir.chmod(0o700)
+        self.secrets.save(self.secure_dir / "secrets.json")
         ensure_certs(self.certs.dir)
         ep = self.endpoints()
         started = time.monotonic()

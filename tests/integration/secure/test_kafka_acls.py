@@ -169,6 +169,9 @@ def test_the_acl_list_is_what_the_broker_holds(secure_stack: SecureStack, topic_
     flt = AclBindingFilter(ResourceType.ANY, None, ResourcePatternType.ANY, None, None, AclOperation.ANY,
                            AclPermissionType.ANY)
     held = admin.describe_acls(flt, request_timeout=30).result()
-    mine = {(b.principal, b.name, str(b.operation)) for b in held if topic_prefix in b.name}
-    wanted = {a for a in pipeline_acls(topic_prefix) if topic_prefix in a.name}
-    assert len(mine) == len(wanted)
+    kind = {"TOPIC": "topic", "GROUP": "group", "TRANSACTIONAL_ID": "transactional-id"}
+    mine = {(b.principal, kind[b.restype.name], b.resource_pattern_type.name.lower(), b.name,
+             b.operation.name.lower().replace("_", "-")) for b in held if topic_prefix in b.name}
+    wanted = {(f"User:crmflow_{a.principal}", a.resource, a.pattern, a.name, a.operation)
+              for a in pipeline_acls(topic_prefix) if topic_prefix in a.name}
+    assert mine == wanted
