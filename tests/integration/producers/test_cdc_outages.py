@@ -53,10 +53,10 @@ class Writer:
             conn.execute("insert into legacy.customers (id, name) values (%s, %s)", (i, f"c{i}"))
             conn.execute("insert into legacy.tickets (id, customer_id, subject) values (%s, %s, 's')", (i, i))
             changes = [("customers", i, xid, "c"), ("tickets", i, xid, "c")]
-            if i > 1 and i % 3 == 0:
-                # i - 1 may never have been inserted (a failed attempt skips its key): count only a real update
-                if conn.execute("update legacy.customers set name = 'u' where id = %s", (i - 1,)).rowcount == 1:
-                    changes.append(("customers", i - 1, xid, "u"))
+            # i - 1 may never have been inserted (a failed attempt skips its key): count only a real update
+            update = "update legacy.customers set name = 'u' where id = %s"
+            if i > 1 and i % 3 == 0 and conn.execute(update, (i - 1,)).rowcount == 1:
+                changes.append(("customers", i - 1, xid, "u"))
         self.committed.update(changes)  # only after COMMIT returned
         self.next_id += 1
 
