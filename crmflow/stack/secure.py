@@ -29,14 +29,12 @@ import logging
 import os
 import secrets
 import shutil
-import ssl
 import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
 import psycopg
 from psycopg.conninfo import make_conninfo
 from pydantic import SecretStr
@@ -46,7 +44,7 @@ from crmflow.settings import StackSettings
 from crmflow.stack import acls, roles, tools
 from crmflow.stack.base import Endpoints, PartStatus, wait_until
 from crmflow.stack.certs import Certs, ensure_certs
-from crmflow.stack.local import LocalStack, _Postgres, new_cluster_id
+from crmflow.stack.local import LocalStack, _kafka_ready, _Postgres, _registry_ready, new_cluster_id
 from crmflow.stack.process import ManagedProcess, tail
 
 log = logging.getLogger(__name__)
@@ -127,40 +125,49 @@ class SecureStack(LocalStack):
 
     # -- endpoints and client settings --------------------------------------------------------------
     def endpoints(self) -> Endpoints:
+        """The connection models of this stack: SASL_SSL with every stage's principal, the registry's basic
+        auth and CA, the admin DSN and the two least-privilege roles, all ``verify-full``."""
+        client = self.client_settings()
         s = self.s
-        return Endpoints(
-            bootstrap_servers=f"127.0.0.1:{s.kafka_port}",
+        return Endpoints.from_settings(
+            client, bootstrap_servers=f"127.0.0.1:{s.kafka_port}",
             registry_url=f"https://127.0.0.1:{s.registry_port}/apis/ccompat/v7",
-            postgres_dsn=self.postgres_dsn("postgres", s.postgres_user, self.secrets.postgres["admin"]),
-            target_database=s.target_database,
-            legacy_database=s.legacy_database,
+            postgres_dsn=SecretStr(self.postgres_dsn("postgres", s.postgres_user, self.secrets.postgres["admin"])),
         )
+
+    def client_settings(self) -> StackSettings:
+        """These settings with the contract's connection settings of this stack (what ``crmflow.env`` says)."""
+        values: dict[str, Any] = {}
+        for key, value in self.env().items():
+            name = key.removeprefix("CRMFLOW_").lower()
+            if name in StackSettings.model_fields and name not in ("stack", "home") and not name.endswith("_port"):
+                field = StackSettings.model_fields[name]
+                values[name] = SecretStr(value) if "SecretStr" in str(field.annotation) else value
+        return self.s.model_copy(update=values)
 
     def postgres_dsn(self, database: str, user: str, password: str) -> str:
         return make_conninfo(host="127.0.0.1", port=str(self.s.postgres_port), dbname=database, user=user,
                              password=password, sslmode="verify-full", sslrootcert=str(self.certs.ca))
 
     def kafka_config(self, principal: acls.Principal | None = None, **extra: Any) -> dict[str, Any]:
-        """librdkafka settings for ``principal`` (the admin when None)."""
-        user = USERS[principal] if principal else ADMIN
-        return {
-            "bootstrap.servers": self.endpoints().bootstrap_servers, "security.protocol": "SASL_SSL",
-            "sasl.mechanism": MECHANISM, "sasl.username": user, "sasl.password": self.secrets.kafka[user],
-            "ssl.ca.location": str(self.certs.ca), "ssl.certificate.location": str(self.certs.client_cert),
-            "ssl.key.location": str(self.certs.client_key), **extra,
-        }
+        """librdkafka settings for ``principal`` (the admin when None), from the connection model."""
+        kafka = self.endpoints().kafka
+        return {**(kafka.for_stage(principal) if principal else kafka).client_config(), **extra}
 
     def registry_auth(self) -> tuple[str, str]:
         return REGISTRY_USER, self.secrets.registry
 
     def env(self) -> dict[str, str]:
         """The contract's ``CRMFLOW_*`` settings for this stack (what ``crmflow.env`` holds)."""
-        s, ep, c = self.s, self.endpoints(), self.certs
+        s, c = self.s, self.certs
+        bootstrap = f"127.0.0.1:{s.kafka_port}"
+        registry_url = f"https://127.0.0.1:{s.registry_port}/apis/ccompat/v7"
+        admin_dsn = self.postgres_dsn("postgres", s.postgres_user, self.secrets.postgres["admin"])
         out = {
             "CRMFLOW_STACK": self.mode, "CRMFLOW_HOME": str(self.home),
             "CRMFLOW_KAFKA_PORT": str(s.kafka_port), "CRMFLOW_KAFKA_CONTROLLER_PORT": str(s.kafka_controller_port),
             "CRMFLOW_REGISTRY_PORT": str(s.registry_port), "CRMFLOW_POSTGRES_PORT": str(s.postgres_port),
-            "CRMFLOW_BOOTSTRAP_SERVERS": ep.bootstrap_servers,
+            "CRMFLOW_BOOTSTRAP_SERVERS": bootstrap,
             "CRMFLOW_KAFKA_SECURITY_PROTOCOL": "SASL_SSL", "CRMFLOW_KAFKA_SASL_MECHANISM": MECHANISM,
             "CRMFLOW_KAFKA_SASL_USERNAME": ADMIN, "CRMFLOW_KAFKA_SASL_PASSWORD": self.secrets.kafka[ADMIN],
             "CRMFLOW_KAFKA_SSL_CA_LOCATION": str(c.ca), "CRMFLOW_KAFKA_SSL_CERTIFICATE_LOCATION": str(c.client_cert),
@@ -171,9 +178,9 @@ class SecureStack(LocalStack):
             out[f"CRMFLOW_{stage}_KAFKA_SASL_USERNAME"] = user
             out[f"CRMFLOW_{stage}_KAFKA_SASL_PASSWORD"] = self.secrets.kafka[user]
         out |= {
-            "CRMFLOW_REGISTRY_URL": ep.registry_url, "CRMFLOW_REGISTRY_USERNAME": REGISTRY_USER,
+            "CRMFLOW_REGISTRY_URL": registry_url, "CRMFLOW_REGISTRY_USERNAME": REGISTRY_USER,
             "CRMFLOW_REGISTRY_PASSWORD": self.secrets.registry, "CRMFLOW_REGISTRY_CA_LOCATION": str(c.ca),
-            "CRMFLOW_POSTGRES_DSN": ep.postgres_dsn, "CRMFLOW_POSTGRES_SSLMODE": "verify-full",
+            "CRMFLOW_POSTGRES_DSN": admin_dsn, "CRMFLOW_POSTGRES_SSLMODE": "verify-full",
             "CRMFLOW_POSTGRES_SSLROOTCERT": str(c.ca),
             "CRMFLOW_TARGET_DSN": self.postgres_dsn(s.target_database, roles.SINK_ROLE,
                                                     self.secrets.postgres[roles.SINK_ROLE]),
@@ -204,10 +211,10 @@ class SecureStack(LocalStack):
                    log_tail=lambda: tail(self.pg.log_file), alive=self.pg.running)
         self.pg.ensure_databases(ep)
         self._setup_postgres(ep)
-        wait_until("kafka", self._kafka_ready, timeout_s=timeout, log_tail=lambda: tail(self.kafka.log_file),
-                   alive=lambda: self.kafka.alive_or_starting(started))
+        wait_until("kafka", lambda: _kafka_ready(ep.kafka), timeout_s=timeout,
+                   log_tail=lambda: tail(self.kafka.log_file), alive=lambda: self.kafka.alive_or_starting(started))
         self._setup_kafka()
-        wait_until("registry", self._registry_ready, timeout_s=timeout,
+        wait_until("registry", lambda: _registry_ready(ep.registry), timeout_s=timeout,
                    log_tail=lambda: tail(self.registry.log_file) + tail(self.nginx.log_file),
                    alive=lambda: self.registry.alive_or_starting(started) and self.nginx.alive_or_starting(started))
         write_private(self.env_file, "".join(f"{k}={v}\n" for k, v in self.env().items()))
@@ -282,15 +289,6 @@ class SecureStack(LocalStack):
             cwd=self.kafka_dir,
         )
 
-    def _kafka_ready(self) -> bool:
-        from confluent_kafka.admin import AdminClient
-
-        try:
-            md = AdminClient(self.kafka_config(log_level=0)).list_topics(timeout=3)
-            return bool(md.brokers)
-        except Exception:  # noqa: BLE001 - any failure means "not yet"
-            return False
-
     def _setup_kafka(self) -> None:
         """Upsert the stage principals' SCRAM credentials, then their ACLs for the configured prefixes."""
         from confluent_kafka.admin import (  # type: ignore[attr-defined]
@@ -339,14 +337,6 @@ class SecureStack(LocalStack):
         self.nginx.start([nginx, "-p", str(self.secure_dir), "-e", str(self.nginx.log_file), "-c", str(conf)],
                          cwd=self.secure_dir)
 
-    def _registry_ready(self) -> bool:
-        try:
-            resp = httpx.get(f"{self.endpoints().registry_url}/subjects", auth=self.registry_auth(),
-                             verify=ssl.create_default_context(cafile=str(self.certs.ca)), timeout=3)
-        except httpx.HTTPError:
-            return False
-        return resp.status_code == 200
-
     # -- PostgreSQL roles ---------------------------------------------------------------------------
     def _setup_postgres(self, ep: Endpoints) -> None:
         pw = self.secrets.postgres
@@ -356,10 +346,10 @@ class SecureStack(LocalStack):
                          *roles.database_sql(ep.legacy_database, roles.CAPTURE_ROLE),
                          *roles.database_sql(ep.target_database, roles.SINK_ROLE)]:
                 conn.execute(stmt)
-        with psycopg.connect(ep.legacy_dsn, autocommit=True) as conn:
+        with psycopg.connect(ep.dsn(ep.legacy_database), autocommit=True) as conn:
             for stmt in roles.legacy_sql(self.s.postgres_user):
                 conn.execute(stmt)
-        with psycopg.connect(ep.target_dsn, autocommit=True) as conn:
+        with psycopg.connect(ep.dsn(ep.target_database), autocommit=True) as conn:
             for stmt in roles.target_sql():
                 conn.execute(stmt)
 

@@ -47,7 +47,7 @@ def test_server_certificate_is_verified(secure_stack: SecureStack, tmp_path: Any
 def legacy_table(admin_conn: psycopg.Connection[Any], secure_stack: SecureStack) -> Any:
     """A legacy table made by the admin after the stack's grants (default privileges must cover it)."""
     table = f"legacy.t_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(secure_stack.endpoints().legacy_dsn, autocommit=True) as conn:
+    with psycopg.connect(secure_stack.endpoints().dsn("crm_legacy"), autocommit=True) as conn:  # as the admin
         conn.execute(f"create table {table} (id int primary key, name text)")
         conn.execute(f"insert into {table} values (1, 'a'), (2, 'b')")
         yield conn, table
