@@ -18,8 +18,10 @@ from typing import Any
 import psycopg
 import pytest
 import yaml
+from psycopg.conninfo import conninfo_to_dict
 
 from crmflow.demo_data.run import generate
+from crmflow.settings import stack_settings
 
 REPO = Path(__file__).resolve().parents[2]
 DEMO_CONFIG = REPO / "deploy" / "demo" / "crmflow.yaml"
@@ -93,11 +95,25 @@ def run_factory(tmp_path: Path, pg_dsn_factory: Callable[[], str]) -> Iterator[C
         cfg = tmp_path / f"crmflow{suffix}.yaml"
         cfg.write_text(yaml.safe_dump(raw, sort_keys=False))
         dsn = pg_dsn_factory()
+        if stack_settings().stack == "local-secure":
+            dsn = _secure_run(prefix, dsn)
         env = {**os.environ, env_name: dsn, "PYTHONUNBUFFERED": "1"}
         os.environ[env_name] = dsn  # for in-process stages in the same test
         return Run(cfg, env, dsn, prefix, name)
 
     yield make
+
+
+def _secure_run(prefix: str, admin_dsn: str) -> str:
+    """On the secure stack a run's topics need its stage ACLs, and its target database belongs to the sink
+    role: grant both, and return the sink role's DSN of the database (what the run writes with)."""
+    from crmflow.stack import get_stack
+    from crmflow.stack.secure import SecureStack
+
+    stack = get_stack()
+    assert isinstance(stack, SecureStack)
+    stack.grant(prefix)
+    return stack.prepare_target(str(conninfo_to_dict(admin_dsn)["dbname"]))
 
 
 def _plain(value: Any) -> Any:
