@@ -68,3 +68,27 @@ def test_role_sql_quotes_names_and_passwords() -> None:
     assert 'FOR TABLE "legacy"."accounts", "legacy"."sales"' in pub
     assert 'OWNER TO "crmflow_capture"' in pub
     assert 'AUTHORIZATION "crmflow_sink"' in _text(roles.target_sql())
+
+
+def test_cli_prints_the_acls_for_a_prefix_and_refuses_apply_without_the_secure_stack(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    from crmflow.cli.stack import app
+
+    res = CliRunner().invoke(app, ["acls", "--topic-prefix", "acme.crm"])
+    assert res.exit_code == 0, res.output
+    lines = res.output.strip().splitlines()
+    assert len(lines) == len({(a.principal, a.resource, a.name) for a in pipeline_acls("acme.crm")})
+    assert all(line.startswith("kafka-acls.sh ") for line in lines)
+    assert any("User:crmflow_sink" in line and "'acme.crm.mapped.'" in line for line in lines)
+    monkeypatch.setenv("CRMFLOW_STACK", "local")
+    from crmflow.settings import stack_settings
+
+    stack_settings.cache_clear()
+    try:
+        res = CliRunner().invoke(app, ["acls", "--apply"])
+    finally:
+        stack_settings.cache_clear()
+    assert res.exit_code == 2
+    assert "needs the secure local stack" in res.output
