@@ -195,7 +195,12 @@ class SecureStack(LocalStack):
         tools.nginx()
         self.secure_dir.mkdir(parents=True, exist_ok=True)
         self.secure_dir.chmod(0o700)
-        self.secrets.save(self.secure_dir / "secrets.json")
+        saved = self.secure_dir / "secrets.json"
+        if not saved.exists() and (self.pg.initialised() or (self.kafka_dir / "data" / "meta.properties").exists()):
+            # The data was made with passwords that are gone: new ones would be refused everywhere.
+            raise StackError(f"{saved} is missing but the secure stack's data exists; to start over run "
+                             f"`crmflow stack down --secure` and remove {self.secure_dir} and {self.pg.root}")
+        self.secrets.save(saved)
         ensure_certs(self.certs.dir)
         ep = self.endpoints()
         started = time.monotonic()
