@@ -44,7 +44,7 @@ from crmflow.settings import StackSettings
 from crmflow.stack import acls, roles, tools
 from crmflow.stack.base import Endpoints, PartStatus, wait_until
 from crmflow.stack.certs import Certs, ensure_certs
-from crmflow.stack.local import LocalStack, _kafka_ready, _Postgres, _registry_ready, new_cluster_id
+from crmflow.stack.local import LocalStack, _Postgres, _registry_ready, new_cluster_id
 from crmflow.stack.process import ManagedProcess, tail
 
 log = logging.getLogger(__name__)
@@ -216,7 +216,8 @@ class SecureStack(LocalStack):
                    log_tail=lambda: tail(self.pg.log_file), alive=self.pg.running)
         self.pg.ensure_databases(ep)
         self._setup_postgres(ep)
-        wait_until("kafka", lambda: _kafka_ready(ep.kafka), timeout_s=timeout,
+        # As the admin: the stage principals exist only once _setup_kafka made them.
+        wait_until("kafka", self._kafka_ready, timeout_s=timeout,
                    log_tail=lambda: tail(self.kafka.log_file), alive=lambda: self.kafka.alive_or_starting(started))
         self._setup_kafka()
         wait_until("registry", lambda: _registry_ready(ep.registry), timeout_s=timeout,
@@ -293,6 +294,14 @@ class SecureStack(LocalStack):
              "-Djava.awt.headless=true", log4j, "-cp", f"{libs}/*", "kafka.Kafka", str(props)],
             cwd=self.kafka_dir,
         )
+
+    def _kafka_ready(self) -> bool:
+        from confluent_kafka.admin import AdminClient
+
+        try:
+            return bool(AdminClient(self.kafka_config(log_level=0)).list_topics(timeout=3).brokers)
+        except Exception:  # noqa: BLE001 - any failure means "not yet"
+            return False
 
     def _setup_kafka(self) -> None:
         """Upsert the stage principals' SCRAM credentials, then their ACLs for the configured prefixes."""
