@@ -6,7 +6,8 @@
   publication is created by the tables' owner: adding a table to a publication needs ownership of the
   table, which the capture role must not have. Owning a publication needs CREATE on the database.
 - ``crmflow_sink`` connects to the target database only and owns the target schema (the migrations of
-  ``sinks/postgres/migrate.py`` run as it: ``create schema if not exists`` needs CREATE on the database).
+  ``sinks/postgres/migrate.py`` run as it: ``create schema if not exists`` needs CREATE on the database;
+  the sink stages each batch in a temporary table: TEMPORARY).
 - The admin (the cluster's superuser in the local stack) creates databases, roles and the publication.
 
 CONNECT is revoked from PUBLIC on both databases, so every other role is refused at connection time.
@@ -41,10 +42,10 @@ def role_sql(role: str, password: str, *, replication: bool) -> list[sql.Compose
 
 def database_sql(database: str, role: str) -> list[sql.Composed]:
     """Only ``role`` (and superusers) may connect to ``database``; ``role`` may create schemas and
-    publications in it."""
+    publications in it, and temporary tables (the sink stages each batch in one)."""
     return [
         sql.SQL("REVOKE CONNECT, TEMPORARY ON DATABASE {db} FROM PUBLIC").format(db=_id(database)),
-        sql.SQL("GRANT CONNECT, CREATE ON DATABASE {db} TO {role}").format(db=_id(database), role=_id(role)),
+        sql.SQL("GRANT CONNECT, CREATE, TEMPORARY ON DATABASE {db} TO {role}").format(db=_id(database), role=_id(role)),
     ]
 
 

@@ -104,6 +104,7 @@ def test_sink_runs_the_migrations_and_owns_the_schema(secure_stack: SecureStack,
                               "and tableowner = %s", (roles.SINK_ROLE,)).fetchone()
         assert owner == (roles.SINK_ROLE,)
         assert tables is not None and tables[0] > 5
+        conn.execute("create temp table _stage (id int)")  # the sink stages its batches in temp tables
         with pytest.raises(errors.InsufficientPrivilege):  # no superuser powers
             conn.execute("create role intruder")
 
