@@ -102,7 +102,8 @@ class _Finder:
         self._starts = re.compile(b"(?=(" + _trie_regex(self.heads) + b"))")
 
     def hits(self, blob: bytes) -> list[bytes]:
-        return sorted({v for m in self._starts.finditer(blob) for v in self.heads[m[1]] if blob.startswith(v, m.start())})
+        return sorted({v for m in self._starts.finditer(blob) for v in self.heads[m[1]]
+                       if blob.startswith(v, m.start())})
 
 
 def _messages(ep: Endpoints, topic: str) -> Iterator[bytes]:
@@ -126,21 +127,26 @@ def _messages(ep: Endpoints, topic: str) -> Iterator[bytes]:
                     if err.code() == KafkaError._PARTITION_EOF:
                         pending.discard(m.partition() or 0)
                     continue
-                headers = b"".join(k.encode() + (v or b"") for k, v in m.headers() or [])
+                headers = b"".join(str(h[0]).encode() + _cell(h[1] or b"") for h in m.headers() or [])
                 yield (m.key() or b"") + b"\0" + (m.value() or b"") + b"\0" + headers
     finally:
         c.close()
 
 
+def _cell(value: Any) -> bytes:
+    # bytea as its bytes: its hex text would be a long run of digits, where short phone numbers turn up by chance.
+    return bytes(value) if isinstance(value, bytes | memoryview) else str(value).encode()
+
+
 def _tables(dsn: str) -> dict[str, list[bytes]]:
-    """Every row of every user table of the database, as JSON text, by ``schema.table``."""
+    """Every row of every user table of the database, its cells joined, by ``schema.table``."""
     out: dict[str, list[bytes]] = {}
     with psycopg.connect(dsn) as conn:
         tables = conn.execute("select table_schema, table_name from information_schema.tables where table_type = "
                               "'BASE TABLE' and table_schema not in ('pg_catalog', 'information_schema')").fetchall()
         for schema, table in tables:
-            query = sql.SQL("select row_to_json(t)::text from {} t").format(sql.Identifier(schema, table))
-            out[f"{schema}.{table}"] = [r[0].encode() for r in conn.execute(query)]
+            query = sql.SQL("select * from {}").format(sql.Identifier(schema, table))
+            out[f"{schema}.{table}"] = [b"\0".join(map(_cell, row)) for row in conn.execute(query)]
     return out
 
 
@@ -157,34 +163,24 @@ def test_a_staging_migration_leaves_no_input_pii_anywhere_but_the_raw_topics(
     env.pop("CRMFLOW_PII_PROFILE", None)
     run_id = f"{run.name}-gate"
 
-    took: dict[str, float] = {}
-
     def cli(*args: str) -> subprocess.CompletedProcess[bytes]:
-        start = time.monotonic()
-        done = subprocess.run([sys.executable, "-m", "crmflow", "--verbose", *args], env=env, capture_output=True,
+        return subprocess.run([sys.executable, "-m", "crmflow", "--verbose", *args], env=env, capture_output=True,
                               timeout=300, check=False)
-        took[args[0]] = round(time.monotonic() - start, 1)
-        return done
 
-    started = time.monotonic()
     migrate = cli("migrate", "-c", str(run.config), "--run-id", run_id, "--json")
     assert migrate.returncode == 0, migrate.stderr[-3000:].decode(errors="replace")
     validate = cli("validate", "-c", str(run.config), "--run-id", run_id, "--out", str(tmp_path / "validate"))
     assess = cli("assess", "-c", str(run.config), "--out", str(tmp_path / "assess"), "--no-progress")
     assert assess.returncode == 0, assess.stderr[-3000:].decode(errors="replace")
-    ran = time.monotonic() - started
 
     finder = _Finder(_input_values(small_dataset))
     assert len(finder.heads) > 5000
     leaks: dict[str, list[bytes]] = {}
 
-    sizes: dict[str, int] = defaultdict(int)
-
     def scan(where: str, blobs: Iterable[bytes]) -> int:
         n = 0
         for blob in blobs:
             n += 1
-            sizes[where] += len(blob)
             if found := finder.hits(blob):
                 leaks.setdefault(where, []).extend(found)
         return n
@@ -204,7 +200,6 @@ def test_a_staging_migration_leaves_no_input_pii_anywhere_but_the_raw_topics(
     assert counts[dedupe] > 2000 and counts[f"{dedupe}.state"] > 2000, counts
     assert counts[cfg.kafka.dlq_topic] > 10, counts
 
-    t_topics = time.monotonic() - started - ran
     # The target database: every table, crmflow's own included.
     tables = _tables(run.target_dsn)
     assert {"crm.accounts", "crm.contacts", "crm.xref", "crm.golden_merges"} <= set(tables), sorted(tables)
@@ -212,7 +207,6 @@ def test_a_staging_migration_leaves_no_input_pii_anywhere_but_the_raw_topics(
     for name, rows in tables.items():
         scan(f"table {name}", rows)
 
-    t_tables = time.monotonic() - started - ran - t_topics
     # Logs, the run record and its report; the migrate's own output.
     run_dir = stack_settings().home / "runs" / run_id
     files = sorted(p for p in run_dir.rglob("*") if p.is_file())
@@ -235,8 +229,5 @@ def test_a_staging_migration_leaves_no_input_pii_anywhere_but_the_raw_topics(
         scan(f"report {p.name}", [p.read_bytes()])
     scan("validate/assess output", [validate.stdout, validate.stderr, assess.stdout, assess.stderr])
 
-    print(sorted(sizes.items(), key=lambda kv: -kv[1])[:12])
-    print(f"topics {t_topics:.1f}s, tables {t_tables:.1f}s")
-    print(f"commands {ran:.1f}s {took}, scans {time.monotonic() - started - ran:.1f}s")
     assert leaks == {}, {where: sorted({v.decode(errors="replace") for v in found})[:5]
                          for where, found in leaks.items()}
