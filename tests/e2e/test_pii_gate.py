@@ -106,10 +106,15 @@ class _Finder:
                        if blob.startswith(v, m.start())})
 
 
+def _consumer(ep: Endpoints, group: str) -> Consumer:
+    """The one place this test builds a Kafka client (a secured stack's settings go here)."""
+    return Consumer({"bootstrap.servers": ep.bootstrap_servers, "group.id": group, "enable.auto.commit": False,
+                     "isolation.level": "read_uncommitted", "enable.partition.eof": True})
+
+
 def _messages(ep: Endpoints, topic: str) -> Iterator[bytes]:
     """Key, value and headers of every message of ``topic``, aborted transactions included."""
-    c = Consumer({"bootstrap.servers": ep.bootstrap_servers, "group.id": f"pii-gate-{topic}",
-                  "enable.auto.commit": False, "isolation.level": "read_uncommitted", "enable.partition.eof": True})
+    c = _consumer(ep, f"pii-gate-{topic}")
     try:
         md = c.list_topics(topic, timeout=10)
         pending = set()
@@ -187,7 +192,7 @@ def test_a_staging_migration_leaves_no_input_pii_anywhere_but_the_raw_topics(
 
     # Topics: every topic of the run's prefix, the changelog of the dedupe state included.
     cfg = load_config(run.config)
-    probe = Consumer({"bootstrap.servers": endpoints.bootstrap_servers, "group.id": "pii-gate"})
+    probe = _consumer(endpoints, "pii-gate")
     topics = sorted(t for t in probe.list_topics(timeout=10).topics if t.startswith(f"{run.prefix}."))
     probe.close()
     dedupe = cfg.kafka.dedupe_topic("account")
