@@ -31,12 +31,16 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+import orjson
 import psycopg
 import pytest
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 from psycopg import sql
+from pydantic import SecretStr
 
 from crmflow.config import load_config
+from crmflow.pii import SealedDataError, StateCipher
+from crmflow.runtime.changelog import read_partitions
 from crmflow.settings import stack_settings
 from crmflow.stack import Endpoints
 from tests.e2e.conftest import Dataset, Run
@@ -205,10 +209,23 @@ def test_a_staging_migration_leaves_no_input_pii_anywhere_but_the_raw_topics(
     assert counts[dedupe] > 2000 and counts[f"{dedupe}.state"] > 2000, counts
     assert counts[cfg.kafka.dlq_topic] > 10, counts
 
+    # What the search cannot read is sealed, and opens with the run's key only: the state holds every account.
+    state = read_partitions(endpoints.bootstrap_servers, f"{dedupe}.state", range(cfg.kafka.partitions))
+    entries = [(k, v) for part in state.values() for k, v in part.items()]
+    cipher = StateCipher(SecretStr(KEY))
+    assert all(v.startswith(StateCipher.MAGIC) for _, v in entries)
+    opened = {k: orjson.loads(cipher.open(v, k)) for k, v in entries}
+    accounts = sum(1 for k in opened if k.startswith(b"r:"))
+    with pytest.raises(SealedDataError):
+        StateCipher(SecretStr("another-key-0123456789abcdef")).open(entries[0][1], entries[0][0])
+
     # The target database: every table, crmflow's own included.
     tables = _tables(run.target_dsn)
     assert {"crm.accounts", "crm.contacts", "crm.xref", "crm.golden_merges"} <= set(tables), sorted(tables)
     assert len(tables["crm.accounts"]) > 2000
+    with psycopg.connect(run.target_dsn) as conn:
+        row = conn.execute("select count(*) from crm.xref where entity = 'account'").fetchone()
+    assert row is not None and accounts == row[0], "one state entry per source account"
     for name, rows in tables.items():
         scan(f"table {name}", rows)
 
