@@ -313,8 +313,8 @@ def pii_key(pii: PiiConfig) -> SecretStr:
         path, where = ("pii", "key_env"), f"environment variable {pii.key_env}"
         key = os.environ.get(pii.key_env, "").strip()
         if not key:
-            raise PiiKeyError(f"{where} (pii.key_env) is not set; masking pseudonymises with a keyed HMAC: export "
-                              f"a secret of at least {MIN_KEY_BYTES} bytes, e.g. "
+            raise PiiKeyError(f"{where} (pii.key_env) is not set; it keys the pseudonyms and seals the processor's "
+                              f"internal topics: export a secret of at least {MIN_KEY_BYTES} bytes, e.g. "
                               "`python -c 'import secrets; print(secrets.token_urlsafe(32))'`", path)  # fmt: skip
     if len(key.encode()) < MIN_KEY_BYTES:
         raise PiiKeyError(f"the key in {where} is shorter than {MIN_KEY_BYTES} bytes", path)
