@@ -10,7 +10,7 @@ source files is searched for, as bytes, in:
 - every table of the target database (crmflow's bookkeeping in it too: runs, row versions, deletions,
   cross-references, merge log, dead-letter ledger);
 - every file of the run's directory (the services' DEBUG logs, the run record, ``report.html``), the
-  migrate's own stdout and stderr;
+  snapshot's checkpoints of the run, the migrate's own stdout and stderr;
 - the metrics page of every process of the run (``CRMFLOW_METRICS_DIR``: each writes it when it exits);
 - ``validate.html``/``validate.json`` and ``assess.html``/``assess.json``.
 
@@ -237,6 +237,10 @@ def test_a_staging_migration_leaves_no_input_pii_anywhere_but_the_raw_topics(
     assert b"DEBUG" in debug, "the services logged at DEBUG"
     for p in files:
         scan(f"run file {p.name}", [p.read_bytes()])
+    checkpoints = sorted(p for p in (stack_settings().home / "state" / "snapshot" / run_id).glob("*") if p.is_file())
+    assert checkpoints, "the snapshot's checkpoints of the run"
+    for p in checkpoints:
+        scan(f"snapshot checkpoint {p.name}", [p.read_bytes()])
     scan("migrate stdout/stderr", [migrate.stdout, migrate.stderr])
 
     # Metrics pages of every process of the run; the reports.
