@@ -111,8 +111,8 @@ class _Finder:
 
 
 def _consumer(ep: Endpoints, group: str) -> Consumer:
-    """The one place this test builds a Kafka client (a secured stack's settings go here)."""
-    return Consumer({"bootstrap.servers": ep.bootstrap_servers, "group.id": group, "enable.auto.commit": False,
+    """A reader of everything (the connection model's TLS/SASL settings on a secured stack)."""
+    return Consumer({**ep.kafka.client_config(), "group.id": group, "enable.auto.commit": False,
                      "isolation.level": "read_uncommitted", "enable.partition.eof": True})
 
 
@@ -210,7 +210,8 @@ def test_a_staging_migration_leaves_no_input_pii_anywhere_but_the_raw_topics(
     assert counts[cfg.kafka.dlq_topic] > 10, counts
 
     # What the search cannot read is sealed, and opens with the run's key only: the state holds every account.
-    state = read_partitions(endpoints.bootstrap_servers, f"{dedupe}.state", range(cfg.kafka.partitions))
+    state = read_partitions(endpoints.bootstrap_servers, f"{dedupe}.state", range(cfg.kafka.partitions),
+                            extra=endpoints.kafka.client_config())
     entries = [(k, v) for part in state.values() for k, v in part.items()]
     cipher = StateCipher(SecretStr(KEY))
     assert all(v.startswith(StateCipher.MAGIC) for _, v in entries)
