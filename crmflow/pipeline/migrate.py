@@ -36,7 +36,7 @@ from crmflow.pipeline.health import KafkaWatch, require_reachable
 from crmflow.pipeline.letters import update_ledger
 from crmflow.pipeline.run_report import write_run_report
 from crmflow.pipeline.runs import RunStore
-from crmflow.pipeline.services import Service, group_lag, stop_all, wait_drained
+from crmflow.pipeline.services import Service, group_lag, run_to_completion, stop_all, wait_drained
 from crmflow.pipeline.targets import Target
 from crmflow.pipeline.timeline import ThroughputSampler
 from crmflow.registry import register_all
@@ -159,7 +159,7 @@ class MigrateOptions:
     workers: int = 1
     engine: str = "batch"
     drain_timeout_s: float = 1800.0
-    infra_grace_s: float = 60.0
+    infra_grace_s: float = 900.0
     logs_dir: Path | None = None
 
 
@@ -255,7 +255,11 @@ def run_migration(
             for s in services:
                 s.sample()
             stop_all(services, timeout_s=30.0)  # the sink finishes the batch it is writing
-            drain_sink(cfg, ep, target, stop_event=control.stop, instance=f"{run_id}-sink")
+            # The final pass runs as a child too: a stalled Kafka call or an outage that outlasts the drain's
+            # retries ends the child, never this process, and the child is started again.
+            final = Service("sink-drain", [*sink.args, "--drain"], logs / "sink-drain.log", env)
+            services.append(final)
+            run_to_completion(final, opts.drain_timeout_s, should_stop=control.check)
             _raise_if_stopped(control)
             done["sink"] = time.monotonic() - started
     except CrmflowError:

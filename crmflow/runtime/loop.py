@@ -36,7 +36,7 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -58,6 +58,7 @@ from crmflow.metrics import (
 from crmflow.runtime.changelog import ChangelogError, ensure_changelog, ensure_topics, read_partitions
 from crmflow.runtime.consumer import consumer_config, forget_lag, update_lag
 from crmflow.runtime.stage import BatchStage, InRecord, StageOutput
+from crmflow.runtime.watchdog import CallWatchdog
 from crmflow.serialization import SerializationError
 
 log = logging.getLogger(__name__)
@@ -112,6 +113,7 @@ class TransactionalRuntime:
         self._decoders = {t: stage.decoder(t) for t in stage.topics}
         self._consumer: Consumer | None = None
         self._producer: Producer | None = None
+        self._watchdog = CallWatchdog(stage.name)  # librdkafka's transactional calls can outlive their timeout
         self._next_lag = 0.0
         self._failures = 0  # transactions aborted in a row (backoff)
         self.batches = 0
@@ -155,7 +157,8 @@ class TransactionalRuntime:
         consumer, producer = self._consumer, self._producer = self._clients()
         drained = False
         try:
-            if not self._retrying("initialising transactions", lambda: producer.init_transactions(30)):
+            if not self._retrying("initialising transactions", lambda: self._guarded(
+                    "init_transactions", 30, lambda: producer.init_transactions(30))):
                 return False
             self.ready.set()
             if not self._retrying("setting up the stage", self.stage.setup, operation="setup"):
@@ -318,8 +321,14 @@ class TransactionalRuntime:
             self._produce(producer, self.dlq.topic, None, value, headers=list(headers))
         self._produce_letters(producer, output.letters)
         offsets = [TopicPartition(t, p, o) for (t, p), o in nexts.items()]
-        producer.send_offsets_to_transaction(offsets, consumer.consumer_group_metadata(), 30)
+        self._guarded("send_offsets_to_transaction", 30, lambda: producer.send_offsets_to_transaction(
+            offsets, consumer.consumer_group_metadata(), 30))
         self._commit(producer)
+
+    def _guarded(self, what: str, timeout_s: float, call: Callable[[], object]) -> None:
+        """``call()`` under the watchdog: the process exits (and is restarted) if it blocks past its timeout."""
+        with self._watchdog.guard(what, timeout_s):
+            call()
 
     def _produce_letters(self, producer: Producer, letters: Sequence[Letter]) -> None:
         for letter in letters:
@@ -343,7 +352,7 @@ class TransactionalRuntime:
         """Commit the open transaction; a retriable error is retried, anything else is raised."""
         for attempt in range(1, 6):
             try:
-                producer.commit_transaction(60)
+                self._guarded("commit_transaction", 60, lambda: producer.commit_transaction(60))
                 TRANSACTIONS.labels(stage=self.stage.name, outcome="committed").inc()
                 return
             except KafkaException as exc:
@@ -365,7 +374,7 @@ class TransactionalRuntime:
                 f"({err.str() if isinstance(err, KafkaError) else exc}); another worker owns it or these "
                 "partitions now. Give every worker its own --instance; this one stops without committing.")
         try:
-            producer.abort_transaction(30)
+            self._guarded("abort_transaction", 30, lambda: producer.abort_transaction(30))
         except KafkaException as abort_exc:
             log.warning("aborting the transaction failed: %s", abort_exc)
         TRANSACTIONS.labels(stage=self.stage.name, outcome="aborted").inc()
@@ -413,8 +422,9 @@ class TransactionalRuntime:
             return
         try:
             producer.begin_transaction()
-            producer.send_offsets_to_transaction([TopicPartition(t, p, o) for (t, p), o in ends.items()],
-                                                 consumer.consumer_group_metadata(), 30)
+            offsets = [TopicPartition(t, p, o) for (t, p), o in ends.items()]
+            self._guarded("send_offsets_to_transaction", 30, lambda: producer.send_offsets_to_transaction(
+                offsets, consumer.consumer_group_metadata(), 30))
             self._commit(producer)
         except KafkaException as exc:
             self._after_failed_transaction(exc, {}, 1)
