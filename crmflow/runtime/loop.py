@@ -113,7 +113,7 @@ class TransactionalRuntime:
         self._decoders = {t: stage.decoder(t) for t in stage.topics}
         self._consumer: Consumer | None = None
         self._producer: Producer | None = None
-        self._watchdog = CallWatchdog(stage.name)  # librdkafka's transactional calls can outlive their timeout
+        self._watchdog = CallWatchdog(stage.name, grace_s=5.0)  # librdkafka's calls can outlive their timeout
         self._next_lag = 0.0
         self._failures = 0  # transactions aborted in a row (backoff)
         self.batches = 0
@@ -321,8 +321,9 @@ class TransactionalRuntime:
             self._produce(producer, self.dlq.topic, None, value, headers=list(headers))
         self._produce_letters(producer, output.letters)
         offsets = [TopicPartition(t, p, o) for (t, p), o in nexts.items()]
-        self._guarded("send_offsets_to_transaction", 30, lambda: producer.send_offsets_to_transaction(
-            offsets, consumer.consumer_group_metadata(), 30))
+        self._guarded("send_offsets_to_transaction", _SEND_OFFSETS_TIMEOUT_S,
+                      lambda: producer.send_offsets_to_transaction(offsets, consumer.consumer_group_metadata(),
+                                                                   _SEND_OFFSETS_TIMEOUT_S))
         self._commit(producer)
 
     def _guarded(self, what: str, timeout_s: float, call: Callable[[], object]) -> None:
@@ -423,8 +424,9 @@ class TransactionalRuntime:
         try:
             producer.begin_transaction()
             offsets = [TopicPartition(t, p, o) for (t, p), o in ends.items()]
-            self._guarded("send_offsets_to_transaction", 30, lambda: producer.send_offsets_to_transaction(
-                offsets, consumer.consumer_group_metadata(), 30))
+            self._guarded("send_offsets_to_transaction", _SEND_OFFSETS_TIMEOUT_S,
+                          lambda: producer.send_offsets_to_transaction(offsets, consumer.consumer_group_metadata(),
+                                                                       _SEND_OFFSETS_TIMEOUT_S))
             self._commit(producer)
         except KafkaException as exc:
             self._after_failed_transaction(exc, {}, 1)
@@ -556,6 +558,10 @@ class TransactionalRuntime:
                 self.stop_event.wait(delay)
         return False
 
+
+# Healthy, this takes milliseconds; a broker away fails it within the timeout (abort, rewind, retry), and a
+# librdkafka stall past it ends the process (see crmflow.runtime.watchdog) after a short grace.
+_SEND_OFFSETS_TIMEOUT_S = 10
 
 _FENCED = {KafkaError._FENCED, KafkaError.PRODUCER_FENCED, KafkaError.INVALID_PRODUCER_EPOCH}
 
