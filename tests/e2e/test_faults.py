@@ -6,12 +6,15 @@ poison message in every topic is dead-lettered by the stage that reads it, while
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -256,3 +259,75 @@ def _raw_values(bootstrap: str, topic: str) -> list[bytes]:
         return out
     finally:
         c.close()
+
+
+def test_the_dead_letter_ledgers_disk_full_it_backs_off_and_catches_up_when_space_returns(
+    small_dataset: Dataset, run_factory: Callable[..., Run], endpoints: Endpoints,
+    registry_client: SchemaRegistryClient, tmp_path: Path,
+) -> None:
+    """The dead-letter topic's consumer is the ledger sync (``crmflow dlq list``, and ``migrate`` at its end),
+    which writes ``crm.dead_letters`` in the target database. That table on a tablespace on a full 512 KiB
+    tmpfs: the sync reports it, backs off and, once space returns, records every letter (nothing lost)."""
+    if stack_settings().stack != "local" or os.geteuid() != 0:
+        pytest.skip("mounts a tmpfs for a tablespace of the local stack's PostgreSQL (root)")
+    run = run_factory(small_dataset)
+    cfg = load_config(run.config)
+    prepare(cfg, endpoints, registry_client, run.target_dsn)
+    snap = run.cli("snapshot", "-c", str(run.config), "--json")  # its malformed lines become dead letters
+    assert snap.returncode == ExitCode.OK, snap.stderr[-2000:]
+    letters = list(read_dead_letters(endpoints.bootstrap_servers, registry_client, cfg.kafka.dlq_topic))
+    assert len(letters) > 20
+    tag = uuid.uuid4().hex[:8]
+    mnt = Path(f"/var/tmp/crmflow-faults-{tag}")  # the postgres OS user cannot enter /tmp/pytest-of-root
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(mnt)], check=False,
+                      capture_output=True).returncode != 0:
+        mnt.rmdir()
+        pytest.skip("cannot mount a tmpfs here")
+    space, filler = f"faults_{tag}", mnt / "filler"
+    err_file = tmp_path / "dlq.err"
+    proc: subprocess.Popen[str] | None = None
+    try:
+        (mnt / "ts").mkdir()
+        shutil.chown(mnt / "ts", stack_settings().postgres_os_user)
+        with psycopg.connect(endpoints.postgres_dsn, autocommit=True) as conn:
+            conn.execute(f"create tablespace {space} location '{mnt / 'ts'}'")
+        with psycopg.connect(run.target_dsn, autocommit=True) as conn:
+            conn.execute(f"alter table crm.dead_letters set tablespace {space}")
+        with filler.open("wb") as fh, contextlib.suppress(OSError):  # ENOSPC: the disk is full
+            while True:
+                fh.write(b"\0" * 65536)
+                fh.flush()
+        with err_file.open("w") as err:
+            proc = subprocess.Popen([sys.executable, "-m", "crmflow", "dlq", "list", "-c", str(run.config), "--json"],
+                                    env=run.env, stdout=subprocess.PIPE, stderr=err, text=True)
+        wait_until(lambda: "cannot be written" in err_file.read_text() or proc.poll() is not None, timeout_s=60,
+                   what="the sync reporting the full disk")
+        assert proc.poll() is None, err_file.read_text()[-2000:]
+        assert _ledger_rows(run.target_dsn) == 0
+        filler.unlink()
+        freed = time.monotonic()
+        wait_until(lambda: _ledger_rows(run.target_dsn) > 0, timeout_s=60, interval_s=0.1,
+                   what="the ledger written once space returned")
+        print(f"\nrecovery after space returned: {time.monotonic() - freed:.1f}s")
+        proc.communicate(timeout=60)
+        err_text = err_file.read_text()
+        assert proc.returncode == ExitCode.OK and "Traceback" not in err_text, err_text[-2000:]
+        assert "No space left on device" in err_text or "53100" in err_text
+        assert _ledger_rows(run.target_dsn) == len(letters), "letters lost or doubled"
+    finally:
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.communicate(timeout=30)
+        filler.unlink(missing_ok=True)
+        with psycopg.connect(run.target_dsn, autocommit=True) as conn:
+            conn.execute("alter table crm.dead_letters set tablespace pg_default")
+        with psycopg.connect(endpoints.postgres_dsn, autocommit=True) as conn:
+            conn.execute(f"drop tablespace if exists {space}")
+        subprocess.run(["umount", str(mnt)], check=False)
+        mnt.rmdir()
+
+
+def _ledger_rows(dsn: str) -> int:
+    with psycopg.connect(dsn) as conn:
+        return int(conn.execute("select count(*) from crm.dead_letters").fetchone()[0])  # type: ignore[index]
