@@ -127,13 +127,27 @@ class TransactionalRuntime:
         common = {"bootstrap.servers": o.bootstrap_servers, **client_logging(), **o.client_config}
         consumer = Consumer(consumer_config(o.bootstrap_servers, o.group_id, f"{o.transactional_id}-consumer",
                                             session_timeout_ms=o.session_timeout_ms, extra=o.client_config))
-        producer = Producer({
+        return consumer, self._new_producer(common)
+
+    def _new_producer(self, common: dict[str, Any]) -> Producer:
+        o = self.opts
+        return Producer({
             **common, "client.id": o.transactional_id, "transactional.id": o.transactional_id,
             "enable.idempotence": True, "acks": "all", "linger.ms": 5, "batch.size": 1024 * 1024,
             "compression.type": "lz4", "partitioner": "murmur2_random",
             "transaction.timeout.ms": o.transaction_timeout_ms, "queue.buffering.max.messages": 500_000,
         })
-        return consumer, producer
+
+    def _renew_producer(self) -> None:
+        """A new transactional producer (same id) after an aborted transaction: one that lived through a broker
+        outage may keep a coordinator whose connection is gone and stall its next transaction for good
+        (librdkafka #5511); a new client looks the coordinator up afresh. Its ``init_transactions`` bumps the
+        epoch of this worker's own, already aborted, transactional id."""
+        o = self.opts
+        producer = self._producer = self._new_producer(
+            {"bootstrap.servers": o.bootstrap_servers, **client_logging(), **o.client_config})
+        self._retrying("initialising transactions", lambda: self._guarded(
+            "init_transactions", 30, lambda: producer.init_transactions(30)))
 
     def committed(self) -> dict[TP, int]:
         """The next offset to read of each partition this worker committed, as it last committed it."""
@@ -380,6 +394,7 @@ class TransactionalRuntime:
             log.warning("aborting the transaction failed: %s", abort_exc)
         TRANSACTIONS.labels(stage=self.stage.name, outcome="aborted").inc()
         self._rewind(firsts)
+        self._renew_producer()
         delay = min(self.opts.retry_backoff_max_s, self.opts.retry_backoff_s * 2 ** (attempt - 1))
         log.warning("%s: transaction aborted (%s); the batch's %d partitions are read again in %.1fs",
                     self.stage.name, err.str() if isinstance(err, KafkaError) else exc, len(firsts), delay,
