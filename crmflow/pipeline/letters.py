@@ -42,6 +42,9 @@ from sinks.postgres.migrate import apply_migrations
 
 log = logging.getLogger(__name__)
 
+_INSUFFICIENT_RESOURCES = "53"
+"""SQLSTATE class 53: disk full, out of memory, too many connections. Waiting for it helps; nothing was written."""
+
 VOLATILE_FIELDS = frozenset({"run_id", "captured_at", "mapped_at"})
 """Fields of a dead-lettered Avro record that differ between runs of the same source record."""
 
@@ -168,7 +171,9 @@ def update_ledger(cfg: MigrationConfig, ep: Endpoints, target: Target, *, max_wa
             with ledger_connection(target) as conn:
                 return sync_ledger(conn, target.schema, cfg.kafka.dlq_topic, ep.bootstrap_servers, registry,
                                    DlqCipher.from_env())  # fmt: skip
-        except psycopg.errors.InsufficientResources as exc:
+        except psycopg.OperationalError as exc:  # DiskFull (53100) is one, not an InsufficientResources
+            if not (exc.sqlstate or "").startswith(_INSUFFICIENT_RESOURCES):
+                raise
             # The first line only: it names the file or resource, never a value.
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
             if time.monotonic() + delay > deadline:
