@@ -12,8 +12,11 @@ Per iteration:
    leaves nothing visible and the input uncommitted: the batch is processed again, once.
 5. An abortable error (a broker away, a request timed out): abort, rewind the batch's partitions to their
    first offset, drop the stage state of those partitions (restored from the changelog before the next
-   batch), retry with backoff. A fatal error (this producer was fenced by a newer instance with the same
-   transactional id, or its group generation is stale): stop with a clear error; the newer owner carries on.
+   batch), start a new transactional producer (one that lived through a broker outage can stall on a stale
+   coordinator), retry with backoff. A transactional call that blocks past its own timeout anyway ends the
+   process with exit code 75 (:mod:`crmflow.runtime.watchdog`); its supervisor starts it again. A fatal
+   error (this producer was fenced by a newer instance with the same transactional id, or its group
+   generation is stale): stop with a clear error; the newer owner carries on.
 
 Rebalances (cooperative-sticky): callbacks run inside ``consume``, when no transaction is open (every
 batch is committed before the next consume), so a revoke has nothing in flight to finish; the stage
