@@ -30,6 +30,12 @@ RECORDS = Counter(
 DLQ_RECORDS = Counter(
     "crmflow_dlq_records_total", "Records sent to the dead-letter topic, by stage and rule.", ["stage", "reason"]
 )
+DLQ_UNREADABLE = Counter(
+    "crmflow_dlq_unreadable_total",
+    "Messages in a dead-letter topic that are not dead letters (not Avro, an unknown schema id, truncated): "
+    "passed over by its readers (the ledger, the run's reconciliation, replay), by topic.",
+    ["topic"],
+)
 CONSUMER_LAG = Gauge(
     "crmflow_consumer_lag_messages",
     "Messages between the consumer's position and the partition's high watermark.",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import signal
 import sys
+from collections.abc import Callable
 
 import typer
 from rich.console import Console
@@ -12,7 +13,7 @@ from rich.table import Table
 
 from crmflow.exceptions import CrmflowError
 from crmflow.settings import stack_settings
-from crmflow.stack import Stack, get_stack
+from crmflow.stack import Endpoints, Stack, get_stack
 
 app = typer.Typer(no_args_is_help=True, rich_markup_mode=None,
                   help="Start, stop and inspect Kafka, the registry and PostgreSQL.")
@@ -75,24 +76,43 @@ def status(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
     secure: bool = typer.Option(False, "--secure", help=SECURE_HELP),
 ) -> None:
-    """Show what runs where. Exit code 0 when every part runs, 1 otherwise."""
+    """Show what runs where, and whether each part answers a request (a process can run and not answer: a
+    broker still starting, a frozen registry). Exit code 0 when every part runs and answers, 1 otherwise."""
     stack = _stack(secure)
     parts = stack.status()
+    problems = _answers(stack.endpoints(), [p.name for p in parts if p.running])
+    ok = all(p.running and problems.get(p.name) is None for p in parts)
     if as_json:
         sys.stdout.write(json.dumps({
-            "mode": stack.mode, "running": all(p.running for p in parts),
-            "parts": [{"name": p.name, "running": p.running, "address": p.address, "pid": p.pid, "log": p.detail}
+            "mode": stack.mode, "running": ok,
+            "parts": [{"name": p.name, "running": p.running, "answers": p.running and problems.get(p.name) is None,
+                       "problem": problems.get(p.name), "address": p.address, "pid": p.pid, "log": p.detail}
                       for p in parts],
         }) + "\n")
-        raise typer.Exit(0 if all(p.running for p in parts) else 1)
-    table = Table("part", "up", "address", "pid")
+        raise typer.Exit(0 if ok else 1)
+    table = Table("part", "up", "answers", "address", "pid")
     for p in parts:
-        table.add_row(p.name, "yes" if p.running else "[red]no[/red]", p.address, str(p.pid or "-"))
+        problem = problems.get(p.name) if p.running else "not running"
+        table.add_row(p.name, "yes" if p.running else "[red]no[/red]",
+                      "yes" if problem is None else f"[red]no[/red] ({problem})", p.address, str(p.pid or "-"))
     console.print(table)
     for p in parts:
         if p.detail:
             console.print(f"{p.name} log: {p.detail}", highlight=False, soft_wrap=True)
-    raise typer.Exit(0 if all(p.running for p in parts) else 1)
+    raise typer.Exit(0 if ok else 1)
+
+
+def _answers(ep: Endpoints, running: list[str]) -> dict[str, str | None]:
+    """Per running part, None when it answered a probe (the same probes ``crmflow migrate`` watches, which also
+    set ``crmflow_dependency_up``), else a short reason."""
+    from crmflow.pipeline.health import kafka_reachable, postgres_reachable, registry_reachable
+
+    probes: dict[str, Callable[[], str | None]] = {
+        "kafka": lambda: kafka_reachable(ep.bootstrap_servers, timeout_s=3.0),
+        "registry": lambda: registry_reachable(ep.registry_url, timeout_s=3.0),
+        "postgres": lambda: postgres_reachable(ep.postgres_dsn, timeout_s=3.0),
+    }
+    return {name: probe() for name, probe in probes.items() if name in running}
 
 
 @app.command()
