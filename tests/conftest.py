@@ -73,9 +73,7 @@ def group_factory() -> Callable[[], str]:
     return lambda: unique("g")
 
 
-@pytest.fixture
-def pg_dsn_factory(endpoints: Endpoints) -> Iterator[Callable[[], str]]:
-    """``pg_dsn_factory() -> str``: the DSN of a fresh, empty database, dropped after the test."""
+def _databases(endpoints: Endpoints) -> Iterator[Callable[[], str]]:
     created: list[str] = []
 
     def make() -> str:
@@ -89,3 +87,15 @@ def pg_dsn_factory(endpoints: Endpoints) -> Iterator[Callable[[], str]]:
     with psycopg.connect(endpoints.postgres_dsn, autocommit=True) as conn:
         for name in created:
             conn.execute(f'drop database if exists "{name}" with (force)')
+
+
+@pytest.fixture
+def pg_dsn_factory(endpoints: Endpoints) -> Iterator[Callable[[], str]]:
+    """``pg_dsn_factory() -> str``: the DSN of a fresh, empty database, dropped after the test."""
+    yield from _databases(endpoints)
+
+
+@pytest.fixture(scope="session")
+def session_pg_dsn_factory(endpoints: Endpoints) -> Iterator[Callable[[], str]]:
+    """``pg_dsn_factory`` for a session-scoped fixture: the databases are dropped at the end of the session."""
+    yield from _databases(endpoints)

@@ -74,7 +74,23 @@ def run_factory(tmp_path: Path, pg_dsn_factory: Callable[[], str]) -> Iterator[C
     """``run_factory(dataset, **overrides) -> Run``: the demo config with this test's own topic prefix, run
     name, target database and data dir; ``overrides`` patch the config (e.g. a mapping to break).
     Deduplication is off unless ``dedupe=True``: the other tests compare one account per source record."""
+    yield _run_maker(tmp_path, pg_dsn_factory)
 
+
+@pytest.fixture(scope="session")
+def dedupe_migration(small_dataset: Dataset, tmp_path_factory: pytest.TempPathFactory,
+                     session_pg_dsn_factory: Callable[[], str]) -> Run:
+    """One uninterrupted ``crmflow migrate --workers 2`` of the small data set with deduplication on, shared
+    by the tests that only read it (its target, topics and summary): the reference clusters and golden ids
+    the kill and arrival-order tests compare with, and the outputs the exactly-once audit counts. A test
+    that changes anything of a run makes its own with ``run_factory``."""
+    run = _run_maker(tmp_path_factory.mktemp("dedupe-migration"), session_pg_dsn_factory)(small_dataset, dedupe=True)
+    done = run.cli("migrate", "-c", str(run.config), "--workers", "2", "--json")
+    assert done.returncode == 0, done.stderr[-3000:]
+    return run
+
+
+def _run_maker(tmp_path: Path, pg_dsn_factory: Callable[[], str]) -> Callable[..., Run]:
     def make(dataset: Dataset, patch: Callable[[dict[str, Any]], None] | None = None, suffix: str = "",
              dedupe: bool = False) -> Run:
         raw = yaml.safe_load(DEMO_CONFIG.read_text())
@@ -97,7 +113,7 @@ def run_factory(tmp_path: Path, pg_dsn_factory: Callable[[], str]) -> Iterator[C
         os.environ[env_name] = dsn  # for in-process stages in the same test
         return Run(cfg, env, dsn, prefix, name)
 
-    yield make
+    return make
 
 
 def _plain(value: Any) -> Any:
