@@ -18,6 +18,7 @@ from typing import Any
 import psycopg
 import pytest
 import yaml
+from psycopg.conninfo import conninfo_to_dict
 
 from crmflow.demo_data.run import generate
 
@@ -77,9 +78,47 @@ def run_factory(tmp_path: Path, pg_dsn_factory: Callable[[], str]) -> Iterator[C
     yield _run_maker(tmp_path, pg_dsn_factory)
 
 
+@dataclass(frozen=True)
+class Migrated:
+    """A finished ``crmflow migrate`` and its ``--json`` summary."""
+
+    run: Run
+    summary: dict[str, Any]
+
+
+@pytest.fixture(scope="session")
+def small_migration(small_dataset: Dataset, tmp_path_factory: pytest.TempPathFactory,
+                    session_pg_dsn_factory: Callable[..., str]) -> Migrated:
+    """One uninterrupted ``crmflow migrate`` of the small data set (deduplication off), shared by the tests
+    that only read it (target, dead letters, run record and report, summary). A test that changes target
+    rows works on a copy (``target_copy``); one that changes anything else makes its own run."""
+    run = _run_maker(tmp_path_factory.mktemp("small-migration"), session_pg_dsn_factory)(small_dataset)
+    done = run.cli("migrate", "-c", str(run.config), "--json", "--no-progress")
+    assert done.returncode == 0, done.stderr[-3000:]
+    return Migrated(run, json.loads(done.stdout))
+
+
+@pytest.fixture
+def target_copy(tmp_path: Path, pg_dsn_factory: Callable[..., str]) -> Callable[[Run], Run]:
+    """``target_copy(run) -> Run``: the same run (config file's topics, run name and latest run) writing to a
+    copy of its target database, dropped after the test: for a test that changes target rows of a shared run."""
+
+    def copy(run: Run) -> Run:
+        dsn = pg_dsn_factory(template=conninfo_to_dict(run.target_dsn)["dbname"])
+        raw = yaml.safe_load(run.config.read_text())
+        env_name = f"E2E_TARGET_DSN_{uuid.uuid4().hex[:8].upper()}"
+        raw["target"]["dsn_env"] = env_name
+        cfg = tmp_path / f"{run.config.stem}-copy.yaml"
+        cfg.write_text(yaml.safe_dump(raw, sort_keys=False))
+        os.environ[env_name] = dsn
+        return Run(cfg, {**run.env, env_name: dsn}, dsn, run.prefix, run.name)
+
+    return copy
+
+
 @pytest.fixture(scope="session")
 def dedupe_migration(small_dataset: Dataset, tmp_path_factory: pytest.TempPathFactory,
-                     session_pg_dsn_factory: Callable[[], str]) -> Run:
+                     session_pg_dsn_factory: Callable[..., str]) -> Run:
     """One uninterrupted ``crmflow migrate --workers 2`` of the small data set with deduplication on, shared
     by the tests that only read it (its target, topics and summary): the reference clusters and golden ids
     the kill and arrival-order tests compare with, and the outputs the exactly-once audit counts. A test
