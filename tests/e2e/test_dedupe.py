@@ -73,8 +73,8 @@ def assert_golden_target(dsn: str, dataset: Dataset) -> dict[str, float]:
             "clusters": float(len(accounts)), "true_clusters": float(scores.true_clusters)}
 
 
-def _migrate(run: Run, dataset: Dataset, endpoints: Endpoints, registry_client: SchemaRegistryClient, tmp_path: Path,
-             kill_processor: bool, engine: str = "batch") -> None:
+def _migrate_killing_the_processor(run: Run, dataset: Dataset, endpoints: Endpoints,
+                                   registry_client: SchemaRegistryClient, tmp_path: Path, engine: str) -> None:
     cfg = load_config(run.config)
     prepare(cfg, endpoints, registry_client, run.target_dsn)
     run_snapshot(cfg, bootstrap_servers=endpoints.bootstrap_servers, registry_client=registry_client,
@@ -90,24 +90,23 @@ def _migrate(run: Run, dataset: Dataset, endpoints: Endpoints, registry_client: 
     processor, sink = start("process", 1), start("sink", 1)
     services = [processor, sink]
     try:
-        if kill_processor:
-            deadline = time.monotonic() + 300
-            accounts = len(dataset.ok("account"))
-            # Kill once golden records of a quarter of the accounts are in the target: the deduper has by
-            # then sent (and mostly committed) part of its input, and its state is partly in the changelog.
-            while len(golden_of(run.target_dsn)) < accounts // 4:
-                for s in services:
-                    s.sample()
-                assert time.monotonic() < deadline, "the deduper sent nothing in time"
-                time.sleep(0.05)
-            assert group_lag(endpoints.bootstrap_servers, group, topics) > 0, "the kill came too late"
-            processor.proc.kill()
-            processor.proc.wait(10)
-            # Restart at once: the dead member still holds its partitions until its session times out, so the
-            # new worker runs through two rebalances (join, then the dead member's eviction) with events in
-            # flight, the case where faust skips and re-reads events (processors/acks.py guards it).
-            processor = start("process", 2)
-            services = [processor, sink]
+        deadline = time.monotonic() + 300
+        accounts = len(dataset.ok("account"))
+        # Kill once golden records of a quarter of the accounts are in the target: the deduper has by
+        # then sent (and mostly committed) part of its input, and its state is partly in the changelog.
+        while len(golden_of(run.target_dsn)) < accounts // 4:
+            for s in services:
+                s.sample()
+            assert time.monotonic() < deadline, "the deduper sent nothing in time"
+            time.sleep(0.05)
+        assert group_lag(endpoints.bootstrap_servers, group, topics) > 0, "the kill came too late"
+        processor.proc.kill()
+        processor.proc.wait(10)
+        # Restart at once: the dead member still holds its partitions until its session times out, so the
+        # new worker runs through two rebalances (join, then the dead member's eviction) with events in
+        # flight, the case where faust skips and re-reads events (processors/acks.py guards it).
+        processor = start("process", 2)
+        services = [processor, sink]
         wait_drained(endpoints.bootstrap_servers, group, topics, services, 600)
     finally:
         for s in services:
@@ -136,7 +135,7 @@ def test_killing_the_processor_mid_run_yields_the_same_clusters(
     """The faust engine's only kill test: besides the clusters, every child lands once with the truth's fields
     (what test_crash_recovery.py checks for the batch engine)."""
     killed = run_factory(small_dataset, dedupe=True)
-    _migrate(killed, small_dataset, endpoints, registry_client, tmp_path, kill_processor=True, engine=engine)
+    _migrate_killing_the_processor(killed, small_dataset, endpoints, registry_client, tmp_path, engine)
     assert_golden_target(killed.target_dsn, small_dataset)
     assert_target_matches_truth(killed.target_dsn, small_dataset, entities=("contact", "sale", "case"))
     assert partition(golden_of(killed.target_dsn)) == partition(golden_of(dedupe_migration.target_dsn))
