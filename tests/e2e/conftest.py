@@ -3,8 +3,10 @@ and target database, and the checks that compare the target CRM with the truth f
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import shutil
 import subprocess
 import sys
 import uuid
@@ -47,14 +49,32 @@ def _dataset(root: Path, customers: int, seed: int) -> Dataset:
     return Dataset(root, truth)
 
 
+def _shared_dataset(factory: pytest.TempPathFactory, customers: int, seed: int) -> Dataset:
+    """The data set, generated once for all xdist workers of this run (in their common temporary directory,
+    under a lock; read-only afterwards), or once per session without xdist."""
+    if "PYTEST_XDIST_WORKER" not in os.environ:
+        return _dataset(factory.mktemp(f"demo-{customers}"), customers, seed)
+    root = factory.getbasetemp().parent / f"demo-{customers}-{seed}"
+    with (factory.getbasetemp().parent / f"demo-{customers}-{seed}.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        done = root.with_name(f"{root.name}.complete")  # beside it: the data set's directory holds its files only
+        if not done.exists():
+            shutil.rmtree(root, ignore_errors=True)  # a worker that died half-way
+            root.mkdir()
+            _dataset(root, customers, seed)
+            done.touch()
+    with (root / "truth.jsonl").open() as fh:
+        return Dataset(root, [json.loads(line) for line in fh])
+
+
 @pytest.fixture(scope="session")
 def small_dataset(tmp_path_factory: pytest.TempPathFactory) -> Dataset:
-    return _dataset(tmp_path_factory.mktemp("demo-small"), 3000, 11)
+    return _shared_dataset(tmp_path_factory, 3000, 11)
 
 
 @pytest.fixture(scope="session")
 def medium_dataset(tmp_path_factory: pytest.TempPathFactory) -> Dataset:
-    return _dataset(tmp_path_factory.mktemp("demo-medium"), 15000, 12)
+    return _shared_dataset(tmp_path_factory, 15000, 12)
 
 
 @dataclass(frozen=True)
