@@ -35,8 +35,9 @@ def main(args: list[str]) -> int:
         # In collection order (e2e, integration, unit), not xdist's default of the files with the most tests
         # first: the long e2e files (one to three tests each) start first and the many short unit files fill
         # the end, so both workers finish together instead of one running the last long file alone.
-        first = subprocess.call([*pytest, "-n", workers, "--dist", "loadfile", "--no-loadscope-reorder",
-                                 "-m", "not serial", *args])
+        first = subprocess.call(
+            [*pytest, "-n", workers, "--dist", "loadfile", "--no-loadscope-reorder", "-m", "not serial", *args]
+        )
         second = subprocess.call([*pytest, "-m", "serial", *args])
     finally:
         if started:
