@@ -20,6 +20,9 @@ from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 StackMode = Literal["local", "docker", "external"]
+SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
+SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER"]
+SslMode = Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"]
 
 
 def _default_home() -> Path:
@@ -61,6 +64,43 @@ class StackSettings(BaseSettings):
     postgres_dsn: SecretStr | None = Field(
         default=None, description="DSN of any database on the server; crmflow derives the others from it"
     )
+    postgres_sslmode: SslMode | None = Field(default=None, description="applies when the DSN sets no sslmode")
+    postgres_sslrootcert: str | None = None
+    # least-privilege database roles (every stack): the sink's and the capture's DSN, else derived from the above
+    target_dsn: SecretStr | None = Field(default=None, description="the sink's role on the target database")
+    legacy_dsn: SecretStr | None = Field(default=None, description="the snapshot/CDC role on the legacy database")
+
+    # Kafka TLS and SASL (crmflow.connections.KafkaConnection)
+    kafka_security_protocol: SecurityProtocol = "PLAINTEXT"
+    kafka_sasl_mechanism: SaslMechanism | None = None
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+    kafka_ssl_ca_location: str | None = None
+    kafka_ssl_certificate_location: str | None = None
+    kafka_ssl_key_location: str | None = None
+    kafka_ssl_key_password: SecretStr | None = None
+    kafka_oauth_token_endpoint_url: str | None = None
+    kafka_oauth_client_id: str | None = None
+    kafka_oauth_client_secret: SecretStr | None = None
+    kafka_oauth_scope: str | None = None
+    # per-stage Kafka principals; a stage without its own uses the common CRMFLOW_KAFKA_SASL_*
+    snapshot_kafka_sasl_username: str | None = None
+    snapshot_kafka_sasl_password: SecretStr | None = None
+    cdc_kafka_sasl_username: str | None = None
+    cdc_kafka_sasl_password: SecretStr | None = None
+    process_kafka_sasl_username: str | None = None
+    process_kafka_sasl_password: SecretStr | None = None
+    sink_kafka_sasl_username: str | None = None
+    sink_kafka_sasl_password: SecretStr | None = None
+    ops_kafka_sasl_username: str | None = None
+    ops_kafka_sasl_password: SecretStr | None = None
+
+    # the schema registry's auth (crmflow.connections.RegistryConnection)
+    registry_username: str | None = None
+    registry_password: SecretStr | None = None
+    registry_bearer_token: SecretStr | None = None
+    registry_bearer_logical_cluster: str = ""
+    registry_ca_location: str | None = None
 
 
 @lru_cache(maxsize=1)

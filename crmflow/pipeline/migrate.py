@@ -303,8 +303,12 @@ def _raise_if_stopped(control: RunControl) -> None:
 
 
 def processor_topics(cfg: MigrationConfig) -> list[str]:
-    """The topics the processor's consumer group reads: the raw topics, and the dedupe topic if on."""
+    """The topics the processor's consumer group reads: the raw topics, the change topics of the tables the
+    ``cdc`` section captures, and the dedupe topic if on."""
+    from processors.service import cdc_sources
+
     topics = [cfg.kafka.raw_topic(s) for s in cfg.sources]
+    topics.extend(cdc_sources(cfg))
     if cfg.dedupe_enabled:
         topics.append(cfg.kafka.dedupe_topic("account"))
     return topics

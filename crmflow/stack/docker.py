@@ -10,7 +10,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import psycopg
+from psycopg.conninfo import make_conninfo
+from pydantic import SecretStr
 
 from crmflow.exceptions import MissingToolError
 from crmflow.settings import StackSettings
@@ -59,19 +60,17 @@ class DockerStack(Stack):
             f"http://{registry.get_container_host_ip()}:{registry.get_exposed_port(8080)}/apis/ccompat/v7"
         )
         host, port = pg.get_container_host_ip(), pg.get_exposed_port(5432)
-        ep = Endpoints(
-            bootstrap_servers=kafka.get_bootstrap_server(),
-            registry_url=registry_url,
-            postgres_dsn=f"postgresql://{s.postgres_user}:{pw}@{host}:{port}/postgres",
-            target_database=s.target_database,
-            legacy_database=s.legacy_database,
+        ep = Endpoints.from_settings(
+            s, bootstrap_servers=kafka.get_bootstrap_server(), registry_url=registry_url,
+            postgres_dsn=SecretStr(make_conninfo("", host=host, port=port, user=s.postgres_user, password=pw,
+                                                 dbname="postgres")),
         )
         t = s.ready_timeout_s
-        wait_until("kafka", lambda: _kafka_ready(ep.bootstrap_servers), timeout_s=t,
+        wait_until("kafka", lambda: _kafka_ready(ep.kafka), timeout_s=t,
                    log_tail=lambda: _container_logs(kafka))
-        wait_until("registry", lambda: _registry_ready(ep.registry_url), timeout_s=t,
+        wait_until("registry", lambda: _registry_ready(ep.registry), timeout_s=t,
                    log_tail=lambda: _container_logs(registry))
-        with psycopg.connect(ep.postgres_dsn, autocommit=True) as conn:
+        with ep.postgres.connect(autocommit=True) as conn:
             for db in (ep.target_database, ep.legacy_database):
                 if not conn.execute("select 1 from pg_database where datname = %s", (db,)).fetchone():
                     conn.execute(f'create database "{db}"')

@@ -27,14 +27,7 @@ class ExternalStack(Stack):
         ]
         if missing:
             raise ConfigError(f"CRMFLOW_STACK=external needs {', '.join(missing)} to be set")
-        assert s.bootstrap_servers and s.registry_url and s.postgres_dsn
-        return Endpoints(
-            bootstrap_servers=s.bootstrap_servers,
-            registry_url=s.registry_url.rstrip("/"),
-            postgres_dsn=s.postgres_dsn.get_secret_value(),
-            target_database=s.target_database,
-            legacy_database=s.legacy_database,
-        )
+        return Endpoints.from_settings(s)
 
     def up(self) -> Endpoints:
         import psycopg
@@ -43,7 +36,7 @@ class ExternalStack(Stack):
 
         def pg_ok() -> bool:
             try:
-                with psycopg.connect(ep.postgres_dsn, connect_timeout=2):
+                with ep.postgres.connect(connect_timeout=2):
                     return True
             except psycopg.OperationalError:
                 return False
@@ -52,8 +45,8 @@ class ExternalStack(Stack):
             return "(external service: see its own logs)"
 
         t = self.s.ready_timeout_s
-        wait_until("kafka", lambda: _kafka_ready(ep.bootstrap_servers), timeout_s=t, log_tail=no_log)
-        wait_until("registry", lambda: _registry_ready(ep.registry_url), timeout_s=t, log_tail=no_log)
+        wait_until("kafka", lambda: _kafka_ready(ep.kafka), timeout_s=t, log_tail=no_log)
+        wait_until("registry", lambda: _registry_ready(ep.registry), timeout_s=t, log_tail=no_log)
         wait_until("postgres", pg_ok, timeout_s=t, log_tail=no_log)
         return ep
 
@@ -63,7 +56,7 @@ class ExternalStack(Stack):
     def status(self) -> list[PartStatus]:
         ep = self.endpoints()
         return [
-            PartStatus("kafka", _kafka_ready(ep.bootstrap_servers), ep.bootstrap_servers),
-            PartStatus("registry", _registry_ready(ep.registry_url), ep.registry_url),
+            PartStatus("kafka", _kafka_ready(ep.kafka), ep.bootstrap_servers),
+            PartStatus("registry", _registry_ready(ep.registry), ep.registry_url),
             PartStatus("postgres", True, ep.redacted_postgres(), detail="not probed"),
         ]

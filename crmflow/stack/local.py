@@ -23,7 +23,10 @@ from pathlib import Path
 import httpx
 import psycopg
 from confluent_kafka.admin import AdminClient
+from psycopg.conninfo import make_conninfo
+from pydantic import SecretStr
 
+from crmflow.connections import KafkaConnection, RegistryConnection
 from crmflow.exceptions import StackError
 from crmflow.settings import StackSettings
 from crmflow.stack import tools
@@ -48,14 +51,11 @@ class LocalStack(Stack):
     # -- endpoints ---------------------------------------------------------------------------------
     def endpoints(self) -> Endpoints:
         s = self.s
-        pw = s.postgres_password.get_secret_value()
-        return Endpoints(
-            bootstrap_servers=f"127.0.0.1:{s.kafka_port}",
-            registry_url=f"http://127.0.0.1:{s.registry_port}/apis/ccompat/v7",
-            postgres_dsn=f"postgresql://{s.postgres_user}:{pw}@127.0.0.1:{s.postgres_port}/postgres",
-            target_database=s.target_database,
-            legacy_database=s.legacy_database,
-        )
+        dsn = make_conninfo("", host="127.0.0.1", port=s.postgres_port, user=s.postgres_user,
+                            password=s.postgres_password.get_secret_value(), dbname="postgres")
+        return Endpoints.from_settings(s, bootstrap_servers=f"127.0.0.1:{s.kafka_port}",
+                                       registry_url=f"http://127.0.0.1:{s.registry_port}/apis/ccompat/v7",
+                                       postgres_dsn=SecretStr(dsn))
 
     # -- lifecycle ---------------------------------------------------------------------------------
     def fetch(self) -> None:
@@ -78,10 +78,10 @@ class LocalStack(Stack):
         wait_until("postgres", lambda: self.pg.accepts(ep), timeout_s=timeout,
                    log_tail=lambda: tail(self.pg.log_file), alive=self.pg.running)
         self.pg.ensure_databases(ep)
-        wait_until("kafka", lambda: _kafka_ready(ep.bootstrap_servers), timeout_s=timeout,
+        wait_until("kafka", lambda: _kafka_ready(ep.kafka), timeout_s=timeout,
                    log_tail=lambda: tail(self.kafka.log_file),
                    alive=lambda: self.kafka.alive_or_starting(started))
-        wait_until("registry", lambda: _registry_ready(ep.registry_url), timeout_s=timeout,
+        wait_until("registry", lambda: _registry_ready(ep.registry), timeout_s=timeout,
                    log_tail=lambda: tail(self.registry.log_file),
                    alive=lambda: self.registry.alive_or_starting(started))
         log.info("local stack ready in %.1fs", time.monotonic() - started)
@@ -183,17 +183,18 @@ def _server_properties(s: StackSettings, data: Path) -> str:
     ])
 
 
-def _kafka_ready(bootstrap: str) -> bool:
+def _kafka_ready(kafka: KafkaConnection) -> bool:
     try:
-        md = AdminClient({"bootstrap.servers": bootstrap, "log_level": 0}).list_topics(timeout=2)
+        md = AdminClient({**kafka.for_stage("ops").client_config(), "log_level": 0}).list_topics(timeout=2)
         return bool(md.brokers)
     except Exception:  # noqa: BLE001 - any failure means "not yet"
         return False
 
 
-def _registry_ready(url: str) -> bool:
+def _registry_ready(registry: RegistryConnection) -> bool:
     try:
-        return httpx.get(f"{url}/subjects", timeout=2).status_code == 200
+        with registry.http_client(timeout_s=2) as http:
+            return http.get("/subjects").status_code == 200
     except httpx.HTTPError:
         return False
 
@@ -296,13 +297,13 @@ class _Postgres:
 
     def accepts(self, ep: Endpoints) -> bool:
         try:
-            with psycopg.connect(ep.postgres_dsn, connect_timeout=2):
+            with ep.postgres.connect(connect_timeout=2):
                 return True
         except psycopg.OperationalError:
             return False
 
     def ensure_databases(self, ep: Endpoints) -> None:
-        with psycopg.connect(ep.postgres_dsn, autocommit=True) as conn:
+        with ep.postgres.connect(autocommit=True) as conn:
             have = {r[0] for r in conn.execute("select datname from pg_database")}
             for db in (ep.target_database, ep.legacy_database):
                 if db not in have:

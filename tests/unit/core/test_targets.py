@@ -13,7 +13,7 @@ from crmflow.stack import Endpoints
 
 pytestmark = pytest.mark.unit
 
-EP = Endpoints("k:9092", "http://r", "postgresql://crmflow:s3cret-pw@db.example:5432/postgres")
+EP = Endpoints.plain("k:9092", "http://r", "postgresql://crmflow:s3cret-pw@db.example:5432/postgres")
 
 
 def _config(tmp_path: Path, target: str) -> Path:
