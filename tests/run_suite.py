@@ -2,8 +2,9 @@
 
 1. Start the local stack (or find it running), so the parallel workers share it instead of racing to start it.
 2. ``pytest -n WORKERS -m "not serial"``: unit, integration and e2e tests over ``WORKERS`` processes (xdist,
-   whole files per worker: the session datasets and module fixtures are built once per worker). Every test
-   already uses its own topics, groups and databases, so workers never see each other's data.
+   whole files per worker, in collection order: the session datasets, migrations and module fixtures are
+   built once per worker). Every test already uses its own topics, groups and databases, so workers never
+   see each other's data.
 3. ``pytest -m serial``: the tests that disturb the shared stack itself (PostgreSQL restarted...), alone.
 4. Stop the stack if step 1 started it.
 5. ``pytest -m secure`` with ``CRMFLOW_STACK=local-secure`` on a secure local stack of its own (TLS,
@@ -34,8 +35,11 @@ def main(args: list[str]) -> int:
     started = settings.stack == "local" and not all(p.running for p in stack.status())
     stack.up()
     try:
-        first = subprocess.call([*pytest, "-n", workers, "--dist", "loadfile", "-m", "not serial and not secure",
-                                 *args])
+        # In collection order (e2e, integration, unit), not xdist's default of the files with the most tests
+        # first: the long e2e files (one to three tests each) start first and the many short unit files fill
+        # the end, so both workers finish together instead of one running the last long file alone.
+        first = subprocess.call([*pytest, "-n", workers, "--dist", "loadfile", "--no-loadscope-reorder",
+                                 "-m", "not serial and not secure", *args])  # fmt: skip
         second = subprocess.call([*pytest, "-m", "serial and not secure", *args])
     finally:
         if started:
