@@ -10,15 +10,16 @@ PYTEST_ARGS ?=
 DEMO_CUSTOMERS ?= 20000
 DEMO_DIR ?= $(CURDIR)/.crmflow/demo-data
 
-.PHONY: help setup system-deps venv stack stack-down demo test test-unit test-integration test-e2e lint bench clean
+.PHONY: help setup system-deps venv stack stack-secure stack-down demo test test-unit test-integration test-e2e test-secure lint bench clean
 
 help:
 	@echo "make demo   - set everything up, start the local stack, migrate generated sample data"
 	@echo "make test   - set everything up and run all tests (unit, integration, e2e)"
-	@echo "make test-unit | test-integration | test-e2e | lint | bench | stack | stack-down | clean"
+	@echo "make test-unit | test-integration | test-e2e | test-secure | lint | bench | stack | stack-secure | stack-down | clean"
 
-# Debian packages: Java 17 and Maven for Kafka/Apicurio, the PostgreSQL server, Prometheus (promtool), and
-# Chromium, headless, which the tests open every HTML report in.
+# Debian packages: Java 17 and Maven for Kafka/Apicurio, the PostgreSQL server, Prometheus (promtool),
+# Chromium, headless, which the tests open every HTML report in, and for the secure stack (`stack up --secure`)
+# nginx (TLS + basic auth in front of the registry) and openssl (its certificates).
 system-deps:
 	@missing=""; \
 	command -v java >/dev/null || missing="$$missing openjdk-17-jre-headless"; \
@@ -26,6 +27,8 @@ system-deps:
 	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
 	command -v promtool >/dev/null || missing="$$missing prometheus"; \
 	command -v chromium >/dev/null || missing="$$missing chromium"; \
+	{ command -v nginx || test -x /usr/sbin/nginx; } >/dev/null || missing="$$missing nginx"; \
+	command -v openssl >/dev/null || missing="$$missing openssl"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
 	    echo "installing Debian packages:$$missing"; \
@@ -49,8 +52,12 @@ setup: system-deps venv
 stack: setup
 	$(BIN)/crmflow stack up
 
+stack-secure: setup
+	$(BIN)/crmflow stack up --secure
+
 stack-down:
 	-$(BIN)/crmflow stack down
+	-$(BIN)/crmflow stack down --secure
 
 demo: stack
 	$(BIN)/crmflow demo-data --out $(DEMO_DIR) --customers $(DEMO_CUSTOMERS) --seed 7
@@ -67,6 +74,10 @@ test-integration: setup
 
 test-e2e: setup
 	$(BIN)/pytest -m e2e $(PYTEST_ARGS)
+
+# The secure local stack's tests; they start it (ports + 100) unless CRMFLOW_STACK=local-secure names one.
+test-secure: setup
+	$(BIN)/pytest -m secure $(PYTEST_ARGS)
 
 lint: venv
 	$(BIN)/ruff check crmflow producers processors sinks tests

@@ -27,8 +27,8 @@ from cryptography.fernet import Fernet, InvalidToken
 
 from crmflow.connections import KafkaConnection, as_kafka, kafka_config
 from crmflow.exceptions import ConfigError, InfrastructureError, TerminalError
-from crmflow.metrics import DLQ_RECORDS
-from crmflow.serialization import AvroCodec, load_schema, topic_subject
+from crmflow.metrics import DLQ_RECORDS, DLQ_UNREADABLE
+from crmflow.serialization import AvroCodec, SerializationError, load_schema, topic_subject
 from crmflow.settings import stack_settings
 
 log = logging.getLogger(__name__)
@@ -276,16 +276,25 @@ def read_dead_letters(
         consumer.assign(assignment)
         deadline = time.monotonic() + timeout_s
         while ends and time.monotonic() < deadline:
-            batch = consumer.consume(500, timeout=0.5)
+            # A short wait: the read ends on an empty poll (past the commit markers), one per call
+            batch = consumer.consume(500, timeout=0.1)
             for msg in batch:
                 if msg.error():
                     continue
                 p, off = msg.partition(), msg.offset()
                 assert p is not None and off is not None
-                yield DeadLetter(p, off, codec.decode(msg.value() or b"", origin=f"{topic}[{p}]@{off}"))
                 deadline = time.monotonic() + timeout_s
                 if off + 1 >= ends.get(p, 0):
                     ends.pop(p, None)
+                try:
+                    record = codec.decode(msg.value() or b"", origin=f"{topic}[{p}]@{off}")
+                except SerializationError as exc:
+                    # Not a letter (written by something else, or damaged): it cannot be dead-lettered again,
+                    # so it is passed over, counted and named; the message names no payload byte.
+                    DLQ_UNREADABLE.labels(topic=topic).inc()
+                    log.warning("passing over an unreadable message in the dead-letter topic: %s", exc)
+                    continue
+                yield DeadLetter(p, off, record)
             if not batch and ends:
                 # A transactional writer leaves commit markers at the end of a partition: they take
                 # offsets but are never delivered. The consumer's position moves past them.

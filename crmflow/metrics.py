@@ -8,10 +8,13 @@ or PII.
 
 from __future__ import annotations
 
+import atexit
 import logging
-from typing import Literal
+import os
+from pathlib import Path
+from typing import Final, Literal
 
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, generate_latest, start_http_server
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +29,12 @@ RECORDS = Counter(
 )
 DLQ_RECORDS = Counter(
     "crmflow_dlq_records_total", "Records sent to the dead-letter topic, by stage and rule.", ["stage", "reason"]
+)
+DLQ_UNREADABLE = Counter(
+    "crmflow_dlq_unreadable_total",
+    "Messages in a dead-letter topic that are not dead letters (not Avro, an unknown schema id, truncated): "
+    "passed over by its readers (the ledger, the run's reconciliation, replay), by topic.",
+    ["topic"],
 )
 CONSUMER_LAG = Gauge(
     "crmflow_consumer_lag_messages",
@@ -79,6 +88,28 @@ def serve(port: int, registry: CollectorRegistry = REGISTRY) -> None:
     if port:
         start_http_server(port, addr="0.0.0.0", registry=registry)  # noqa: S104 - scraped by Prometheus
         log.info("metrics on :%d/metrics", port)
+
+
+#: A directory where every crmflow process writes its last metrics page when it exits (audits, tests).
+METRICS_DIR_ENV: Final = "CRMFLOW_METRICS_DIR"
+
+
+def dump_on_exit(name: str, registry: CollectorRegistry = REGISTRY) -> None:
+    """With ``$CRMFLOW_METRICS_DIR`` set, write what ``/metrics`` would show to ``<dir>/<name>-<pid>.prom``
+    when this process exits normally (a SIGTERM'd service too: it returns from its loop). Called by the CLI."""
+    folder = os.environ.get(METRICS_DIR_ENV, "").strip()
+    if not folder:
+        return
+    path = Path(folder) / f"{name}-{os.getpid()}.prom"
+
+    def write() -> None:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(generate_latest(registry))
+        except OSError as exc:
+            log.warning("could not write the metrics page to %s (%s)", path, exc.__class__.__name__)
+
+    atexit.register(write)
 
 TRANSACTIONS = Counter(
     "crmflow_transactions_total",

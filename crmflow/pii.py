@@ -8,6 +8,7 @@ CRM fields (:data:`DEFAULT_POLICIES`) are masked unless listed. :mod:`processors
       key_env: CRMFLOW_PII_KEY    # env var holding the pseudonym key (the default); or key_file: path
       pseudonym_length: 12        # base32 characters of the HMAC in a pseudonym (60 bits)
       email_domain: pseudonym     # pseudonym (<token>.example.com) | keep
+      encrypt_state: auto         # auto | true | false: the processor's internal topics (see StateCipher)
       entities:
         account: {street: redact, city: partial}
         contact: {last_name: {policy: pseudonym, prefix: ln-}}
@@ -19,10 +20,16 @@ their format). Loading checks that the policy's output fits the field, so a mask
 (a phone can only be kept, redacted to null or format-preserved: ``*** *** 1234`` is not E.164).
 Profile production masks nothing in the mapped records (only logs, through :class:`PiiRedactingFilter`);
 staging and test mask the mapped records before they are produced.
+
+What the processor keeps for itself before masking (the deduplication topic and its state's changelog:
+the matcher needs the real values) is sealed with :class:`StateCipher`, AES-256-GCM under a key derived
+from the same pii key, and opened only in the processor's memory.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import logging
 import os
 import re
@@ -35,12 +42,12 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SecretStr, V
 
 from crmflow.configbase import invalid
 from crmflow.entities import entity_model, pii_defaults, required_fields
-from crmflow.exceptions import ConfigError
+from crmflow.exceptions import ConfigError, TerminalError
 
 __all__ = [
     "DEFAULT_POLICIES", "PROFILE_ENV", "FieldKind", "FieldRule", "PiiConfig", "PiiKeyError",
-    "PiiRedactingFilter", "Policy", "Profile", "field_kind", "partial_email", "partial_phone", "partial_text",
-    "pii_key", "resolve_profile", "scrub_text",
+    "PiiRedactingFilter", "Policy", "Profile", "SealedDataError", "StateCipher", "field_kind", "partial_email",
+    "partial_phone", "partial_text", "pii_key", "resolve_profile", "scrub_text", "state_cipher",
 ]  # fmt: skip
 
 log = logging.getLogger(__name__)
@@ -258,6 +265,9 @@ class PiiConfig(_Model):
     key_file: Path | None = Field(default=None, description="file holding the key; relative to the config file")
     pseudonym_length: int = Field(default=12, ge=8, le=24, description="base32 characters (5 bits each)")
     email_domain: Literal["pseudonym", "keep"] = "pseudonym"
+    encrypt_state: Literal["auto", True, False] = Field(
+        default="auto", description="seal the processor's internal topics: auto = when a key is set or the "
+        "profile masks; true = always (a missing key is an error); false = never (clear values, see README)")
     defaults: bool = Field(default=True, description="mask the known CRM fields (DEFAULT_POLICIES)")
     entities: PiiEntities = Field(default_factory=PiiEntities)
 
@@ -303,12 +313,93 @@ def pii_key(pii: PiiConfig) -> SecretStr:
         path, where = ("pii", "key_env"), f"environment variable {pii.key_env}"
         key = os.environ.get(pii.key_env, "").strip()
         if not key:
-            raise PiiKeyError(f"{where} (pii.key_env) is not set; masking pseudonymises with a keyed HMAC: export "
-                              f"a secret of at least {MIN_KEY_BYTES} bytes, e.g. "
+            raise PiiKeyError(f"{where} (pii.key_env) is not set; it keys the pseudonyms and seals the processor's "
+                              f"internal topics: export a secret of at least {MIN_KEY_BYTES} bytes, e.g. "
                               "`python -c 'import secrets; print(secrets.token_urlsafe(32))'`", path)  # fmt: skip
     if len(key.encode()) < MIN_KEY_BYTES:
         raise PiiKeyError(f"the key in {where} is shorter than {MIN_KEY_BYTES} bytes", path)
     return SecretStr(key)
+
+
+# ------------------------------------------------------------------------------ sealed internal state
+
+
+class SealedDataError(TerminalError):
+    """A sealed value does not open: another key sealed it, or it was altered. Names the key ids only."""
+
+
+class StateCipher:
+    """Seals the values a stage keeps for itself (AES-256-GCM), so Kafka never holds them in clear.
+
+    The AES key is an HMAC of a fixed label under the pii key: one secret to manage, and a pseudonym never
+    reveals anything about the encryption key (nor the reverse). A sealed value is ``MAGIC + key id (6
+    bytes) + nonce (12) + ciphertext + tag (16)``: 35 bytes more than the clear value. ``context`` (the
+    topic, or the changelog key) is authenticated with it, so a value moved to another key or topic does
+    not open. Nonces are random: safe up to about 2**32 values per key.
+
+    A value that does not start with :data:`MAGIC` was written in clear (before sealing was on) and is
+    returned as it is: Avro's wire format starts with 0, JSON with ``{``.
+    """
+
+    MAGIC: Final = b"\xc5"
+    _KEY_ID_BYTES: Final = 6
+    _NONCE_BYTES: Final = 12
+
+    def __init__(self, key: SecretStr) -> None:
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM  # the core imports it lazily
+
+        secret = hmac.digest(key.get_secret_value().encode(), b"crmflow sealed state v1", hashlib.sha256)
+        self._aead = AESGCM(secret)
+        self._key_id = hmac.digest(secret, b"key id", hashlib.sha256)[: self._KEY_ID_BYTES]
+        self._block_secret = hmac.digest(secret, b"block keys", hashlib.sha256)
+        #: Names the key in errors and logs without revealing it.
+        self.key_id: str = self._key_id.hex()
+
+    def __repr__(self) -> str:
+        return f"StateCipher(key_id={self.key_id!r})"
+
+    def seal(self, data: bytes, context: bytes) -> bytes:
+        nonce = os.urandom(self._NONCE_BYTES)
+        return self.MAGIC + self._key_id + nonce + self._aead.encrypt(nonce, data, context)
+
+    def open(self, data: bytes, context: bytes) -> bytes:
+        """The clear value of ``data`` (as it is when it was never sealed); SealedDataError if it does not open."""
+        if not data.startswith(self.MAGIC):
+            return data
+        head = 1 + self._KEY_ID_BYTES
+        key_id, nonce = data[1:head], data[head : head + self._NONCE_BYTES]
+        if key_id != self._key_id:
+            raise SealedDataError(f"sealed under pii key {key_id.hex()}, but the configured key is {self.key_id}: "
+                                  "the key was changed (see README, Personal data: rotating the pii key)")
+        from cryptography.exceptions import InvalidTag
+
+        try:
+            return self._aead.decrypt(nonce, data[head + self._NONCE_BYTES :], context)
+        except InvalidTag:
+            raise SealedDataError(f"a value sealed under pii key {self.key_id} fails authentication "
+                                  "(altered, or moved from another topic or key)") from None
+
+    def block_key_secret(self) -> SecretStr:
+        """A pepper for hashed block keys derived from the same key, for a matcher not given its own."""
+        return SecretStr(self._block_secret.hex())
+
+
+def state_cipher(pii: PiiConfig | None, profile: Profile) -> StateCipher | None:
+    """The cipher of the processor's internal topics, or None when they stay in clear.
+
+    ``encrypt_state: auto`` seals when the profile masks (its key is required anyway) or when a key is set
+    in production; ``true`` always seals and needs the key (PiiKeyError naming ``pii.key_env``, i.e.
+    ``CRMFLOW_PII_KEY`` by default); ``false`` never seals."""
+    pii = pii or PiiConfig()
+    if pii.encrypt_state is False:
+        return None
+    if pii.encrypt_state == "auto" and profile == "production":
+        key_set = pii.key_file is not None or bool(os.environ.get(pii.key_env, "").strip())
+        if not key_set:
+            log.warning("the processor's internal topics hold account values in clear: set %s (pii.key_env) to "
+                        "seal them", pii.key_env)
+            return None
+    return StateCipher(pii_key(pii))
 
 
 # ------------------------------------------------------------------------------ partial display forms

@@ -5,6 +5,8 @@ Every value can be set by an environment variable prefixed ``CRMFLOW_`` (``CRMFL
 
 - ``local``: crmflow starts Kafka, Apicurio Registry and PostgreSQL itself, from Maven Central jars and
   Debian's PostgreSQL binaries, under ``home`` (no Docker);
+- ``local-secure``: the same, with TLS, SASL/SCRAM and ACLs, the registry behind nginx, and
+  least-privilege roles (``crmflow stack up --secure``, :mod:`crmflow.stack.secure`);
 - ``docker``: the same three parts as containers through testcontainers;
 - ``external``: an existing cluster named by ``bootstrap_servers``, ``registry_url`` and ``postgres_dsn``.
 """
@@ -21,7 +23,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from crmflow.exceptions import ConfigError
 
-StackMode = Literal["local", "docker", "external"]
+StackMode = Literal["local", "local-secure", "docker", "external"]
 SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
 SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER"]
 SslMode = Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"]
@@ -59,6 +61,13 @@ class StackSettings(BaseSettings):
     ready_timeout_s: float = 120.0
     kafka_heap: str = "768m"
     registry_heap: str = "384m"
+    secure_registry_backend_port: int | None = Field(
+        default=None, description="local-secure: Apicurio's own port behind nginx; default registry_port + 1"
+    )
+    secure_topic_prefixes: tuple[str, ...] = Field(
+        default=("crmflow", "crmflow.demo"),
+        description="local-secure: topic prefixes whose stage ACLs `stack up` grants (more: `crmflow stack acls`)",
+    )
 
     # external mode (also filled in by the docker mode once its containers run)
     bootstrap_servers: str | None = None

@@ -14,6 +14,7 @@ from typing import Literal
 from confluent_kafka.schema_registry import SchemaRegistryClient
 
 from crmflow.dlq import DeadLetterWriter
+from crmflow.pii import StateCipher
 from crmflow.runtime import RuntimeOptions, TransactionalRuntime
 from crmflow.runtime.stage import Decoder, Encoder
 from crmflow.serialization import AvroCodec, AvroDecoder, load_schema, topic_subject
@@ -22,7 +23,8 @@ from crmflow.topics import cdc_topic
 from processors.cdc import CdcSource
 from processors.config import ProcessorConfig
 from processors.mapping import build_mappers
-from processors.masking import Masker
+from processors.masking import Masker, state_cipher_of
+from processors.sealing import SealedDecoder, SealedEncoder
 from processors.stage import ProcessStage
 
 log = logging.getLogger(__name__)
@@ -76,18 +78,29 @@ def build_stage(cfg: ProcessorConfig, registry: SchemaRegistryClient) -> Process
         topic: AvroCodec(registry, topic_subject(topic), load_schema(f"target/{entity}"))
         for entity, topic in mapped.items()
     }
+    masker = Masker.from_config(cfg)
     dedupe_topic = None
+    cipher: StateCipher | None = None
+    matcher = None
     if cfg.dedupe is not None and cfg.dedupe_enabled:
         dedupe_topic = k.dedupe_topic("account")
         codec = AvroCodec(registry, topic_subject(dedupe_topic), load_schema("target/account"))
-        encoders[dedupe_topic] = codec
         account = AvroDecoder(registry, load_schema("target/account"))
         account.know(codec.schema_id, codec.schema)
-        decoders[dedupe_topic] = account
+        matcher = cfg.dedupe.matcher()
+        cipher = state_cipher_of(cfg, masker.profile)
+        if cipher is None:
+            encoders[dedupe_topic], decoders[dedupe_topic] = codec, account
+        else:
+            encoders[dedupe_topic] = SealedEncoder(codec, cipher, dedupe_topic)
+            decoders[dedupe_topic] = SealedDecoder(account, cipher, dedupe_topic)
+            if matcher.block_key_secret is None:  # block keys as keyed hashes, never plain ones
+                matcher = matcher.model_copy(update={"block_key_secret": cipher.block_key_secret()})
+            log.info("dedupe topic and state sealed under pii key %s", cipher.key_id, extra={"stage": "process"})
     stage = ProcessStage(
-        raw_topics=raw, mappers=mappers, masker=Masker.from_config(cfg), mapped_topics=mapped, decoders=decoders,
-        encoders=encoders, dedupe=cfg.dedupe.matcher() if dedupe_topic and cfg.dedupe else None,
-        dedupe_topic=dedupe_topic, changelog=changelog_topic(cfg), cdc_topics=cdc, run_id=f"{cfg.run.name}-cdc",
+        raw_topics=raw, mappers=mappers, masker=masker, mapped_topics=mapped, decoders=decoders,
+        encoders=encoders, dedupe=matcher, dedupe_topic=dedupe_topic, changelog=changelog_topic(cfg),
+        cdc_topics=cdc, run_id=f"{cfg.run.name}-cdc", cipher=cipher,
     )
     return stage.with_sources({name: src.entity for name, src in cfg.sources.items()}).with_partitions(k.partitions)
 

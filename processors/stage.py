@@ -5,7 +5,8 @@ what comes out.
 - Raw records (``<prefix>.raw.<source>``) are mapped by the compiled mappers. Mapped records go to
   ``<prefix>.mapped.<entity>`` keyed by the source key, masked in the staging and test profiles. With
   deduplication on, clean accounts go unmasked to ``<prefix>.dedupe.account`` instead, keyed by
-  :func:`~processors.dedupe.shard_key`, so every possible duplicate of a person reaches one partition.
+  :func:`~processors.dedupe.shard_key`, so every possible duplicate of a person reaches one partition;
+  with a ``cipher`` (:mod:`processors.sealing`) they are sealed there, and so is every state write.
 - Clean accounts (``<prefix>.dedupe.account``) are resolved by one :class:`~processors.dedupe.Deduper`
   per partition; each becomes a golden-record update on the mapped account topic (same shard key, so the
   sink sees one cluster's updates in order). The deduper's writes come out as state writes of the
@@ -27,6 +28,7 @@ from typing import Any
 
 import orjson
 
+from crmflow.pii import SealedDataError, StateCipher
 from crmflow.runtime import BatchStage, InRecord, OutRecord, Rejection, StageOutput, StateWrite
 from crmflow.runtime.stage import Decoder, Encoder
 from processors.batch import MapFn, map_batch
@@ -60,11 +62,13 @@ class ProcessStage(BatchStage):
         changelog: str | None = None,
         cdc_topics: Mapping[str, CdcSource] | None = None,
         run_id: str = "cdc",
+        cipher: StateCipher | None = None,
     ) -> None:
         """``raw_topics``: topic → source name's entity; ``mapped_topics``: entity → topic; ``decoders`` per
         input topic, ``encoders`` per output topic. ``dedupe`` with ``dedupe_topic`` and ``changelog`` turns on
         the resolution of accounts. ``cdc_topics``: change topic → the table source it feeds; ``run_id`` is
-        the run id of the changes' records."""
+        the run id of the changes' records. ``cipher`` seals the state writes (each with its key as context)
+        and opens the restored ones."""
         self._cdc = dict(cdc_topics or {})
         self._cdc_run = run_id
         self._raw_entities = dict(raw_topics)
@@ -81,6 +85,7 @@ class ProcessStage(BatchStage):
         self._stores: dict[int, dict[str, Any]] = {}
         self._source_entities: dict[str, str] = {}
         self._dedupe_partitions = 1
+        self._cipher = cipher
 
     def with_partitions(self, partitions: int) -> ProcessStage:
         """How many partitions the dedupe topic gets when the runtime has to create it."""
@@ -130,7 +135,12 @@ class ProcessStage(BatchStage):
         """The partition's deduper, rebuilt from its persisted records and golden values."""
         if self._dedupe is None:
             return
-        store = {key.decode(): orjson.loads(value) for key, value in entries.items()}
+        cipher = self._cipher
+        try:
+            store = {key.decode(): orjson.loads(value if cipher is None else cipher.open(value, key))
+                     for key, value in entries.items()}
+        except SealedDataError as exc:
+            raise SealedDataError(f"dedupe state of partition {partition} ({self.changelog}): {exc}") from None
         self._stores[partition] = store
         buffer = WriteBehind(store)
         self._shards[partition] = (Deduper.over_store(self._dedupe, buffer), buffer)
@@ -243,9 +253,14 @@ class ProcessStage(BatchStage):
                 account = self._masker.mask("account", account)
             out.records.append(OutRecord(account_topic, rec.key, account))
             sent += 1
+        cipher = self._cipher
         for partition in touched:
             for key, value in self._shard(partition)[1].flush():
-                out.state.append(StateWrite(partition, key.encode(), None if value is None else orjson.dumps(value)))
+                k = key.encode()
+                data = None if value is None else orjson.dumps(value)
+                if data is not None and cipher is not None:
+                    data = cipher.seal(data, k)
+                out.state.append(StateWrite(partition, k, data))
         out.count(DEDUPE_STAGE, "account", "in", len(clean))
         out.count(DEDUPE_STAGE, "account", "out", sent)
         out.count(DEDUPE_STAGE, "account", "merged", out.decisions.get(("account", "joined"), 0))

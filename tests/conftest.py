@@ -73,15 +73,13 @@ def group_factory() -> Callable[[], str]:
     return lambda: unique("g")
 
 
-@pytest.fixture
-def pg_dsn_factory(endpoints: Endpoints) -> Iterator[Callable[[], str]]:
-    """``pg_dsn_factory() -> str``: the DSN of a fresh, empty database, dropped after the test."""
+def _databases(endpoints: Endpoints) -> Iterator[Callable[..., str]]:
     created: list[str] = []
 
-    def make() -> str:
+    def make(template: str | None = None) -> str:
         name = unique("t").replace("-", "_")
         with psycopg.connect(endpoints.postgres_dsn, autocommit=True) as conn:
-            conn.execute(f'create database "{name}"')
+            conn.execute(f'create database "{name}"' + (f' template "{template}"' if template else ""))
         created.append(name)
         return endpoints.dsn(name)
 
@@ -89,3 +87,16 @@ def pg_dsn_factory(endpoints: Endpoints) -> Iterator[Callable[[], str]]:
     with psycopg.connect(endpoints.postgres_dsn, autocommit=True) as conn:
         for name in created:
             conn.execute(f'drop database if exists "{name}" with (force)')
+
+
+@pytest.fixture
+def pg_dsn_factory(endpoints: Endpoints) -> Iterator[Callable[..., str]]:
+    """``pg_dsn_factory() -> str``: the DSN of a fresh, empty database, dropped after the test;
+    ``pg_dsn_factory(template=name)``: a copy of database ``name`` (no one may be connected to it)."""
+    yield from _databases(endpoints)
+
+
+@pytest.fixture(scope="session")
+def session_pg_dsn_factory(endpoints: Endpoints) -> Iterator[Callable[..., str]]:
+    """``pg_dsn_factory`` for a session-scoped fixture: the databases are dropped at the end of the session."""
+    yield from _databases(endpoints)

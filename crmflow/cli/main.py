@@ -6,7 +6,7 @@ import logging
 
 import typer
 
-from crmflow import __version__
+from crmflow import __version__, metrics
 from crmflow.cli import (
     assess,
     bench,
@@ -62,6 +62,7 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def main(
+    ctx: typer.Context,
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log at DEBUG level."),
     log_json: bool = typer.Option(False, "--log-json", help="Log one JSON object per line."),
     version: bool = typer.Option(
@@ -70,3 +71,4 @@ def main(
 ) -> None:
     """crmflow: legacy CRM → Kafka → cleanse, mask, dedupe, map → target CRM."""
     configure_logging(logging.DEBUG if verbose else logging.INFO, json_lines=log_json)
+    metrics.dump_on_exit(ctx.invoked_subcommand or "crmflow")

@@ -35,8 +35,9 @@ def migrate(
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as one JSON object on stdout.")] = False,
     timeout: Annotated[float, typer.Option(help="Give up if a stage has not drained after this many seconds.")] = 1800,
     infra_grace: Annotated[
-        float, typer.Option(min=1, help="Seconds Kafka may stay unreachable mid-run before the run stops.")
-    ] = 60,
+        float, typer.Option(min=1, help="Seconds Kafka may stay unreachable mid-run before the run stops; "
+                                        "meanwhile every stage waits with backoff and carries on once it is back.")
+    ] = 900,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Progress bars on stderr.")] = True,
 ) -> None:
     """Register schemas, snapshot every source, cleanse and map, write the target, and reconcile.

@@ -15,11 +15,12 @@ import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Final
-
-from faker import Faker
+from typing import TYPE_CHECKING, Final
 
 from crmflow.demo_data.phones import PhonePlan, build_phone_plan
+
+if TYPE_CHECKING:  # imported where the pools are built: every CLI process imports this module, few build pools
+    from faker import Faker
 
 _NAME_PARTS = re.compile(r"([ \-'])")
 _NAME_CHARS = re.compile(r"^[^\W\d_]+(?:[-'][^\W\d_]+)*$")
@@ -266,6 +267,8 @@ def _streets(loc: _Locale, fake: Faker, rng: random.Random, cities: tuple[str, .
 
 
 def _country_pool(loc: _Locale, seed: int) -> CountryPool:
+    from faker import Faker
+
     fake = Faker(loc.locale)
     fake.seed_instance(seed)
     rng = random.Random(f"{seed}-{loc.code}")
@@ -299,6 +302,8 @@ def _country_pool(loc: _Locale, seed: int) -> CountryPool:
 @lru_cache(maxsize=4)
 def build_pools(seed: int) -> Pools:
     """All pools for ``seed``; the same seed gives the same pools (cached per process)."""
+    from faker import Faker
+
     fake = Faker("en_US")
     fake.seed_instance(seed)
     codes = sorted({fake.bothify("??-###").upper() for _ in range(60)})

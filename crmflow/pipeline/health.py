@@ -1,10 +1,11 @@
 """Is each part of the stack reachable? Checked before a run starts and watched while it runs.
 
 A part that is down before anything moves is an :class:`InfrastructureError` at once, naming the part
-and the fix (``crmflow stack up`` for the local stack). During a run, :class:`KafkaWatch` probes the
-broker in a thread; when it has been unreachable for ``grace_s`` it sets ``failed``, and the
-orchestration stops the stages and tells the user how to resume. A broker back within the grace period
-costs nothing: librdkafka reconnects and the stages carry on.
+and the fix (``crmflow stack up`` for the local stack). During a run, :class:`KafkaWatch` probes every
+part in a thread, reports each outage (``crmflow_dependency_up``, a warning when it starts and one when it
+ends) while the stages retry with backoff; only when the broker has been unreachable for ``grace_s`` does
+it set ``failed``, and the orchestration stops the stages and tells the user how to resume. A part back
+within that time costs nothing: the clients reconnect and the stages carry on.
 """
 
 from __future__ import annotations
@@ -109,8 +110,11 @@ def require_reachable(ep: Endpoints, target_dsn: PostgresConnection | str) -> No
 
 
 class KafkaWatch:
-    """Probes the broker every ``interval_s`` in a daemon thread; ``failed`` is set once it has been
-    unreachable for ``grace_s`` in a row. ``down_for()`` says how long the current outage has lasted."""
+    """Probes the broker, and the registry and the target database when given, every ``interval_s`` in a daemon
+    thread. Each probe sets ``crmflow_dependency_up{dependency}``; an outage is logged when it starts (the
+    stages wait with backoff meanwhile) and when it ends, with its length, and kept in ``outages``. Only
+    Kafka's can be final: ``failed`` is set once the broker has been unreachable for ``grace_s`` in a row.
+    ``down_for()`` says how long the broker's current outage has lasted."""
 
     def __init__(
         self,
@@ -118,6 +122,9 @@ class KafkaWatch:
         grace_s: float,
         interval_s: float = 2.0,
         on_fail: Callable[[KafkaWatch], None] | None = None,
+        *,
+        registry: RegistryConnection | str | None = None,
+        target: PostgresConnection | str | None = None,
     ) -> None:
         self.kafka = as_kafka(kafka)
         self.bootstrap_servers = self.kafka.bootstrap_servers
@@ -126,9 +133,22 @@ class KafkaWatch:
         self.interval_s = interval_s
         self.failed = threading.Event()
         self.reason = ""
-        self._down_since: float | None = None
+        timeout = min(5.0, interval_s * 2)
+        conn = self.kafka
+        self._probes: dict[str, tuple[str, Callable[[], str | None]]] = {
+            "kafka": (f"Kafka at {conn.bootstrap_servers}", lambda: kafka_reachable(conn, timeout))}
+        if registry:
+            reg = as_registry(registry)
+            self._probes["schema_registry"] = (f"the schema registry at {reg.url}",
+                                               lambda: registry_reachable(reg, timeout))
+        if target:
+            db = as_postgres(target)
+            self._probes["postgresql"] = (f"PostgreSQL at {db.describe()}", lambda: postgres_reachable(db, timeout))
+        self._since: dict[str, float] = {}
+        #: Every outage seen: dependency and how long it lasted (seconds), in the order they ended.
+        self.outages: list[tuple[str, float]] = []
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="kafka-watch", daemon=True)
+        self._thread = threading.Thread(target=self._run, name="dependency-watch", daemon=True)
 
     def __enter__(self) -> KafkaWatch:
         self._thread.start()
@@ -138,8 +158,9 @@ class KafkaWatch:
         self._stop.set()
         self._thread.join(timeout=10)
 
-    def down_for(self) -> float:
-        return 0.0 if self._down_since is None else time.monotonic() - self._down_since
+    def down_for(self, dependency: str = "kafka") -> float:
+        since = self._since.get(dependency)
+        return 0.0 if since is None else time.monotonic() - since
 
     def error(self) -> InfrastructureError:
         return InfrastructureError(f"Kafka at {self.bootstrap_servers}",
@@ -147,20 +168,25 @@ class KafkaWatch:
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval_s):
-            reason = kafka_reachable(self.kafka, timeout_s=min(5.0, self.interval_s * 2))
-            DEPENDENCY_UP.labels(dependency="kafka").set(0 if reason else 1)
-            if reason is None:
-                if self._down_since is not None:
-                    log.info("Kafka is reachable again after %.0fs", self.down_for())
-                self._down_since = None
-                continue
-            self.reason = reason
-            if self._down_since is None:
-                self._down_since = time.monotonic()
-                log.warning("Kafka at %s is unreachable (%s); waiting up to %.0fs for it to come back",
-                            self.bootstrap_servers, reason, self.grace_s)
-            if self.down_for() >= self.grace_s:
-                self.failed.set()
-                if self.on_fail is not None:
-                    self.on_fail(self)
-                return
+            for dependency, (what, probe) in self._probes.items():
+                reason = probe()
+                DEPENDENCY_UP.labels(dependency=dependency).set(0 if reason else 1)
+                if reason is None:
+                    if dependency in self._since:
+                        took = self.down_for(dependency)
+                        self.outages.append((dependency, round(took, 1)))
+                        log.warning("%s is reachable again after %.0fs; the stages carry on", what, took)
+                        del self._since[dependency]
+                    continue
+                if dependency not in self._since:
+                    self._since[dependency] = time.monotonic()
+                    wait = f"up to {self.grace_s:.0f}s" if dependency == "kafka" else "as long as it takes"
+                    log.warning("%s is unreachable (%s); the stages retry with backoff, waiting %s for it to "
+                                "come back", what, reason, wait)
+                if dependency == "kafka":
+                    self.reason = reason
+                    if self.down_for() >= self.grace_s:
+                        self.failed.set()
+                        if self.on_fail is not None:
+                            self.on_fail(self)
+                        return

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -33,6 +34,7 @@ from crmflow.config import MigrationConfig
 from crmflow.connections import KafkaConnection
 from crmflow.dlq import DeadLetter, DlqCipher, read_dead_letters
 from crmflow.exceptions import InfrastructureError
+from crmflow.metrics import RETRIES
 from crmflow.pipeline.targets import Target
 from crmflow.serialization import AvroDecoder, SerializationError
 from crmflow.stack import Endpoints
@@ -40,6 +42,9 @@ from sinks.postgres.ledger import Ledger, LedgerEntry, LedgerRow
 from sinks.postgres.migrate import apply_migrations
 
 log = logging.getLogger(__name__)
+
+_INSUFFICIENT_RESOURCES = "53"
+"""SQLSTATE class 53: disk full, out of memory, too many connections. Waiting for it helps; nothing was written."""
 
 VOLATILE_FIELDS = frozenset({"run_id", "captured_at", "mapped_at"})
 """Fields of a dead-lettered Avro record that differ between runs of the same source record."""
@@ -151,10 +156,36 @@ def ledger_connection(target: Target) -> Iterator[psycopg.Connection[TupleRow]]:
         conn.close()
 
 
-def update_ledger(cfg: MigrationConfig, ep: Endpoints, target: Target) -> SyncResult:
+def update_ledger(cfg: MigrationConfig, ep: Endpoints, target: Target, *, max_wait_s: float = 600.0,
+                  backoff_s: float = 1.0, backoff_max_s: float = 15.0) -> SyncResult:
     """Bring the config's ledger up to date with its dead-letter topic (what ``dlq list`` does first); for
-    ``migrate`` to call at the end of a run, so the letters of the run are in the ledger at once."""
+    ``migrate`` to call at the end of a run, so the letters of the run are in the ledger at once.
+
+    The ledger's database out of space (or of another resource: SQLSTATE class 53) rolls the sync back,
+    offsets included, so nothing is lost: it is reported and tried again with backoff
+    (``crmflow_retries_total{stage="dlq",operation="ledger"}``) until it fits, for up to ``max_wait_s``."""
     registry = ep.registry.client()
-    with ledger_connection(target) as conn:
-        return sync_ledger(conn, target.schema, cfg.kafka.dlq_topic, ep.kafka.for_stage("ops"), registry,
-                           DlqCipher.from_env())  # fmt: skip
+    deadline = time.monotonic() + max_wait_s
+    delay = backoff_s
+    while True:
+        try:
+            with ledger_connection(target) as conn:
+                return sync_ledger(conn, target.schema, cfg.kafka.dlq_topic, ep.kafka.for_stage("ops"), registry,
+                                   DlqCipher.from_env())  # fmt: skip
+        except psycopg.OperationalError as exc:  # DiskFull (53100) is one, not an InsufficientResources
+            if not (exc.sqlstate or "").startswith(_INSUFFICIENT_RESOURCES):
+                raise
+            # The first line only: it names the file or resource, never a value.
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
+            if time.monotonic() + delay > deadline:
+                raise InfrastructureError(
+                    f"the dead-letter ledger {target.schema}.dead_letters in {target.dsn.describe()}",
+                    f"{first} (SQLSTATE {exc.sqlstate}), for {max_wait_s:.0f}s",
+                    "free space on the database's volume (or the table's tablespace), then run "
+                    "`crmflow dlq list` to bring the ledger up to date: the letters wait in the topic") from exc
+            RETRIES.labels(stage="dlq", operation="ledger").inc()
+            log.warning("the dead-letter ledger cannot be written (%s, SQLSTATE %s); nothing was recorded, the "
+                        "letters wait in %s; trying again in %.0fs", first, exc.sqlstate, cfg.kafka.dlq_topic,
+                        delay)
+            time.sleep(delay)
+            delay = min(backoff_max_s, delay * 2)

@@ -9,9 +9,11 @@ run, also what an earlier invocation of the same run id read), the sink's audit 
 dead-letter topic (letters of this run, one per source record).
 
 Before anything moves, every part of the stack must answer (:func:`~crmflow.pipeline.health.require_reachable`).
-While the run goes on, a :class:`~crmflow.pipeline.health.KafkaWatch` decides when a broker outage is
-final; the run then stops its stages and raises :class:`~crmflow.exceptions.InfrastructureError`, and
-``crmflow migrate --run-id ID`` resumes it once Kafka is back. A signal stops it the same way
+While the run goes on, a :class:`~crmflow.pipeline.health.KafkaWatch` reports outages of Kafka, the
+registry and the target (the stages wait with backoff and carry on; a stage that exits because of one is
+started again) and decides when a broker outage is final (``--infra-grace``); the run then stops its
+stages and raises :class:`~crmflow.exceptions.InfrastructureError`, and ``crmflow migrate --run-id ID``
+resumes it once Kafka is back. A signal stops it the same way
 (:class:`~crmflow.exceptions.RunInterruptedError`). Each run keeps ``run.json`` (its state and, at the
 end, its summary) and ``summary.txt`` in its run directory, which ``crmflow runs`` lists.
 """
@@ -37,7 +39,7 @@ from crmflow.pipeline.health import KafkaWatch, require_reachable
 from crmflow.pipeline.letters import update_ledger
 from crmflow.pipeline.run_report import write_run_report
 from crmflow.pipeline.runs import RunStore
-from crmflow.pipeline.services import Service, group_lag, stop_all, wait_drained
+from crmflow.pipeline.services import Service, group_lag, run_to_completion, stop_all, wait_drained
 from crmflow.pipeline.targets import Target
 from crmflow.pipeline.timeline import ThroughputSampler
 from crmflow.registry import register_all
@@ -110,6 +112,8 @@ class MigrationSummary:
     rejected_by_rule: dict[str, int] = field(default_factory=dict)
     target: str = ""
     resumed: bool = False
+    #: Dependencies that went away during the run and came back (the stages waited): dependency, down_s.
+    outages: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def records(self) -> int:
@@ -136,6 +140,7 @@ class MigrationSummary:
             "records_per_second": self.records_per_second,
             "stage_done_s": {k: round(v, 1) for k, v in self.stage_done_s.items()},
             "peak_rss_bytes": dict(self.peak_rss_bytes),
+            "outages": list(self.outages),
         }
 
 
@@ -160,7 +165,7 @@ class MigrateOptions:
     workers: int = 1
     engine: str = "batch"
     drain_timeout_s: float = 1800.0
-    infra_grace_s: float = 60.0
+    infra_grace_s: float = 900.0
     logs_dir: Path | None = None
 
 
@@ -246,8 +251,8 @@ def run_migration(
                                 process_group=group, mapped_topics=[cfg.kafka.mapped_topic(e) for e in cfg.entities],
                                 sink_group=f"crmflow-sink.{cfg.run.name}")
     try:
-        with KafkaWatch(ops, opts.infra_grace_s,
-                        on_fail=lambda w: control.request_stop(w.error())), sampler:
+        with KafkaWatch(ops, opts.infra_grace_s, on_fail=lambda w: control.request_stop(w.error()),
+                        registry=ep.registry, target=target.dsn) as watch, sampler:
             stats = run_snapshot(cfg, kafka=ep.kafka.for_stage("snapshot"), registry_client=registry,
                                  run_id=run_id, limit=opts.limit, stop_event=control.stop, progress=progress)
             _raise_if_stopped(control)
@@ -261,7 +266,11 @@ def run_migration(
             for s in services:
                 s.sample()
             stop_all(services, timeout_s=30.0)  # the sink finishes the batch it is writing
-            drain_sink(cfg, ep, target, stop_event=control.stop, instance=f"{run_id}-sink")
+            # The final pass runs as a child too: a stalled Kafka call or an outage that outlasts the drain's
+            # retries ends the child, never this process, and the child is started again.
+            final = Service("sink-drain", [*sink.args, "--drain"], logs / "sink-drain.log", env)
+            services.append(final)
+            run_to_completion(final, opts.drain_timeout_s, should_stop=control.check)
             _raise_if_stopped(control)
             done["sink"] = time.monotonic() - started
     except CrmflowError:
@@ -271,7 +280,8 @@ def run_migration(
         raise
     finally:
         stop_all(services)
-    summary = MigrationSummary(run_id, {}, time.monotonic() - started, done, target=target.describe(), resumed=resumed)
+    summary = MigrationSummary(run_id, {}, time.monotonic() - started, done, target=target.describe(), resumed=resumed,
+                               outages=[{"dependency": d, "down_s": s} for d, s in watch.outages])
     for name, src in stats.sources.items():
         counts = summary.entities.setdefault(cfg.sources[name].entity, EntityCounts())
         counts.read += src.run_read  # the whole run: a resume also counts what earlier starts read
@@ -309,8 +319,12 @@ def _raise_if_stopped(control: RunControl) -> None:
 
 
 def processor_topics(cfg: MigrationConfig) -> list[str]:
-    """The topics the processor's consumer group reads: the raw topics, and the dedupe topic if on."""
+    """The topics the processor's consumer group reads: the raw topics, the change topics of the tables the
+    ``cdc`` section captures, and the dedupe topic if on."""
+    from processors.service import cdc_sources
+
     topics = [cfg.kafka.raw_topic(s) for s in cfg.sources]
+    topics.extend(cdc_sources(cfg))
     if cfg.dedupe_enabled:
         topics.append(cfg.kafka.dedupe_topic("account"))
     return topics

@@ -18,13 +18,19 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from crmflow.connections import KafkaConnection, kafka_config
 from crmflow.exceptions import StackError
+from crmflow.exitcodes import ExitCode
 from crmflow.logs import cli_flags
+from crmflow.runtime.watchdog import STALLED_EXIT_CODE
 from crmflow.stack.process import tail
 
 log = logging.getLogger(__name__)
 
 
 _PR_SET_PDEATHSIG = 1
+
+RESTARTABLE_EXIT_CODES = frozenset({1, ExitCode.INFRASTRUCTURE, STALLED_EXIT_CODE})
+"""A stage's exits that a restart can fix: 1 (the sink: a dependency stayed unavailable), 3 (Kafka unusable),
+75 (a Kafka call stalled)."""
 
 
 def _die_with_parent() -> None:
@@ -41,18 +47,48 @@ class Service:
     started it, and it ignores the terminal's SIGINT (its own session): the parent decides when it stops.
     """
 
-    def __init__(self, name: str, args: list[str], log_file: Path, env: Mapping[str, str | None]) -> None:
+    def __init__(self, name: str, args: list[str], log_file: Path, env: Mapping[str, str | None], *,
+                 max_restarts: int = 10) -> None:
         """``env`` is added to this process's environment; a None value removes the variable."""
         self.name = name
+        self.args = args
+        self.env = env
         self.log_file = log_file
+        self.max_restarts = max_restarts
+        self.restarts = 0
+        self._restart_at: float | None = None
         log_file.parent.mkdir(parents=True, exist_ok=True)
-        with log_file.open("ab") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "crmflow", *cli_flags(), *args], stdout=out, stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL, env=_child_env(env), start_new_session=True,
+        self.proc = self._spawn()
+        self.peak_rss = 0
+
+    def _spawn(self) -> subprocess.Popen[bytes]:
+        with self.log_file.open("ab") as out:
+            return subprocess.Popen(
+                [sys.executable, "-m", "crmflow", *cli_flags(), *self.args], stdout=out, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL, env=_child_env(self.env), start_new_session=True,
                 preexec_fn=_die_with_parent,  # only a prctl call: safe between fork and exec
             )
-        self.peak_rss = 0
+
+    def supervise(self) -> None:
+        """Like :meth:`sample`, but a stage that exited with a retriable code (:data:`RESTARTABLE_EXIT_CODES`)
+        is started again, after a backoff, up to ``max_restarts`` times in all. Safe: every stage commits only
+        what is durable downstream, so a restart re-reads, never loses."""
+        code = self.proc.poll()
+        if code is None:
+            self.sample()
+            return
+        if code not in RESTARTABLE_EXIT_CODES or self.restarts >= self.max_restarts:
+            self.sample()  # raises, naming the exit code and the log's tail
+            return
+        now = time.monotonic()
+        if self._restart_at is None:
+            self._restart_at = now + min(30.0, 2.0 * 2 ** self.restarts)
+            log.warning("%s exited with %d (log: %s); restarting it in %.0fs", self.name, code, self.log_file,
+                        self._restart_at - now)
+        if now >= self._restart_at:
+            self.restarts += 1
+            self._restart_at = None
+            self.proc = self._spawn()
 
     @property
     def running(self) -> bool:
@@ -158,17 +194,18 @@ def wait_drained(
 
     ``should_stop`` is asked between polls: an exception it returns is raised (a signal, Kafka gone for
     good). ``on_lag`` gets each lag read (progress). A lag read that fails because the broker is away is
-    retried: the caller's Kafka watch decides when an outage is final."""
+    retried: the caller's Kafka watch decides when an outage is final. A service that exits with a retriable
+    code is restarted (:meth:`Service.supervise`)."""
     deadline = time.monotonic() + timeout_s
     while True:
         for s in services:
-            s.sample()
+            s.supervise()
         stop = should_stop()
         if stop is not None:
             raise stop
         try:
             lag = group_lag(kafka, group, topics, timeout_s=10.0)
-        except KafkaException as exc:
+        except (KafkaException, RuntimeError) as exc:  # RuntimeError: the client could not even be created
             log.debug("lag of %s not readable yet: %s", group, exc)
         else:
             on_lag(lag)
@@ -176,4 +213,25 @@ def wait_drained(
                 return time.monotonic()
         if time.monotonic() > deadline:
             raise StackError(f"consumer group {group} still had lag after {timeout_s:.0f}s")
+        time.sleep(0.5)
+
+
+def run_to_completion(service: Service, timeout_s: float, *,
+                      should_stop: Callable[[], BaseException | None] = lambda: None) -> float:
+    """Wait until a one-shot ``service`` (a drain) exits 0, restarting it after a retriable exit; returns when
+    (monotonic) it finished. Raises what ``should_stop`` returns, or :class:`StackError` past ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        code = service.proc.poll()
+        if code == 0:
+            return time.monotonic()
+        if code is not None:
+            service.supervise()
+        stop = should_stop()
+        if stop is not None:
+            service.stop()
+            raise stop
+        if time.monotonic() > deadline:
+            service.stop()
+            raise StackError(f"{service.name} had not finished after {timeout_s:.0f}s (log: {service.log_file})")
         time.sleep(0.5)

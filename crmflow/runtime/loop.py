@@ -12,8 +12,11 @@ Per iteration:
    leaves nothing visible and the input uncommitted: the batch is processed again, once.
 5. An abortable error (a broker away, a request timed out): abort, rewind the batch's partitions to their
    first offset, drop the stage state of those partitions (restored from the changelog before the next
-   batch), retry with backoff. A fatal error (this producer was fenced by a newer instance with the same
-   transactional id, or its group generation is stale): stop with a clear error; the newer owner carries on.
+   batch), start a new transactional producer (one that lived through a broker outage can stall on a stale
+   coordinator), retry with backoff. A transactional call that blocks past its own timeout anyway ends the
+   process with exit code 75 (:mod:`crmflow.runtime.watchdog`); its supervisor starts it again. A fatal
+   error (this producer was fenced by a newer instance with the same transactional id, or its group
+   generation is stale): stop with a clear error; the newer owner carries on.
 
 Rebalances (cooperative-sticky): callbacks run inside ``consume``, when no transaction is open (every
 batch is committed before the next consume), so a revoke has nothing in flight to finish; the stage
@@ -36,7 +39,7 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -58,6 +61,7 @@ from crmflow.metrics import (
 from crmflow.runtime.changelog import ChangelogError, ensure_changelog, ensure_topics, read_partitions
 from crmflow.runtime.consumer import consumer_config, forget_lag, update_lag
 from crmflow.runtime.stage import BatchStage, InRecord, StageOutput
+from crmflow.runtime.watchdog import CallWatchdog
 from crmflow.serialization import SerializationError
 
 log = logging.getLogger(__name__)
@@ -112,6 +116,7 @@ class TransactionalRuntime:
         self._decoders = {t: stage.decoder(t) for t in stage.topics}
         self._consumer: Consumer | None = None
         self._producer: Producer | None = None
+        self._watchdog = CallWatchdog(stage.name, grace_s=5.0)  # librdkafka's calls can outlive their timeout
         self._next_lag = 0.0
         self._failures = 0  # transactions aborted in a row (backoff)
         self.batches = 0
@@ -124,13 +129,25 @@ class TransactionalRuntime:
         o = self.opts
         consumer = Consumer(consumer_config(o.kafka, o.group_id, f"{o.transactional_id}-consumer",
                                             session_timeout_ms=o.session_timeout_ms, extra=o.client_config))
-        producer = Producer(kafka_config(o.kafka, o.client_config, {
+        return consumer, self._new_producer()
+
+    def _new_producer(self) -> Producer:
+        o = self.opts
+        return Producer(kafka_config(o.kafka, o.client_config, {
             "client.id": o.transactional_id, "transactional.id": o.transactional_id,
             "enable.idempotence": True, "acks": "all", "linger.ms": 5, "batch.size": 1024 * 1024,
             "compression.type": "lz4", "partitioner": "murmur2_random",
             "transaction.timeout.ms": o.transaction_timeout_ms, "queue.buffering.max.messages": 500_000,
         }))
-        return consumer, producer
+
+    def _renew_producer(self) -> None:
+        """A new transactional producer (same id) after an aborted transaction: one that lived through a broker
+        outage may keep a coordinator whose connection is gone and stall its next transaction for good
+        (librdkafka #5511); a new client looks the coordinator up afresh. Its ``init_transactions`` bumps the
+        epoch of this worker's own, already aborted, transactional id."""
+        producer = self._producer = self._new_producer()
+        self._retrying("initialising transactions", lambda: self._guarded(
+            "init_transactions", 30, lambda: producer.init_transactions(30)))
 
     def committed(self) -> dict[TP, int]:
         """The next offset to read of each partition this worker committed, as it last committed it."""
@@ -154,7 +171,8 @@ class TransactionalRuntime:
         consumer, producer = self._consumer, self._producer = self._clients()
         drained = False
         try:
-            if not self._retrying("initialising transactions", lambda: producer.init_transactions(30)):
+            if not self._retrying("initialising transactions", lambda: self._guarded(
+                    "init_transactions", 30, lambda: producer.init_transactions(30))):
                 return False
             self.ready.set()
             if not self._retrying("setting up the stage", self.stage.setup, operation="setup"):
@@ -317,8 +335,15 @@ class TransactionalRuntime:
             self._produce(producer, self.dlq.topic, None, value, headers=list(headers))
         self._produce_letters(producer, output.letters)
         offsets = [TopicPartition(t, p, o) for (t, p), o in nexts.items()]
-        producer.send_offsets_to_transaction(offsets, consumer.consumer_group_metadata(), 30)
+        self._guarded("send_offsets_to_transaction", _SEND_OFFSETS_TIMEOUT_S,
+                      lambda: producer.send_offsets_to_transaction(offsets, consumer.consumer_group_metadata(),
+                                                                   _SEND_OFFSETS_TIMEOUT_S))
         self._commit(producer)
+
+    def _guarded(self, what: str, timeout_s: float, call: Callable[[], object]) -> None:
+        """``call()`` under the watchdog: the process exits (and is restarted) if it blocks past its timeout."""
+        with self._watchdog.guard(what, timeout_s):
+            call()
 
     def _produce_letters(self, producer: Producer, letters: Sequence[Letter]) -> None:
         for letter in letters:
@@ -342,7 +367,7 @@ class TransactionalRuntime:
         """Commit the open transaction; a retriable error is retried, anything else is raised."""
         for attempt in range(1, 6):
             try:
-                producer.commit_transaction(60)
+                self._guarded("commit_transaction", 60, lambda: producer.commit_transaction(60))
                 TRANSACTIONS.labels(stage=self.stage.name, outcome="committed").inc()
                 return
             except KafkaException as exc:
@@ -364,11 +389,12 @@ class TransactionalRuntime:
                 f"({err.str() if isinstance(err, KafkaError) else exc}); another worker owns it or these "
                 "partitions now. Give every worker its own --instance; this one stops without committing.")
         try:
-            producer.abort_transaction(30)
+            self._guarded("abort_transaction", 30, lambda: producer.abort_transaction(30))
         except KafkaException as abort_exc:
             log.warning("aborting the transaction failed: %s", abort_exc)
         TRANSACTIONS.labels(stage=self.stage.name, outcome="aborted").inc()
         self._rewind(firsts)
+        self._renew_producer()
         delay = min(self.opts.retry_backoff_max_s, self.opts.retry_backoff_s * 2 ** (attempt - 1))
         log.warning("%s: transaction aborted (%s); the batch's %d partitions are read again in %.1fs",
                     self.stage.name, err.str() if isinstance(err, KafkaError) else exc, len(firsts), delay,
@@ -412,8 +438,10 @@ class TransactionalRuntime:
             return
         try:
             producer.begin_transaction()
-            producer.send_offsets_to_transaction([TopicPartition(t, p, o) for (t, p), o in ends.items()],
-                                                 consumer.consumer_group_metadata(), 30)
+            offsets = [TopicPartition(t, p, o) for (t, p), o in ends.items()]
+            self._guarded("send_offsets_to_transaction", _SEND_OFFSETS_TIMEOUT_S,
+                          lambda: producer.send_offsets_to_transaction(offsets, consumer.consumer_group_metadata(),
+                                                                       _SEND_OFFSETS_TIMEOUT_S))
             self._commit(producer)
         except KafkaException as exc:
             self._after_failed_transaction(exc, {}, 1)
@@ -545,6 +573,10 @@ class TransactionalRuntime:
                 self.stop_event.wait(delay)
         return False
 
+
+# Healthy, this takes milliseconds; a broker away fails it within the timeout (abort, rewind, retry), and a
+# librdkafka stall past it ends the process (see crmflow.runtime.watchdog) after a short grace.
+_SEND_OFFSETS_TIMEOUT_S = 10
 
 _FENCED = {KafkaError._FENCED, KafkaError.PRODUCER_FENCED, KafkaError.INVALID_PRODUCER_EPOCH}
 

@@ -1,6 +1,6 @@
 """The services crmflow runs on: Kafka, a Confluent-compatible schema registry and PostgreSQL.
 
-``get_stack()`` returns the implementation picked by ``CRMFLOW_STACK`` (local, docker, external); all
+``get_stack()`` returns the implementation picked by ``CRMFLOW_STACK`` (local, local-secure, docker, external); all
 three hand back the same :class:`~crmflow.stack.base.Endpoints`.
 """
 
@@ -19,6 +19,10 @@ def get_stack(settings: StackSettings | None = None) -> Stack:
         from crmflow.stack.local import LocalStack
 
         return LocalStack(s)
+    if s.stack == "local-secure":
+        from crmflow.stack.secure import SecureStack
+
+        return SecureStack(s)
     if s.stack == "docker":
         from crmflow.stack.docker import DockerStack
 

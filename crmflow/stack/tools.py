@@ -39,6 +39,14 @@ def java() -> str:
     return candidate
 
 
+def nginx() -> str:
+    """Debian's nginx (in /usr/sbin, off a normal user's PATH): the secure stack's TLS + auth proxy."""
+    path = shutil.which("nginx") or next((p for p in ("/usr/sbin/nginx",) if Path(p).exists()), None)
+    if not path:
+        raise MissingToolError("nginx", APT_HINT.format(pkg="nginx"))
+    return path
+
+
 def postgres_bindir() -> Path:
     """The bin dir of the newest PostgreSQL >= 15 server installed (Debian keeps them off PATH)."""
     dirs = sorted(

@@ -16,7 +16,7 @@ Modules: :mod:`~processors.masking.keyed` (the keyed HMAC and its encodings),
 from __future__ import annotations
 
 from processors.masking.keyed import KeyedHash
-from processors.masking.masker import STAGE, Masker
+from processors.masking.masker import STAGE, Masker, state_cipher_of
 from processors.masking.policies import MaskFn, mask_function
 
-__all__ = ["STAGE", "KeyedHash", "MaskFn", "Masker", "mask_function"]
+__all__ = ["STAGE", "KeyedHash", "MaskFn", "Masker", "mask_function", "state_cipher_of"]

@@ -29,9 +29,11 @@ from crmflow.pii import (
     PiiKeyError,
     Policy,
     Profile,
+    StateCipher,
     field_kind,
     pii_key,
     resolve_profile,
+    state_cipher,
 )
 from processors.config import ProcessorConfig
 from processors.masking.keyed import KeyedHash
@@ -156,3 +158,13 @@ class Masker:
         return out
 
     __call__ = mask
+
+
+def state_cipher_of(cfg: ProcessorConfig, profile: Profile) -> StateCipher | None:
+    """The cipher of the processor's internal topics (:func:`crmflow.pii.state_cipher`); a missing key is an
+    error naming the config file, line and key path (``pii.key_env``: the variable, CRMFLOW_PII_KEY by default)."""
+    try:
+        return state_cipher(cfg.pii, profile)
+    except PiiKeyError as exc:
+        line = cfg.line_of(exc.path) if cfg.pii is not None else None
+        raise ConfigLoadError([Problem("error", exc.message, format_path(exc.path), cfg.file, line)]) from None

@@ -3,8 +3,10 @@ and target database, and the checks that compare the target CRM with the truth f
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import shutil
 import subprocess
 import sys
 import uuid
@@ -18,8 +20,10 @@ from typing import Any
 import psycopg
 import pytest
 import yaml
+from psycopg.conninfo import conninfo_to_dict
 
 from crmflow.demo_data.run import generate
+from crmflow.settings import stack_settings
 
 REPO = Path(__file__).resolve().parents[2]
 DEMO_CONFIG = REPO / "deploy" / "demo" / "crmflow.yaml"
@@ -46,14 +50,32 @@ def _dataset(root: Path, customers: int, seed: int) -> Dataset:
     return Dataset(root, truth)
 
 
+def _shared_dataset(factory: pytest.TempPathFactory, customers: int, seed: int) -> Dataset:
+    """The data set, generated once for all xdist workers of this run (in their common temporary directory,
+    under a lock; read-only afterwards), or once per session without xdist."""
+    if "PYTEST_XDIST_WORKER" not in os.environ:
+        return _dataset(factory.mktemp(f"demo-{customers}"), customers, seed)
+    root = factory.getbasetemp().parent / f"demo-{customers}-{seed}"
+    with (factory.getbasetemp().parent / f"demo-{customers}-{seed}.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        done = root.with_name(f"{root.name}.complete")  # beside it: the data set's directory holds its files only
+        if not done.exists():
+            shutil.rmtree(root, ignore_errors=True)  # a worker that died half-way
+            root.mkdir()
+            _dataset(root, customers, seed)
+            done.touch()
+    with (root / "truth.jsonl").open() as fh:
+        return Dataset(root, [json.loads(line) for line in fh])
+
+
 @pytest.fixture(scope="session")
 def small_dataset(tmp_path_factory: pytest.TempPathFactory) -> Dataset:
-    return _dataset(tmp_path_factory.mktemp("demo-small"), 3000, 11)
+    return _shared_dataset(tmp_path_factory, 3000, 11)
 
 
 @pytest.fixture(scope="session")
 def medium_dataset(tmp_path_factory: pytest.TempPathFactory) -> Dataset:
-    return _dataset(tmp_path_factory.mktemp("demo-medium"), 15000, 12)
+    return _shared_dataset(tmp_path_factory, 15000, 12)
 
 
 @dataclass(frozen=True)
@@ -74,7 +96,61 @@ def run_factory(tmp_path: Path, pg_dsn_factory: Callable[[], str]) -> Iterator[C
     """``run_factory(dataset, **overrides) -> Run``: the demo config with this test's own topic prefix, run
     name, target database and data dir; ``overrides`` patch the config (e.g. a mapping to break).
     Deduplication is off unless ``dedupe=True``: the other tests compare one account per source record."""
+    yield _run_maker(tmp_path, pg_dsn_factory)
 
+
+@dataclass(frozen=True)
+class Migrated:
+    """A finished ``crmflow migrate`` and its ``--json`` summary."""
+
+    run: Run
+    summary: dict[str, Any]
+
+
+@pytest.fixture(scope="session")
+def small_migration(small_dataset: Dataset, tmp_path_factory: pytest.TempPathFactory,
+                    session_pg_dsn_factory: Callable[..., str]) -> Migrated:
+    """One uninterrupted ``crmflow migrate`` of the small data set (deduplication off), shared by the tests
+    that only read it (target, dead letters, run record and report, summary). A test that changes target
+    rows works on a copy (``target_copy``); one that changes anything else makes its own run."""
+    run = _run_maker(tmp_path_factory.mktemp("small-migration"), session_pg_dsn_factory)(small_dataset)
+    done = run.cli("migrate", "-c", str(run.config), "--json", "--no-progress")
+    assert done.returncode == 0, done.stderr[-3000:]
+    return Migrated(run, json.loads(done.stdout))
+
+
+@pytest.fixture
+def target_copy(tmp_path: Path, pg_dsn_factory: Callable[..., str]) -> Callable[[Run], Run]:
+    """``target_copy(run) -> Run``: the same run (config file's topics, run name and latest run) writing to a
+    copy of its target database, dropped after the test: for a test that changes target rows of a shared run."""
+
+    def copy(run: Run) -> Run:
+        dsn = pg_dsn_factory(template=conninfo_to_dict(run.target_dsn)["dbname"])
+        raw = yaml.safe_load(run.config.read_text())
+        env_name = f"E2E_TARGET_DSN_{uuid.uuid4().hex[:8].upper()}"
+        raw["target"]["dsn_env"] = env_name
+        cfg = tmp_path / f"{run.config.stem}-copy.yaml"
+        cfg.write_text(yaml.safe_dump(raw, sort_keys=False))
+        os.environ[env_name] = dsn
+        return Run(cfg, {**run.env, env_name: dsn}, dsn, run.prefix, run.name)
+
+    return copy
+
+
+@pytest.fixture(scope="session")
+def dedupe_migration(small_dataset: Dataset, tmp_path_factory: pytest.TempPathFactory,
+                     session_pg_dsn_factory: Callable[..., str]) -> Run:
+    """One uninterrupted ``crmflow migrate --workers 2`` of the small data set with deduplication on, shared
+    by the tests that only read it (its target, topics and summary): the reference clusters and golden ids
+    the kill and arrival-order tests compare with, and the outputs the exactly-once audit counts. A test
+    that changes anything of a run makes its own with ``run_factory``."""
+    run = _run_maker(tmp_path_factory.mktemp("dedupe-migration"), session_pg_dsn_factory)(small_dataset, dedupe=True)
+    done = run.cli("migrate", "-c", str(run.config), "--workers", "2", "--json")
+    assert done.returncode == 0, done.stderr[-3000:]
+    return run
+
+
+def _run_maker(tmp_path: Path, pg_dsn_factory: Callable[[], str]) -> Callable[..., Run]:
     def make(dataset: Dataset, patch: Callable[[dict[str, Any]], None] | None = None, suffix: str = "",
              dedupe: bool = False) -> Run:
         raw = yaml.safe_load(DEMO_CONFIG.read_text())
@@ -93,11 +169,25 @@ def run_factory(tmp_path: Path, pg_dsn_factory: Callable[[], str]) -> Iterator[C
         cfg = tmp_path / f"crmflow{suffix}.yaml"
         cfg.write_text(yaml.safe_dump(raw, sort_keys=False))
         dsn = pg_dsn_factory()
+        if stack_settings().stack == "local-secure":
+            dsn = _secure_run(prefix, dsn)
         env = {**os.environ, env_name: dsn, "PYTHONUNBUFFERED": "1"}
         os.environ[env_name] = dsn  # for in-process stages in the same test
         return Run(cfg, env, dsn, prefix, name)
 
-    yield make
+    return make
+
+
+def _secure_run(prefix: str, admin_dsn: str) -> str:
+    """On the secure stack a run's topics need its stage ACLs, and its target database belongs to the sink
+    role: grant both, and return the sink role's DSN of the database (what the run writes with)."""
+    from crmflow.stack import get_stack
+    from crmflow.stack.secure import SecureStack
+
+    stack = get_stack()
+    assert isinstance(stack, SecureStack)
+    stack.grant(prefix)
+    return stack.prepare_target(str(conninfo_to_dict(admin_dsn)["dbname"]))
 
 
 def _plain(value: Any) -> Any:

@@ -20,11 +20,8 @@ account, every child's fields as the ground truth says.
 from __future__ import annotations
 
 import json
-import os
 import random
 import re
-import subprocess
-import sys
 import time
 import uuid
 from collections import Counter
@@ -34,9 +31,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-import psycopg
 import pytest
-import yaml
 from confluent_kafka import Consumer, IsolationLevel, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, OffsetSpec  # type: ignore[attr-defined]
 from confluent_kafka.schema_registry import SchemaRegistryClient
@@ -47,7 +42,7 @@ from crmflow.pipeline.services import Service, group_lag, wait_drained
 from crmflow.serialization import AvroDecoder
 from crmflow.stack import Endpoints
 from producers.snapshot import run_snapshot
-from tests.e2e.conftest import DEMO_CONFIG, Dataset, Run, assert_target_matches_truth
+from tests.e2e.conftest import Dataset, Run, assert_target_matches_truth
 from tests.e2e.test_dedupe import assert_golden_target, golden_of
 from tests.helpers import wait_until
 
@@ -154,22 +149,6 @@ def assert_exactly_once(ep: Endpoints, registry: SchemaRegistryClient, cfg: Migr
 # --------------------------------------------------------------------------------- the reference run
 
 
-def _demo_config(dataset: Dataset, directory: Path, dsn_env: str) -> Path:
-    """The demo config with dedupe on, its own topics and run name (as ``run_factory`` writes it)."""
-    raw = yaml.safe_load(DEMO_CONFIG.read_text())
-    tag = uuid.uuid4().hex[:8]
-    raw["dedupe"]["enabled"] = True
-    raw["kafka"]["topic_prefix"] = f"e2e-{tag}"
-    raw["kafka"]["partitions"] = 3
-    raw["run"]["name"] = f"e2e{tag}"
-    for src in raw["sources"].values():
-        src["path"] = str(dataset.dir / Path(src["path"]).name)
-    raw["target"]["dsn_env"] = dsn_env
-    path = directory / "crmflow-reference.yaml"
-    path.write_text(yaml.safe_dump(raw, sort_keys=False))
-    return path
-
-
 @dataclass(frozen=True)
 class Reference:
     golden: dict[str, str]  # source account → golden id, as an uninterrupted run leaves the target
@@ -177,25 +156,11 @@ class Reference:
 
 
 @pytest.fixture(scope="module")
-def reference(small_dataset: Dataset, endpoints: Endpoints, registry_client: SchemaRegistryClient,
-              tmp_path_factory: pytest.TempPathFactory) -> Iterator[Reference]:
-    """An uninterrupted ``crmflow migrate`` of the same data, with dedupe, in its own database."""
-    db = f"e2e_reference_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(endpoints.postgres_dsn, autocommit=True) as conn:
-        conn.execute(f'create database "{db}"')
-    try:
-        dsn_env = f"E2E_TARGET_DSN_{db.upper()}"
-        config = _demo_config(small_dataset, tmp_path_factory.mktemp("reference"), dsn_env)
-        done = subprocess.run([sys.executable, "-m", "crmflow", "migrate", "-c", str(config), "--json"],
-                              env={**os.environ, "PYTHONUNBUFFERED": "1", dsn_env: endpoints.dsn(db)},
-                              capture_output=True, text=True, timeout=300, check=False)
-        assert done.returncode == 0, done.stderr[-3000:]
-        # The invariant holds on an uninterrupted run (nothing vacuous or mis-keyed in the check itself).
-        yield Reference(golden_of(endpoints.dsn(db)), assert_exactly_once(endpoints, registry_client,
-                                                                          load_config(config)))
-    finally:
-        with psycopg.connect(endpoints.postgres_dsn, autocommit=True) as conn:
-            conn.execute(f'drop database if exists "{db}" with (force)')
+def reference(dedupe_migration: Run, endpoints: Endpoints, registry_client: SchemaRegistryClient) -> Reference:
+    """An uninterrupted ``crmflow migrate`` of the same data, with dedupe (the session's, which no test changes)."""
+    # The invariant holds on an uninterrupted run (nothing vacuous or mis-keyed in the check itself).
+    return Reference(golden_of(dedupe_migration.target_dsn),
+                     assert_exactly_once(endpoints, registry_client, load_config(dedupe_migration.config)))
 
 
 # ------------------------------------------------------------------------------------ watching a run

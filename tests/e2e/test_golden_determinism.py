@@ -5,8 +5,8 @@ feed one shard in different orders; with golden ids chosen by arrival (the first
 an occasional cluster got another golden id in the second run. Waiting for such a race makes a slow,
 flaky test, so the second run makes the difference certain: the same records, the customers file in
 reverse order (every duplicate now arrives before the record it duplicates). Both runs are
-``migrate --workers 2`` on the real stack; the targets must cross-reference every source account to the
-same golden id, which is the smallest source id of its cluster.
+``migrate --workers 2`` on the real stack (the forward one is the session's ``dedupe_migration``); the targets
+must cross-reference every source account to the same golden id, which is the smallest source id of its cluster.
 """
 
 from __future__ import annotations
@@ -38,11 +38,10 @@ def migrate(run: Run) -> None:
 
 
 def test_two_runs_in_different_arrival_orders_give_every_account_the_same_golden_id(
-    small_dataset: Dataset, run_factory: Callable[..., Run], tmp_path: Path,
+    small_dataset: Dataset, run_factory: Callable[..., Run], tmp_path: Path, dedupe_migration: Run,
 ) -> None:
-    forward = run_factory(small_dataset, dedupe=True, suffix="-forward")
+    forward = dedupe_migration  # the files in their own order, migrated once for the session
     backward = run_factory(reversed_customers(small_dataset, tmp_path / "reversed"), dedupe=True, suffix="-backward")
-    migrate(forward)
     migrate(backward)
     first, second = golden_of(forward.target_dsn), golden_of(backward.target_dsn)
     assert set(first) == set(second) == {t["source_key"] for t in small_dataset.ok("account")}

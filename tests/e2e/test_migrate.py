@@ -13,19 +13,16 @@ from confluent_kafka.schema_registry import SchemaRegistryClient
 
 from crmflow.dlq import read_dead_letters
 from crmflow.stack import Endpoints
-from tests.e2e.conftest import Dataset, Run, assert_target_matches_truth
+from tests.e2e.conftest import Dataset, Migrated, Run, assert_target_matches_truth
 
 pytestmark = pytest.mark.e2e
 
 
 def test_migration_lands_the_ground_truth(
-    small_dataset: Dataset, run_factory: Callable[..., Run], endpoints: Endpoints,
+    small_dataset: Dataset, small_migration: Migrated, endpoints: Endpoints,
     registry_client: SchemaRegistryClient,
 ) -> None:
-    run = run_factory(small_dataset)
-    res = run.cli("migrate", "-c", str(run.config), "--json")
-    assert res.returncode == 0, res.stderr[-3000:]
-    summary = json.loads(res.stdout)
+    run, summary = small_migration.run, small_migration.summary  # the session's, which no test changes
     assert summary["reconciled"] is True
 
     written = assert_target_matches_truth(run.target_dsn, small_dataset)

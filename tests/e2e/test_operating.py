@@ -1,11 +1,11 @@
-"""What a user sees when the run does not go to plan: an unset target variable, a stack that is down, Kafka
-killed mid-run, Ctrl-C and SIGTERM. Each ends with one clear line, a distinct exit code, no process left
-behind, and (where it can) a resume command that finishes the job."""
+"""What a user sees when the run does not go to plan: an unset target variable, a stack that is down before
+the run, Ctrl-C and SIGTERM. Each ends with one clear line, a distinct exit code, no process left behind, and
+(where it can) a resume command that finishes the job. A dependency lost mid-run is survived, not reported:
+see test_faults.py (Kafka killed and restarted, the registry down, the target database restarted)."""
 
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -19,8 +19,8 @@ import pytest
 
 from crmflow.exitcodes import ExitCode
 from crmflow.settings import stack_settings
-from crmflow.stack import Endpoints, get_stack
-from tests.e2e.conftest import Dataset, Run, assert_target_matches_truth
+from crmflow.stack import Endpoints
+from tests.e2e.conftest import Dataset, Run
 from tests.helpers import wait_until
 
 pytestmark = pytest.mark.e2e
@@ -116,40 +116,6 @@ def test_a_signal_stops_migrate_and_every_child_within_seconds(
     assert f"resume with: crmflow migrate -c {run.config} --run-id" in err
     assert "Traceback" not in err and "exited with" not in err
     wait_until(lambda: not _crmflow_processes(run.config), timeout_s=10, what="no crmflow process left")
-
-
-@pytest.mark.serial  # kills the shared stack's broker: `make test` runs it alone
-def test_kafka_killed_mid_run_stops_with_a_resume_command_that_reconciles(
-    medium_dataset: Dataset, run_factory: Callable[..., Run], migrate_proc: Callable[..., subprocess.Popen[str]]
-) -> None:
-    if stack_settings().stack != "local":
-        pytest.skip("kills the local stack's broker")
-    run = run_factory(medium_dataset)
-    proc = migrate_proc(run, "--workers", "2", "--infra-grace", "5", "--json")
-    wait_until(lambda: _rows(run.target_dsn) > 0 or proc.poll() is not None, timeout_s=300, what="the sink writing")
-    assert proc.poll() is None, "migrate ended before Kafka was killed"
-    stack = get_stack()
-    (kafka,) = [p for p in stack.status() if p.name == "kafka"]
-    assert kafka.pid is not None
-    os.kill(kafka.pid, signal.SIGKILL)
-    try:
-        out, err = proc.communicate(timeout=150)
-    finally:
-        stack.up()  # the broker comes back for the resume and the rest of the session
-    assert proc.returncode == ExitCode.INFRASTRUCTURE, err
-    last = [line for line in err.splitlines() if line.strip()][-1]
-    assert "Kafka" in last and f"crmflow migrate -c {run.config} --run-id " in last, err
-    assert "Traceback" not in err
-    assert out == ""  # no summary of a run that did not finish
-    resume = last[last.index("crmflow migrate"):].split()
-    res = run.cli(*resume[1:], "--json", timeout=600)
-    assert res.returncode == ExitCode.OK, res.stderr[-3000:]
-    summary = json.loads(res.stdout)
-    assert summary["reconciled"] and summary["resumed"]
-    assert summary["records"] == len(medium_dataset.truth)
-    assert_target_matches_truth(run.target_dsn, medium_dataset)
-    record = json.loads(run.cli("runs", "show", summary["run_id"], "--json").stdout)
-    assert record["status"] == "reconciled" and record["starts"] == 2
 
 
 def test_runs_lists_each_run_with_its_summary_on_stdout_and_on_disk(

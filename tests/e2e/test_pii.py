@@ -2,7 +2,7 @@
 the masking stage for the input's personal data — the mapped topics, the dead-letter topic, the target
 database, every log line and the processor's metrics page. Deduplication is on, as in the demo: the
 golden records it sends on are masked like any mapped record. (Its input topic and its state's changelog
-sit before masking, like the raw topics: the matcher needs the real values.)"""
+hold the real values the matcher needs, sealed: tests/e2e/test_pii_gate.py searches those too.)"""
 
 from __future__ import annotations
 

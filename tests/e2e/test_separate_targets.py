@@ -19,7 +19,7 @@ from confluent_kafka.schema_registry import SchemaRegistryClient
 
 from crmflow.dlq import read_dead_letters
 from crmflow.stack import Endpoints
-from tests.e2e.conftest import Dataset, Run, _dataset
+from tests.e2e.conftest import Dataset, Run, _dataset, _run_maker
 
 pytestmark = pytest.mark.e2e
 
@@ -28,6 +28,16 @@ pytestmark = pytest.mark.e2e
 def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> Dataset:
     """300 generated customers (two migrations per test)."""
     return _dataset(tmp_path_factory.mktemp("demo-tiny"), 300, 13)
+
+
+
+@pytest.fixture(scope="module")
+def first_migration(tiny_dataset: Dataset, tmp_path_factory: pytest.TempPathFactory,
+                    session_pg_dsn_factory: Callable[..., str]) -> tuple[Run, dict[str, Any]]:
+    """The first system's migration, once for the module: each test works on a copy of its target."""
+    run = _run_maker(tmp_path_factory.mktemp("first-system"), session_pg_dsn_factory)(tiny_dataset)
+    return run, migrate(run)
+
 
 TABLES = ("accounts", "contacts", "sales", "cases", "xref")
 
@@ -58,10 +68,10 @@ def migrate(run: Run) -> dict[str, Any]:
 
 def test_same_schema_refuses_the_other_systems_ids(
     tiny_dataset: Dataset, run_factory: Callable[..., Run], endpoints: Endpoints,
-    registry_client: SchemaRegistryClient,
+    registry_client: SchemaRegistryClient, first_migration: tuple[Run, dict[str, Any]],
+    target_copy: Callable[[Run], Run],
 ) -> None:
-    first = run_factory(tiny_dataset)
-    s1 = migrate(first)
+    first, s1 = target_copy(first_migration[0]), first_migration[1]
     assert s1["_rc"] == 0 and s1["reconciled"]
     before = rows(first.target_dsn)
 
@@ -83,10 +93,10 @@ def test_same_schema_refuses_the_other_systems_ids(
 
 
 def test_different_schemas_both_land_and_neither_changes_the_other(
-    tiny_dataset: Dataset, run_factory: Callable[..., Run]
+    tiny_dataset: Dataset, run_factory: Callable[..., Run], first_migration: tuple[Run, dict[str, Any]],
+    target_copy: Callable[[Run], Run],
 ) -> None:
-    first = run_factory(tiny_dataset)
-    s1 = migrate(first)
+    first, s1 = target_copy(first_migration[0]), first_migration[1]
     assert s1["_rc"] == 0
     before = rows(first.target_dsn)
 

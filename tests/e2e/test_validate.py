@@ -12,7 +12,7 @@ import psycopg
 import pytest
 
 from crmflow.reports.browser import dump_dom
-from tests.e2e.conftest import Dataset, Run
+from tests.e2e.conftest import Migrated, Run
 
 pytestmark = pytest.mark.e2e
 
@@ -30,10 +30,9 @@ def _first(dsn: str, sql: str) -> Any:
         return row[0]
 
 
-def test_validate_clean_then_injected(run_factory: Callable[..., Run], small_dataset: Dataset, tmp_path: Path) -> None:
-    run = run_factory(small_dataset)
-    res = run.cli("migrate", "-c", str(run.config), "--no-progress")
-    assert res.returncode == 0, res.stderr[-3000:]
+def test_validate_clean_then_injected(small_migration: Migrated, target_copy: Callable[[Run], Run],
+                                     tmp_path: Path) -> None:
+    run = target_copy(small_migration.run)  # the session's migration, its target copied: this test changes rows
 
     code, clean = _validate(run, tmp_path / "clean")
     assert code == 0, clean["reasons"]
@@ -101,11 +100,9 @@ def test_validate_clean_then_injected(run_factory: Callable[..., Run], small_dat
     assert 0 < sampled["confidence"]["error_rate_upper_bound"] < 1
 
 
-def test_validate_golden_records(run_factory: Callable[..., Run], small_dataset: Dataset, tmp_path: Path) -> None:
+def test_validate_golden_records(dedupe_migration: Run, target_copy: Callable[[Run], Run], tmp_path: Path) -> None:
     """Dedupe on: merged sources are checked against their golden record through the xref."""
-    run = run_factory(small_dataset, dedupe=True)
-    res = run.cli("migrate", "-c", str(run.config), "--no-progress")
-    assert res.returncode == 0, res.stderr[-3000:]
+    run = target_copy(dedupe_migration)  # the session's migration, its target copied: this test changes rows
     code, clean = _validate(run, tmp_path / "clean")
     assert code == 0, (clean["reasons"], clean["discrepancies"][:5])
     accounts = clean["entities"]["account"]

@@ -53,8 +53,9 @@ class Writer:
             conn.execute("insert into legacy.customers (id, name) values (%s, %s)", (i, f"c{i}"))
             conn.execute("insert into legacy.tickets (id, customer_id, subject) values (%s, %s, 's')", (i, i))
             changes = [("customers", i, xid, "c"), ("tickets", i, xid, "c")]
-            if i > 1 and i % 3 == 0:
-                conn.execute("update legacy.customers set name = 'u' where id = %s", (i - 1,))
+            # i - 1 may never have been inserted (a failed attempt skips its key): count only a real update
+            update = "update legacy.customers set name = 'u' where id = %s"
+            if i > 1 and i % 3 == 0 and conn.execute(update, (i - 1,)).rowcount == 1:
                 changes.append(("customers", i - 1, xid, "u"))
         self.committed.update(changes)  # only after COMMIT returned
         self.next_id += 1
@@ -149,11 +150,18 @@ def test_a_slot_dropped_during_an_outage_stops_with_an_error_naming_it(
     from producers.cdc.exceptions import SlotError
 
     stop, box = threading.Event(), {}
+    # Create the slot and load first (a stopped --init run), so that the slot is active below only while the
+    # producer streams: a walsender terminated during --init is a different error (the load cannot resume).
+    created = threading.Event()
+    created.set()
+    run_cdc(legacy.cdc(), load_config_kafka(legacy.prefix), bootstrap_servers=endpoints.bootstrap_servers,
+            registry_client=registry_client, init=True, stop_event=created)  # fmt: skip
+    assert legacy.slot_row() is not None
 
     def run() -> None:
         try:
             run_cdc(legacy.cdc(reconnect_initial_s=3, reconnect_max_s=3), load_config_kafka(legacy.prefix),
-                    connection=endpoints.kafka, registry_client=registry_client, init=True,
+                    connection=endpoints.kafka, registry_client=registry_client,
                     stop_event=stop)  # fmt: skip
         except Exception as exc:  # noqa: BLE001 - checked below
             box["error"] = exc

@@ -465,6 +465,21 @@ def test_k8s_has_no_secret_in_clear() -> None:
     assert {("CRMFLOW_TARGET_DSN", "target-dsn"), ("CRMFLOW_DLQ_KEY", "dlq-key")} <= refs
 
 
+def test_each_k8s_stage_connects_as_its_own_kafka_principal() -> None:
+    """Least privilege: each workload takes its stage's SASL credentials from the Secret crmflow-kafka (optional,
+    so a plaintext cluster needs none), never another stage's."""
+    for _, template in workloads():
+        stage = template["metadata"]["labels"]["app.kubernetes.io/component"]
+        (container,) = template["spec"]["containers"]
+        refs = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in container["env"]
+                if "secretKeyRef" in e.get("valueFrom", {}) and "KAFKA_SASL" in e["name"]}  # fmt: skip
+        own = f"CRMFLOW_{stage.upper()}_KAFKA_SASL"
+        assert set(refs) == {f"{own}_USERNAME", f"{own}_PASSWORD"}
+        for name, ref in refs.items():
+            assert ref["name"] == "crmflow-kafka" and ref["optional"] is True
+            assert ref["key"] == f"{stage}-{name.rsplit('_', 1)[1].lower()}", name
+
+
 def test_k8s_workloads_limits_probes_and_scrape_annotations() -> None:
     seen = set()
     for obj, template in workloads():

@@ -49,3 +49,13 @@ def test_mistakes_name_the_key_and_line(tmp_path: Path, cdc: str, message: str, 
     with pytest.raises(ConfigLoadError) as err:
         load(tmp_path, cdc)
     assert message in str(err.value) and f"crmflow.yaml:{line}:" in str(err.value), str(err.value)
+
+
+def test_the_processor_group_reads_the_change_topics_of_captured_table_sources(tmp_path: Path) -> None:
+    """Drain waits and cutover status measure the processor's lag on the change topics too, not only raw ones."""
+    from crmflow.pipeline.migrate import processor_topics
+
+    cfg = load(tmp_path, "cdc:\n  dsn_env: LEGACY_DSN\n  tables: [legacy.customers, legacy.tickets]\n")
+    # legacy.tickets is captured but no source reads it: the processor has nothing to map it to
+    assert processor_topics(cfg) == ["crmflow.raw.customers", "crmflow.cdc.legacy.customers"]  # type: ignore[arg-type]
+    assert processor_topics(load(tmp_path, "")) == ["crmflow.raw.customers"]  # type: ignore[arg-type]
