@@ -154,7 +154,7 @@ def test_a_slot_dropped_during_an_outage_stops_with_an_error_naming_it(
     # producer streams: a walsender terminated during --init is a different error (the load cannot resume).
     created = threading.Event()
     created.set()
-    run_cdc(legacy.cdc(), load_config_kafka(legacy.prefix), bootstrap_servers=endpoints.bootstrap_servers,
+    run_cdc(legacy.cdc(), load_config_kafka(legacy.prefix), connection=endpoints.kafka,
             registry_client=registry_client, init=True, stop_event=created)  # fmt: skip
     assert legacy.slot_row() is not None
 
