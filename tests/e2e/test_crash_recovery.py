@@ -74,7 +74,7 @@ def test_sigkill_mid_run_loses_and_doubles_nothing(
     try:
         if victim == "process":
             _poll("the processor to commit part of its input",
-                  lambda: 0 < group_lag(endpoints.bootstrap_servers, process_group, raw_topics) < produced * 0.8,
+                  lambda: 0 < group_lag(endpoints.kafka, process_group, raw_topics) < produced * 0.8,
                   services)
             processor.proc.kill()
             processor.proc.wait(10)
@@ -87,7 +87,7 @@ def test_sigkill_mid_run_loses_and_doubles_nothing(
             sink = start("sink", 2)
         services = [processor, sink]
         assert _rows(run.target_dsn) < produced, "the kill came too late to test anything"
-        wait_drained(endpoints.bootstrap_servers, process_group, raw_topics, services, 600)
+        wait_drained(endpoints.kafka, process_group, raw_topics, services, 600)
     finally:
         for s in services:
             s.stop()

@@ -99,7 +99,7 @@ def _migrate_killing_the_processor(run: Run, dataset: Dataset, endpoints: Endpoi
                 s.sample()
             assert time.monotonic() < deadline, "the deduper sent nothing in time"
             time.sleep(0.05)
-        assert group_lag(endpoints.bootstrap_servers, group, topics) > 0, "the kill came too late"
+        assert group_lag(endpoints.kafka, group, topics) > 0, "the kill came too late"
         processor.proc.kill()
         processor.proc.wait(10)
         # Restart at once: the dead member still holds its partitions until its session times out, so the
@@ -107,7 +107,7 @@ def _migrate_killing_the_processor(run: Run, dataset: Dataset, endpoints: Endpoi
         # flight, the case where faust skips and re-reads events (processors/acks.py guards it).
         processor = start("process", 2)
         services = [processor, sink]
-        wait_drained(endpoints.bootstrap_servers, group, topics, services, 600)
+        wait_drained(endpoints.kafka, group, topics, services, 600)
     finally:
         for s in services:
             s.stop()

@@ -261,13 +261,13 @@ class Pipeline:
                        dict(self.run.env))
 
     def lag(self) -> int:
-        return group_lag(self.ep.bootstrap_servers, f"crmflow-process-{self.cfg.kafka.topic_prefix}",
+        return group_lag(self.ep.kafka, f"crmflow-process-{self.cfg.kafka.topic_prefix}",
                          processor_topics(self.cfg))
 
     def drain(self, processors: list[Service]) -> None:
         """Wait until the group committed everything, stop every stage (SIGTERM), run the final sink pass."""
         try:
-            wait_drained(self.ep.bootstrap_servers, f"crmflow-process-{self.cfg.kafka.topic_prefix}",
+            wait_drained(self.ep.kafka, f"crmflow-process-{self.cfg.kafka.topic_prefix}",
                          processor_topics(self.cfg), [*processors, self.sink], 180)
         finally:
             codes = [s.stop(20) for s in [*processors, self.sink]]

@@ -226,7 +226,7 @@ def test_a_poison_message_in_every_topic_is_dead_lettered_and_the_rest_lands(
     summary = json.loads(res.stdout)
     assert summary["reconciled"] and summary["records"] == len(small_dataset.truth)
     assert_target_matches_truth(run.target_dsn, small_dataset, entities=("contact", "sale", "case"))
-    letters = [lt.record for lt in read_dead_letters(endpoints.bootstrap_servers, registry_client, k.dlq_topic)]
+    letters = [lt.record for lt in read_dead_letters(endpoints.kafka, registry_client, k.dlq_topic)]
     for topic in topics[:-1]:
         mine = {r["source_offset"]: r for r in letters if r["source_topic"] == topic and r["source_partition"] == 0
                 and r["rule"] == "avro_decode"}
@@ -270,7 +270,7 @@ def test_the_dead_letter_ledgers_disk_full_it_backs_off_and_catches_up_when_spac
     prepare(cfg, endpoints, registry_client, run.target_dsn)
     snap = run.cli("snapshot", "-c", str(run.config), "--json")  # its malformed lines become dead letters
     assert snap.returncode == ExitCode.OK, snap.stderr[-2000:]
-    letters = list(read_dead_letters(endpoints.bootstrap_servers, registry_client, cfg.kafka.dlq_topic))
+    letters = list(read_dead_letters(endpoints.kafka, registry_client, cfg.kafka.dlq_topic))
     assert len(letters) > 20
     tag = uuid.uuid4().hex[:8]
     mnt = Path(f"/var/tmp/crmflow-faults-{tag}")  # the postgres OS user cannot enter /tmp/pytest-of-root

@@ -31,7 +31,7 @@ def test_migration_lands_the_ground_truth(
         assert summary["entities"][entity]["read"] == sum(1 for t in small_dataset.truth if t["entity"] == entity)
 
     # Every reject of the truth is a dead letter of this run with the same rule, and nothing else is.
-    letters = [lt.record for lt in read_dead_letters(endpoints.bootstrap_servers, registry_client,
+    letters = [lt.record for lt in read_dead_letters(endpoints.kafka, registry_client,
                                                      f"{run.prefix}.dlq")]
     got = Counter((r["source_position"], r["rule"]) for r in letters if r["run_id"] == summary["run_id"])
     want = Counter((f'{t["source_file"]}:{t["line"]}', t["rule"]) for t in small_dataset.rejects())

@@ -121,7 +121,7 @@ def test_staging_profile_leaves_no_pii_downstream_of_masking(
                         tmp_path / "process.log", dict(run.env))
     sink = Service("sink", ["--verbose", "sink", "-c", str(run.config)], tmp_path / "sink.log", dict(run.env))
     try:
-        wait_drained(endpoints.bootstrap_servers, f"crmflow-process-{cfg.kafka.topic_prefix}",
+        wait_drained(endpoints.kafka, f"crmflow-process-{cfg.kafka.topic_prefix}",
                      processor_topics(cfg), [processor, sink], 300)
         metrics_page = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).content
     finally:

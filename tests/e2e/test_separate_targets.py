@@ -79,7 +79,7 @@ def test_same_schema_refuses_the_other_systems_ids(
     s2 = migrate(second)
     assert rows(first.target_dsn) == before, "the second system changed the first one's rows"
     # Every record of the second run that landed in the first run is refused as the other system's.
-    letters = [lt.record for lt in read_dead_letters(endpoints.bootstrap_servers, registry_client,
+    letters = [lt.record for lt in read_dead_letters(endpoints.kafka, registry_client,
                                                      f"{second.prefix}.dlq") if lt.record["run_id"] == s2["run_id"]]
     owned = Counter(r["entity"] for r in letters if r["rule"] == "owned_by_other_source")
     for entity, c in s1["entities"].items():

@@ -111,7 +111,7 @@ def test_snapshot_process_and_sink_log_json_for_their_whole_run_without_pii(
                                     "--instance", "logs"], tmp_path / "process.log", dict(run.env))
     sink = Service("sink", [*GLOBAL, "sink", "-c", str(run.config)], tmp_path / "sink.log", dict(run.env))
     try:
-        wait_drained(endpoints.bootstrap_servers, f"crmflow-process-{cfg.kafka.topic_prefix}",
+        wait_drained(endpoints.kafka, f"crmflow-process-{cfg.kafka.topic_prefix}",
                      processor_topics(cfg), [processor, sink], 180)
     finally:
         codes = {"process": processor.stop(20), "sink": sink.stop(20)}
@@ -202,7 +202,7 @@ def test_the_processor_started_right_after_the_snapshot_runs_and_stops_cleanly(
 
         first = str(wait_until(started, timeout_s=60, interval_s=0.2, what="the processor to subscribe or fail to"))
         assert first.startswith("assigned"), f"the processor does not start: {first}"
-        wait_drained(endpoints.bootstrap_servers, f"crmflow-process-{cfg.kafka.topic_prefix}",
+        wait_drained(endpoints.kafka, f"crmflow-process-{cfg.kafka.topic_prefix}",
                      processor_topics(cfg), [processor], 120)
     finally:
         code = processor.stop(20)

@@ -57,7 +57,7 @@ def tiny_run(run_factory: Callable[..., Run], data: Path, sources: dict[str, dic
 def letters_of(
     endpoints: Endpoints, registry_client: SchemaRegistryClient, run: Run, run_id: str
 ) -> list[dict[str, Any]]:
-    return [lt.record for lt in read_dead_letters(endpoints.bootstrap_servers, registry_client, f"{run.prefix}.dlq")
+    return [lt.record for lt in read_dead_letters(endpoints.kafka, registry_client, f"{run.prefix}.dlq")
             if lt.record["run_id"] == run_id]  # fmt: skip
 
 

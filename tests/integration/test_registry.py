@@ -137,7 +137,7 @@ def consume(consumer: Consumer, topic: str, count: int, timeout_s: float = 60.0)
 
 def consumer_conf(endpoints: Endpoints, group: str) -> dict[str, Any]:
     return {
-        "bootstrap.servers": endpoints.bootstrap_servers,
+        **endpoints.kafka.client_config(),
         "group.id": group,
         "auto.offset.reset": "earliest",
         "enable.auto.commit": False,
@@ -264,14 +264,14 @@ def test_confluent_serializer_bytes_decode_with_codec_and_codec_plugs_into_seria
 
     theirs_producer = SerializingProducer(
         {
-            "bootstrap.servers": endpoints.bootstrap_servers,
+            **endpoints.kafka.client_config(),
             "value.serializer": AvroSerializer(registry_client, schema.schema_str),
         }
     )
     codec = AvroCodec.for_topic(registry_client, ours_topic, schema)
     ours_producer = SerializingProducer(
         {
-            "bootstrap.servers": endpoints.bootstrap_servers,
+            **endpoints.kafka.client_config(),
             "value.serializer": codec.serialize,
         }
     )

@@ -62,7 +62,7 @@ def test_dead_letters_are_encrypted_listed_and_replayed(
     assert len(raw) == 2
     assert all(b"jane.doe" not in v and b"\xff\xfe" not in v for v in raw)
 
-    letters = list(read_dead_letters(endpoints.bootstrap_servers, registry_client, dlq_topic))
+    letters = list(read_dead_letters(endpoints.kafka, registry_client, dlq_topic))
     assert [(lt.record["stage"], lt.record["rule"], lt.record["field"]) for lt in letters] == [
         ("process", "date_format", "case_creation_date"), ("snapshot", "encoding", None)]
     assert letters[0].record["source_topic"] == source

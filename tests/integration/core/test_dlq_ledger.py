@@ -121,7 +121,7 @@ def test_the_keyword_writers_and_the_letter_type_write_the_same_letter(
     writer.write(Letter(stage="snapshot", rule="encoding", error="byte 0xfc", value=LINE, entity="account",
                         run_id="r1", source_position="customers.csv:7"))
     writer.flush()
-    letters = list(read_dead_letters(endpoints.bootstrap_servers, registry_client, dlq))
+    letters = list(read_dead_letters(endpoints.kafka, registry_client, dlq))
     assert len(letters) == 3
     comparable = [{k: v for k, v in lt.record.items() if k not in ("failed_at", "payload")} for lt in letters]
     assert comparable[0] == comparable[1] == comparable[2]

@@ -144,7 +144,7 @@ def test_outputs_and_offsets_commit_together_and_poison_is_dead_lettered(
     runtime, _ = setup()
     thread = _run(runtime)
     try:
-        wait_until(lambda: group_lag(endpoints.bootstrap_servers, setup.group, [setup.source]) == 0, 60,
+        wait_until(lambda: group_lag(endpoints.kafka, setup.group, [setup.source]) == 0, 60,
                    what="the group to commit everything, past the transaction markers")
     finally:
         runtime.stop()
@@ -153,7 +153,7 @@ def test_outputs_and_offsets_commit_together_and_poison_is_dead_lettered(
     assert len(outputs) == 300, "each input's output committed once"
     counts = sorted(setup.codec.decode(o["raw"])["n"] for o in outputs)
     assert counts.count(1) == 7 and max(counts) == 43, "the state counted each key's records once"
-    letters = list(read_dead_letters(endpoints.bootstrap_servers, registry_client, setup.dlq))
+    letters = list(read_dead_letters(endpoints.kafka, registry_client, setup.dlq))
     rules = sorted(lt.record["rule"] for lt in letters)
     assert rules == ["avro_decode"] * 3 + ["test_rule"]
     assert all(lt.record["error"] and "garbage" not in lt.record["error"] for lt in letters)
@@ -166,7 +166,7 @@ def test_a_successor_restores_the_committed_state_from_the_changelog(
     first, _ = setup("a")
     thread = _run(first)
     try:
-        wait_until(lambda: group_lag(endpoints.bootstrap_servers, setup.group, [setup.source]) == 0, 60,
+        wait_until(lambda: group_lag(endpoints.kafka, setup.group, [setup.source]) == 0, 60,
                    what="the first worker to finish")
     finally:
         first.stop()
@@ -175,7 +175,7 @@ def test_a_successor_restores_the_committed_state_from_the_changelog(
     second, stage = setup("b")
     thread = _run(second)
     try:
-        wait_until(lambda: group_lag(endpoints.bootstrap_servers, setup.group, [setup.source]) == 0, 60,
+        wait_until(lambda: group_lag(endpoints.kafka, setup.group, [setup.source]) == 0, 60,
                    what="the successor to finish")
     finally:
         second.stop()
@@ -208,7 +208,7 @@ def test_a_new_instance_with_the_same_transactional_id_fences_the_old_one(
         # The old one's next transaction is refused: it stops with FencedError rather than committing.
         _produce(endpoints.bootstrap_servers, setup.source, setup.codec, [f"k2-{i}" for i in range(20)])
         wait_until(lambda: errors or not thread.is_alive(), 60, what="the old instance to be fenced")
-        wait_until(lambda: group_lag(endpoints.bootstrap_servers, setup.group, [setup.source]) == 0, 60,
+        wait_until(lambda: group_lag(endpoints.kafka, setup.group, [setup.source]) == 0, 60,
                    what="the new instance to finish")
     finally:
         old.stop()

@@ -84,7 +84,7 @@ def test_an_incompatible_change_stops_only_its_table_with_a_dead_letter(
         wait_until(lambda: parse_lsn(legacy.slot_row()[1]) >= parse_lsn(last), 15,  # type: ignore[index]
                    what="the slot confirmed past the dead letters")  # fmt: skip
     assert count(read_events, tickets)() == 1  # nothing of the stopped table in its topic
-    letters = [d.record for d in read_dead_letters(endpoints.bootstrap_servers, registry_client,
+    letters = [d.record for d in read_dead_letters(endpoints.kafka, registry_client,
                                                    dlq_topic(legacy.prefix))]  # fmt: skip
     assert [(r["stage"], r["rule"], r["entity"]) for r in letters] == [("cdc", "schema_incompatible",
                                                                         "legacy.tickets")] * 2  # fmt: skip

@@ -98,7 +98,7 @@ def test_snapshot_produces_every_good_line_and_dead_letters_the_rest(
         for t in truth
         if t["rule"] in ("csv_malformed", "encoding") and t["source_file"] in ("customers.csv", "sales.csv")
     }
-    letters = list(read_dead_letters(endpoints.bootstrap_servers, registry_client, dlq_topic(topic_prefix)))
+    letters = list(read_dead_letters(endpoints.kafka, registry_client, dlq_topic(topic_prefix)))
     assert {ltr.record["source_position"]: ltr.record["rule"] for ltr in letters} == expected_rules
     assert set(expected_rules) == set(all_bad)
     cipher = DlqCipher.from_env()

@@ -59,7 +59,7 @@ def test_duplicates_are_dead_lettered_across_a_resume_and_the_counts_cover_the_r
 
     produced = {c.value["position"] for c in read_topic(raw_topic(topic_prefix, "a"))}
     assert "a.csv:3" in produced and "a.csv:1100" not in produced and "a.csv:1150" not in produced
-    dead = read_dead_letters(endpoints.bootstrap_servers, registry_client, dlq_topic(topic_prefix))
+    dead = read_dead_letters(endpoints.kafka, registry_client, dlq_topic(topic_prefix))
     letters = {lt.record["source_position"]: lt.record for lt in dead}
     assert {(r["rule"], r["field"]) for r in letters.values()} == {("duplicate_key", "Customer_ID")}
     assert {p: r["error"] for p, r in letters.items()} == {

@@ -75,7 +75,7 @@ class Setup:
         return committed, ends
 
     def dead_letters(self) -> list[dict[str, Any]]:
-        return [d.record for d in read_dead_letters(self.ep.bootstrap_servers, self.registry, self.dlq)]
+        return [d.record for d in read_dead_letters(self.ep.kafka, self.registry, self.dlq)]
 
 
 @pytest.fixture
@@ -158,7 +158,7 @@ def test_redelivery_through_kafka_changes_nothing(setup: Setup, records: Any, qu
 def test_drain_ends_after_transactional_producers_and_commits_past_the_markers(
     setup: Setup, records: Any, query: Query
 ) -> None:
-    p = Producer({"bootstrap.servers": setup.ep.bootstrap_servers, "transactional.id": f"t-{setup.group}"})
+    p = Producer({**setup.ep.kafka.client_config(), "transactional.id": f"t-{setup.group}"})
     p.init_transactions(30)
     p.begin_transaction()
     setup.produce("account", [records.account(i) for i in range(30)], producer=p)
