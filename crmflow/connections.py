@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import re
+import ssl
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Literal, Self, get_args
 
@@ -311,8 +312,10 @@ class RegistryConnection(ConnectionModel):
             auth = httpx.BasicAuth(self.username, self.password.get_secret_value())
         if self.bearer_token is not None:
             headers["Authorization"] = f"Bearer {self.bearer_token.get_secret_value()}"
-        return httpx.Client(base_url=self.url, auth=auth, headers=headers, timeout=timeout_s,
-                            verify=self.ca_location or True)
+        verify: ssl.SSLContext | bool = True
+        if self.ca_location:
+            verify = ssl.create_default_context(cafile=str(self.ca_location))
+        return httpx.Client(base_url=self.url, auth=auth, headers=headers, timeout=timeout_s, verify=verify)
 
     def explain(self, status_code: int) -> ConfigError | None:
         """A clear error for a refused request (401/403), naming the settings; None otherwise."""

@@ -50,6 +50,7 @@ def _poll(what: str, cond: Callable[[], bool], services: list[Service], timeout_
         time.sleep(0.05)
 
 
+@pytest.mark.also_secure  # make test runs it on the secure stack too
 @pytest.mark.parametrize("victim", ["process", "sink"])
 def test_sigkill_mid_run_loses_and_doubles_nothing(
     victim: str, small_dataset: Dataset, run_factory: Callable[..., Run], endpoints: Endpoints,

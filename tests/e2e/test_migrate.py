@@ -18,6 +18,7 @@ from tests.e2e.conftest import Dataset, Migrated, Run, assert_target_matches_tru
 pytestmark = pytest.mark.e2e
 
 
+@pytest.mark.also_secure  # make test runs it on the secure stack too (TLS, SASL/SCRAM, ACLs, least-privilege roles)
 def test_migration_lands_the_ground_truth(
     small_dataset: Dataset, small_migration: Migrated, endpoints: Endpoints,
     registry_client: SchemaRegistryClient,

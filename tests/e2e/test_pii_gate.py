@@ -163,6 +163,7 @@ def _staging(raw: dict[str, Any]) -> None:
     raw["pii"]["profile"] = "staging"
 
 
+@pytest.mark.also_secure  # the gate: over the secure stack too
 def test_a_staging_migration_leaves_no_input_pii_anywhere_but_the_raw_topics(
     small_dataset: Dataset, run_factory: Callable[..., Run], endpoints: Endpoints, tmp_path: Path,
 ) -> None:
