@@ -296,7 +296,7 @@ def run_migration(
     summary.elapsed_s = time.monotonic() - started
     summary.peak_rss_bytes = {s.name: s.peak_rss for s in services}
     own_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
-    summary.peak_rss_bytes["migrate (snapshot + final sink)"] = own_peak
+    summary.peak_rss_bytes["migrate (snapshot)"] = own_peak
     record.timeline = sampler.timeline()
     runs.finish(record, summary.to_json())
     write_run_report(runs, record)

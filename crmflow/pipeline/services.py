@@ -99,6 +99,10 @@ class Service:
         if self.proc.poll() is not None:
             raise StackError(f"{self.name} exited with {self.proc.returncode} (log: {self.log_file}); its last lines:\n"
                              f"{tail(self.log_file)}")
+        self.note_rss()
+
+    def note_rss(self) -> None:
+        """Record the process's memory if it still runs."""
         with contextlib.suppress(psutil.NoSuchProcess):
             self.peak_rss = max(self.peak_rss, psutil.Process(self.proc.pid).memory_info().rss)
 
@@ -234,4 +238,5 @@ def run_to_completion(service: Service, timeout_s: float, *,
         if time.monotonic() > deadline:
             service.stop()
             raise StackError(f"{service.name} had not finished after {timeout_s:.0f}s (log: {service.log_file})")
+        service.note_rss()
         time.sleep(0.5)
