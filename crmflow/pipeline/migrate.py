@@ -263,8 +263,8 @@ def run_migration(
                                            opts.drain_timeout_s, should_stop=control.check, on_lag=on_lag) - started
             if progress:
                 progress.done("process")
-            for s in services:
-                s.sample()
+            for s in services:  # memory only: a sink that just exited (a stalled call) is replaced by the final pass
+                s.note_rss()
             stop_all(services, timeout_s=30.0)  # the sink finishes the batch it is writing
             # The final pass runs as a child too: a stalled Kafka call or an outage that outlasts the drain's
             # retries ends the child, never this process, and the child is started again.

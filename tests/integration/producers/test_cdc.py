@@ -33,7 +33,7 @@ from crmflow.topics import cdc_topic
 from producers.cdc.events import is_unchanged
 from producers.cdc.exceptions import SlotError
 from producers.cdc.pgoutput import parse_lsn
-from producers.cdc.stream import CdcStats, run_cdc, slot_state
+from producers.cdc.stream import CdcStats, run_cdc
 from producers.config import CdcConfig
 from tests.helpers import wait_until
 
@@ -293,8 +293,7 @@ def test_heartbeats_advance_an_idle_slot(
             return parse_lsn(legacy.slot_row()[2]) >= parse_lsn(mark)  # type: ignore[index]
 
         wait_until(restart_past, 30, interval_s=0.5, what="the slot's restart_lsn (retained WAL) moving on")
-        # More rounds of unrelated WAL: what the slot retains stays under one round's worth each time
-        bound = parse_lsn(mark) - parse_lsn(start[2])
+        # More rounds of unrelated WAL: each time the slot lets go of all of it
         for _ in range(3):
             before = legacy.sql("insert into legacy.other (filler) "
                                 "select repeat('y', 500) from generate_series(1, 2000)")
@@ -307,10 +306,9 @@ def test_heartbeats_advance_an_idle_slot(
                 assert row is not None
                 return parse_lsn(row[1]) >= parse_lsn(before) and parse_lsn(row[2]) >= parse_lsn(before)
 
+            # The slot keeps none of the round's WAL: its restart_lsn passed the round's end. (The server's
+            # current LSN is no yardstick here: other tests write WAL into the same cluster meanwhile.)
             wait_until(bounded, 30, interval_s=0.5, what="confirmed_flush_lsn and restart_lsn past the new WAL")
-            with psycopg.connect(legacy.dsn) as conn:
-                state = slot_state(conn, legacy.slot)
-            assert state is not None and state["current_lsn"] - state["restart_lsn"] < bound
         lag_s = REGISTRY.get_sample_value("crmflow_cdc_replication_lag_seconds", {"slot": legacy.slot})
         assert lag_s is not None and lag_s < 5, lag_s  # idle: nothing received is waiting for Kafka
     # measured once more at the stop: the gauges name the slot, and what the slot retains is back to a few kB
