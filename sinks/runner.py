@@ -27,10 +27,11 @@ import socket
 import threading
 import uuid
 
-from confluent_kafka import Consumer
+from confluent_kafka import Consumer, KafkaError
 
 from crmflow.connections import as_kafka, as_registry
 from crmflow.dlq import DeadLetterWriter
+from crmflow.exceptions import ConfigError
 from crmflow.runtime import RuntimeOptions, TransactionalRuntime
 from crmflow.runtime.consumer import consumer_config
 from crmflow.serialization import AvroDecoder, load_schema
@@ -104,16 +105,21 @@ def run_sink(
 
 
 def _existing(params: SinkParams, topics: list[str]) -> list[str]:
-    """The topics that exist: a drain has nothing to wait for in one nobody created."""
+    """The topics that exist: a drain has nothing to wait for in one nobody created. A topic the sink's
+    principal may not read is a :class:`ConfigError` naming the setting (a broker lists only the topics a
+    principal may describe, so "missing" is asked again by name), never an empty drain."""
     kafka = as_kafka(params.kafka).for_stage("sink")
     consumer = Consumer(consumer_config(kafka, params.group_id, "crmflow-sink-metadata", extra=params.consumer_config))
     try:
         metadata = consumer.list_topics(timeout=30).topics
+        found = [t for t in topics if t in metadata and metadata[t].error is None]
+        for t in sorted(set(topics) - set(found)):
+            err = consumer.list_topics(t, timeout=30).topics[t].error
+            if err is not None and err.code() == KafkaError.TOPIC_AUTHORIZATION_FAILED:
+                raise kafka.explain(err) or ConfigError(f"Kafka denied the sink's principal reading {t}")
+            logger.warning("topic %s does not exist; nothing to drain from it", t, extra={**_LOG, "topic": t})
     finally:
         consumer.close()
-    found = [t for t in topics if t in metadata and metadata[t].error is None]
-    for t in sorted(set(topics) - set(found)):
-        logger.warning("topic %s does not exist; nothing to drain from it", t, extra={**_LOG, "topic": t})
     return found
 
 

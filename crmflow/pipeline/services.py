@@ -17,7 +17,7 @@ import psutil
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from crmflow.connections import KafkaConnection, kafka_config
-from crmflow.exceptions import StackError
+from crmflow.exceptions import ConfigError, StackError
 from crmflow.exitcodes import ExitCode
 from crmflow.logs import cli_flags
 from crmflow.runtime.watchdog import STALLED_EXIT_CODE
@@ -97,6 +97,8 @@ class Service:
     def sample(self) -> None:
         """Record the process's memory; raise if it died (its log's tail says why)."""
         if self.proc.poll() is not None:
+            if self.proc.returncode == ExitCode.CONFIG and (why := _last_error(self.log_file)):
+                raise ConfigError(f"{self.name} stopped: {why} (log: {self.log_file})")
             raise StackError(f"{self.name} exited with {self.proc.returncode} (log: {self.log_file}); its last lines:\n"
                              f"{tail(self.log_file)}")
         self.note_rss()
@@ -240,3 +242,17 @@ def run_to_completion(service: Service, timeout_s: float, *,
             raise StackError(f"{service.name} had not finished after {timeout_s:.0f}s (log: {service.log_file})")
         service.note_rss()
         time.sleep(0.5)
+
+
+def _last_error(log_file: Path) -> str:
+    """The last ``error: ...`` a child printed (what only a person can fix), its wrapped lines joined."""
+    lines = tail(log_file, 60).splitlines()
+    starts = [i for i, line in enumerate(lines) if line.startswith("error: ")]
+    if not starts:
+        return ""
+    block: list[str] = []
+    for line in lines[starts[-1]:]:
+        if block and (not line.strip() or line[:4].isdigit()):  # a blank line or the next log record ends it
+            break
+        block.append(line.strip())
+    return " ".join(block).removeprefix("error: ")

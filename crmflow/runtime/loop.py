@@ -47,7 +47,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 
 from crmflow.connections import KafkaConnection, kafka_config
 from crmflow.dlq import DeadLetterWriter, Letter
-from crmflow.exceptions import TerminalError, TransientError
+from crmflow.exceptions import ConfigError, TerminalError, TransientError
 from crmflow.metrics import (
     BATCH_DURATION,
     BATCH_SIZE,
@@ -557,6 +557,14 @@ class TransactionalRuntime:
         self._next_lag = now + self.opts.lag_interval_s
         update_lag(self._consumer, self.stage.name, self._assigned)
 
+    def _refusal(self, exc: Exception) -> ConfigError | None:
+        """A clear error naming the setting when Kafka refused this stage's principal (authentication, TLS, an
+        ACL: e.g. TRANSACTIONAL_ID_AUTHORIZATION_FAILED from init_transactions), which retrying cannot fix."""
+        if not isinstance(exc, KafkaException) or not isinstance(self.opts.kafka, KafkaConnection):
+            return None
+        err = exc.args[0] if exc.args else exc
+        return self.opts.kafka.explain(err if isinstance(err, KafkaError) else str(err))
+
     def _retrying(self, what: str, fn: Any, operation: str | None = None) -> bool:
         """Call ``fn`` until it succeeds (True), with backoff; False when a stop came first."""
         attempt = 0
@@ -565,6 +573,9 @@ class TransactionalRuntime:
                 fn()
                 return True
             except (KafkaException, TransientError) as exc:
+                refusal = self._refusal(exc)
+                if refusal is not None:  # credentials, TLS or ACLs: only a person can fix it
+                    raise refusal from None
                 if operation:
                     RETRIES.labels(stage=self.stage.name, operation=operation).inc()
                 attempt += 1

@@ -28,6 +28,7 @@ import json
 import logging
 import os
 import secrets
+import shlex
 import shutil
 import subprocess
 import time
@@ -222,7 +223,8 @@ class SecureStack(LocalStack):
         wait_until("registry", lambda: _registry_ready(ep.registry), timeout_s=timeout,
                    log_tail=lambda: tail(self.registry.log_file) + tail(self.nginx.log_file),
                    alive=lambda: self.registry.alive_or_starting(started) and self.nginx.alive_or_starting(started))
-        write_private(self.env_file, "".join(f"{k}={v}\n" for k, v in self.env().items()))
+        # shell-quoted: DSNs hold spaces, and the file is meant for `set -a; . crmflow.env; set +a`
+        write_private(self.env_file, "".join(f"{k}={shlex.quote(v)}\n" for k, v in self.env().items()))
         log.info("secure local stack ready in %.1fs", time.monotonic() - started)
         return ep
 

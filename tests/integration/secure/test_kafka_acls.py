@@ -175,3 +175,44 @@ def test_the_acl_list_is_what_the_broker_holds(secure_stack: SecureStack, topic_
     wanted = {(f"User:crmflow_{a.principal}", a.resource, a.pattern, a.name, a.operation)
               for a in pipeline_acls(topic_prefix) if topic_prefix in a.name}
     assert mine == wanted
+
+
+def test_a_stage_whose_principal_lacks_its_acls_stops_with_a_message_naming_it(
+    secure_stack: SecureStack, topic_prefix: str
+) -> None:
+    """A refusal only a person can fix (here: the processor run as the snapshot principal, which may not use a
+    transactional id) stops the runtime at once with a ConfigError naming the principal and the fix, instead of
+    retrying for ever; the sink's drain asks a topic it cannot see by name and stops the same way."""
+    from confluent_kafka.schema_registry import SchemaRegistryClient
+
+    from crmflow.dlq import DeadLetterWriter
+    from crmflow.exceptions import ConfigError
+    from crmflow.runtime import RuntimeOptions, TransactionalRuntime
+    from crmflow.serialization import AvroCodec, topic_subject
+    from sinks.params import SinkParams
+    from sinks.runner import _existing
+    from tests.integration.core.test_runtime import SCHEMA, Counter
+
+    ep = secure_stack.endpoints()
+    source, out, dlq = f"{topic_prefix}.raw.t", f"{topic_prefix}.mapped.account", f"{topic_prefix}.dlq"
+    _create(secure_stack, source, out, dlq)
+    registry: SchemaRegistryClient = ep.registry.client()
+    codec = AvroCodec(registry, topic_subject(source), SCHEMA)
+    snapshot = ep.kafka.for_stage("snapshot")
+    opts = RuntimeOptions(kafka=snapshot, group_id=f"crmflow-process-{topic_prefix}",
+                          transactional_id=f"crmflow-process-{topic_prefix}-a", dlq_topic=dlq)  # fmt: skip
+    runtime = TransactionalRuntime(Counter(source, out, codec), opts, DeadLetterWriter(None, registry, dlq))
+    started = time.monotonic()
+    with pytest.raises(ConfigError) as refused:
+        runtime.run(drain=True)
+    assert time.monotonic() - started < 60  # no retry loop
+    message = str(refused.value)
+    assert "denied principal crmflow_snapshot" in message and "Least-privilege roles" in message, message
+    assert not [pw for pw in secure_stack.secrets.kafka.values() if pw in message]
+
+    # the sink given the snapshot's credentials (as CRMFLOW_SINK_KAFKA_SASL_* set to the wrong user would)
+    wrong = snapshot.model_copy(update={"stage_credentials": ()})
+    params = SinkParams(kafka=wrong, registry=ep.registry, target_dsn=ep.target, topics={"account": out},
+                        dlq_topic=dlq, group_id=f"crmflow-sink-{topic_prefix}")  # fmt: skip
+    with pytest.raises(ConfigError, match="denied principal crmflow_snapshot"):
+        _existing(params, [out])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 import ssl
 import stat
 import subprocess
@@ -62,7 +63,11 @@ def test_env_file_is_private_and_complete(secure_stack: SecureStack) -> None:
     assert stat.S_IMODE(secure_stack.secure_dir.stat().st_mode) == 0o700
     for key in (secure_stack.certs.ca_key, secure_stack.certs.server_key, secure_stack.certs.client_key):
         assert stat.S_IMODE(key.stat().st_mode) == 0o600, key
-    values = dict(line.split("=", 1) for line in env.read_text().splitlines() if line)
+    # Sourced as the README says (`set -a; . crmflow.env; set +a`), every value arrives whole (DSNs hold spaces)
+    shown = subprocess.run(["bash", "-c", f"set -a; . {shlex.quote(str(env))}; set +a; env -0"], env={},
+                           capture_output=True, text=True, check=True).stdout  # fmt: skip
+    values = dict(item.split("=", 1) for item in shown.split("\0") if item.startswith("CRMFLOW_"))
+    assert values == secure_stack.env()
     assert set(values) >= CONTRACT_KEYS
     assert values["CRMFLOW_KAFKA_SECURITY_PROTOCOL"] == "SASL_SSL"
     assert values["CRMFLOW_POSTGRES_SSLMODE"] == "verify-full"
