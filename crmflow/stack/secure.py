@@ -24,6 +24,7 @@ admin's, for tools and test fixtures; every stage has its own principal.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -374,7 +375,10 @@ class _SecurePostgres(_Postgres):
 
     def __init__(self, s: StackSettings, secure_dir: Path) -> None:
         super().__init__(s, secure_dir)
-        default = Path(f"/var/tmp/crmflow-postgres-secure-{s.postgres_port}") if self.as_root \
+        # As root the cluster lives where the postgres OS user can enter (/var/tmp), named after the port AND
+        # this home: its passwords are in this home's secrets.json, so another home must never find it.
+        home_tag = hashlib.sha256(str(secure_dir.resolve()).encode()).hexdigest()[:8]
+        default = Path(f"/var/tmp/crmflow-postgres-secure-{s.postgres_port}-{home_tag}") if self.as_root \
             else secure_dir / "postgres"
         self.root = default.resolve()
         self.data = self.root / "data"
