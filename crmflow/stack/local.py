@@ -18,6 +18,7 @@ import pwd
 import subprocess
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -34,6 +35,21 @@ from crmflow.stack.base import Endpoints, PartStatus, Stack, wait_until
 from crmflow.stack.process import ManagedProcess, tail
 
 log = logging.getLogger(__name__)
+
+#: server.properties lines of a one-broker cluster, shared by the plain and the secure stack: internal topics with
+#: one replica, no initial rebalance delay, a week of retention.
+SINGLE_BROKER: tuple[str, ...] = (
+    "offsets.topic.replication.factor=1",
+    "offsets.topic.num.partitions=8",
+    "transaction.state.log.replication.factor=1",
+    "transaction.state.log.min.isr=1",
+    "transaction.state.log.num.partitions=4",
+    "share.coordinator.state.topic.replication.factor=1",
+    "share.coordinator.state.topic.min.isr=1",
+    "group.initial.rebalance.delay.ms=0",
+    "log.retention.hours=168",
+    "log.segment.bytes=268435456",
+)
 
 
 class LocalStack(Stack):
@@ -65,27 +81,56 @@ class LocalStack(Stack):
         tools.fetch_apicurio(self.dist, self.s.apicurio_version)
 
     def up(self) -> Endpoints:
+        """Start what is not running and wait until every part answers. A variant (the secure stack) adds its
+        steps through the hooks below; the order of starting and waiting is the same for both."""
         self.fetch()
+        self._prepare()
         ep = self.endpoints()
         started = time.monotonic()
-        # Start all three before waiting on any: the JVMs warm up in parallel.
-        if not self.kafka.running():
-            self._start_kafka()
-        if not self.registry.running():
-            self._start_registry()
+        # Start every part before waiting on any: the JVMs warm up in parallel.
+        for part, start in self._starters():
+            if not part.running():
+                start()
         self.pg.start()
         timeout = self.s.ready_timeout_s
         wait_until("postgres", lambda: self.pg.accepts(ep), timeout_s=timeout,
                    log_tail=lambda: tail(self.pg.log_file), alive=self.pg.running)
         self.pg.ensure_databases(ep)
-        wait_until("kafka", lambda: _kafka_ready(ep.kafka), timeout_s=timeout,
+        self._postgres_ready(ep)
+        wait_until("kafka", lambda: self._kafka_answers(ep), timeout_s=timeout,
                    log_tail=lambda: tail(self.kafka.log_file),
                    alive=lambda: self.kafka.alive_or_starting(started))
+        self._kafka_ready_hook()
+        registry_parts = self._registry_parts()
         wait_until("registry", lambda: _registry_ready(ep.registry), timeout_s=timeout,
-                   log_tail=lambda: tail(self.registry.log_file),
-                   alive=lambda: self.registry.alive_or_starting(started))
-        log.info("local stack ready in %.1fs", time.monotonic() - started)
+                   log_tail=lambda: "".join(tail(p.log_file) for p in registry_parts),
+                   alive=lambda: all(p.alive_or_starting(started) for p in registry_parts))
+        self._ready()
+        log.info("%s stack ready in %.1fs", self.mode, time.monotonic() - started)
         return ep
+
+    # -- hooks of up(): the plain stack needs none of them ---------------------------------------------
+    def _prepare(self) -> None:
+        """Before anything starts."""
+
+    def _starters(self) -> list[tuple[ManagedProcess, Callable[[], None]]]:
+        return [(self.kafka, self._start_kafka), (self.registry, self._start_registry)]
+
+    def _postgres_ready(self, ep: Endpoints) -> None:
+        """Once PostgreSQL accepts connections and the stack's databases exist."""
+
+    def _kafka_answers(self, ep: Endpoints) -> bool:
+        return _kafka_ready(ep.kafka)
+
+    def _kafka_ready_hook(self) -> None:
+        """Once Kafka answers."""
+
+    def _registry_parts(self) -> list[ManagedProcess]:
+        """The processes the registry's URL depends on (their logs are shown if it never answers)."""
+        return [self.registry]
+
+    def _ready(self) -> None:
+        """Once every part answers."""
 
     def down(self) -> None:
         self.registry.stop()
@@ -169,16 +214,7 @@ def _server_properties(s: StackSettings, data: Path) -> str:
         f"log.dirs={data}",
         "num.partitions=1",
         "auto.create.topics.enable=true",
-        "offsets.topic.replication.factor=1",
-        "offsets.topic.num.partitions=8",
-        "transaction.state.log.replication.factor=1",
-        "transaction.state.log.min.isr=1",
-        "transaction.state.log.num.partitions=4",
-        "share.coordinator.state.topic.replication.factor=1",
-        "share.coordinator.state.topic.min.isr=1",
-        "group.initial.rebalance.delay.ms=0",
-        "log.retention.hours=168",
-        "log.segment.bytes=268435456",
+        *SINGLE_BROKER,
         "",
     ])
 

@@ -32,7 +32,7 @@ import secrets
 import shlex
 import shutil
 import subprocess
-import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,9 +43,9 @@ from pydantic import SecretStr
 from crmflow.exceptions import StackError
 from crmflow.settings import StackSettings
 from crmflow.stack import acls, roles, tools
-from crmflow.stack.base import Endpoints, PartStatus, wait_until
+from crmflow.stack.base import Endpoints, PartStatus
 from crmflow.stack.certs import Certs, ensure_certs
-from crmflow.stack.local import LocalStack, _Postgres, _registry_ready, new_cluster_id
+from crmflow.stack.local import SINGLE_BROKER, LocalStack, _Postgres, new_cluster_id
 from crmflow.stack.process import ManagedProcess, tail
 
 log = logging.getLogger(__name__)
@@ -191,8 +191,8 @@ class SecureStack(LocalStack):
         return out
 
     # -- lifecycle ----------------------------------------------------------------------------------
-    def up(self) -> Endpoints:
-        self.fetch()
+    # -- lifecycle: LocalStack.up() with these steps -----------------------------------------------------
+    def _prepare(self) -> None:
         tools.nginx()
         self.secure_dir.mkdir(parents=True, exist_ok=True)
         self.secure_dir.chmod(0o700)
@@ -203,31 +203,26 @@ class SecureStack(LocalStack):
                              f"`crmflow stack down --secure` and remove {self.secure_dir} and {self.pg.root}")
         self.secrets.save(saved)
         ensure_certs(self.certs.dir)
-        ep = self.endpoints()
-        started = time.monotonic()
-        if not self.kafka.running():
-            self._start_kafka()
-        if not self.registry.running():
-            self._start_registry()
-        if not self.nginx.running():
-            self._start_nginx()
-        self.pg.start()
-        timeout = self.s.ready_timeout_s
-        wait_until("postgres", lambda: self.pg.accepts(ep), timeout_s=timeout,
-                   log_tail=lambda: tail(self.pg.log_file), alive=self.pg.running)
-        self.pg.ensure_databases(ep)
+
+    def _starters(self) -> list[tuple[ManagedProcess, Callable[[], None]]]:
+        return [*super()._starters(), (self.nginx, self._start_nginx)]
+
+    def _postgres_ready(self, ep: Endpoints) -> None:
         self._setup_postgres(ep)
+
+    def _kafka_answers(self, ep: Endpoints) -> bool:
         # As the admin: the stage principals exist only once _setup_kafka made them.
-        wait_until("kafka", self._kafka_ready, timeout_s=timeout,
-                   log_tail=lambda: tail(self.kafka.log_file), alive=lambda: self.kafka.alive_or_starting(started))
+        return self._kafka_ready()
+
+    def _kafka_ready_hook(self) -> None:
         self._setup_kafka()
-        wait_until("registry", lambda: _registry_ready(ep.registry), timeout_s=timeout,
-                   log_tail=lambda: tail(self.registry.log_file) + tail(self.nginx.log_file),
-                   alive=lambda: self.registry.alive_or_starting(started) and self.nginx.alive_or_starting(started))
+
+    def _registry_parts(self) -> list[ManagedProcess]:
+        return [self.registry, self.nginx]
+
+    def _ready(self) -> None:
         # shell-quoted: DSNs hold spaces, and the file is meant for `set -a; . crmflow.env; set +a`
         write_private(self.env_file, "".join(f"{k}={shlex.quote(v)}\n" for k, v in self.env().items()))
-        log.info("secure local stack ready in %.1fs", time.monotonic() - started)
-        return ep
 
     def down(self) -> None:
         self.nginx.stop()
@@ -438,16 +433,7 @@ def _server_properties(s: StackSettings, data: Path, certs: Certs, admin_passwor
         f"log.dirs={data}",
         "num.partitions=1",
         "auto.create.topics.enable=false",
-        "offsets.topic.replication.factor=1",
-        "offsets.topic.num.partitions=8",
-        "transaction.state.log.replication.factor=1",
-        "transaction.state.log.min.isr=1",
-        "transaction.state.log.num.partitions=4",
-        "share.coordinator.state.topic.replication.factor=1",
-        "share.coordinator.state.topic.min.isr=1",
-        "group.initial.rebalance.delay.ms=0",
-        "log.retention.hours=168",
-        "log.segment.bytes=268435456",
+        *SINGLE_BROKER,
         "",
     ])
 
