@@ -239,7 +239,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         metavar="RULES",
         help="deterministic rules, comma-separated (empty: fuzzy scoring only)",
     )
-    parser.add_argument("--scoring", choices=("points", "fellegi_sunter"), default="points")
+    parser.add_argument("--scoring", choices=("points", "fellegi_sunter"), default="fellegi_sunter")
     parser.add_argument("--model", type=Path, default=None, help="model file (crmflow.evaluation.dedupe_train)")
     parser.add_argument("--legacy-blocking", action="store_true", help="the built-in keys only (before issue 13)")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")

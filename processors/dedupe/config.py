@@ -154,6 +154,11 @@ DEFAULT_COMPARISONS: tuple[ComparisonSpec, ...] = (
 )
 
 
+#: Vetoes of the Fellegi-Sunter scorer when ``vetoes`` is unset: a given name that disagrees beyond typos,
+#: initials, nicknames' shared letters and swaps is another person of the household.
+DEFAULT_FS_VETOES: tuple[str, ...] = ("first_name",)
+
+
 class DedupeConfig(BaseModel):
     """Settings of one :class:`~processors.dedupe.deduper.Deduper` (one entity)."""
 
@@ -197,14 +202,18 @@ class DedupeConfig(BaseModel):
         "cluster never holds two; false switches both off. Unset: on with `points` scoring, off with "
         "`fellegi_sunter` (there a disagreeing date weighs its bits, and a date typed wholly wrong is common)",
     )
-    vetoes: tuple[str, ...] = Field(
-        default=(), description="further fields whose disagreement (the comparison's last level) vetoes a match"
+    vetoes: tuple[str, ...] | None = Field(
+        default=None,
+        description="further fields whose disagreement (the comparison's last level) vetoes a match. Unset: "
+        "`first_name` with `fellegi_sunter` (else surname, street and postcode, added as independent evidence, "
+        "merge a household), none with `points` (its name floors do that job); `[]` switches it off",
     )
     missing_name_threshold_bonus: float = Field(
         default=2.0, description="points mode: a fuzzy match on one name part (the other missing) needs this more"
     )
     scoring: Scoring = Field(
-        default="points", description="`points`: the hand weights above; `fellegi_sunter`: `comparisons` in bits"
+        default="fellegi_sunter",
+        description="`fellegi_sunter` (default): `comparisons` in bits; `points`: the hand weights above",
     )
     comparisons: tuple[ComparisonSpec, ...] = DEFAULT_COMPARISONS
     identifier_fields: tuple[str, ...] = Field(
@@ -263,4 +272,10 @@ class DedupeConfig(BaseModel):
         birth = self.veto_birth_date_conflict
         if birth is None:
             birth = self.scoring == "points"
-        return frozenset(self.vetoes) | ({"birth_date"} if birth else frozenset())
+        return frozenset(self.effective_vetoes()) | ({"birth_date"} if birth else frozenset())
+
+    def effective_vetoes(self) -> tuple[str, ...]:
+        """``vetoes``, or when unset the scorer's default: ``first_name`` for Fellegi-Sunter, none for points."""
+        if self.vetoes is not None:
+            return self.vetoes
+        return DEFAULT_FS_VETOES if self.scoring == "fellegi_sunter" else ()
