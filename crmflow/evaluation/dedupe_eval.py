@@ -166,9 +166,7 @@ def evaluate(customers: int, seed: int, config: DedupeConfig | None = None, *, s
     scores = pairwise_scores(assignment, data.clusters)
     by_id = {a["customer_id"]: a for a in data.accounts}
     parents = {rid: gid.partition(":")[2] for rid, gid in assignment.items()}
-    # Contacts keep the points scorer and the built-in keys: the account passes and model do not fit them.
-    contact_config = config.model_copy(update={"entity": "contact", "scoring": "points", "model_file": None,
-                                               "blocking": (), "identifier_fields": ()})  # fmt: skip
+    contact_config = config.for_contacts()
     contact_assignment, contact_seconds, _ = dedupe(data.contacts, contact_config, shards, parents)
     contact_scores = pairwise_scores(contact_assignment, {c["contact_id"]: c["contact_id"] for c in data.contacts})
     return {
