@@ -146,11 +146,10 @@ DEFAULT_BLOCKING: tuple[BlockingPass, ...] = (
 
 #: Default passes of contacts besides the built-in keys (e-mail, phone, parent account + initials). A contact
 #: has no birth date or address, and one entered again on another account shares neither the parent nor,
-#: often, an e-mail or phone: only the name links it. NYSIIS of both parts in either order (a swap); the surname's NYSIIS with
-#: the given name's initial ("M. Berger"); one part
-#: as written with the other's letters after the first (a typo in that first letter changes every phonetic
-#: code and the initials); within one account, either part's NYSIIS alone (the other part missing or mistyped);
-#: and a neighbourhood over the names.
+#: often, an e-mail or phone: only the name links it. NYSIIS of both parts in either order (a swap); the
+#: surname's NYSIIS with the given name's initial ("M. Berger"); one part as written with the other's letters
+#: after the first (a typo in that first letter changes every phonetic code and the initials); within one
+#: account, either part's NYSIIS alone (the other part missing or mistyped); and a neighbourhood over the names.
 DEFAULT_CONTACT_BLOCKING: tuple[BlockingPass, ...] = (
     BlockingPass(name="ph_names", parts=(_p("last_name", "nysiis"), _p("first_name", "nysiis")), unordered=True),
     BlockingPass(name="ph_last_ini", parts=(_p("last_name", "nysiis"), _p("first_name", "initial"))),
