@@ -309,3 +309,13 @@ def test_contacts_on_two_accounts_meet_without_e_mail_or_phone() -> None:
     namesake = {**first, "contact_id": "K4", "customer_id": "C7", "job_title": None}
     out = [deduper.process(r).golden_id for r in (first, typo, swapped, namesake)]
     assert out == ["K1", "K1", "K1", "K4"], "the job title links another account; a bare namesake does not"
+
+
+def test_the_dedupe_topic_partitions_are_a_setting_of_the_stage_not_of_the_matcher() -> None:
+    from processors.config import DedupeSettings
+
+    settings = DedupeSettings(partitions=1)
+    assert settings.partitions == 1 and settings.matcher().scoring == "fellegi_sunter"
+    assert "partitions" not in settings.matcher().model_dump()
+    with pytest.raises(ValueError, match="partitions"):
+        DedupeSettings(partitions=0)
