@@ -319,3 +319,13 @@ def test_the_dedupe_topic_partitions_are_a_setting_of_the_stage_not_of_the_match
     assert "partitions" not in settings.matcher().model_dump()
     with pytest.raises(ValueError, match="partitions"):
         DedupeSettings(partitions=0)
+
+
+def test_an_unordered_pass_survives_swapped_names_and_tail_a_first_letter_typo() -> None:
+    last, first = BlockPart(field="last_name", transform="nysiis"), BlockPart(field="first_name", transform="nysiis")
+    names = BlockingPass(name="ph", parts=(last, first), unordered=True)
+    tail = BlockingPass(name="lt", parts=(BlockPart(field="last_name"), first.model_copy(update={"transform": "tail"})))
+    john, swapped, typo = {"fn": "John", "ln": "Smith"}, {"fn": "Smith", "ln": "John"}, {"fn": "Dohn", "ln": "Smith"}
+    assert pass_key(john, names, "account") == pass_key(swapped, names, "account") is not None
+    assert pass_key(john, tail, "account") == pass_key(typo, tail, "account") == "lt|smith|ohn"
+    assert pass_key({"fn": "J", "ln": "Smith"}, tail, "account") is None, "an initial has no tail"
