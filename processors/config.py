@@ -53,6 +53,14 @@ class DedupeSettings(DedupeConfig):
     block_key_env: EnvVarName | None = Field(
         default=None, description="env var holding the block-key pepper (never the pepper itself in the file)"
     )
+    partitions: int | None = Field(
+        default=None,
+        ge=1,
+        description="partitions of the dedupe topic (unset: kafka.partitions). A record meets only the records "
+        "of its partition, and partitions follow the name initials, so duplicates whose initials differ (a "
+        "first-letter typo, a nickname, a missing name part) meet only when fewer partitions hold them: 1 "
+        "loses none, at the cost of one worker doing all the matching",
+    )
 
     @model_validator(mode="after")
     def _no_secret_in_file(self) -> DedupeSettings:
@@ -64,7 +72,7 @@ class DedupeSettings(DedupeConfig):
 
     def matcher(self) -> DedupeConfig:
         """The deduper's config, with the pepper read from ``block_key_env`` (when named)."""
-        data = self.model_dump(exclude={"enabled", "block_key_env", "block_key_secret"})
+        data = self.model_dump(exclude={"enabled", "block_key_env", "block_key_secret", "partitions"})
         secret: SecretStr | None = None
         if self.block_key_env:
             value = os.environ.get(self.block_key_env)

@@ -102,7 +102,9 @@ def build_stage(cfg: ProcessorConfig, registry: SchemaRegistryClient) -> Process
         encoders=encoders, dedupe=matcher, dedupe_topic=dedupe_topic, changelog=changelog_topic(cfg),
         cdc_topics=cdc, run_id=f"{cfg.run.name}-cdc", cipher=cipher,
     )
-    return stage.with_sources({name: src.entity for name, src in cfg.sources.items()}).with_partitions(k.partitions)
+    return stage.with_sources({name: src.entity for name, src in cfg.sources.items()}).with_partitions(
+        (cfg.dedupe.partitions if cfg.dedupe is not None else None) or k.partitions
+    )
 
 
 def build_runtime(

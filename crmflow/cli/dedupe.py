@@ -30,9 +30,7 @@ def _matcher(config_file: Path, entity: DedupeEntity, model: Path | None) -> tup
     if entity == "account":
         return accounts, None
     # Contacts: the account settings on the contact entity, compared under their parent's golden account.
-    contacts = accounts.model_copy(update={"entity": "contact", "scoring": "points", "model_file": None,
-                                           "identifier_fields": ()})  # fmt: skip
-    return accounts, DedupeConfig.model_validate(contacts.model_dump())
+    return accounts, accounts.for_contacts()
 
 
 @app.command("evaluate")

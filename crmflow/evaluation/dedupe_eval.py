@@ -166,9 +166,7 @@ def evaluate(customers: int, seed: int, config: DedupeConfig | None = None, *, s
     scores = pairwise_scores(assignment, data.clusters)
     by_id = {a["customer_id"]: a for a in data.accounts}
     parents = {rid: gid.partition(":")[2] for rid, gid in assignment.items()}
-    # Contacts keep the points scorer and the built-in keys: the account passes and model do not fit them.
-    contact_config = config.model_copy(update={"entity": "contact", "scoring": "points", "model_file": None,
-                                               "blocking": (), "identifier_fields": ()})  # fmt: skip
+    contact_config = config.for_contacts()
     contact_assignment, contact_seconds, _ = dedupe(data.contacts, contact_config, shards, parents)
     contact_scores = pairwise_scores(contact_assignment, {c["contact_id"]: c["contact_id"] for c in data.contacts})
     return {
@@ -239,7 +237,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         metavar="RULES",
         help="deterministic rules, comma-separated (empty: fuzzy scoring only)",
     )
-    parser.add_argument("--scoring", choices=("points", "fellegi_sunter"), default="points")
+    parser.add_argument("--scoring", choices=("points", "fellegi_sunter"), default="fellegi_sunter")
     parser.add_argument("--model", type=Path, default=None, help="model file (crmflow.evaluation.dedupe_train)")
     parser.add_argument("--legacy-blocking", action="store_true", help="the built-in keys only (before issue 13)")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")

@@ -201,9 +201,10 @@ def prepare(cfg: MigrationConfig, ep: Endpoints, registry: SchemaRegistryClient,
     register_all(registry)
     k = cfg.kafka
     topics = [k.raw_topic(s) for s in cfg.sources] + [k.mapped_topic(e) for e in cfg.entities] + [k.dlq_topic]
-    if cfg.dedupe_enabled:
-        topics.append(k.dedupe_topic("account"))
     ensure_topics(ep.kafka.for_stage("ops"), topics, k.partitions, k.replication_factor)
+    if cfg.dedupe_enabled and cfg.dedupe is not None:
+        ensure_topics(ep.kafka.for_stage("ops"), [k.dedupe_topic("account")], cfg.dedupe.partitions or k.partitions,
+                      k.replication_factor)  # fmt: skip
     apply_migrations(target.dsn, schema=target.schema)
 
 

@@ -21,7 +21,9 @@ kind        key                                              survives
 
 Besides these built-in keys (``DedupeConfig.builtin_blocking``), the config declares **passes**
 (``DedupeConfig.blocking``): each is a list of fields and how each is reduced (``nysiis`` / ``metaphone``
-/ ``soundex`` phonetic codes, ``year`` of a date, ``initial``, ``digits``, ``fold``, ``value``). The
+/ ``soundex`` phonetic codes, ``year`` of a date, ``initial``, ``tail`` (the letters after the first: it
+survives a typo in the first letter), ``digits``, ``fold``, ``value``; ``unordered`` sorts the reduced parts,
+so swapped fields share the key). The
 defaults lean on neither e-mail nor phone: NYSIIS of surname and given name together, each with the
 birth year, postcode with birth year, birth date with postcode, and a sorted-neighbourhood pass over
 the names. Every ``identifier_fields`` entry is a pass of its own.
@@ -87,6 +89,7 @@ TRANSFORMS: Final[dict[KeyTransform, Callable[[Any], str]]] = {
     "metaphone": _phonetic(jellyfish.metaphone),
     "soundex": lambda v: soundex(str(v)),
     "initial": lambda v: initial(str(v)),
+    "tail": lambda v: _letters(v)[1:],
     "year": lambda v: str(v)[:4] if str(v)[:4].isdigit() else "",
     "digits": lambda v: "".join(c for c in str(v) if c.isdigit()),
 }
@@ -108,6 +111,8 @@ def pass_key(feats: Features, spec: BlockingPass, entity: DedupeEntity) -> str |
         if not reduced:
             return None
         values.append(reduced)
+    if spec.unordered:
+        values.sort()
     if spec.kind == "sorted_neighbourhood":
         letters = "".join(_letters(v) for v in values)
         if len(letters) < spec.prefix:  # a key shorter than the range: the whole (short) key

@@ -27,7 +27,7 @@ _FROZEN = ConfigDict(frozen=True, extra="forbid")
 #: How two values of a field are compared (see :mod:`processors.dedupe.comparators`).
 Comparator = Literal["exact", "name", "jaro_winkler", "levenshtein", "date", "numeric", "token_set", "postcode"]
 #: How a field's value becomes part of a block key (see :mod:`processors.dedupe.blocking`).
-KeyTransform = Literal["value", "fold", "nysiis", "metaphone", "soundex", "initial", "year", "digits"]
+KeyTransform = Literal["value", "fold", "nysiis", "metaphone", "soundex", "initial", "tail", "year", "digits"]
 Scoring = Literal["points", "fellegi_sunter"]
 
 
@@ -120,6 +120,11 @@ class BlockingPass(BaseModel):
     parts: tuple[BlockPart, ...] = Field(min_length=1)
     kind: Literal["key", "sorted_neighbourhood"] = "key"
     prefix: int = Field(default=6, ge=2, description="sorted_neighbourhood: key letters that define a neighbourhood")
+    unordered: bool = Field(
+        default=False,
+        description="sort the reduced parts before joining them, so two records whose fields are swapped (given "
+        "name and surname) share the key",
+    )
 
 
 def _p(field: str, transform: KeyTransform = "fold") -> BlockPart:
@@ -139,6 +144,34 @@ DEFAULT_BLOCKING: tuple[BlockingPass, ...] = (
     BlockingPass(name="sn_names", kind="sorted_neighbourhood", prefix=9, parts=(_p("last_name"), _p("first_name"))),
 )
 
+#: Default passes of contacts besides the built-in keys (e-mail, phone, parent account + initials). A contact
+#: has no birth date or address, and one entered again on another account shares neither the parent nor,
+#: often, an e-mail or phone: only the name links it. NYSIIS of both parts in either order (a swap); the
+#: surname's NYSIIS with the given name's initial ("M. Berger"); one part as written with the other's letters
+#: after the first (a typo in that first letter changes every phonetic code and the initials); within one
+#: account, either part's NYSIIS alone (the other part missing or mistyped); and a neighbourhood over the names.
+DEFAULT_CONTACT_BLOCKING: tuple[BlockingPass, ...] = (
+    BlockingPass(name="ph_names", parts=(_p("last_name", "nysiis"), _p("first_name", "nysiis")), unordered=True),
+    BlockingPass(name="ph_last_ini", parts=(_p("last_name", "nysiis"), _p("first_name", "initial"))),
+    BlockingPass(name="last_ftail", parts=(_p("last_name"), _p("first_name", "tail"))),
+    BlockingPass(name="first_ltail", parts=(_p("first_name"), _p("last_name", "tail"))),
+    BlockingPass(name="pa_last", parts=(_p("customer_id", "value"), _p("last_name", "nysiis"))),
+    BlockingPass(name="pa_first", parts=(_p("customer_id", "value"), _p("first_name", "nysiis"))),
+    BlockingPass(name="sn_names", kind="sorted_neighbourhood", prefix=9, parts=(_p("last_name"), _p("first_name"))),
+)
+
+#: Default comparisons of contacts: the names, e-mail, phone, the parent account (its golden id) and the job.
+DEFAULT_CONTACT_COMPARISONS: tuple[ComparisonSpec, ...] = (
+    ComparisonSpec(field="first_name", comparator="name", levels=(0.92, 0.85)),
+    ComparisonSpec(field="last_name", comparator="name", levels=(0.92, 0.85)),
+    ComparisonSpec(field="email", comparator="exact"),
+    ComparisonSpec(field="phone", comparator="exact"),
+    # The parent account: a contact's duplicate is nearly always on the same account, so another account costs
+    # about 5 bits, and an exact name alone (13 bits) then falls short: namesakes on two accounts stay apart.
+    ComparisonSpec(field="customer_id", comparator="exact", m=(0.97, 0.03), u=(0.01, 0.99)),
+    ComparisonSpec(field="job_title", comparator="exact"),
+)
+
 #: Default comparisons of the Fellegi-Sunter scorer (accounts); identifiers are added when the config
 #: names them in ``identifier_fields``.
 DEFAULT_COMPARISONS: tuple[ComparisonSpec, ...] = (
@@ -152,6 +185,11 @@ DEFAULT_COMPARISONS: tuple[ComparisonSpec, ...] = (
     ComparisonSpec(field="email", comparator="exact"),
     ComparisonSpec(field="phone", comparator="exact"),
 )
+
+
+#: Vetoes of the Fellegi-Sunter scorer when ``vetoes`` is unset: a given name that disagrees beyond typos,
+#: initials, nicknames' shared letters and swaps is another person of the household.
+DEFAULT_FS_VETOES: tuple[str, ...] = ("first_name",)
 
 
 class DedupeConfig(BaseModel):
@@ -197,14 +235,18 @@ class DedupeConfig(BaseModel):
         "cluster never holds two; false switches both off. Unset: on with `points` scoring, off with "
         "`fellegi_sunter` (there a disagreeing date weighs its bits, and a date typed wholly wrong is common)",
     )
-    vetoes: tuple[str, ...] = Field(
-        default=(), description="further fields whose disagreement (the comparison's last level) vetoes a match"
+    vetoes: tuple[str, ...] | None = Field(
+        default=None,
+        description="further fields whose disagreement (the comparison's last level) vetoes a match. Unset: "
+        "`first_name` with `fellegi_sunter` (else surname, street and postcode, added as independent evidence, "
+        "merge a household), none with `points` (its name floors do that job); `[]` switches it off",
     )
     missing_name_threshold_bonus: float = Field(
         default=2.0, description="points mode: a fuzzy match on one name part (the other missing) needs this more"
     )
     scoring: Scoring = Field(
-        default="points", description="`points`: the hand weights above; `fellegi_sunter`: `comparisons` in bits"
+        default="fellegi_sunter",
+        description="`fellegi_sunter` (default): `comparisons` in bits; `points`: the hand weights above",
     )
     comparisons: tuple[ComparisonSpec, ...] = DEFAULT_COMPARISONS
     identifier_fields: tuple[str, ...] = Field(
@@ -259,8 +301,25 @@ class DedupeConfig(BaseModel):
         )
         return marked + extra
 
+    def for_contacts(self) -> DedupeConfig:
+        """The contact matcher of these settings: the same scorer, thresholds and vetoes on the contact entity,
+        with the contact defaults for comparisons and passes where these settings keep the account defaults
+        (a contact has no birth date or address), no model file (it is trained per entity) and no identifiers."""
+        update: dict[str, object] = {"entity": "contact", "model_file": None, "identifier_fields": ()}
+        if self.comparisons == DEFAULT_COMPARISONS:
+            update["comparisons"] = DEFAULT_CONTACT_COMPARISONS
+        if self.blocking == DEFAULT_BLOCKING:
+            update["blocking"] = DEFAULT_CONTACT_BLOCKING
+        return DedupeConfig.model_validate({**self.model_dump(), **update})
+
     def veto_fields(self) -> frozenset[str]:
         birth = self.veto_birth_date_conflict
         if birth is None:
             birth = self.scoring == "points"
-        return frozenset(self.vetoes) | ({"birth_date"} if birth else frozenset())
+        return frozenset(self.effective_vetoes()) | ({"birth_date"} if birth else frozenset())
+
+    def effective_vetoes(self) -> tuple[str, ...]:
+        """``vetoes``, or when unset the scorer's default: ``first_name`` for Fellegi-Sunter, none for points."""
+        if self.vetoes is not None:
+            return self.vetoes
+        return DEFAULT_FS_VETOES if self.scoring == "fellegi_sunter" else ()

@@ -94,7 +94,7 @@ class Deduper:
         self.scorer = Scorer(self.config)
         self.survivor = Survivor(self.config)
         known = FIELDS[self.config.entity]
-        wanted = {c.field for c in self.config.effective_comparisons()} | set(self.config.vetoes)
+        wanted = {c.field for c in self.config.effective_comparisons()} | set(self.config.effective_vetoes())
         wanted |= {p.field for spec in block_passes(self.config) for p in spec.parts}
         #: Fields the config compares or blocks on that have no built-in feature key.
         self.extra_fields = tuple(sorted(f for f in wanted if f not in known))

@@ -45,6 +45,7 @@ dedupe:
   identifier_fields: [national_id]
   scoring: fellegi_sunter
   match_probability: 0.999
+  vetoes: []        # M2 is a nickname of M1 (Peggy, Margaret): the default first-name veto would refuse it
 """
 # Pairs labelled by hand, under column names of their own, with a label column (M6/M7: two people).
 PAIRS = """left_member,right_member,is_match

@@ -13,11 +13,15 @@ from processors.dedupe import DedupeConfig, Deduper, DedupeState, RecordWithoutI
 
 pytestmark = pytest.mark.unit
 
+#: The clustering mechanics here (bridges, refusals, updates) are pinned on the points scorer, whose name
+#: floors keep two bare records of one name apart; the Fellegi-Sunter default merges them on name and address.
+POINTS = DedupeConfig(scoring="points")
+
 BARE = {"birth_date": None, "street": None, "city": None, "postal_code": None}  # only names, e-mail, phone
 
 
 def test_duplicates_join_a_cluster_whose_golden_id_is_its_smallest_member_id(account: Any) -> None:
-    deduper = Deduper()
+    deduper = Deduper(POINTS)
     first = deduper.process(account(customer_id="C0000007"))
     second = deduper.process(account(customer_id="C0000009", first_name="J.", email=None))
     third = deduper.process(account(customer_id="C0000003", first_name="John D.", phone=None))
@@ -35,7 +39,7 @@ def test_duplicates_join_a_cluster_whose_golden_id_is_its_smallest_member_id(acc
 
 
 def test_a_late_record_bridging_two_clusters_merges_them(account: Any) -> None:
-    deduper = Deduper()
+    deduper = Deduper(POINTS)
     a = deduper.process(account(customer_id="C0000005", phone=None, **BARE))
     b = deduper.process(account(customer_id="C0000003", email=None, phone="+14146519999", **BARE))
     assert a.golden_id == "C0000005" and b.golden_id == "C0000003"  # name alone: two clusters
@@ -51,7 +55,7 @@ def test_a_late_record_bridging_two_clusters_merges_them(account: Any) -> None:
 
 
 def test_joining_is_refused_when_the_cluster_would_hold_two_birth_dates(account: Any) -> None:
-    deduper = Deduper()
+    deduper = Deduper(POINTS)
     deduper.process(account(customer_id="C1", phone=None))
     deduper.process(account(customer_id="C2", birth_date=None))  # joins C1 by e-mail
     other = deduper.process(account(customer_id="C3", email=None, birth_date=date(1980, 2, 2)))
@@ -64,14 +68,14 @@ def test_joining_is_refused_when_the_cluster_would_hold_two_birth_dates(account:
 
 
 def test_clusters_do_not_grow_beyond_the_limit(account: Any) -> None:
-    deduper = Deduper(DedupeConfig(max_cluster_size=2))
+    deduper = Deduper(DedupeConfig(scoring="points", max_cluster_size=2))
     results = [deduper.process(account(customer_id=f"C{i}")) for i in range(3)]
     assert [r.golden_id for r in results] == ["C0", "C0", "C2"]
     assert results[2].evidence[0]["decision"] == "refused" and results[2].evidence[0]["veto"] == "cluster_size"
 
 
 def test_an_update_replaces_features_and_block_memberships(account: Any) -> None:
-    config = DedupeConfig(hash_block_keys=False)
+    config = DedupeConfig(scoring="points", hash_block_keys=False)
     deduper = Deduper(config)
     deduper.process(account(customer_id="C1"))
     deduper.process(account(customer_id="C2", first_name="J."))
@@ -86,7 +90,7 @@ def test_an_update_replaces_features_and_block_memberships(account: Any) -> None
 
 
 def test_an_update_can_bridge_to_another_cluster(account: Any) -> None:
-    deduper = Deduper()
+    deduper = Deduper(POINTS)
     deduper.process(account(customer_id="C1", phone=None, **BARE))
     deduper.process(account(customer_id="C2", email=None, phone="+14146519999", **BARE))
     result = deduper.process(account(customer_id="C2", phone="+14146519999", **BARE))  # now with C1's e-mail
@@ -95,11 +99,11 @@ def test_an_update_can_bridge_to_another_cluster(account: Any) -> None:
 
 def test_a_record_without_id_is_rejected(account: Any) -> None:
     with pytest.raises(RecordWithoutId, match="customer_id"):
-        Deduper().process(account(customer_id=None, source_position="customers.csv:9"))
+        Deduper(POINTS).process(account(customer_id=None, source_position="customers.csv:9"))
 
 
 def test_contacts_cluster_by_parent_and_name(contact: Any) -> None:
-    deduper = Deduper(DedupeConfig(entity="contact"))
+    deduper = Deduper(DedupeConfig(scoring="points", entity="contact"))
     deduper.process(contact())
     same = deduper.process(contact(contact_id="K2", first_name="J.", email=None, phone=None))
     other_parent = deduper.process(contact(contact_id="K3", customer_id="C9", email=None, phone=None))
@@ -147,8 +151,8 @@ def _stream(account: Any) -> list[dict[str, Any]]:
 
 
 def test_state_in_json_tables_gives_the_same_results_as_plain_dicts(account: Any) -> None:
-    plain = Deduper(DedupeConfig(), DedupeState())
-    tables = Deduper(DedupeConfig(), DedupeState(JsonTable(), JsonTable(), JsonTable(), JsonTable()))
+    plain = Deduper(POINTS, DedupeState())
+    tables = Deduper(POINTS, DedupeState(JsonTable(), JsonTable(), JsonTable(), JsonTable()))
     for record in _stream(account):
         assert tables.process(record) == plain.process(record)
     assert tables.state.to_json() == plain.state.to_json()
@@ -156,13 +160,13 @@ def test_state_in_json_tables_gives_the_same_results_as_plain_dicts(account: Any
 
 def test_state_survives_a_json_round_trip_mid_stream(account: Any) -> None:
     records = _stream(account)
-    uninterrupted = Deduper()
+    uninterrupted = Deduper(POINTS)
     for record in records:
         uninterrupted.process(record)
-    first = Deduper()
+    first = Deduper(POINTS)
     for record in records[:3]:
         first.process(record)
-    restored = Deduper(DedupeConfig(), DedupeState.from_json(first.state.to_json()))
+    restored = Deduper(POINTS, DedupeState.from_json(first.state.to_json()))
     for record in records[3:]:
         restored.process(record)
     assert restored.state.to_json() == uninterrupted.state.to_json()
@@ -171,7 +175,7 @@ def test_state_survives_a_json_round_trip_mid_stream(account: Any) -> None:
 def test_same_input_order_gives_the_same_golden_ids_and_state(account: Any) -> None:
     runs = []
     for _ in range(2):
-        deduper = Deduper()
+        deduper = Deduper(POINTS)
         ids = [deduper.process(r).golden_id for r in _stream(account)]
         runs.append((ids, deduper.state.to_json()))
     assert runs[0] == runs[1]

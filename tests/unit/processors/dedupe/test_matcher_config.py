@@ -98,16 +98,17 @@ def test_switching_the_birth_date_veto_off_switches_off_the_cluster_refusal_too(
         account(customer_id="C2", birth_date=None),  # same e-mail as C1, same phone as C3
         account(customer_id="C3", email=None, birth_date=date(1980, 1, 1)),
     ]
-    on = clusters(DedupeConfig(), records)
+    # Unset, the birth-date veto is on with points scoring (the Fellegi-Sunter default weighs the date instead).
+    on = clusters(DedupeConfig(scoring="points"), records)
     assert on["C1"] == on["C2"] == "C1" and on["C3"] == "C3", "a cluster never holds two birth dates"
-    off = clusters(DedupeConfig(veto_birth_date_conflict=False), records)
+    off = clusters(DedupeConfig(scoring="points", veto_birth_date_conflict=False), records)
     assert off["C1"] == off["C2"] == off["C3"] == "C1"
 
 
 def test_the_pair_veto_follows_the_setting(account: Any) -> None:
     twins = [account(customer_id="C1"), account(customer_id="C2", birth_date=date(1980, 1, 1))]  # same e-mail
-    assert len(set(clusters(DedupeConfig(), twins).values())) == 2
-    assert len(set(clusters(DedupeConfig(veto_birth_date_conflict=False), twins).values())) == 1
+    assert len(set(clusters(DedupeConfig(scoring="points"), twins).values())) == 2
+    assert len(set(clusters(DedupeConfig(scoring="points", veto_birth_date_conflict=False), twins).values())) == 1
 
 
 def test_a_configured_veto_field_stops_a_match(account: Any) -> None:
@@ -277,3 +278,54 @@ def test_febrl_rows_become_clean_accounts() -> None:
     assert account["street"] == "7 wallaby place" and account["national_id"] == "1804974"
     assert account["birth_date"] is None, "an impossible date is dropped, as the mapper's parse_date does"
     assert febrl_account("r", {**row, "date_of_birth": "19560409"})["birth_date"] == date(1956, 4, 9)
+
+
+def test_the_default_is_fellegi_sunter_with_a_first_name_veto_and_an_empty_list_switches_it_off(account: Any) -> None:
+    default = DedupeConfig()
+    assert default.scoring == "fellegi_sunter" and default.veto_fields() == {"first_name"}
+    assert DedupeConfig(scoring="points").veto_fields() == {"birth_date"}
+    # A household: same surname, address and birth year, another given name.
+    pair = [account(customer_id="C1", **NO_CONTACT), account(customer_id="C2", **NO_CONTACT, first_name="Maria")]
+    assert len(set(clusters(default, pair).values())) == 2
+    assert len(set(clusters(DedupeConfig(vetoes=()), pair).values())) == 1
+
+
+def test_contacts_get_their_own_passes_and_comparisons(account: Any) -> None:
+    contacts = DedupeConfig().for_contacts()
+    assert contacts.entity == "contact" and contacts.scoring == "fellegi_sunter" and contacts.model_file is None
+    assert {c.field for c in contacts.comparisons} >= {"first_name", "last_name", "customer_id", "job_title"}
+    assert all(p.field not in {"birth_date", "postal_code"} for b in contacts.blocking for p in b.parts)
+    own = DedupeConfig(blocking=(BlockingPass(name="x", parts=(BlockPart(field="last_name"),)),))
+    assert own.for_contacts().blocking == own.blocking, "passes a config declares are kept"
+
+
+def test_contacts_on_two_accounts_meet_without_e_mail_or_phone() -> None:
+    deduper = Deduper(DedupeConfig().for_contacts())
+    first = {"contact_id": "K1", "customer_id": "C1", "first_name": "Terry", "last_name": "Brooks",
+             "job_title": "Surveyor"}  # fmt: skip
+    # Another account, a typo in the first letter, swapped parts: no shared initials, parent, e-mail or phone.
+    typo = {**first, "contact_id": "K2", "customer_id": "C9", "first_name": "Derry"}
+    swapped = {**first, "contact_id": "K3", "customer_id": "C9", "first_name": "Brooks", "last_name": "Terry"}
+    namesake = {**first, "contact_id": "K4", "customer_id": "C7", "job_title": None}
+    out = [deduper.process(r).golden_id for r in (first, typo, swapped, namesake)]
+    assert out == ["K1", "K1", "K1", "K4"], "the job title links another account; a bare namesake does not"
+
+
+def test_the_dedupe_topic_partitions_are_a_setting_of_the_stage_not_of_the_matcher() -> None:
+    from processors.config import DedupeSettings
+
+    settings = DedupeSettings(partitions=1)
+    assert settings.partitions == 1 and settings.matcher().scoring == "fellegi_sunter"
+    assert "partitions" not in settings.matcher().model_dump()
+    with pytest.raises(ValueError, match="partitions"):
+        DedupeSettings(partitions=0)
+
+
+def test_an_unordered_pass_survives_swapped_names_and_tail_a_first_letter_typo() -> None:
+    last, first = BlockPart(field="last_name", transform="nysiis"), BlockPart(field="first_name", transform="nysiis")
+    names = BlockingPass(name="ph", parts=(last, first), unordered=True)
+    tail = BlockingPass(name="lt", parts=(BlockPart(field="last_name"), first.model_copy(update={"transform": "tail"})))
+    john, swapped, typo = {"fn": "John", "ln": "Smith"}, {"fn": "Smith", "ln": "John"}, {"fn": "Dohn", "ln": "Smith"}
+    assert pass_key(john, names, "account") == pass_key(swapped, names, "account") is not None
+    assert pass_key(john, tail, "account") == pass_key(typo, tail, "account") == "lt|smith|ohn"
+    assert pass_key({"fn": "J", "ln": "Smith"}, tail, "account") is None, "an initial has no tail"

@@ -14,11 +14,15 @@ from processors.dedupe.scoring import Comparison, name_similarity, street_simila
 
 pytestmark = pytest.mark.unit
 
+#: These cases pin the points scorer's rules (its birth-date veto, its name floors); the Fellegi-Sunter
+#: default is tested in test_matcher_config.
+POINTS = DedupeConfig(scoring="points")
+
 NO_LINKS = {"email": None, "phone": None}  # force the fuzzy path: nothing deterministic to share
 
 
 def compare(a: dict[str, Any], b: dict[str, Any], config: DedupeConfig | None = None) -> Comparison:
-    return Scorer(config or DedupeConfig()).compare(extract(a, "account"), extract(b, "account"))
+    return Scorer(config or POINTS).compare(extract(a, "account"), extract(b, "account"))
 
 
 @pytest.mark.parametrize("first", ["J.", "John D.", "Jonh", "john"])
@@ -98,7 +102,7 @@ def test_shared_phone_matches_despite_a_new_address(account: Any) -> None:
 
 
 def test_email_as_evidence_only_when_not_deterministic(account: Any) -> None:
-    config = DedupeConfig(deterministic_rules=())
+    config = DedupeConfig(scoring="points", deterministic_rules=())
     other = account(customer_id="C2", birth_date=None, street=None, postal_code=None, city=None, phone=None)
     c = compare(account(), other, config)
     assert c.rule == "fuzzy" and c.matched  # name 4 + e-mail 6

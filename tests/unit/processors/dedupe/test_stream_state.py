@@ -215,7 +215,7 @@ def test_golden_account_carries_the_clusters_values_under_the_members_lineage(ac
 
 
 def test_golden_account_lists_the_golden_ids_a_bridging_record_absorbed(account: Any) -> None:
-    deduper = Deduper(DedupeConfig())
+    deduper = Deduper(DedupeConfig(scoring="points"))  # name floors: C1, C2 stay apart
     deduper.process(account(customer_id="C1", email="a@example.com", phone=None, birth_date=None))
     deduper.process(account(customer_id="C2", email="b@example.com", phone="+14155550100", birth_date=None,
                             street=None, city=None, postal_code=None))
