@@ -7,7 +7,7 @@ Labels are stage, entity, outcome, topic and partition only — never ids or val
 batch committed: for every record carrying :data:`~crmflow.topics.SOURCE_COMMIT_HEADER` (a change, op c/u/d) that
 the target wrote (not refused, not parked), target commit wall time − source commit time. With
 ``$CRMFLOW_SINK_COMMIT_LOG`` set (``crmflow bench --cdc`` sets it), it also appends one JSON line per such batch
-to that file, ``{"t": commit time, "r": [[entity, id, source_lsn, source commit ms, state, parent id], ...]}``
+to that file, ``{"t": commit time, "r": [[entity, id, source_lsn, source commit ms, state, parent id, deleted], ...]}``
 (state ``w`` written, ``p`` parked, ``x`` refused), so a benchmark computes each change's latency exactly. Ids
 are in that file: it is a benchmark's, on demo data, never on by default; without it nothing per record is
 written anywhere.
@@ -111,7 +111,7 @@ def changes_landed(batch: Sequence[InRecord], outcome: FlushOutcome) -> None:
         state = "p" if i in held else "x" if i in refused else "w"
         key = id_field(rec.entity) if rec.entity in ENTITY_NAMES else None
         rows.append([rec.entity, str(rec.value.get(key)) if key else None, rec.value.get("source_lsn"), ms, state,
-                     rec.value.get("customer_id") if state == "p" else None])
+                     rec.value.get("customer_id") if state == "p" else None, bool(rec.value.get("deleted"))])
     _commit_log.write(json.dumps({"t": round(now, 6), "r": rows}) + "\n")
     _commit_log.flush()
 
