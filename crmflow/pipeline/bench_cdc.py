@@ -267,6 +267,7 @@ class CdcBench:
         landed_span = (max(v.landed_s for v in new) - t0) if new else 0.0
         step.figures = {
             "changes_landed": len(new), "changes_missing": missing, "all_landed": missing == 0,
+            "landed_after_parking": sum(1 for v in new if v.parked),
             "refused": self._refused, "still_parked": self._parked,
             "crmflow_rate": round(len(new) / landed_span, 1) if landed_span > 0 else 0.0,
             "latency": percentiles(v.latency_s for v in new),

@@ -32,6 +32,7 @@ class Landing:
     deleted: bool
     source_s: float
     landed_s: float
+    parked: bool = False  # held by the sink until its parent arrived (not in the latency metric)
 
     @property
     def latency_s(self) -> float:
@@ -62,7 +63,7 @@ def landings(lines: Iterable[str]) -> tuple[dict[tuple[str, str, int], Landing],
                 for c_entity, c_id, c_lsn, c_ms, c_deleted in waiting.pop(str(id_), []):
                     c_key = (c_entity, str(c_id), int(c_lsn or 0))
                     landed.setdefault(c_key, Landing(c_entity, str(c_id), int(c_lsn or 0), bool(c_deleted),
-                                                     c_ms / 1000, t))
+                                                     c_ms / 1000, t, parked=True))
     still_parked = sum(1 for rows in waiting.values() for r in rows if (r[0], str(r[1]), int(r[2] or 0)) not in landed)
     return landed, len(refused - landed.keys()), still_parked
 
