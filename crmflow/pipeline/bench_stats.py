@@ -45,6 +45,7 @@ def landings(lines: Iterable[str]) -> tuple[dict[tuple[str, str, int], Landing],
     landed: dict[tuple[str, str, int], Landing] = {}
     waiting: dict[str, list[list[Any]]] = {}  # parent account id → parked rows
     refused: set[tuple[str, str, int]] = set()
+    superseded: dict[tuple[str, str], float] = {}  # (entity, id) → commit time of its delete
     for line in lines:
         if not line.strip():
             continue
@@ -59,12 +60,25 @@ def landings(lines: Iterable[str]) -> tuple[dict[tuple[str, str, int], Landing],
                 refused.add(key)
                 continue
             landed.setdefault(key, Landing(entity, str(id_), int(lsn or 0), bool(deleted), ms / 1000, t))
+            if deleted:  # a parked child deleted before its parent came is dropped: its change is superseded
+                superseded[(entity, str(id_))] = t
             if entity == "account" and not deleted:
                 for c_entity, c_id, c_lsn, c_ms, c_deleted in waiting.pop(str(id_), []):
                     c_key = (c_entity, str(c_id), int(c_lsn or 0))
                     landed.setdefault(c_key, Landing(c_entity, str(c_id), int(c_lsn or 0), bool(c_deleted),
                                                      c_ms / 1000, t, parked=True))
-    still_parked = sum(1 for rows in waiting.values() for r in rows if (r[0], str(r[1]), int(r[2] or 0)) not in landed)
+    still_parked = 0
+    for rows in waiting.values():
+        for c_entity, c_id, c_lsn, c_ms, c_deleted in rows:
+            c_key = (c_entity, str(c_id), int(c_lsn or 0))
+            gone = superseded.get((c_entity, str(c_id)))
+            if c_key in landed:
+                continue
+            if gone is not None:  # lands with the delete that dropped it
+                landed[c_key] = Landing(c_entity, str(c_id), int(c_lsn or 0), bool(c_deleted), c_ms / 1000, gone,
+                                        parked=True)
+            else:
+                still_parked += 1
     return landed, len(refused - landed.keys()), still_parked
 
 
