@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import os
 import shutil
 import socket
@@ -57,6 +58,7 @@ P99_BOUND_S: Final = 2.0
 #: The workload's transaction kinds: those of ``demo-data --changes`` but ``large`` (its 8–24 kB ticket subjects
 #: break the mapping's 500-character rule: the DLQ, by design, is not a landing the bench could time).
 BENCH_KINDS: Final = tuple((k, w) for k, w in KINDS if k != "large")
+MAX_WORKERS: Final = 32
 COMMIT_LOG_ENV: Final = "CRMFLOW_SINK_COMMIT_LOG"  # sinks.telemetry.COMMIT_LOG_ENV (a stage the CLI layer spawns)
 
 
@@ -93,6 +95,12 @@ def _bench_config(root: Path, tag: str, partitions: int) -> Path:
     config = root / f"crmflow-cdc-{tag}.yaml"
     config.write_text(yaml.safe_dump(raw, sort_keys=False))
     return config
+
+
+def workers(rate: float) -> int:
+    """Connections of the change workload: each waits for its statements' round trips (a few hundred changes/s at
+    best, fewer on a busy machine), so one per 150 changes/s, up to :data:`MAX_WORKERS`."""
+    return max(1, min(MAX_WORKERS, math.ceil(rate / 150)))
 
 
 def _free_port() -> int:
@@ -242,7 +250,7 @@ class CdcBench:
         t0 = time.time()
         try:
             stats = run_changes(self.ep.dsn(self.legacy_db), rate, seconds, log_path=self.changes_log,
-                                seed=self.seed + int(rate), kinds=BENCH_KINDS)
+                                seed=self.seed + int(rate), kinds=BENCH_KINDS, workers=workers(rate))
         finally:
             stop.set()
             sampler.join()
