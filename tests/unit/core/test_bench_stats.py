@@ -95,3 +95,32 @@ def test_landings_first_commit_wins_and_parked_children_land_with_their_parent()
 
 def test_a_clock_a_little_behind_never_makes_a_negative_latency() -> None:
     assert Landing("account", "C1", 1, False, 10.002, 10.0).latency_s == 0.0
+
+
+def _line(t: float, *rows: list[object]) -> str:
+    return json.dumps({"t": t, "r": list(rows)})
+
+
+def test_landings_parked_superseded_and_refused() -> None:
+    lines = [
+        _line(10.5, ["account", "C1", 100, 10_000, "w", None, False],
+              ["contact", "K1", 101, 10_000, "p", "C2", False],  # parked until account C2 lands
+              ["case", "T9", 102, 10_100, "x", None, False]),
+        _line(11.0, ["account", "C1", 100, 10_000, "w", None, False]),  # re-delivered: lands once, at 10.5
+        _line(12.0, ["account", "C2", 103, 11_000, "w", None, False],
+              ["sale", "S1", 104, 11_500, "w", None, True]),
+        _line(13.0, ["contact", "K7", 105, 12_000, "p", "C404", False],  # its parent never comes
+              ["case", "T1", 106, 12_000, "p", "C405", False]),  # parked, then deleted: superseded
+        _line(14.0, ["case", "T1", 107, 13_000, "w", None, True]),
+    ]
+    landed, refused, parked = landings(lines)
+    assert landed[("account", "C1", 100)].landed_s == 10.5
+    assert landed[("account", "C1", 100)].latency_s == pytest.approx(0.5)
+    assert landed[("contact", "K1", 101)].landed_s == 12.0  # with C2's transaction
+    assert landed[("contact", "K1", 101)].latency_s == pytest.approx(2.0)
+    assert landed[("contact", "K1", 101)].parked and not landed[("account", "C2", 103)].parked
+    assert landed[("sale", "S1", 104)].deleted
+    assert landed[("case", "T1", 106)].landed_s == 14.0 and landed[("case", "T1", 106)].parked
+    assert set(landed) == {("account", "C1", 100), ("contact", "K1", 101), ("account", "C2", 103),
+                           ("sale", "S1", 104), ("case", "T1", 106), ("case", "T1", 107)}
+    assert (refused, parked) == (1, 1)
