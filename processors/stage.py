@@ -222,7 +222,8 @@ class ProcessStage(BatchStage):
                     if record.get("deleted"):
                         out.records.append(OutRecord(self._mapped[entity], key, record, _commit(self._commits, i)))
                     else:
-                        out.records.append(OutRecord(self._dedupe_topic, shard_key(record).encode(), record))
+                        out.records.append(OutRecord(self._dedupe_topic, shard_key(record).encode(), record,
+                                                     _commit(self._commits, i)))
             else:
                 topic = self._mapped[entity]
                 mask = self._masker.active
@@ -259,7 +260,7 @@ class ProcessStage(BatchStage):
             account = golden_account(rec.value, result)
             if self._masker.active:
                 account = self._masker.mask("account", account)
-            out.records.append(OutRecord(account_topic, rec.key, account))
+            out.records.append(OutRecord(account_topic, rec.key, account, _passed_on(rec)))
             sent += 1
         cipher = self._cipher
         for partition in touched:
@@ -295,3 +296,11 @@ def _commit(commits: Mapping[int, bytes], index: int) -> tuple[tuple[str, bytes]
     """The headers of the mapped record of batch index ``index``: its change's source commit time, if any."""
     ms = commits.get(index)
     return None if ms is None else ((SOURCE_COMMIT_HEADER, ms),)
+
+
+def _passed_on(rec: InRecord) -> tuple[tuple[str, bytes], ...] | None:
+    """The source commit header of a record that went through the dedupe topic, for its resolved account."""
+    for name, value in rec.headers or ():
+        if name == SOURCE_COMMIT_HEADER and value is not None:
+            return ((name, value.encode() if isinstance(value, str) else value),)
+    return None

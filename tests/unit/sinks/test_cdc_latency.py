@@ -75,3 +75,17 @@ def test_the_sink_observes_written_changes_after_the_commit_and_logs_them_when_a
     assert batch["r"] == [["contact", "K1", None, source_ms, "x", None, False],
                           ["contact", "K2", None, source_ms, "p", "C9", False],
                           ["contact", "K3", 7, source_ms, "w", None, False]]
+
+
+def test_an_account_change_keeps_its_commit_header_through_deduplication() -> None:
+    from crmflow.config import load_config
+    from tests.unit.processors.test_sealing import DEDUPE, DEMO, _accounts, _stage
+
+    cfg = load_config(DEMO)
+    stage = _stage(cfg, None)
+    stage.restore(0, {})
+    a, b = _accounts(cfg, 2)
+    header = [(SOURCE_COMMIT_HEADER, b"1700000000123")]
+    out = stage.process([InRecord(DEDUPE, 0, 0, b"ao", a, b"", header), InRecord(DEDUPE, 0, 1, b"ao", b, b"")])
+    resolved = [r for r in out.records if r.topic == cfg.kafka.mapped_topic("account")]
+    assert [r.headers for r in resolved] == [((SOURCE_COMMIT_HEADER, b"1700000000123"),), None]
