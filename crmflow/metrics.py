@@ -155,6 +155,16 @@ CDC_REPLICATION_LAG_SECONDS = Gauge(
     "has not acknowledged yet (0 when every received transaction is confirmed).",
     ["slot"],
 )
+CDC_END_TO_END_LATENCY = Histogram(
+    "crmflow_cdc_end_to_end_latency_seconds",
+    "Seconds from a legacy transaction's commit to the commit of the target transaction that wrote its change, "
+    "per change record (op c, u, d; never snapshot or file records), observed by the sink, by entity. Wall clocks "
+    "of the legacy database and the sink: keep them in sync (NTP). A child parked until its parent arrives is "
+    "not observed.",
+    ["entity"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1, 1.5, 2, 3, 4, 5, 7.5, 10, 15,
+             20, 30, 45, 60),
+)
 CDC_RECONNECTS = Counter(
     "crmflow_cdc_reconnects_total",
     "Times the CDC producer lost the legacy database (restart, dropped connection) and reconnected to its slot.",

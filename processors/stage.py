@@ -31,6 +31,7 @@ import orjson
 from crmflow.pii import SealedDataError, StateCipher
 from crmflow.runtime import BatchStage, InRecord, OutRecord, Rejection, StageOutput, StateWrite
 from crmflow.runtime.stage import Decoder, Encoder
+from crmflow.topics import SOURCE_COMMIT_HEADER
 from processors.batch import MapFn, map_batch
 from processors.cdc import CdcSource, ChangeFormatError, delete_record, envelope_to_legacy
 from processors.dedupe import DedupeConfig, DedupeError, Deduper, DedupeResult, shard_key
@@ -86,6 +87,7 @@ class ProcessStage(BatchStage):
         self._source_entities: dict[str, str] = {}
         self._dedupe_partitions = 1
         self._cipher = cipher
+        self._commits: dict[int, bytes] = {}  # batch index → the change's source commit time (the header value)
 
     def with_partitions(self, partitions: int) -> ProcessStage:
         """How many partitions the dedupe topic gets when the runtime has to create it."""
@@ -163,7 +165,8 @@ class ProcessStage(BatchStage):
         self, raw: list[tuple[int, InRecord]], out: StageOutput
     ) -> tuple[list[tuple[int, dict[str, Any]]], dict[int, int], dict[str, list[tuple[int, bytes, dict[str, Any]]]]]:
         """The LegacyRecords of ``raw`` (change events converted), the LSN of each change by batch index, and
-        per entity the deletes' records (not mapped: they carry the id only); unreadable changes are rejected."""
+        per entity the deletes' records (not mapped: they carry the id only); unreadable changes are rejected.
+        The source commit time of each change (op c, u, d; not a snapshot read) goes to ``self._commits``."""
         legacy: list[tuple[int, dict[str, Any]]] = []
         lsns: dict[int, int] = {}
         deletes: dict[str, list[tuple[int, bytes, dict[str, Any]]]] = {}
@@ -180,6 +183,9 @@ class ProcessStage(BatchStage):
                                                 self._cdc_run, rec.origin))
                 out.count(STAGE, cdc.entity, "rejected")
                 continue
+            committed = (rec.value.get("source") or {}).get("ts_ms")
+            if committed is not None and rec.value.get("op") != "r":
+                self._commits[index] = str(committed).encode()
             if change.deleted:
                 out.count(STAGE, cdc.entity, "in")
                 if cdc.entity in self._mapped:
@@ -191,6 +197,7 @@ class ProcessStage(BatchStage):
         return legacy, lsns, deletes
 
     def _map(self, batch: Sequence[InRecord], raw: list[tuple[int, InRecord]], out: StageOutput) -> None:
+        self._commits = {}
         if self._cdc:
             legacy, lsns, deletes = self._changes(raw, out)
         else:
@@ -211,17 +218,19 @@ class ProcessStage(BatchStage):
             if entity == "account" and self._dedupe_topic is not None:
                 # Unmasked: the matcher needs the real values; the resolution masks its output. A delete goes
                 # to the mapped topic (deduplication of changes is not built yet).
-                for _, key, record in rows:
+                for i, key, record in rows:
                     if record.get("deleted"):
-                        out.records.append(OutRecord(self._mapped[entity], key, record))
+                        out.records.append(OutRecord(self._mapped[entity], key, record, _commit(self._commits, i)))
                     else:
-                        out.records.append(OutRecord(self._dedupe_topic, shard_key(record).encode(), record))
+                        out.records.append(OutRecord(self._dedupe_topic, shard_key(record).encode(), record,
+                                                     _commit(self._commits, i)))
             else:
                 topic = self._mapped[entity]
                 mask = self._masker.active
-                for _, key, record in rows:
+                for i, key, record in rows:
                     masked = mask and not record.get("deleted")  # a delete holds no personal data
-                    out.records.append(OutRecord(topic, key, self._masker.mask(entity, record) if masked else record))
+                    out.records.append(OutRecord(topic, key, self._masker.mask(entity, record) if masked else record,
+                                                 _commit(self._commits, i)))
             out.count(STAGE, entity, "out", len(rows))
         for rej in outcome.rejected:
             out.rejections.append(Rejection(rej.index, rej.stage, rej.rule, rej.error, rej.field, rej.entity,
@@ -251,7 +260,7 @@ class ProcessStage(BatchStage):
             account = golden_account(rec.value, result)
             if self._masker.active:
                 account = self._masker.mask("account", account)
-            out.records.append(OutRecord(account_topic, rec.key, account))
+            out.records.append(OutRecord(account_topic, rec.key, account, _passed_on(rec)))
             sent += 1
         cipher = self._cipher
         for partition in touched:
@@ -281,3 +290,17 @@ def _count_decisions(result: DedupeResult, out: StageOutput) -> None:
         add("cluster_merge", len(result.cluster_merges))
     if result.closed_blocks:
         add("closed_block", result.closed_blocks)
+
+
+def _commit(commits: Mapping[int, bytes], index: int) -> tuple[tuple[str, bytes], ...] | None:
+    """The headers of the mapped record of batch index ``index``: its change's source commit time, if any."""
+    ms = commits.get(index)
+    return None if ms is None else ((SOURCE_COMMIT_HEADER, ms),)
+
+
+def _passed_on(rec: InRecord) -> tuple[tuple[str, bytes], ...] | None:
+    """The source commit header of a record that went through the dedupe topic, for its resolved account."""
+    for name, value in rec.headers or ():
+        if name == SOURCE_COMMIT_HEADER and value is not None:
+            return ((name, value.encode() if isinstance(value, str) else value),)
+    return None

@@ -92,6 +92,7 @@ class SinkStage(BatchStage):
         except BaseException:
             self.batching.drop(self.batching.pending())
             raise
+        telemetry.changes_landed(batch, outcome)
         return self._output(outcome)
 
     def _output(self, outcome: FlushOutcome) -> StageOutput:

@@ -25,10 +25,23 @@ def bench(
     stage: Annotated[str | None, typer.Option(
         help="'process': fill the raw topics first, then time one processor worker alone, for both engines, "
              "with and without dedupe.")] = None,
+    cdc: Annotated[bool, typer.Option("--cdc", help="Instead: the parallel run (cdc, process, sink) under a change "
+                                      "workload; end-to-end latency per change.")] = False,
+    rate: Annotated[float, typer.Option(min=1, help="With --cdc: changes/s to drive (with --max: the first step).")
+                    ] = 1000,
+    seconds: Annotated[float, typer.Option(min=1, help="With --cdc: seconds of workload (per step with --max).")
+                       ] = 60,
+    max_rate: Annotated[bool, typer.Option("--max", help="With --cdc: step the rate up (x1.5) while crmflow keeps "
+                                           "up; report the highest.")] = False,
 ) -> None:
     """Generate N customers, migrate them end to end on the real stack, and report records/s and memory."""
     from crmflow.pipeline.bench import run_bench, run_stage_bench
     from crmflow.stack import get_stack
+
+    if cdc:
+        _bench_cdc(rate, seconds, max_rate=max_rate, customers=customers if customers != 100_000 else 2000,
+                   seed=seed, partitions=partitions, keep=keep, as_json=as_json)
+        return
 
     if stage is not None:
         if stage != "process":
@@ -72,5 +85,39 @@ def bench(
     if (b := figures.get("baseline")) is not None:
         err_console.print(f"  the seeds' pandas script on the same files: {b['rows_per_second']:,.0f} rows/s "
                           f"({b['ratio']}x; no cleansing, no Kafka, no database)")
+    for proc, rss in figures["peak_rss_bytes"].items():
+        err_console.print(f"  peak RSS {proc}: {rss / 2**20:,.0f} MiB")
+
+
+def _bench_cdc(rate: float, seconds: float, *, max_rate: bool, customers: int, seed: int, partitions: int, keep: bool,
+               as_json: bool) -> None:
+    from crmflow.pipeline.bench_cdc import run_cdc_bench
+    from crmflow.stack import get_stack
+
+    try:
+        figures = run_cdc_bench(get_stack().endpoints(), rate, seconds, max_rate=max_rate, customers=customers,
+                                seed=seed, partitions=partitions, keep=keep)
+    except CrmflowError as exc:
+        err_console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    if as_json:
+        print(json.dumps(figures))
+        return
+    err_console.print(f"initial load ({customers:,} customers) landed in {figures['initial_load_s']}s")
+    for step in figures["steps"] if max_rate else [figures["run"]]:
+        src, lat, growth = step["source"], step["latency"], step["lag_growth"]
+        err_console.print(f"  {step['rate']:,.0f} changes/s asked for {step['seconds']:g}s: source "
+                          f"{src['rate']:,.0f}/s{'' if src['reached_rate'] else ' (short of the rate)'}, crmflow "
+                          f"{step['crmflow_rate']:,.0f}/s; {step['changes_landed']:,} landed, "
+                          f"{step['changes_missing']:,} missing")
+        if lat:
+            err_console.print(f"    latency p50 {lat['p50_s']:.3f}s  p95 {lat['p95_s']:.3f}s  p99 {lat['p99_s']:.3f}s"
+                              f"  max {lat['max_s']:.3f}s; last tenth vs first: {growth['ratio']}x, lag growing: "
+                              f"{'yes' if growth['growing'] else 'no'}")
+    if max_rate:
+        err_console.print(f"  [bold]highest rate kept up with: {figures['max_rate_kept_up']:,.0f} changes/s[/bold] "
+                          f"({figures['keeps_up_means']}; limited by {figures['limited_by']})")
+    rec = figures["reconcile"]
+    err_console.print(f"  target equals source (rows per table): {rec['equal']} {rec['target']}")
     for proc, rss in figures["peak_rss_bytes"].items():
         err_console.print(f"  peak RSS {proc}: {rss / 2**20:,.0f} MiB")

@@ -25,6 +25,7 @@ import random
 import threading
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -35,7 +36,7 @@ from faker import Faker
 from crmflow.connections import PostgresConnection, as_postgres
 from crmflow.demo_data.legacy_db import create_legacy_schema
 
-__all__ = ["ChangeStats", "run_changes"]
+__all__ = ["KINDS", "ChangeStats", "run_changes"]
 
 log = logging.getLogger(__name__)
 
@@ -158,8 +159,8 @@ class _Workload:
             out.append(("customers", cid, "d"))
         return out
 
-    def transaction(self) -> tuple[int, list[Change]]:
-        kind = self.rng.choices([k for k, _ in KINDS], [w for _, w in KINDS])[0]
+    def transaction(self, kinds: Sequence[tuple[str, float]] = KINDS) -> tuple[int, list[Change]]:
+        kind = self.rng.choices([k for k, _ in kinds], [w for _, w in kinds])[0]
         with self.conn.transaction():
             txid = int(self.conn.execute("select txid_current()").fetchone()[0])  # type: ignore[index]
             changes: list[Change] = getattr(self, kind)()
@@ -175,11 +176,13 @@ def run_changes(
     seed: int = 42,
     workers: int = 0,
     stop: threading.Event | None = None,
+    kinds: Sequence[tuple[str, float]] = KINDS,
 ) -> ChangeStats:
     """Change ``rate`` rows/s of the legacy tables for ``seconds`` (or until ``stop``); see the module doc.
 
     ``workers`` connections share the rate (0: one per 100 changes/s, at most 8): one connection waits for each
-    statement's round trip, so a single one tops out at a few hundred changes/s.
+    statement's round trip, so a single one tops out at a few hundred changes/s. ``kinds``: the transaction
+    kinds and their weights (default :data:`KINDS`).
     """
     stop = stop or threading.Event()
     workers = workers or max(1, min(8, math.ceil(rate / 100)))
@@ -210,7 +213,7 @@ def run_changes(
                         stop.wait(min(ahead, 0.5))
                         continue
                     try:
-                        txid, changes = work.transaction()
+                        txid, changes = work.transaction(kinds)
                     except psycopg.errors.IntegrityError:  # a key raced by another writer
                         with lock:
                             stats.failed += 1

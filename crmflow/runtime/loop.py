@@ -301,7 +301,9 @@ class TransactionalRuntime:
             except SerializationError as exc:
                 undecodable.append((msg, str(exc)))
                 continue
-            records.append(InRecord(topic, partition, offset, msg.key(), value, raw))
+            headers = msg.headers()
+            records.append(InRecord(topic, partition, offset, msg.key(), value, raw,
+                                    headers if isinstance(headers, list) else None))
         return records, undecodable
 
     def _transact(self, records: Sequence[InRecord], undecodable: list[tuple[Message, str]], output: StageOutput,
@@ -315,7 +317,9 @@ class TransactionalRuntime:
         for topic, indexes in by_topic.items():
             values = self.stage.encoder(topic).encode_many(output.records[i].value for i in indexes)
             for i, value in zip(indexes, values, strict=True):
-                self._produce(producer, topic, output.records[i].key, value)
+                out_rec = output.records[i]
+                self._produce(producer, topic, out_rec.key, value,
+                              headers=list(out_rec.headers) if out_rec.headers else None)
         if output.state:
             changelog = self.stage.changelog
             assert changelog is not None, "a stage with state writes names its changelog"

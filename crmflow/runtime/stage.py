@@ -58,6 +58,7 @@ class InRecord:
     key: bytes | None
     value: dict[str, Any]
     raw: bytes
+    headers: Sequence[tuple[str, str | bytes | None]] | None = None  # the message's Kafka headers, as read
 
     @property
     def origin(self) -> str:
@@ -71,6 +72,7 @@ class OutRecord:
     topic: str
     key: bytes | None
     value: Mapping[str, Any]
+    headers: Sequence[tuple[str, bytes]] | None = None  # produced with the record (a stage's own metadata)
 
 
 @dataclass(frozen=True, slots=True)

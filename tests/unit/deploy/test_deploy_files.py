@@ -305,10 +305,15 @@ def test_dashboard_has_the_panels_of_a_cutover() -> None:
         "crmflow_batch_size_records",
         "crmflow_parked_records",
         "time() - max by (stage) (crmflow_last_success_timestamp_seconds",
+        "crmflow_cdc_replication_lag_seconds",
+        "crmflow_cdc_retained_wal_bytes",
+        "crmflow_cdc_events_total",
     ):
         assert needle in exprs, f"no panel queries {needle}"
     for q in ("0.5", "0.95", "0.99"):
         assert f"histogram_quantile({q}, sum by (stage, le) (rate(crmflow_batch_duration_seconds_bucket" in exprs
+        cdc = f"histogram_quantile({q}, sum by (entity, le) (rate(crmflow_cdc_end_to_end_latency_seconds_bucket"
+        assert cdc in exprs
     assert any(p["type"] == "alertlist" for p in panels())
     ids = [p["id"] for p in panels()]
     assert len(ids) == len(set(ids)), "panel ids repeat"
