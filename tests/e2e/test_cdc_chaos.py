@@ -215,9 +215,9 @@ class Workload:
     def _statement(self, conn: psycopg.Connection[Any], rng: random.Random, key: Callable[[str], str]) -> None:
         x = conn.execute
         kind = rng.choices(
-            ["customer", "update", "notes", "contact", "contact_update", "contact_key", "contact_delete", "ticket",
-             "ticket_update", "ticket_body", "ticket_delete", "delete", "account_no"],
-            [10, 14, 4, 8, 6, 2, 3, 6, 8, 3, 3, 4, 6 if self.altered.is_set() else 0])[0]  # fmt: skip
+            ["customer", "update", "notes", "contact", "contact_update", "contact_key", "contact_delete",
+             "contact_again", "ticket", "ticket_update", "ticket_body", "ticket_delete", "delete", "account_no"],
+            [10, 14, 4, 8, 6, 2, 3, 2, 6, 8, 3, 3, 4, 6 if self.altered.is_set() else 0])[0]  # fmt: skip
         if kind == "customer":
             cid = key("C")
             first, last = rng.choice(NAMES), rng.choice(NAMES)
@@ -262,6 +262,11 @@ class Workload:
             return
         if kind == "contact_update":
             x("update legacy.contacts set job_title = %s where contact_id = %s", (f" {rng.choice(JOBS)} ", row_id))
+        elif kind == "contact_again":  # deleted and inserted again in one transaction: the row stays
+            row = x("delete from legacy.contacts where contact_id = %s returning customer_id, first_name",
+                    (row_id,)).fetchone()  # fmt: skip
+            if row is not None:
+                x("insert into legacy.contacts values (%s, %s, %s, %s, 'again')", (row_id, *row, rng.choice(NAMES)))
         elif kind == "contact_key":  # a key change: a delete of the old key and a create of the new one
             x("update legacy.contacts set contact_id = %s where contact_id = %s", (key("K"), row_id))
         elif kind == "ticket_update":  # the TOASTed body left unchanged
