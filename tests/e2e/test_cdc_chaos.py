@@ -234,9 +234,10 @@ class Workload:
                    _large(rng, rng.choice(["low", "medium", "high"]))))  # fmt: skip
             return
         if kind in ("update", "notes", "delete", "account_no", "contact", "ticket"):
-            cid = self._pick(conn, "customers", "customer_id")
-            if cid is None:
+            picked = self._pick(conn, "customers", "customer_id")
+            if picked is None:
                 return
+            cid = picked
             if kind == "update":  # the TOASTed notes left unchanged
                 x("update legacy.customers set city = %s, email = %s where customer_id = %s",
                   (rng.choice(CITIES), f"u{rng.randrange(10**6)}.{cid.lower()}@example.org", cid))
@@ -337,7 +338,7 @@ def legacy(pg_dsn_factory: Callable[[], str], monkeypatch: pytest.MonkeyPatch) -
 
 def test_cdc_under_chaos_the_target_equals_the_mapped_source(
     legacy: tuple[str, str, str], pg_dsn_factory: Callable[[], str], endpoints: Endpoints,
-    registry_client: SchemaRegistryClient, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    registry_client: SchemaRegistryClient, admin: AdminClient, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
 ) -> None:  # fmt: skip
     pg = getattr(get_stack(), "pg", None)
     if pg is None:
@@ -370,7 +371,6 @@ def test_cdc_under_chaos_the_target_equals_the_mapped_source(
     services: dict[str, Service] = {"cdc": service("cdc", "cdc", "--init")}
     workload = Workload(legacy_dsn, seed + 1, "b")
     try:
-        admin = AdminClient(endpoints.kafka.client_config())
         topics = [cdc_topic(cfg.kafka.topic_prefix, t) for t in TABLES]
         wait_until(lambda: set(topics) <= set(admin.list_topics(timeout=5).topics), 90, what="the change topics")
         services["process"] = service("process", "process")
@@ -395,7 +395,17 @@ def test_cdc_under_chaos_the_target_equals_the_mapped_source(
                 run_for(rng.uniform(0.2, 2.0))  # a while with it down
                 services[name] = service(name, *args)
 
+            def streaming() -> bool:
+                supervise()
+                with psycopg.connect(legacy_dsn) as conn:
+                    row = conn.execute("select active_pid from pg_replication_slots where slot_name = %s",
+                                       (slot,)).fetchone()  # fmt: skip
+                    return row is not None and row[0] is not None
+
             def restart_postgres() -> None:
+                # While a replication session is live (a producer still starting would only exit 3 and be run
+                # again), so that the outage cuts one: the producer must reconnect and resume from its slot.
+                wait_until(streaming, 60, what="the producer streaming")
                 pg.stop()  # pg_ctl stop -m fast: every connection (walsender, sink, workload) closed
                 pg.start()
                 wait_until(lambda: pg.accepts(endpoints), 60, what="PostgreSQL back")
@@ -453,6 +463,9 @@ def test_cdc_under_chaos_the_target_equals_the_mapped_source(
         for log_file in logs:
             if log_file.exists():
                 print(f"--- {log_file.name}:\n{log_file.read_text()[-3000:]}")
+    cdc_logs = "".join(f.read_text() for f in logs if f.name.startswith("cdc-") and f.exists())
+    assert "snapshot of legacy.customers complete" in cdc_logs  # the re-snapshot ran to its end
+    assert "lost the legacy database" in cdc_logs  # the restart was an outage the producer rode out
     got = target_now(target_dsn)
     for entity in expected:
         assert got[entity] == expected[entity], f"{entity} differs (seed {seed})"  # row by row, field by field
