@@ -40,7 +40,9 @@ class ChangeFormatError(ValueError):
 
 @dataclass(frozen=True)
 class Change:
-    """One change as a LegacyRecord (``record``), its WAL position and the source columns left unchanged."""
+    """One change as a LegacyRecord (``record``), its order (``lsn``: the commit LSN of its transaction, or of a
+    snapshot row where it was read; the change's own WAL position when the envelope has no ``commit_lsn``) and the
+    source columns left unchanged."""
 
     record: dict[str, Any]
     lsn: int
@@ -136,6 +138,9 @@ def envelope_to_legacy(
     if key_value is None:
         raise ChangeFormatError(f"{origin}: the change has no value for the source's key column {key}")
     lsn = int(src.get("lsn") or 0)
+    # The order of a row's changes is their transactions' commit order, not their own WAL positions: a change
+    # written before a snapshot chunk was read and committed after it is newer than the chunk's copy of the row.
+    order = int(src.get("commit_lsn") or lsn)
     table = f"{src.get('schema', '')}.{src.get('table', '')}"
     committed = src.get("ts_ms")
     captured_at = datetime.fromtimestamp((committed if committed is not None else envelope["ts_ms"]) / 1000, UTC)
@@ -149,7 +154,7 @@ def envelope_to_legacy(
         "captured_at": captured_at,
         "fields": fields,
     }
-    return Change(record, lsn, frozenset(unchanged))
+    return Change(record, order, frozenset(unchanged))
 
 
 @dataclass(frozen=True)

@@ -184,6 +184,9 @@ class TableEvents:
                     {"name": "txId", "type": ["null", "long"], "default": None},
                     {"name": "ts_ms", "type": "long", "doc": "the transaction's commit time"},
                     {"name": "snapshot", "type": "boolean"},
+                    {"name": "commit_lsn", "type": ["null", "long"], "default": None,
+                     "doc": "the WAL position of the transaction's commit record (a snapshot row: where it was "
+                            "read): a row's changes in commit order, the order to apply them in"},
                 ]}},
             ],
         }  # fmt: skip
@@ -216,10 +219,12 @@ class TableEvents:
 
     def envelope(
         self, op: Op, before: dict[str, Any] | None, after: dict[str, Any] | None, *, lsn: int, xid: int | None,
-        commit_ms: int, snapshot: bool = False,
+        commit_ms: int, snapshot: bool = False, commit_lsn: int | None = None,
     ) -> dict[str, Any]:  # fmt: skip
+        """``commit_lsn``: the commit record's LSN of the change's transaction; None (a snapshot row): ``lsn``."""
         return {
             "before": before, "after": after, "op": op, "ts_ms": int(time.time() * 1000),
             "source": {"connector": "crmflow", "db": self.database, "schema": self.table.schema,
-                       "table": self.table.name, "lsn": lsn, "txId": xid, "ts_ms": commit_ms, "snapshot": snapshot},
+                       "table": self.table.name, "lsn": lsn, "txId": xid, "ts_ms": commit_ms, "snapshot": snapshot,
+                       "commit_lsn": lsn if commit_lsn is None else commit_lsn},
         }  # fmt: skip

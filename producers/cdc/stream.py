@@ -154,6 +154,7 @@ class _Stream:
         self.txn: Any = None
         self.xid = 0
         self.commit_ms = 0
+        self.commit_lsn = 0  # the open transaction's commit record (Begin's final LSN): the order of its changes
         self.last_feedback = 0.0
         self.started = False  # replication started: feedback may be sent
 
@@ -177,7 +178,8 @@ class _Stream:
     def _change(self, table: str, op: Op, before: Any, after: Any, key: dict[str, Any], lsn: int) -> None:
         ev = self.tables[table].events
         self.resnap.on_change(table, key)  # newer than a snapshot chunk's copy of the row
-        envelope = ev.envelope(op, before, after, lsn=lsn, xid=self.xid, commit_ms=self.commit_ms)
+        envelope = ev.envelope(op, before, after, lsn=lsn, xid=self.xid, commit_ms=self.commit_ms,
+                               commit_lsn=self.commit_lsn)  # fmt: skip
         self.produce(table, op, key, envelope)
         if op == "d":
             self.produce(table, "tombstone", key, None)
@@ -185,6 +187,7 @@ class _Stream:
     def handle(self, msg: pg.Message, lsn: int) -> None:
         if isinstance(msg, pg.Begin):
             self.xid, self.commit_ms = msg.xid, int(pg.pg_time(msg.commit_ts).timestamp() * 1000)
+            self.commit_lsn = msg.final_lsn
             self.txn = self.acks.begin(self.commit_ms)
         elif isinstance(msg, pg.Commit):
             self.acks.commit(self.txn, msg.end_lsn)

@@ -193,7 +193,8 @@ class PostgresSink(Sink):
                     plan = self._plan_goldens(cur, batch, indexes) if entity == "account" else GoldenPlan()
                     loader = self._batch_loader(table, batch, plan)
                     sql = table.merge_sql if plan.dedupe else table.plain_merge_sql
-                    merged = self._merge(cur, table, indexes, loader, sql)
+                    fill = any(batch[i].value.get("unchanged_fields") for i in indexes)
+                    merged = self._merge(cur, table, indexes, loader, sql, fill)
                     if plan.merges:
                         self._merge_goldens(cur, plan)
                     written += merged.inserted + merged.updated
@@ -245,15 +246,19 @@ class PostgresSink(Sink):
         seqs: list[int],
         load: Callable[[Cursor, list[int]], None],
         sql: str | None = None,
+        fill: bool = False,
     ) -> _Merged:
         """Stage and merge ``seqs`` (with ``sql``, default ``table.merge_sql``); on a refusal, split in
-        halves under savepoints to find the culprits."""
+        halves under savepoints to find the culprits. ``fill``: some staged changes left fields unchanged
+        (a child's are then taken from its parked version, :attr:`EntityTable.fill_from_parked_sql`)."""
         conn = cur.connection
         statement = (sql or table.merge_sql).encode()
         try:
             with conn.transaction():
                 cur.execute(f"truncate {table.stage}".encode())
                 load(cur, seqs)
+                if fill and table.is_child:
+                    cur.execute(table.fill_from_parked_sql.encode())
                 row = cur.execute(statement, {"system": self.system}).fetchone()
         except psycopg.Error as exc:
             if not is_refusal(exc):
@@ -268,8 +273,8 @@ class PostgresSink(Sink):
                 )
                 return _Merged(records=1, refused={seqs[0]: why})
             half = len(seqs) // 2
-            merged = self._merge(cur, table, seqs[:half], load, sql)
-            merged += self._merge(cur, table, seqs[half:], load, sql)
+            merged = self._merge(cur, table, seqs[:half], load, sql, fill)
+            merged += self._merge(cur, table, seqs[half:], load, sql, fill)
             return merged
         assert row is not None
         records, inserted, updated, parked, owned = row

@@ -159,6 +159,25 @@ class EntityTable:
         )
 
     @cached_property
+    def fill_from_parked_sql(self) -> str:
+        """Fill the staged changes' ``unchanged_fields`` of a child with no row yet from the parked version of
+        the same id (its insert, waiting for the account), as the row would have given them: otherwise the
+        change would replace that version, or be written over it, without the values it left unchanged."""
+        s = self.schema
+        names = [c.name for c in self.columns
+                 if c.stored and c.name not in _LINEAGE_NAMES and c.name not in ("external_id", "account_id")]
+        sets = ", ".join(f"{n} = case when '{n}' = any(l.unchanged_fields) then r.{n} else l.{n} end" for n in names)
+        return (
+            f"update {self.stage} l set {sets}, unchanged_fields = array(select unnest(l.unchanged_fields) "
+            "intersect select unnest(r.unchanged_fields)) "
+            f"from {s}.parked p cross join lateral jsonb_populate_record(null::{self.stage}, p.record) r "
+            f"where cardinality(l.unchanged_fields) > 0 and p.entity = '{self.entity}' "
+            "and p.external_id = l.external_id and p.dead_rule is null "
+            "and (r.source_lsn is null or l.source_lsn is null or r.source_lsn <= l.source_lsn) "
+            f"and not exists (select 1 from {s}.{self.table} t where t.external_id = l.external_id)"
+        )  # fmt: skip
+
+    @cached_property
     def merge_sql(self) -> str:
         """Upsert the staged rows (latest per target row) and their xref entries in one statement, as the
         system ``%(system)s``.
@@ -211,12 +230,13 @@ class EntityTable:
 
     def _source(self, relation: str, alias: str, target: str) -> str:
         """The upsert's rows: ``relation`` as ``alias`` with the stored row ``cur`` of its target, less the
-        changes older than a hard delete of their id (``deletions``, migration 0008)."""
+        changes older than a hard delete of their id (``deletions``, migration 0008). A change at the delete's
+        LSN is of the same transaction (a change's LSN is its transaction's commit), after it: it stays."""
         s = self.schema
         return (
             f"{relation} {alias} left join {s}.{self.table} cur on cur.external_id = {alias}.{target} "
             f"where not exists (select 1 from {s}.deletions d where d.entity = '{self.entity}' "
-            f"and d.external_id = {alias}.{target} and d.source_lsn >= {alias}.source_lsn)"
+            f"and d.external_id = {alias}.{target} and d.source_lsn > {alias}.source_lsn)"
         )
 
     def _upsert(self, insert_cols: str, select_cols: str, source: str, sets: str, changed: str) -> str:

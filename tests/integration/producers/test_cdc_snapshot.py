@@ -154,3 +154,39 @@ def test_an_interrupted_initial_load_resumes_from_its_checkpoint(
     assert_topic_matches_source(legacy, read_events)
     assert (comment(legacy)[0] or "").startswith(COMPLETE)
     print(f"initial load interrupted after key {done_key} of {ROWS}; finished while {churn.n} transactions ran")
+
+
+def order_lsn(event: Event) -> int:
+    """The position a sink orders a key's events by (``source_lsn``): the commit LSN of the change's transaction
+    (a snapshot row: where it was read), as the processor takes it (:func:`processors.cdc.envelope_to_legacy`)."""
+    assert event.value is not None
+    source = event.value["source"]
+    return int(source.get("commit_lsn") or source["lsn"])
+
+
+def test_a_change_in_flight_during_a_snapshot_chunk_is_newer_than_the_chunk_s_copy_of_its_row(
+    legacy: Legacy, endpoints: Endpoints, registry_client: SchemaRegistryClient,  # noqa: F811
+    read_events: Callable[[str], list[Event]],  # noqa: F811
+) -> None:  # fmt: skip
+    """A transaction that updated a row before a chunk was selected and commits after the chunk's high watermark:
+    the chunk holds the row as it was (the update was not committed), and the update comes after the chunk in the
+    topic. A sink that keeps, per key, the event of the highest LSN must then keep the update: ordered by the
+    change's own WAL position, the update (written before the low watermark) would lose to the chunk's copy."""
+    legacy.sql("insert into legacy.customers (id, name) select i, 'old' from generate_series(1, 10) i")
+    with streaming(legacy, endpoints, registry_client, init=True, load=False, feedback_interval_s=0.2), \
+            psycopg.connect(legacy.dsn) as writer:  # fmt: skip
+        writer.execute("update legacy.customers set name = 'new' where id = 5")  # open: not committed yet
+        legacy.sql("select pg_logical_emit_message(true, 'crmflow.cdc.signal', '{\"snapshot\": \"legacy.customers\"}')")
+        wait_until(lambda: comment(legacy)[1] == {}, 30, what="the re-snapshot complete")
+        writer.commit()
+        last = legacy.sql("select 1")
+        wait_until(lambda: parse_lsn(legacy.slot_row()[1]) >= parse_lsn(last), 30, what="caught up")  # type: ignore[index]
+    events = [e for e in read_events(cdc_topic(legacy.prefix, "legacy.customers")) if e.value is not None]
+    five = [e for e in events if e.key["id"] == 5]
+    assert [(e.value["op"], e.value["after"]["name"]) for e in five if e.value] == [("r", "old"), ("u", "new")]
+    newest: dict[int, Event] = {}
+    for e in events:  # what an LSN-ordered upsert keeps: the highest, the later one of equals
+        if e.key["id"] not in newest or order_lsn(e) >= order_lsn(newest[e.key["id"]]):
+            newest[e.key["id"]] = e
+    assert {k: e.value["after"]["name"] for k, e in newest.items() if e.value} == source_rows(legacy)
+    assert order_lsn(five[1]) > order_lsn(five[0]) > five[1].value["source"]["lsn"]  # type: ignore[index]

@@ -108,3 +108,45 @@ def test_a_soft_delete_marks_the_row_and_its_children_and_a_newer_insert_brings_
     assert query(dsn, "select deleted_at is not null from crm.accounts") == [(True,)]
     sink.write_batch(_change(records, "account", acc, 200))
     assert query(dsn, "select deleted_at is null, source_lsn from crm.accounts") == [(True, 200)]
+
+
+@pytest.mark.parametrize("deletes", ["hard", "soft"])
+def test_a_delete_and_an_insert_of_the_same_id_in_one_transaction_leave_the_row(
+    make_sink: Any, records: Any, query: Any, deletes: Literal["hard", "soft"]
+) -> None:
+    """A change's LSN is its transaction's commit LSN, so a delete and a re-insert of one id in one transaction
+    share it: the insert, after the delete in the stream, brings the row back, in the same batch or the next."""
+    sink = make_sink(deletes)
+    acc = records.account(1)
+    sink.write_batch(_change(records, "account", acc, 100))
+    sink.write_batch(_change(records, "account", acc, 200, deleted=True))
+    sink.write_batch(_change(records, "account", {**acc, "city": "Again"}, 200))
+    dsn = sink._dsn
+    live = "select city, source_lsn from crm.accounts where deleted_at is null"
+    assert query(dsn, live) == [("Again", 200)]
+    sink.write_batch(_change(records, "account", acc, 300, deleted=True)
+                     + _change(records, "account", {**acc, "city": "Once more"}, 300))  # fmt: skip
+    assert query(dsn, live) == [("Once more", 300)]
+    sink.write_batch(_change(records, "account", acc, 250))  # an older event, replayed: still stale
+    assert query(dsn, live) == [("Once more", 300)]
+
+
+@pytest.mark.parametrize("account_with_the_update", [False, True])
+def test_a_change_leaving_fields_unchanged_takes_them_from_its_parked_insert(
+    make_sink: Any, records: Any, query: Any, account_with_the_update: bool
+) -> None:
+    """A child inserted before its account arrived is parked; a change of it that left a (TOASTed) field unchanged
+    has no row to keep the value from: it takes it from the parked insert, whether it is parked too (the account
+    still missing) or written (the account in its batch)."""
+    sink = make_sink("hard")
+    case = records.case(1, 1, priority="Urgent", status="Open")
+    sink.write_batch(_change(records, "case", case, 100))  # no account yet: parked
+    update = _change(records, "case", {**case, "priority": None, "status": "Closed"}, 200,
+                     unchanged_fields=["priority"])  # fmt: skip
+    account = _change(records, "account", records.account(1), 50)
+    if account_with_the_update:
+        sink.write_batch(account + update)
+    else:
+        sink.write_batch(update)  # parked over the insert
+        sink.write_batch(account)
+    assert query(sink._dsn, "select priority, status, source_lsn from crm.cases") == [("Urgent", "Closed", 200)]

@@ -88,6 +88,15 @@ def test_a_change_becomes_the_legacy_record_of_its_row(op: str, expected: str) -
     assert change.lsn == 0x16B3748 and change.unchanged == frozenset() and not change.deleted
 
 
+def test_a_change_is_ordered_by_its_transaction_s_commit_lsn_and_positioned_at_its_own() -> None:
+    """The commit order is the order of a row's changes: a change written before a snapshot chunk was read
+    (lower WAL position) and committed after it (higher commit LSN) is the newer one."""
+    envelope = _envelope("u", None, ROW, lsn=0x100)
+    change = _convert({**envelope, "source": {**envelope["source"], "commit_lsn": 0x300}})
+    assert change.lsn == 0x300 and change.record["position"] == "legacy.customers@0/100"
+    assert _convert(envelope).lsn == 0x100  # an envelope without commit_lsn (an older producer): its own LSN
+
+
 def test_an_unchanged_toasted_column_without_the_old_row_is_carried_as_unchanged() -> None:
     change = _convert(_envelope("u", None, {**ROW, "notes": {}}))
     assert "notes" not in change.record["fields"]

@@ -52,7 +52,7 @@ def test_row_and_envelope_round_trip_with_nulls_and_the_unchanged_marker() -> No
            '{"a": 1}', "gold", UNCHANGED)  # fmt: skip
     row = ev.row(new)
     assert row["notes"] == {} and is_unchanged(row["notes"])
-    env = ev.envelope("u", None, row, lsn=99, xid=7, commit_ms=1_700_000_000_000)
+    env = ev.envelope("u", None, row, lsn=99, xid=7, commit_ms=1_700_000_000_000, commit_lsn=120)
     back = roundtrip(ev.value_schema, env)
     after = back["after"]
     assert after["amount"] == Decimal("1234.50") and after["loose"] == "3.14159265358979323846"
@@ -60,7 +60,8 @@ def test_row_and_envelope_round_trip_with_nulls_and_the_unchanged_marker() -> No
     assert after["seen"] == datetime(2024, 1, 2, 1, 4, 5, 500000, tzinfo=UTC)
     assert is_unchanged(after["notes"]) and not is_unchanged(after["doc"])
     assert back["source"] == {"connector": "crmflow", "db": "crm_legacy", "schema": "legacy", "table": "customers",
-                              "lsn": 99, "txId": 7, "ts_ms": 1_700_000_000_000, "snapshot": False}  # fmt: skip
+                              "lsn": 99, "txId": 7, "ts_ms": 1_700_000_000_000, "snapshot": False,
+                              "commit_lsn": 120}  # fmt: skip
     nulls = roundtrip(ev.value_schema, ev.envelope("d", ev.row(("8", *[None] * 9)), None, lsn=1, xid=None,
                                                    commit_ms=0))  # fmt: skip
     assert nulls["before"]["notes"] is None and not is_unchanged(nulls["before"]["notes"]) and nulls["after"] is None
