@@ -209,6 +209,7 @@ def test_alerts_are_all_there_with_for_severity_and_what_to_do() -> None:
         "CrmflowDlqBurst",
         "CrmflowParkedRecordsStuck",
         "CrmflowTargetDown",
+        "CrmflowDependencyUnavailable",
     }
     assert expected <= set(alerts())
     for name, rule in alerts().items():
@@ -308,6 +309,7 @@ def test_dashboard_has_the_panels_of_a_cutover() -> None:
         "crmflow_cdc_replication_lag_seconds",
         "crmflow_cdc_retained_wal_bytes",
         "crmflow_cdc_events_total",
+        "sum by (stage, operation) (rate(crmflow_retries_total",
     ):
         assert needle in exprs, f"no panel queries {needle}"
     for q in ("0.5", "0.95", "0.99"):
