@@ -110,9 +110,10 @@ def _print(data: dict[str, Any]) -> None:
         out.print(f"  {entity}: legacy {c['legacy']} rows, target {c['target']} rows")
     v = data["validation"]
     verdict = "equals" if data["in_step"] else "DIFFERS FROM"
-    out.print(f"target {verdict} the legacy tables after mapping: {v['compared']} rows compared, "
-              f"missing {v['missing']}, extra {v['extra']}, different {v['wrong']} "
-              f"(accuracy {v['accuracy']:.4%}, completeness {v['completeness']:.4%})")  # fmt: skip
-    for d in v.get("discrepancies", []):
-        out.print(f"  {d}", highlight=False)
+    out.print(f"target {verdict} the legacy tables after mapping: {v['compared']} rows compared field by field, "
+              f"missing {v['missing']}, extra {v['extra']}, different {v['wrong']}; not compared: {v['stale']} "
+              f"whose latest change failed a rule (dead letters), {v['orphans']} children without their account")
+    for d in v.get("differences", []):
+        out.print(f"  {d['kind']}: {d['entity']} {d['id']}" + (f" field {d['field']}" if d["field"] else ""),
+                  highlight=False)
     out.print(f"details: {data['logs']}/parallel-run.json")
