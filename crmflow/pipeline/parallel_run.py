@@ -99,7 +99,8 @@ class ParallelRunResult:
         return {
             "run_id": self.run_id, "in_step": self.in_step, "caught_up": self.caught_up,
             "caught_up_after_s": None if self.caught_up_after_s is None else round(self.caught_up_after_s, 2),
-            "initial_s": round(self.initial_s, 1), "workload": self.workload, "latency": self.latency,
+            "initial_s": round(self.initial_s, 1), "initial_rows": self.initial_rows, "workload": self.workload,
+            "latency": self.latency,
             "counts": self.counts, "validation": self.validation, "target": self.target, "logs": str(self.logs),
         }  # fmt: skip
 
