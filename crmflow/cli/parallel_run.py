@@ -49,6 +49,7 @@ def parallel_run(
     from crmflow.pipeline.migrate import RunControl
     from crmflow.pipeline.parallel_run import ParallelRunOptions, run_parallel
     from crmflow.pipeline.targets import resolve_target
+    from crmflow.quality.legacy import compare_with_legacy
     from crmflow.stack import get_stack
 
     control = RunControl()
@@ -74,6 +75,7 @@ def parallel_run(
             ParallelRunOptions(changes=changes, seconds=seconds, reset=reset, timeout_s=timeout, seed=seed),
             control=control, say=lambda line: err_console.print(line, highlight=False, soft_wrap=True),
         )  # fmt: skip
+        result.validation = compare_with_legacy(cfg, target.dsn, target.schema)
     except RunInterruptedError as exc:
         err_console.print(f"[yellow]interrupted[/yellow] ({exc.signal_name}); the slot keeps the position: run "
                           "again to resume")  # fmt: skip

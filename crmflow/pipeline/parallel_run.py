@@ -15,9 +15,8 @@ sink`` run as child processes, as ``deploy/`` runs them. The run:
    its commit time to the write of its row in the target (``updated_at``, or ``deleted_at`` of
    ``<schema>.deletions`` for a delete; changes that altered no mapped value leave no trace there and are
    not measured);
-4. stops the services, lets a final sink pass settle parked children (dead-lettering orphans), and compares the
-   target with the legacy tables after mapping (:class:`crmflow.quality.validate.Validator`: every source row
-   recomputed through the processor's mapping, missing, extra and different rows named).
+4. stops the services and lets a final sink pass settle parked children (dead-lettering orphans). The CLI then
+   compares the target with the legacy tables after mapping (:func:`crmflow.quality.legacy.compare_with_legacy`).
 
 The slot stays: the next run resumes from it (``reset`` drops it, the publication and the target schema first).
 """
@@ -26,6 +25,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import statistics
 import threading
 import time
@@ -38,7 +38,7 @@ import psycopg
 from psycopg import sql
 
 from crmflow.config import MigrationConfig
-from crmflow.connections import PostgresConnection, as_postgres
+from crmflow.connections import PostgresConnection, as_postgres, kafka_config
 from crmflow.exceptions import ConfigError, CrmflowError, StackError
 from crmflow.pipeline.health import require_reachable
 from crmflow.pipeline.letters import update_ledger
@@ -111,7 +111,7 @@ class ParallelRunResult:
 def percentile(values: list[float], q: float) -> float:
     """The ``q``-th percentile (0–100) of ``values``, nearest rank; values must not be empty."""
     ordered = sorted(values)
-    rank = max(1, min(len(ordered), round(q / 100 * len(ordered) + 0.5)))
+    rank = max(1, min(len(ordered), math.ceil(q / 100 * len(ordered))))
     return ordered[rank - 1]
 
 
@@ -283,7 +283,7 @@ def _wait_topics(ep: Endpoints, topics: list[str], services: _Services, timeout_
                  control: RunControl) -> None:  # fmt: skip
     from confluent_kafka.admin import AdminClient
 
-    admin = AdminClient(ep.kafka.for_stage("ops").client_config())
+    admin = AdminClient(kafka_config(ep.kafka.for_stage("ops")))
     deadline = time.monotonic() + timeout_s
     while not set(topics) <= set(admin.list_topics(timeout=10).topics):
         services.supervise()
@@ -437,70 +437,5 @@ def run_parallel(
     finally:
         stop_all(services.all)
     result.counts = entity_counts(cfg, legacy, target)
-    result.validation = compare(cfg, ep, target)
-    return result
-
-
-def compare(cfg: MigrationConfig, ep: Endpoints, target: Target, *, listed: int = 5) -> dict[str, Any]:
-    """The target against every legacy row recomputed through the processor's mapping, field by field.
-
-    Not differences: a row whose source's current version fails a rule (the change was dead-lettered; the target
-    keeps the last good version: ``stale``), and a child whose account is not in the target (an orphan, dead-lettered
-    by the sink). Differences: ``missing`` (a mapped row not in the target), ``extra`` (a target row whose source
-    row is gone) and ``wrong`` (a field differs). Values are never listed, only entity, id and field.
-    """
-    from crmflow.entities import business_fields, id_field
-    from crmflow.quality.expected import Recomputer, expected_records, scoped_specs
-    from crmflow.quality.target import normalise
-
-    class AnyRun(Recomputer):
-        """Every source row in full (no run's scope), mapped with a run id as the contract requires one."""
-
-        def map(self, entity: str, source: str, rec: Any, run_id: str | None) -> Any:
-            return super().map(entity, source, rec, run_id or "parallel-run")
-
     update_ledger(cfg, ep, target)  # `crmflow dlq list` shows the changes that failed a rule
-    schema = check_schema(target.schema)
-    mapped: dict[str, dict[str, dict[str, Any]]] = {e: {} for e in cfg.entities}
-    rejected: dict[str, set[str]] = {e: set() for e in cfg.entities}
-    for e in expected_records(cfg, AnyRun(cfg), scoped_specs(cfg, None)):
-        if e.outcome == "mapped" and e.record is not None:
-            mapped[e.entity][str(e.record[id_field(e.entity)])] = e.record
-        else:
-            rejected.setdefault(e.entity, set()).add(e.key)
-    out: dict[str, Any] = {"compared": 0, "missing": 0, "extra": 0, "wrong": 0, "stale": 0, "orphans": 0,
-                           "differences": []}  # fmt: skip
-    with target.dsn.connect() as conn:
-        accounts = {str(r[0]) for r in conn.execute(f"select external_id from {schema}.accounts "
-                                                    "where deleted_at is null").fetchall()}  # fmt: skip
-        for entity, expected in mapped.items():
-            table = TABLES[entity]
-            fields = [f for f in business_fields(entity) if f != id_field(entity)] + ["quality_flags"]
-            cur = conn.cursor()
-            cur.execute(f"select external_id, {', '.join(fields)} from {schema}.{table.table} "
-                        "where deleted_at is null")  # fmt: skip
-            rows = {str(r[0]): dict(zip(fields, r[1:], strict=True)) for r in cur.fetchall()}
-
-            def differ(kind: str, ident: str, field: str | None = None, entity: str = entity) -> None:
-                out[kind] += 1
-                if len(out["differences"]) < listed:
-                    out["differences"].append({"kind": kind, "entity": entity, "id": ident, "field": field})
-
-            for ident, record in expected.items():
-                if table.parent_field and str(record.get(table.parent_field)) not in accounts:
-                    out["orphans"] += 1
-                    continue
-                row = rows.pop(ident, None)
-                if row is None:
-                    differ("missing", ident)
-                    continue
-                out["compared"] += 1
-                bad = [f for f in fields if normalise(record.get(f)) != normalise(row[f])]
-                if bad:
-                    differ("wrong", ident, bad[0])
-            for ident in rows:
-                if ident in rejected.get(entity, ()):
-                    out["stale"] += 1
-                else:
-                    differ("extra", ident)
-    return out
+    return result
