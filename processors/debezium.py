@@ -89,9 +89,9 @@ def convert_value(value: Any, semantic: str | None, params: Mapping[str, Any] | 
         return _timestamp_text(_EPOCH + timedelta(microseconds=int(value) // 1000))
     if semantic == "io.debezium.time.ZonedTimestamp":
         return datetime.fromisoformat(str(value).replace("Z", "+00:00")).astimezone(UTC)
-    if semantic in _TIME_US:
-        return _timestamp_text(_EPOCH + timedelta(microseconds=int(value) * _TIME_US[semantic][0]
-                                                  // _TIME_US[semantic][1]))[11:]
+    if semantic is not None and semantic in _TIME_US:
+        mul, div = _TIME_US[semantic]
+        return _timestamp_text(_EPOCH + timedelta(microseconds=int(value) * mul // div))[11:]
     if semantic == "org.apache.kafka.connect.data.Decimal":
         if isinstance(value, Decimal):  # Avro's decimal logical type, decoded by fastavro
             return value
