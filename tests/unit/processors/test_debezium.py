@@ -112,3 +112,44 @@ def test_value_conversions_of_the_default_converters() -> None:
     assert convert_value(b"\x01\xff", None) == "\\x01ff"
     assert convert_value(UNAVAILABLE.encode(), None) == {}
     assert convert_value(Decimal("1.50"), "org.apache.kafka.connect.data.Decimal") == Decimal("1.50")
+
+
+def test_avro_in_the_confluent_wire_format_by_connect_names() -> None:
+    """The AvroConverter's shape: connect.name on each semantic type, the writer schema from the registry by id."""
+    import io
+    import json
+    from types import SimpleNamespace
+
+    from fastavro import parse_schema, schemaless_writer
+
+    from processors.debezium import DebeziumAvroDecoder
+
+    value = {"type": "record", "name": "Value", "namespace": "legacy.legacy.customers", "fields": [
+        {"name": "customer_id", "type": "string"},
+        {"name": "born", "type": ["null", {"type": "int", "connect.version": 1,
+                                          "connect.name": "io.debezium.time.Date"}], "default": None},
+        {"name": "balance", "type": ["null", {"type": "bytes", "scale": 2, "precision": 12, "connect.version": 1,
+                                             "connect.parameters": {"scale": "2"},
+                                             "connect.name": "org.apache.kafka.connect.data.Decimal",
+                                             "logicalType": "decimal"}], "default": None},
+        {"name": "notes", "type": ["null", "string"], "default": None}]}  # fmt: skip
+    source = {"type": "record", "name": "Source", "namespace": "io.debezium.connector.postgresql", "fields": [
+        {"name": "schema", "type": "string"}, {"name": "table", "type": "string"},
+        {"name": "lsn", "type": ["null", "long"]}, {"name": "ts_ms", "type": "long"}]}  # fmt: skip
+    envelope = {"type": "record", "name": "Envelope", "namespace": "legacy.legacy.customers", "fields": [
+        {"name": "before", "type": ["null", value], "default": None},
+        {"name": "after", "type": ["null", "Value"], "default": None},
+        {"name": "source", "type": source}, {"name": "op", "type": "string"},
+        {"name": "ts_ms", "type": ["null", "long"], "default": None}]}  # fmt: skip
+    buf = io.BytesIO()
+    schemaless_writer(buf, parse_schema(envelope), {
+        "before": None, "after": {"customer_id": "C9", "born": 1, "balance": Decimal("-7.25"),
+                                  "notes": UNAVAILABLE},
+        "source": {"schema": "legacy", "table": "customers", "lsn": 77, "ts_ms": 1000}, "op": "u", "ts_ms": 1001})
+    registry = SimpleNamespace(get_schema=lambda sid: SimpleNamespace(schema_str=json.dumps(envelope)))
+    env = DebeziumAvroDecoder(registry).decode(b"\x00" + (42).to_bytes(4, "big") + buf.getvalue())
+    change = envelope_to_legacy(env, source="customers", entity="account", key="customer_id", run_id="r")
+    assert change.record["fields"] == {"customer_id": "C9", "born": "1970-01-02", "balance": "-7.25"}
+    assert change.unchanged == frozenset({"notes"}) and change.lsn == 77
+    with pytest.raises(SerializationError, match="Confluent wire format"):
+        DebeziumAvroDecoder(registry).decode(b"{}")
