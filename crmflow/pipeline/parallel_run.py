@@ -39,7 +39,7 @@ from psycopg import sql
 
 from crmflow.config import MigrationConfig
 from crmflow.connections import PostgresConnection, as_postgres, kafka_config
-from crmflow.exceptions import ConfigError, CrmflowError, StackError
+from crmflow.exceptions import ConfigError, StackError
 from crmflow.pipeline.health import require_reachable
 from crmflow.pipeline.letters import update_ledger
 from crmflow.pipeline.migrate import RunControl, prepare, processor_topics, service_env
@@ -432,8 +432,6 @@ def run_parallel(
                         logs / "sink-drain.log", services.env)  # fmt: skip
         services.all.append(drain)
         run_to_completion(drain, opts.timeout_s, should_stop=control.check)
-    except CrmflowError:
-        raise
     finally:
         stop_all(services.all)
     result.counts = entity_counts(cfg, legacy, target)
