@@ -9,11 +9,13 @@ STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 DEMO_CUSTOMERS ?= 20000
 DEMO_DIR ?= $(CURDIR)/.crmflow/demo-data
+DEMO_CHANGES ?= 40
+DEMO_CHANGE_SECONDS ?= 25
 
 .PHONY: help setup system-deps venv stack stack-secure stack-down demo test test-unit test-integration test-e2e test-secure lint bench clean
 
 help:
-	@echo "make demo   - set everything up, start the local stack, migrate generated sample data"
+	@echo "make demo   - set everything up, start the local stack, migrate generated sample data, then a parallel run (CDC)"
 	@echo "make test   - set everything up and run all tests (unit, integration, e2e)"
 	@echo "make test-unit | test-integration | test-e2e | test-secure | lint | bench | stack | stack-secure | stack-down | clean"
 
@@ -59,9 +61,14 @@ stack-down:
 	-$(BIN)/crmflow stack down
 	-$(BIN)/crmflow stack down --secure
 
+# The demo: generate the legacy CRM (CSV files, also loaded into the stack's legacy database), migrate the files,
+# then the parallel run on the legacy database: cdc + process + sink keep a target schema in step while a change
+# workload runs, and it prints the end-to-end latency and whether the target equals the legacy tables.
 demo: stack
-	$(BIN)/crmflow demo-data --out $(DEMO_DIR) --customers $(DEMO_CUSTOMERS) --seed 7
+	eval "$$($(BIN)/crmflow stack env | grep '^export CRMFLOW_LEGACY_DSN=')"; \
+	$(BIN)/crmflow demo-data --out $(DEMO_DIR) --customers $(DEMO_CUSTOMERS) --seed 7 --legacy-dsn "$$CRMFLOW_LEGACY_DSN"
 	CRMFLOW_DEMO_DATA=$(DEMO_DIR) $(BIN)/crmflow migrate -c deploy/demo/crmflow.yaml --workers 2
+	$(BIN)/crmflow parallel-run -c deploy/demo/crmflow-cdc.yaml --reset --changes $(DEMO_CHANGES) --seconds $(DEMO_CHANGE_SECONDS)
 
 test: setup
 	$(BIN)/python tests/run_suite.py $(PYTEST_ARGS)

@@ -52,7 +52,7 @@ from crmflow.configbase import (
 from crmflow.entities import EntityName
 from crmflow.exceptions import ConfigError
 from crmflow.pii import PiiConfig
-from processors.config import DedupeSettings, ReferenceConfig
+from processors.config import DebeziumInput, DedupeSettings, ReferenceConfig
 from processors.mapping import Finding, mapping_problems
 from processors.transforms.base import ReferenceData
 from processors.transforms.spec import EntityMapping, FieldMapping, TransformStep
@@ -99,6 +99,7 @@ class MigrationConfig(FrozenModel):
     pii: PiiConfig | None = Field(default=None, description="PII masking: profile, key, per-field policies")
     dedupe: DedupeSettings | None = Field(default=None, description="deduplication of accounts into golden records")
     cdc: CdcConfig | None = Field(default=None, description="change capture from the legacy database (crmflow cdc)")
+    debezium: DebeziumInput | None = Field(default=None, description="Debezium's change topics as input instead")
     validation: ValidationConfig = Field(default_factory=ValidationConfig,
                                          description="thresholds of crmflow validate and crmflow cutover status")
 

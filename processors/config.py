@@ -12,7 +12,7 @@ import os
 from collections.abc import Mapping
 from decimal import Decimal
 from pathlib import Path
-from typing import Annotated, Protocol
+from typing import Annotated, Literal, Protocol
 
 from pydantic import Field, SecretStr, model_validator
 
@@ -24,7 +24,7 @@ from processors.dedupe.config import DedupeConfig
 from processors.transforms.base import ReferenceData
 from processors.transforms.spec import EntityMapping
 
-__all__ = ["CdcRef", "DedupeSettings", "ProcessorConfig", "ReferenceConfig", "SourceRef"]
+__all__ = ["CdcRef", "DebeziumInput", "DedupeSettings", "ProcessorConfig", "ReferenceConfig", "SourceRef"]
 
 
 class ReferenceConfig(FrozenModel):
@@ -99,6 +99,21 @@ class SourceRef(Protocol):
     def key(self) -> str: ...
 
 
+class DebeziumInput(FrozenModel):
+    """The ``debezium`` section: read the change topics a Debezium PostgreSQL connector writes instead of those of
+    ``crmflow cdc`` (:mod:`processors.debezium`). A table source whose table is listed here is read from
+    ``<topic_prefix>.<schema>.<table>`` as well as from its raw topic."""
+
+    topic_prefix: str = Field(pattern=r"^[A-Za-z0-9._-]{1,200}$", description="the connector's topic.prefix")
+    format: Literal["json", "avro"] = Field(
+        default="json", description="json: JsonConverter (schemas.enable true or false); avro: AvroConverter through "
+        "the schema registry (Confluent wire format)")  # fmt: skip
+    tables: tuple[str, ...] = Field(min_length=1, description="the connector's tables, each schema.table")
+
+    def topic(self, table: str) -> str:
+        return f"{self.topic_prefix}.{table}"
+
+
 class CdcRef(Protocol):
     """What the processor reads of the ``cdc`` section: the captured tables (``schema.table``)."""
 
@@ -133,6 +148,9 @@ class ProcessorConfig(Protocol):
 
     @property
     def cdc(self) -> CdcRef | None: ...
+
+    @property
+    def debezium(self) -> DebeziumInput | None: ...
 
     @property
     def dedupe_enabled(self) -> bool: ...

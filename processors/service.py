@@ -22,6 +22,7 @@ from crmflow.stack import Endpoints
 from crmflow.topics import cdc_topic
 from processors.cdc import CdcSource
 from processors.config import ProcessorConfig
+from processors.debezium import debezium_decoder
 from processors.mapping import build_mappers
 from processors.masking import Masker, state_cipher_of
 from processors.sealing import SealedDecoder, SealedEncoder
@@ -48,18 +49,17 @@ def default_instance() -> str:
 
 
 def cdc_sources(cfg: ProcessorConfig) -> dict[str, CdcSource]:
-    """Change topic → table source, for every table source whose table the ``cdc`` section captures (a
-    table without a schema is in ``public``)."""
-    if cfg.cdc is None:
-        return {}
-    captured = set(cfg.cdc.tables)
+    """Change topic → table source, for every table source whose table the ``cdc`` section captures, or a
+    Debezium connector (the ``debezium`` section) does (a table without a schema is in ``public``)."""
     out: dict[str, CdcSource] = {}
     for name, src in cfg.sources.items():
         if src.kind != "table" or not src.table:
             continue
         table = src.table if "." in src.table else f"public.{src.table}"
-        if table in captured:
+        if cfg.cdc is not None and table in cfg.cdc.tables:
             out[cdc_topic(cfg.kafka.topic_prefix, table)] = CdcSource(name, src.entity, src.key)
+        if cfg.debezium is not None and table in cfg.debezium.tables:
+            out[cfg.debezium.topic(table)] = CdcSource(name, src.entity, src.key)
     return out
 
 
@@ -73,6 +73,10 @@ def build_stage(cfg: ProcessorConfig, registry: SchemaRegistryClient) -> Process
     cdc = cdc_sources(cfg)
     envelope = AvroDecoder(registry)  # change envelopes in their writer's shape (one schema per table version)
     decoders.update(dict.fromkeys(cdc, envelope))
+    if cfg.debezium is not None:  # Debezium's own messages, decoded into the same envelope
+        debezium = debezium_decoder(cfg.debezium.format, registry)
+        theirs = {cfg.debezium.topic(t) for t in cfg.debezium.tables}
+        decoders.update({topic: debezium for topic in cdc if topic in theirs})
     mapped = {entity: k.mapped_topic(entity) for entity in mappers}
     encoders: dict[str, Encoder] = {
         topic: AvroCodec(registry, topic_subject(topic), load_schema(f"target/{entity}"))

@@ -17,6 +17,7 @@ from crmflow.cli import (
     demo_data,
     dlq,
     migrate,
+    parallel_run,
     process,
     rollback,
     runs,
@@ -49,6 +50,7 @@ app.command("process")(process.process)
 app.command("sink")(sink.sink)
 app.command("migrate")(migrate.migrate)
 app.command("bench")(bench.bench)
+app.command("parallel-run")(parallel_run.parallel_run)
 app.command("assess")(assess.assess)
 app.command("validate")(validate.validate)
 app.command("rollback")(rollback.rollback)

@@ -8,6 +8,7 @@ import json
 import re
 import shutil
 import subprocess
+import tempfile
 from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
@@ -29,7 +30,7 @@ RULES_FILE = DEPLOY / "prometheus" / "rules" / "crmflow.rules.yml"
 DASHBOARD_FILE = DEPLOY / "grafana" / "dashboards" / "crmflow-cutover.json"
 COMPOSE_FILE = DEPLOY / "compose" / "docker-compose.yml"
 K8S = DEPLOY / "k8s"
-METRICS_PORTS = {"snapshot": 9401, "process": 9402, "sink": 9403}
+METRICS_PORTS = {"snapshot": 9401, "process": 9402, "sink": 9403, "cdc": 9404}
 # cdc: table is one of the config's captured tables, op one of c u d r tombstone, slot one per cdc instance
 LOW_CARDINALITY = {"stage", "entity", "outcome", "reason", "decision", "topic", "partition", "dependency",
                    "table", "op", "slot", "operation"}
@@ -448,6 +449,8 @@ def test_kustomization_lists_every_manifest() -> None:
         ("Job", "crmflow-snapshot"),
         ("Service", "crmflow-process"),
         ("Service", "crmflow-sink"),
+        ("StatefulSet", "crmflow-cdc"),
+        ("Service", "crmflow-cdc"),
     } <= kinds
 
 
@@ -469,7 +472,42 @@ def test_k8s_has_no_secret_in_clear() -> None:
         for env in c.get("env", [])
         if "secretKeyRef" in env.get("valueFrom", {})
     }
-    assert {("CRMFLOW_TARGET_DSN", "target-dsn"), ("CRMFLOW_DLQ_KEY", "dlq-key")} <= refs
+    assert {("CRMFLOW_TARGET_DSN", "target-dsn"), ("CRMFLOW_DLQ_KEY", "dlq-key"),
+            ("CRMFLOW_LEGACY_DSN", "legacy-dsn")} <= refs
+
+
+def test_k8s_cdc_is_one_reader_of_its_slot_with_the_legacy_dsn_from_a_secret() -> None:
+    """A replication slot has one reader: one replica, a StatefulSet (its rolling update stops the old pod first);
+    the legacy DSN only from the Secret; --init only when the env ConfigMap asks for it (first start)."""
+    (sts,) = [o for o in k8s_objects() if o["kind"] == "StatefulSet" and o["metadata"]["name"] == "crmflow-cdc"]
+    assert sts["spec"]["replicas"] == 1 and sts["spec"]["updateStrategy"]["type"] == "RollingUpdate"
+    (container,) = sts["spec"]["template"]["spec"]["containers"]
+    assert container["args"][:3] == ["cdc", "-c", "/etc/crmflow/crmflow.yaml"]
+    assert "--init" not in container["args"] and container["args"][-1] == "$(CRMFLOW_CDC_FLAGS)"
+    env_cm = next(o for o in k8s_objects() if o["metadata"]["name"] == "crmflow-env")
+    assert env_cm["data"]["CRMFLOW_CDC_FLAGS"] == "--load"
+    env = {e["name"]: e for e in container["env"]}
+    assert env["CRMFLOW_LEGACY_DSN"]["valueFrom"]["secretKeyRef"] == {"name": "crmflow-secrets", "key": "legacy-dsn"}
+    from crmflow.config import load_config
+
+    config_map = next(o for o in k8s_objects() if o["metadata"]["name"] == "crmflow-config")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "crmflow.yaml"
+        path.write_text(config_map["data"]["crmflow.yaml"])
+        cfg = load_config(path)
+    assert cfg.cdc is not None and cfg.cdc.dsn_env == "CRMFLOW_LEGACY_DSN"
+
+
+def test_compose_cdc_service_is_one_reader_with_its_own_config() -> None:
+    services = compose()["services"]
+    cdc = services["cdc"]
+    assert cdc["command"][:3] == ["cdc", "-c", "/etc/crmflow/crmflow.yaml"] and "--init" not in cdc["command"]
+    assert cdc["command"][-1] == "${CRMFLOW_CDC_FLAGS:---load}"
+    assert "replicas" not in cdc.get("deploy", {}) and cdc["profiles"] == ["cdc"]
+    assert cdc["environment"]["CRMFLOW_LEGACY_DSN"].startswith("postgresql://crmflow:${POSTGRES_PASSWORD:?")
+    for name in ("cdc", "cdc-process", "cdc-sink"):
+        mounts = dict(m.split(":")[:2] for m in services[name]["volumes"])
+        assert mounts["../demo/crmflow-cdc.yaml"] == "/etc/crmflow/crmflow.yaml", name
 
 
 def test_each_k8s_stage_connects_as_its_own_kafka_principal() -> None:
@@ -504,7 +542,7 @@ def test_k8s_workloads_limits_probes_and_scrape_annotations() -> None:
         assert probe["path"] == "/metrics" and probe["port"] in ("metrics", port)
         security = container["securityContext"]
         assert security["allowPrivilegeEscalation"] is False and security["readOnlyRootFilesystem"] is True
-    assert seen == {("Job", "snapshot"), ("StatefulSet", "process"), ("Deployment", "sink")}
+    assert seen == {("Job", "snapshot"), ("StatefulSet", "process"), ("Deployment", "sink"), ("StatefulSet", "cdc")}
 
 
 def test_each_processor_pod_is_its_own_stable_instance() -> None:
