@@ -24,7 +24,11 @@ def bench(
     engine: Annotated[str, typer.Option(help="Processor engine: batch (default) or faust.")] = "batch",
     stage: Annotated[str | None, typer.Option(
         help="'process': fill the raw topics first, then time one processor worker alone, for both engines, "
-             "with and without dedupe.")] = None,
+             "with and without dedupe. 'sink': fill the mapped topics first, then time the sink alone "
+             "(--sink-members processes, a fresh group and database per run).")] = None,
+    sink_members: Annotated[int, typer.Option(min=1, max=8, help="--stage sink: sink processes in its group.")] = 1,
+    sink_batch: Annotated[int, typer.Option(min=1, help="--stage sink: the sink's --batch-size.")] = 5000,
+    runs: Annotated[int, typer.Option(min=1, help="--stage sink: timed sink runs on the same topics.")] = 1,
     cdc: Annotated[bool, typer.Option("--cdc", help="Instead: the parallel run (cdc, process, sink) under a change "
                                       "workload; end-to-end latency per change.")] = False,
     rate: Annotated[float, typer.Option(min=1, help="With --cdc: changes/s to drive (with --max: the first step).")
@@ -43,9 +47,12 @@ def bench(
                    seed=seed, partitions=partitions, keep=keep, as_json=as_json)
         return
 
+    if stage == "sink":
+        _sink_stage(customers, seed, partitions, sink_members, sink_batch, runs, as_json)
+        return
     if stage is not None:
         if stage != "process":
-            err_console.print(f"[red]error:[/red] --stage {stage!r}: only 'process' can be timed alone")
+            err_console.print(f"[red]error:[/red] --stage {stage!r}: only 'process' and 'sink' can be timed alone")
             raise typer.Exit(2)
         try:
             rows = run_stage_bench(get_stack().endpoints(), customers, seed=seed, partitions=partitions)
@@ -121,3 +128,26 @@ def _bench_cdc(rate: float, seconds: float, *, max_rate: bool, customers: int, s
     err_console.print(f"  target equals source (rows per table): {rec['equal']} {rec['target']}")
     for proc, rss in figures["peak_rss_bytes"].items():
         err_console.print(f"  peak RSS {proc}: {rss / 2**20:,.0f} MiB")
+
+
+def _sink_stage(customers: int, seed: int, partitions: int, members: int, batch: int, runs: int,
+                as_json: bool) -> None:
+    """``--stage sink``: the sink alone on filled mapped topics (:mod:`crmflow.pipeline.bench_sink`)."""
+    from crmflow.pipeline.bench_sink import run_sink_bench
+    from crmflow.stack import get_stack
+
+    try:
+        rows = run_sink_bench(get_stack().endpoints(), customers, seed=seed, partitions=partitions, runs=runs,
+                              members=members, batch_size=batch)
+    except CrmflowError as exc:
+        err_console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    if as_json:
+        print(json.dumps({"stage": "sink", "customers": customers, "runs": [r.to_json() for r in rows]}))
+        return
+    for r in rows:
+        f = r.to_json()
+        err_console.print(f"  sink x{f['members']} batch {f['batch_size']}: {f['records']:,} records in "
+                          f"{f['elapsed_s']:7.2f}s: {f['records_per_second']:>9,.0f} rec/s, "
+                          f"{f['records_per_cpu_second']:>9,.0f} rec/CPU-s, peak RSS "
+                          f"{f['peak_rss_bytes'] / 2**20:,.0f} MiB")
