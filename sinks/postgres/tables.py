@@ -234,8 +234,7 @@ class EntityTable:
         LSN is of the same transaction (a change's LSN is its transaction's commit), after it: it stays."""
         s = self.schema
         return (
-            f"{relation} {alias} left join {_probe(f'{s}.{self.table}', 'cur', f'cur.external_id = {alias}.{target}')} "
-            "on true "
+            f"{relation} {alias} left join {s}.{self.table} cur on cur.external_id = {alias}.{target} "
             f"where not exists (select 1 from {s}.deletions d where d.entity = '{self.entity}' "
             f"and d.external_id = {alias}.{target} and d.source_lsn > {alias}.source_lsn)"
         )
@@ -285,17 +284,14 @@ class EntityTable:
             "l._target" if c.name == "external_id" else self._filled("l", c.name) for c in self.columns if c.stored
         )
         target = "coalesce(s.golden_id, s.external_id)" if golden else "s.external_id"
-        others_row = _probe(f"{s}.{self.table}", "t", "t.external_id = s._target and t.system <> %(system)s::text",
-                            "t.id, t.system, t.source")
-        others_xref = _probe(f"{s}.xref", "x", f"x.entity = '{self.entity}' and x.source = s.source "
-                             "and x.source_id = s.external_id and x.system <> %(system)s::text",
-                             "x.source_id, x.system, x.source")
         ctes = [
             f"staged as (select s.*, {target} as _target from {self.stage} s)",
             "refused as (select distinct on (s.seq) s.seq, s.external_id as id, null::text as parent, "
             "case when t.id is not null then 'row' else 'xref' end as kind, "
             "coalesce(t.system, x.system) as owner, coalesce(t.source, x.source) as owner_source from staged s "
-            f"left join {others_row} on true left join {others_xref} on true "
+            f"left join {s}.{self.table} t on t.external_id = s._target and t.system <> %(system)s::text "
+            f"left join {s}.xref x on x.entity = '{self.entity}' and x.source = s.source "
+            "and x.source_id = s.external_id and x.system <> %(system)s::text "
             "where t.id is not null or x.source_id is not null order by s.seq)",
             "ok as (select * from staged s where not exists (select 1 from refused r where r.seq = s.seq))",
         ]
@@ -319,14 +315,14 @@ class EntityTable:
         xref = self._xref(
             f"select '{self.entity}', m.source, m.external_id, coalesce(up.id, t.id), m.golden_id, m.run_id, "
             "m.match_evidence::jsonb, %(system)s::text from members m left join up on up.external_id = m._target "
-            f"left join {_probe(f'{s}.{self.table}', 't', 't.external_id = m._target', 't.id')} on true "
+            f"left join {s}.{self.table} t on t.external_id = m._target "
             "where coalesce(up.id, t.id) is not null",
             evidence=True,
         )
         deliveries = self._deliveries_sql(
             "members m left join xr on xr.source = m.source and xr.source_id = m.external_id "
             "left join up on up.external_id = m._target "
-            f"where (select true from {s}.{self.table} t where t.external_id = m._target limit 1) "
+            f"where exists (select 1 from {s}.{self.table} t where t.external_id = m._target) "
             "or up.id is not null",
         )
         return (
@@ -352,33 +348,29 @@ class EntityTable:
             f"and x.source_id = l.{pf} and (x.system is null or x.system = %(system)s::text) "
             "order by x.source limit 1)"
         )
-        any_parent = f"select true from {s}.xref x where x.entity = 'account' and x.source_id = l.{pf} limit 1"
+        any_parent = f"select 1 from {s}.xref x where x.entity = 'account' and x.source_id = l.{pf}"
         cand = (
             f"cand as (select l.seq, l.external_id, l.source, l.{pf} as _parent, p.target_id as _account_id, "
-            f"p.golden_id as _parent_golden, coalesce(({any_parent}), false) as _has_parent "
+            f"p.golden_id as _parent_golden, exists ({any_parent}) as _has_parent "
             f"from latest l left join lateral {own_parent} p on true)"
         )
-        others_row = _probe(f"{s}.{self.table}", "t", "t.external_id = c.external_id and t.system <> %(system)s::text",
-                            "t.system, t.source")
-        others_xref = _probe(f"{s}.xref", "x", f"x.entity = '{self.entity}' and x.source = c.source "
-                             "and x.source_id = c.external_id and x.system <> %(system)s::text", "x.system, x.source")
-        others_parked = _probe(f"{s}.parked", "p", f"p.entity = '{self.entity}' and p.external_id = c.external_id "
-                               "and p.system <> %(system)s::text", "p.system")
         # Refused: the row or its xref entry is another system's, its parent account is only another
         # system's, or (parent not there yet) another system's record with the same id is parked.
         refused = (
             "refused as (select distinct on (seq) * from ("
             "select c.seq, c.external_id as id, c._parent as parent, 'row' as kind, t.system as owner, "
-            f"t.source as owner_source from cand c cross join {others_row} "
+            f"t.source as owner_source from cand c join {s}.{self.table} t on t.external_id = c.external_id "
+            "where t.system <> %(system)s::text "
             "union all select c.seq, c.external_id, c._parent, 'xref', x.system, x.source from cand c "
-            f"cross join {others_xref} "
+            f"join {s}.xref x on x.entity = '{self.entity}' and x.source = c.source "
+            "and x.source_id = c.external_id where x.system <> %(system)s::text "
             "union all select c.seq, c.external_id, c._parent, 'parent', o.system, o.source from cand c "
             f"cross join lateral (select x.system, x.source from {s}.xref x where x.entity = 'account' "
             "and x.source_id = c._parent order by x.source limit 1) o "
             "where c._account_id is null and c._has_parent "
             "union all select c.seq, c.external_id, c._parent, 'parked', p.system, null from cand c "
-            f"cross join {others_parked} "
-            "where not c._has_parent"
+            f"join {s}.parked p on p.entity = '{self.entity}' and p.external_id = c.external_id "
+            "where not c._has_parent and p.system <> %(system)s::text"
             ") r order by seq, array_position(array['row', 'xref', 'parent', 'parked'], kind))"
         )
         cols = ", ".join(
@@ -393,7 +385,7 @@ class EntityTable:
         xref = self._xref(
             f"select '{self.entity}', j.source, j.external_id, coalesce(up.id, t.id), j.golden_id, j.run_id, "
             "%(system)s::text from joined j left join up using (external_id) "
-            f"left join {_probe(f'{s}.{self.table}', 't', 't.external_id = j.external_id', 't.id')} on true "
+            f"left join {s}.{self.table} t on t.external_id = j.external_id "
             "where coalesce(up.id, t.id) is not null",
             evidence=False,
         )
@@ -496,8 +488,7 @@ class EntityTable:
         return (
             f"ver as (insert into {self.schema}.row_versions (run_id, entity, external_id, previous) "
             f"select distinct on (up.external_id) coalesce(l.run_id, ''), '{self.entity}', up.external_id, "
-            f"to_jsonb(t) from up join {joined} left join "
-            f"{_probe(f'{self.schema}.{self.table}', 't', 't.id = up.id')} on true "
+            f"to_jsonb(t) from up join {joined} left join {self.schema}.{self.table} t on t.id = up.id "
             "on conflict do nothing)"
         )
 
@@ -534,13 +525,6 @@ _REFUSED_JSON = (
     "(select coalesce(jsonb_agg(jsonb_build_object('seq', seq, 'id', id, 'parent', parent, 'kind', kind, "
     "'owner', owner, 'owner_source', owner_source)), '[]'::jsonb) from refused)"
 )
-
-
-def _probe(relation: str, alias: str, where: str, columns: str = "*") -> str:
-    """A lateral lookup of the row of ``relation`` matching ``where`` (a unique key): ``limit 1`` keeps the
-    planner from turning it into a join that reads the whole table (a hash of every target row, every batch,
-    which grows with the target), so each staged record costs one index probe whatever the table's size."""
-    return f"lateral (select {columns} from {relation} {alias} where {where} limit 1) {alias}"
 
 
 def _sql_type(copy_type: str) -> str:
