@@ -238,18 +238,29 @@ class DeadLetter:
         return bool(self.record["source_topic"])
 
 
+#: Seconds without progress before a dead-letter read gives up (more than the writers' 20 s transaction timeout).
+_STUCK_S = 30.0
+
+
 def read_dead_letters(
     kafka: KafkaConnection | str, registry_client: SchemaRegistryClient, topic: str, *, timeout_s: float = 10.0,
-    start: Mapping[int, int] | None = None,
+    start: Mapping[int, int] | None = None, complete: bool = False,
 ) -> Iterator[DeadLetter]:
     """Every dead letter currently in ``topic``, from the beginning (or from ``start``, the next offset to
     read per partition) to the high watermark (no group). A start outside the partition's offsets (the
-    topic was re-created, or retention deleted the start) reads the partition from its beginning."""
+    topic was re-created, or retention deleted the start) reads the partition from its beginning.
+
+    With ``complete`` (counts and the ledger), a partition not read to its end (an open transaction, a broker
+    not answering) waits past the writers' transaction timeout, then raises InfrastructureError: never a silent
+    partial read. Without it, the read ends after ``timeout_s`` without progress (a look at what is there)."""
     # read_committed: a letter a processor batch wrote in a transaction that was then aborted never counts.
     conn = as_kafka(kafka)
     consumer = Consumer(kafka_config(conn, {"group.id": "crmflow-dlq-reader", "enable.auto.commit": False,
                                             "auto.offset.reset": "earliest", "isolation.level": "read_committed"}))
     codec = AvroCodec(registry_client, topic_subject(topic), load_schema(DLQ_SCHEMA))
+    # A partition stuck at an open transaction (a writer killed mid-transaction) is readable again once the
+    # coordinator aborts it, after the writers' transaction.timeout.ms (20 s): wait for that, not less.
+    stuck_s = max(timeout_s, _STUCK_S) if complete else timeout_s
     try:
         try:
             md = consumer.list_topics(topic, timeout=timeout_s)
@@ -274,7 +285,7 @@ def read_dead_letters(
         if not assignment:
             return
         consumer.assign(assignment)
-        deadline = time.monotonic() + timeout_s
+        deadline = time.monotonic() + stuck_s
         while ends and time.monotonic() < deadline:
             # A short wait: the read ends on an empty poll (past the commit markers), one per call
             batch = consumer.consume(500, timeout=0.1)
@@ -283,7 +294,7 @@ def read_dead_letters(
                     continue
                 p, off = msg.partition(), msg.offset()
                 assert p is not None and off is not None
-                deadline = time.monotonic() + timeout_s
+                deadline = time.monotonic() + stuck_s
                 if off + 1 >= ends.get(p, 0):
                     ends.pop(p, None)
                 try:
@@ -301,6 +312,15 @@ def read_dead_letters(
                 for tp in consumer.position([TopicPartition(topic, p) for p in ends]):
                     if tp.offset >= ends.get(tp.partition, 0):
                         ends.pop(tp.partition, None)
+        if ends and complete:
+            # Never a silent partial read: counts and the ledger built on it would be short.
+            parts = ", ".join(f"{p} (up to offset {end})" for p, end in sorted(ends.items()))
+            raise InfrastructureError(
+                f"Kafka at {conn.bootstrap_servers}",
+                f"dead-letter topic {topic}: partitions {parts} not read to their end within {stuck_s:.0f}s "
+                "(an open transaction, or the broker not answering)",
+                "run the command again; `crmflow stack status` shows whether Kafka answers",
+            )
     finally:
         consumer.close()
 

@@ -121,7 +121,7 @@ def sync_ledger(
     decoder = AvroDecoder(registry)
     read = 0
     with ledger.syncing(dlq_topic) as offsets:
-        for letter in read_dead_letters(kafka, registry, dlq_topic, start=dict(offsets)):
+        for letter in read_dead_letters(kafka, registry, dlq_topic, start=dict(offsets), complete=True):
             entry = to_entry(letter, dlq_topic, cipher, decoder)
             replayed = retries.match(letter.record) if retries is not None else None
             if replayed is None:

@@ -363,7 +363,7 @@ def count_rejected(
     """One rejection per source record of this run: a record re-delivered after a crash may have been
     dead-lettered twice, so letters are keyed by where the record came from."""
     seen: dict[tuple[str, str], str] = {}
-    for letter in read_dead_letters(ep.kafka.for_stage("ops"), registry, dlq_topic):
+    for letter in read_dead_letters(ep.kafka.for_stage("ops"), registry, dlq_topic, complete=True):
         r = letter.record
         if r["run_id"] != run_id:
             continue

@@ -73,3 +73,38 @@ def test_dead_letters_are_encrypted_listed_and_replayed(
     assert (replayed, skipped) == (1, 1)
     values = _consume_all(endpoints, source, group_factory(), 2)
     assert values == [PII, PII]
+
+
+
+def test_letters_of_an_open_transaction_are_not_counted_until_it_commits(
+    endpoints: Endpoints,
+    registry_client: SchemaRegistryClient,
+    topic_factory: Callable[..., str],
+) -> None:
+    """A read ends at the last stable offset: a letter of a batch whose transaction is still open is neither
+    looked at nor counted (and the count does not wait for it); once committed, it is."""
+    dlq_topic = topic_factory("dlq")
+    cipher = DlqCipher(Fernet.generate_key())
+    plain = Producer({**endpoints.kafka.client_config(), "enable.idempotence": True})
+    DeadLetterWriter(plain, registry_client, dlq_topic, cipher).send_raw(
+        b"C1,broken", key=None, stage="snapshot", rule="csv_malformed", error="unterminated quote",
+        entity="account", run_id="r1", source_position="customers.csv:3")
+    plain.flush(10)
+    txn = Producer({**endpoints.kafka.client_config(), "transactional.id": f"{dlq_topic}-writer",
+                    "transaction.timeout.ms": 60_000})
+    txn.init_transactions(30)
+    txn.begin_transaction()
+    writer = DeadLetterWriter(txn, registry_client, dlq_topic, cipher)
+    writer.send_raw(b"C2,broken", key=None, stage="process", rule="required", error="required field is missing",
+                    entity="account", run_id="r1", source_position="customers.csv:4")
+    txn.flush(10)  # in the log, not committed: the partition's last stable offset stays before it
+
+    def positions(complete: bool) -> list[str]:
+        return [d.record["source_position"] for d in read_dead_letters(endpoints.kafka, registry_client, dlq_topic,
+                                                                        timeout_s=5, complete=complete)]
+    try:
+        assert positions(False) == ["customers.csv:3"]
+        assert positions(True) == ["customers.csv:3"]
+    finally:
+        txn.commit_transaction(30)
+    assert positions(True) == ["customers.csv:3", "customers.csv:4"]
