@@ -230,7 +230,8 @@ def test_changes_reach_the_target_in_order_with_deletes_toast_a_processor_kill_a
     sql(*(_customer(i, rng) for i in range(1, 21)), *(_contact(i, 1 + i % 20, rng) for i in range(1, 41)))
 
     def service(name: str, *args: str) -> Service:
-        return Service(name, [*args, "-c", str(config)], tmp_path / f"{name}.log", env)
+        # no metrics port: another test's stage may hold the default one
+        return Service(name, [*args, "-c", str(config), "--metrics-port", "0"], tmp_path / f"{name}.log", env)
 
     cdc = service("cdc", "cdc", "--init")
     services = [cdc]

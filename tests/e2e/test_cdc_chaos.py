@@ -361,7 +361,8 @@ def test_cdc_under_chaos_the_target_equals_the_mapped_source(
         started[name] = started.get(name, 0) + 1
         log_file = tmp_path / f"{name}-{started[name]}.log"
         logs.append(log_file)
-        return Service(name, [*args, "-c", str(config)], log_file, env, max_restarts=20)
+        # no metrics port: another test's stage may hold the default one
+        return Service(name, [*args, "-c", str(config), "--metrics-port", "0"], log_file, env, max_restarts=20)
 
     # Before capture: the initial load hands these over (the workload's first statements make more).
     with Workload(legacy_dsn, seed, "a") as warmup:
