@@ -223,7 +223,7 @@ def test_changes_become_envelopes_with_keys_tombstones_and_the_unchanged_marker(
             "delete from legacy.tickets where id = 10",
         )
         last = legacy.sql("update legacy.customers set id = 20 where id = 2")  # a key change
-        wait_until(lambda: count(read_events, customers)() >= 9 and count(read_events, tickets)() >= 4, 30,
+        wait_until(lambda: count(read_events, customers)() >= 9 and count(read_events, tickets)() >= 4, 90,
                    what="every event in Kafka")  # fmt: skip
         wait_until(lambda: parse_lsn(legacy.slot_row()[1]) >= parse_lsn(last), 15, what="the slot confirmed")  # type: ignore[index]
 
