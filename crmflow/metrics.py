@@ -170,6 +170,12 @@ CDC_RECONNECTS = Counter(
     "Times the CDC producer lost the legacy database (restart, dropped connection) and reconnected to its slot.",
     ["slot"],
 )
+CDC_SNAPSHOT_CHUNKS_DEFERRED = Counter(
+    "crmflow_cdc_snapshot_chunks_deferred_total",
+    "Snapshot chunks read again later because a transaction already decoded was not yet visible to their select "
+    "(committed in the WAL, still waiting for its flush or a synchronous standby).",
+    ["table"],
+)
 CDC_TABLES_STOPPED = Gauge(
     "crmflow_cdc_tables_stopped",
     "Captured tables whose changes go to the dead-letter topic after an incompatible schema change.",

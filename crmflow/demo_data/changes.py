@@ -223,7 +223,7 @@ def run_changes(
                     lines = [json.dumps({"table": f"legacy.{t}", "id": k, "op": op, "txid": txid,
                                          "committed_at": committed_at}) + "\n" for t, k, op in changes]  # fmt: skip
                     with lock:
-                        stats.transactions += 1
+                        stats.transactions += bool(changes)  # one that changed no row is none in the WAL either
                         stats.changes.update(f"{t} {op}" for t, _, op in changes)
                         if out is not None:
                             out.writelines(lines)

@@ -11,6 +11,15 @@ Debezium's incremental snapshots also use, so that a chunk's rows never overwrit
 3. at the high watermark the chunk's remaining rows are produced as op ``r`` (``source.snapshot`` true), Kafka
    acknowledges them, and the table's last key is checkpointed.
 
+The chunk's select also keeps its snapshot (``pg_current_snapshot()``). PostgreSQL writes a commit record to
+the WAL before the transaction becomes visible (it waits for the WAL flush in between), so a transaction may be
+decoded *before* the low watermark and still be invisible to the select: its change is then newer than the
+chunk's copy too, and the key is dropped as well. Without that, the chunk's older row would follow the change
+and win. A transaction can even be decoded (and its change produced) before the chunk is selected and still be
+invisible to the select, when its commit waits for a synchronous standby: the stream remembers the xids it
+decoded lately, and a chunk whose snapshot misses one of them is dropped and selected again a little later
+(``crmflow_cdc_snapshot_chunks_deferred_total``).
+
 Checkpoints live with the slot, in the legacy database: the publication's comment keeps the load state on its
 first line and the pending snapshots as JSON on its second, ``{"schema.table": [last key as text] | null}``.
 A crash repeats at most the chunk in flight (replays are allowed; gaps are not). The initial load writes the
@@ -26,6 +35,8 @@ from __future__ import annotations
 
 import json
 import logging
+import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,16 +44,20 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from crmflow import metrics
 from producers.cdc import pgoutput as pg
 from producers.cdc.events import TableEvents
 from producers.cdc.initial import COMPLETE, IN_PROGRESS
 
-__all__ = ["SIGNAL", "WATERMARK", "Chunk", "Resnapshot", "read_comment", "write_comment"]
+__all__ = ["SIGNAL", "WATERMARK", "Chunk", "Resnapshot", "Visibility", "read_comment", "write_comment"]
 
 log = logging.getLogger(__name__)
 
 SIGNAL = "crmflow.cdc.signal"
 WATERMARK = "crmflow.cdc.watermark"
+
+RECENT_XIDS = 10_000  # transactions decoded lately that a chunk's select must see (see the module doc)
+DEFER_S = 0.05  # a chunk dropped for a transaction not yet visible is selected again after this
 
 Pending = dict[str, list[str] | None]  # table -> last key done (text of each key column), None: from the start
 
@@ -85,6 +100,35 @@ def chunk_query(ev: TableEvents, after: list[str] | None, size: int) -> tuple[sq
     return query, params
 
 
+_XID_MASK = 0xFFFFFFFF
+
+
+def _precedes(a: int, b: int) -> bool:
+    """``a`` is older than ``b``, as 32-bit transaction ids compare (modulo 2^32)."""
+    return ((a - b) & _XID_MASK) >= 0x80000000
+
+
+@dataclass(frozen=True)
+class Visibility:
+    """Which transactions an MVCC snapshot sees, from ``pg_current_snapshot()`` (``xmin:xmax:xip,...``)."""
+
+    xmin: int
+    xmax: int
+    in_progress: frozenset[int]
+
+    @classmethod
+    def parse(cls, text: str) -> Visibility:
+        xmin, xmax, xip = text.split(":")
+        # pgoutput's Begin carries the 32-bit xid; the snapshot's are 64-bit (epoch in the high half)
+        return cls(int(xmin) & _XID_MASK, int(xmax) & _XID_MASK,
+                   frozenset(int(x) & _XID_MASK for x in xip.split(",") if x))  # fmt: skip
+
+    def sees(self, xid: int) -> bool:
+        if _precedes(xid, self.xmin):
+            return True
+        return _precedes(xid, self.xmax) and xid not in self.in_progress
+
+
 @dataclass
 class Chunk:
     """A chunk between its watermarks: rows by key, the last key read, whether the table ends with it."""
@@ -95,6 +139,7 @@ class Chunk:
     last_key: list[str] | None = None
     last: bool = False
     open: bool = False  # the low watermark was decoded: changes of the table now win over the chunk's rows
+    snapshot: Visibility | None = None  # the select's: a change it does not see wins, even before the low mark
 
 
 class Resnapshot:
@@ -109,6 +154,18 @@ class Resnapshot:
         self.state: str | None = None
         self.chunk: Chunk | None = None
         self._n = 0
+        self._recent: deque[int] = deque(maxlen=RECENT_XIDS)  # xids decoded lately, oldest first
+        self._recent_set: set[int] = set()
+        self._retry_at = 0.0
+
+    def decoded(self, xid: int) -> None:
+        """The stream decoded (the Begin of) transaction ``xid``."""
+        if xid in self._recent_set:
+            return
+        if len(self._recent) == self._recent.maxlen:
+            self._recent_set.discard(self._recent[0])
+        self._recent.append(xid)
+        self._recent_set.add(xid)
 
     def load(self) -> None:
         self.state, pending = read_comment(self.catalog(), self.publication)
@@ -141,7 +198,7 @@ class Resnapshot:
 
     def next_chunk(self) -> None:
         """Between transactions: with no chunk in flight, select the next one between two watermarks."""
-        if self.chunk is not None or not self.pending:
+        if self.chunk is not None or not self.pending or time.monotonic() < self._retry_at:
             return
         table, after = next(iter(self.pending.items()))
         ev = self.events(table)
@@ -155,7 +212,17 @@ class Resnapshot:
         emit = "select pg_logical_emit_message(false, %s, %s)"
         conn.execute(emit, (WATERMARK, f"{chunk.mark}:low"))
         query, params = chunk_query(ev, after, self.chunk_size)
-        rows = conn.execute(query, params).fetchall()
+        with conn.transaction():  # one snapshot for the select and the visibility it is read with
+            conn.execute("set transaction isolation level repeatable read")
+            snapshot = conn.execute("select pg_current_snapshot()::text").fetchone()
+            rows = conn.execute(query, params).fetchall()
+        chunk.snapshot = Visibility.parse(str(snapshot[0])) if snapshot else None
+        if chunk.snapshot is not None and not chunk.snapshot.in_progress.isdisjoint(self._recent_set):
+            # a change already produced is newer than this select's rows; its transaction will be visible soon
+            self._retry_at = time.monotonic() + DEFER_S
+            metrics.CDC_SNAPSHOT_CHUNKS_DEFERRED.labels(table).inc()
+            log.debug("cdc slot %s: chunk of %s deferred: a decoded transaction is not visible yet", self.slot, table)
+            return
         conn.execute(emit, (WATERMARK, f"{chunk.mark}:high"))
         key_index = [[c.name for c in ev.table.columns].index(k) for k in ev.table.key]
         for values in rows:
@@ -165,9 +232,14 @@ class Resnapshot:
         chunk.last = len(rows) < self.chunk_size
         self.chunk = chunk
 
-    def on_change(self, table: str, key: dict[str, Any]) -> None:
-        if self.chunk is not None and self.chunk.open and self.chunk.table == table:
-            self.chunk.rows.pop(tuple(key.values()), None)
+    def on_change(self, table: str, key: dict[str, Any], xid: int) -> None:
+        """A change of ``table`` by transaction ``xid``: newer than the chunk's row if in the watermark window, or
+        if the chunk's select did not see its transaction."""
+        chunk = self.chunk
+        if chunk is None or chunk.table != table:
+            return
+        if chunk.open or (chunk.snapshot is not None and not chunk.snapshot.sees(xid)):
+            chunk.rows.pop(tuple(key.values()), None)
 
     def on_watermark(self, content: bytes) -> Chunk | None:
         """The chunk to produce now (at its high watermark), else None."""

@@ -177,7 +177,7 @@ class _Stream:
 
     def _change(self, table: str, op: Op, before: Any, after: Any, key: dict[str, Any], lsn: int) -> None:
         ev = self.tables[table].events
-        self.resnap.on_change(table, key)  # newer than a snapshot chunk's copy of the row
+        self.resnap.on_change(table, key, self.xid)  # newer than a snapshot chunk's copy of the row
         envelope = ev.envelope(op, before, after, lsn=lsn, xid=self.xid, commit_ms=self.commit_ms,
                                commit_lsn=self.commit_lsn)  # fmt: skip
         self.produce(table, op, key, envelope)
@@ -189,6 +189,7 @@ class _Stream:
             self.xid, self.commit_ms = msg.xid, int(pg.pg_time(msg.commit_ts).timestamp() * 1000)
             self.commit_lsn = msg.final_lsn
             self.txn = self.acks.begin(self.commit_ms)
+            self.resnap.decoded(msg.xid)
         elif isinstance(msg, pg.Commit):
             self.acks.commit(self.txn, msg.end_lsn)
             self.txn = None

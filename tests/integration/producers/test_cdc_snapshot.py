@@ -4,15 +4,17 @@ row as it now is in the legacy database (or its deletion), while a writer change
 
 from __future__ import annotations
 
+import contextlib
 import random
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import psycopg
 import pytest
 from confluent_kafka.schema_registry import SchemaRegistryClient
 
+from crmflow import metrics
 from crmflow.stack import Endpoints
 from crmflow.topics import cdc_topic
 from producers.cdc.initial import COMPLETE, IN_PROGRESS
@@ -23,6 +25,7 @@ from tests.helpers import wait_until
 from tests.integration.producers.test_cdc import (  # noqa: F401
     Event,
     Legacy,
+    count,
     legacy,
     load_config_kafka,
     read_events,
@@ -190,3 +193,55 @@ def test_a_change_in_flight_during_a_snapshot_chunk_is_newer_than_the_chunk_s_co
             newest[e.key["id"]] = e
     assert {k: e.value["after"]["name"] for k, e in newest.items() if e.value} == source_rows(legacy)
     assert order_lsn(five[1]) > order_lsn(five[0]) > five[1].value["source"]["lsn"]  # type: ignore[index]
+
+
+@contextlib.contextmanager
+def synchronous_standby_never_there(db: Legacy) -> Iterator[None]:
+    """Sessions that ask for ``synchronous_commit = on`` wait for a standby that never comes; the others commit as
+    usual (``local``). Such a commit is in the WAL, and decoded, but invisible to others until its wait is
+    cancelled, as a commit waiting for a slow synchronous standby is."""
+    settings = (("synchronous_commit", "local"), ("synchronous_standby_names", "crmflow_test_never"))
+    with psycopg.connect(db.dsn, autocommit=True) as conn:
+        for name, value in settings:
+            conn.execute(f"alter system set {name} = '{value}'")
+        conn.execute("select pg_reload_conf()")
+        try:
+            yield
+        finally:
+            for name, _ in settings:
+                conn.execute(f"alter system reset {name}")
+            conn.execute("select pg_reload_conf()")
+
+
+@pytest.mark.serial  # changes the cluster's commit settings for a while
+def test_a_chunk_whose_select_misses_a_change_already_streamed_is_read_again(
+    legacy: Legacy, endpoints: Endpoints, registry_client: SchemaRegistryClient,  # noqa: F811
+    read_events: Callable[[str], list[Event]],  # noqa: F811
+) -> None:  # fmt: skip
+    legacy.sql("insert into legacy.customers (id, name) select i, 'old' from generate_series(1, 50) i")
+    topic = cdc_topic(legacy.prefix, "legacy.customers")
+    deferred = metrics.CDC_SNAPSHOT_CHUNKS_DEFERRED.labels("legacy.customers")
+    before = deferred._value.get()
+    with synchronous_standby_never_there(legacy), streaming(legacy, endpoints, registry_client, init=True,
+                                                            load=False, snapshot_chunk_size=100) as _:  # fmt: skip
+        waiting = psycopg.connect(legacy.dsn, autocommit=True)
+        pid = waiting.info.backend_pid
+        writer = threading.Thread(target=waiting.execute, daemon=True,
+                                  args=("set synchronous_commit = on; update legacy.customers set name = 'new' "
+                                        "where id = 5",))  # fmt: skip
+        writer.start()
+        wait_until(lambda: any(e.value and e.value["op"] == "u" for e in read_events(topic)) if count(
+            read_events, topic)() else False, 30, what="the waiting commit decoded and its change in Kafka")
+        assert source_rows(legacy)[5] == "old", "the commit should not be visible yet"
+        legacy.sql("select pg_logical_emit_message(true, 'crmflow.cdc.signal', '{\"snapshot\": \"legacy.customers\"}')")
+        # without the guard the chunk is read now, with 'old' for key 5, and the snapshot completes
+        wait_until(lambda: deferred._value.get() > before or comment(legacy)[1] == {}, 30,
+                   what="a chunk read or deferred")  # fmt: skip
+        with psycopg.connect(legacy.dsn, autocommit=True) as admin:
+            admin.execute("select pg_cancel_backend(%s)", (pid,))  # the commit becomes visible
+        writer.join(30)
+        waiting.close()
+        wait_until(lambda: comment(legacy)[1] == {}, 30, what="the re-snapshot complete")
+    assert source_rows(legacy)[5] == "new"
+    assert_topic_matches_source(legacy, read_events)
+    assert deferred._value.get() > before
