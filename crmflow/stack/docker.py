@@ -51,7 +51,8 @@ class DockerStack(Stack):
         )
         pw = s.postgres_password.get_secret_value()
         pg = PostgresContainer(POSTGRES_IMAGE, username=s.postgres_user, password=pw, dbname="postgres")
-        pg.with_command("postgres -c wal_level=logical -c max_replication_slots=20 -c max_wal_senders=20")
+        pg.with_command("postgres -c wal_level=logical -c max_replication_slots=20 -c max_wal_senders=20 "
+                        "-c max_wal_size=4GB -c checkpoint_timeout=15min")  # as the local stack's, see there
         for c in (kafka, registry, pg):
             c.start()
             self._containers.append(c)

@@ -294,6 +294,11 @@ class _Postgres:
             "max_wal_senders = 20",
             "max_connections = 200",
             "shared_buffers = 256MB",
+            # A migration writes the target in bulk: with the default 1GB, WAL volume forces a checkpoint every few
+            # hundred thousand records, and each one makes the next change of every page write it whole (full-page
+            # images). Measured with `crmflow bench --stage sink`: +15% records/s, -13% PostgreSQL CPU.
+            "max_wal_size = 4GB",
+            "checkpoint_timeout = 15min",
             # Segments in the data dir, not /dev/shm: a container's /dev/shm is small, and anything that
             # clears it (IPC clean-up on logout) would break every new connection.
             "dynamic_shared_memory_type = mmap",
