@@ -429,10 +429,11 @@ _EMAIL = re.compile(r"(?<![\w.+%-])[\w.+%-]+@(?:[\w-]+\.)+[\w-]+")
 # them; not inside a word, an id, a path, a decimal or a topic[partition]@offset.
 _PHONE = re.compile(r"(?<![\w@+.\-/#])(?:\+|\()?\d(?:[ ()./\-]{0,2}\d){6,17}(?![\w@])")
 # Digit runs with separators that are not phone numbers: dates (+ hour), compact date-times (20240105-1200),
-# IPv4 addresses, decimals and versions.
+# IPv4 addresses, decimals and versions, and PostgreSQL LSNs whose hex digits happen to be decimal (4/50000000:
+# a high part of one or two digits, never with a leading zero as an area code has it, e.g. 030/1234567).
 _NOT_PHONE = re.compile(
     r"\d{4}-\d{2}-\d{2}(?: \d{1,2})?|\d{1,2}[./-]\d{1,2}[./-]\d{2,4}|(?:19|20)\d{6}[-_ ]\d{4,6}"
-    r"|\d{1,3}(?:\.\d{1,3}){3}|\d+\.\d+"
+    r"|\d{1,3}(?:\.\d{1,3}){3}|\d+\.\d+|(?:0|[1-9]\d?)/\d{1,8}"
 )
 _DIGITS = re.compile(r"\d")
 

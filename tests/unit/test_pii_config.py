@@ -244,5 +244,11 @@ def test_filter_scrubs_stack_info_and_survives_bad_args(captured: tuple[logging.
 def test_filter_leaves_pipeline_numbers_alone() -> None:
     text = ("crmflow.demo.raw.customers[3]@1234567890 customers.csv:42 C0000001 read 1234567 records in "
             "12.5s, 25000.75/s; 2024-01-05 12:00:00; broker 127.0.0.1:19092; run demo-20250101T120000Z-1a2b3c; "
-            "20240105-120000-ab12cd; id 123e4567-e89b-12d3-a456-426614174000")  # fmt: skip
+            "20240105-120000-ab12cd; id 123e4567-e89b-12d3-a456-426614174000; slot confirmed at 4/50000000, "
+            "resuming from 0/3000148")  # fmt: skip
     assert scrub_text(text) == text
+
+
+@pytest.mark.parametrize("phone", ["030/1234567", "0301/234567", "415/555-0123", "+49 30/1234567"])
+def test_a_phone_with_one_slash_is_not_taken_for_an_lsn(phone: str) -> None:
+    assert scrub_text(f"call {phone} now") == f"call *** *** {phone[-4:]} now"
