@@ -9,16 +9,15 @@ however many runs rejected it (see :mod:`crmflow.pipeline.letters`). Exit codes 
 from __future__ import annotations
 
 import json
-import signal
 import sys
 from pathlib import Path
-from types import FrameType
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
+from crmflow.cli.signals import stop_on_signals
 from crmflow.exceptions import CrmflowError, RunInterruptedError, StackError, TransientError
 from crmflow.exitcodes import ExitCode
 
@@ -137,15 +136,7 @@ def replay(
 
     control = RunControl()
 
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        name = signal.Signals(signum).name
-        if control.stop.is_set():
-            signal.signal(signum, signal.SIG_DFL)
-            signal.raise_signal(signum)
-        control.request_stop(RunInterruptedError(name))
-
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
+    stop_on_signals(control)
     try:
         cfg = load_config(config)
         ep = get_stack().endpoints()

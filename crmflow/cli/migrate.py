@@ -9,14 +9,13 @@ stderr, so ``crmflow migrate -c X > report.txt`` keeps the report.
 from __future__ import annotations
 
 import json
-import signal
 from pathlib import Path
-from types import FrameType
 from typing import Annotated
 
 import typer
 from rich.console import Console
 
+from crmflow.cli.signals import stop_on_signals
 from crmflow.exceptions import ConfigError, CrmflowError, RunInterruptedError, StackError, TransientError
 from crmflow.exitcodes import ExitCode
 
@@ -56,16 +55,7 @@ def migrate(
 
     control = RunControl()
 
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        name = signal.Signals(signum).name
-        if control.stop.is_set():  # a second signal: stop waiting for a clean stop
-            signal.signal(signum, signal.SIG_DFL)
-            signal.raise_signal(signum)
-        err_console.print(f"[yellow]{name}: stopping the stages (a second {name} stops at once)…[/yellow]")
-        control.request_stop(RunInterruptedError(name))
-
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
+    stop_on_signals(control, "the stages")
     rid: str | None = None
     try:
         cfg = load_config(config)

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 from pathlib import Path
-from types import FrameType
 from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 
+from crmflow.cli.signals import stop_on_signals
 from crmflow.exceptions import ConfigError, CrmflowError, RunInterruptedError
 from crmflow.exitcodes import ExitCode
 
@@ -54,16 +53,7 @@ def parallel_run(
 
     control = RunControl()
 
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        name = signal.Signals(signum).name
-        if control.stop.is_set():
-            signal.signal(signum, signal.SIG_DFL)
-            signal.raise_signal(signum)
-        err_console.print(f"[yellow]{name}: stopping the services…[/yellow]")
-        control.request_stop(RunInterruptedError(name))
-
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
+    stop_on_signals(control, "the services")
     try:
         ep = get_stack().endpoints()
         os.environ.setdefault("CRMFLOW_LEGACY_DSN", ep.legacy_dsn)  # the stack's own variable, as its default

@@ -10,7 +10,6 @@ mapping, row by row and field by field, with no placeholder anywhere.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import random
 import uuid
@@ -25,14 +24,13 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, To
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.schema_registry import SchemaRegistryClient
 
-from crmflow.config import MigrationConfig, load_config
+from crmflow.config import load_config
 from crmflow.pipeline.migrate import prepare
 from crmflow.pipeline.services import Service
 from crmflow.serialization import AvroDecoder
 from crmflow.stack import Endpoints
 from crmflow.topics import cdc_topic
-from processors.exceptions import RecordRejected
-from processors.mapping import build_mappers
+from tests.e2e.cdc_support import Entity, expected_target, legacy_database, target_now
 from tests.helpers import wait_until
 
 pytestmark = pytest.mark.e2e
@@ -46,8 +44,14 @@ SCHEMA = [
     "customer_id text not null references legacy.customers on delete cascade, first_name text, last_name text, "
     "job_title text)",
 ]
-ACCOUNT_FIELDS = ["full_name", "first_name", "last_name", "email", "city", "birth_date", "region"]
-CONTACT_FIELDS = ["customer_id", "full_name", "first_name", "last_name", "job_title"]
+# entity -> (legacy table, key column, columns read as text for the expected target, target fields compared)
+ENTITIES: dict[str, Entity] = {
+    "account": ("customers", "customer_id", ["customer_id", "first_name", "last_name", "email", "city", "born",
+                                             "score", "notes"],
+                ["full_name", "first_name", "last_name", "email", "city", "birth_date", "region"]),
+    "contact": ("contacts", "contact_id", ["contact_id", "customer_id", "first_name", "last_name", "job_title"],
+                ["customer_id", "full_name", "first_name", "last_name", "job_title"]),
+}  # fmt: skip
 NAMES = ["anne", "bob", "carla", "dev", "eve", "femi", "gus", "hana"]
 
 
@@ -106,55 +110,10 @@ def _config(tmp_path: Path, legacy_env: str, target_env: str, prefix: str, name:
     return path
 
 
-def expected_target(cfg: MigrationConfig, legacy_dsn: str) -> dict[str, dict[str, dict[str, Any]]]:
-    """The source after mapping: every legacy row read as text (as the snapshot reader does) through the mappers."""
-    mappers = build_mappers(cfg)
-    out: dict[str, dict[str, dict[str, Any]]] = {"account": {}, "contact": {}}
-    with psycopg.connect(legacy_dsn) as conn:
-        for entity, table, cols, id_field in (
-            ("account", "customers", ["customer_id", "first_name", "last_name", "email", "city", "born", "score",
-                                      "notes"], "customer_id"),
-            ("contact", "contacts", ["contact_id", "customer_id", "first_name", "last_name", "job_title"],
-             "contact_id"),
-        ):  # fmt: skip
-            select = ", ".join(f"{c}::text" for c in cols)
-            for row in conn.execute(f"select {select} from legacy.{table}").fetchall():
-                raw = dict(zip(cols, row, strict=True))
-                meta = {"run_id": "r", "source": table, "source_position": "p"}
-                try:
-                    mapped = mappers[entity](raw, meta)
-                except RecordRejected:
-                    continue  # a dead letter, not a row
-                fields = ACCOUNT_FIELDS if entity == "account" else CONTACT_FIELDS
-                out[entity][str(raw[id_field])] = {f: mapped[f] for f in fields}
-    return out
-
-
-def target_now(dsn: str) -> dict[str, dict[str, dict[str, Any]]]:
-    out: dict[str, dict[str, dict[str, Any]]] = {}
-    with psycopg.connect(dsn) as conn:
-        for entity, table, fields in (("account", "accounts", ACCOUNT_FIELDS), ("contact", "contacts", CONTACT_FIELDS)):
-            rows = conn.execute(f"select external_id, {', '.join(fields)} from crm.{table}").fetchall()
-            out[entity] = {r[0]: dict(zip(fields, r[1:], strict=True)) for r in rows}
-    return out
-
-
 @pytest.fixture
 def legacy(pg_dsn_factory: Callable[[], str], monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[str, str, str]]:
     """(DSN, env var holding it, slot/publication name) of a fresh legacy database; the slot dropped after."""
-    dsn = pg_dsn_factory()
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        for s in SCHEMA:
-            conn.execute(s)
-    name = "e2e_cdc_" + uuid.uuid4().hex[:8]
-    env = "CRMFLOW_E2E_LEGACY_" + name.upper()
-    monkeypatch.setenv(env, dsn)
-    yield dsn, env, name
-    with psycopg.connect(dsn, autocommit=True) as conn, contextlib.suppress(psycopg.Error):
-        wait_until(lambda: conn.execute("select active_pid is null from pg_replication_slots where slot_name = %s",
-                                        (name,)).fetchone() in (None, (True,)), 15, what="the slot released")
-        conn.execute("select pg_drop_replication_slot(slot_name) from pg_replication_slots where slot_name = %s",
-                     (name,))  # fmt: skip
+    yield from legacy_database(pg_dsn_factory, monkeypatch.setenv, SCHEMA, "e2e_cdc")
 
 
 def _first_envelope(bootstrap: str, topic: str, key_part: bytes) -> tuple[bytes, bytes]:
@@ -242,7 +201,8 @@ def test_changes_reach_the_target_in_order_with_deletes_toast_a_processor_kill_a
         wait_until(lambda: set(topics) <= set(admin.list_topics(timeout=5).topics), 60, what="the change topics")
         processor = service("process-1", "process")
         services += [processor, service("sink", "sink")]
-        wait_until(lambda: len(target_now(target_dsn)["contact"]) == 40, 120, what="the initial load in the target")
+        wait_until(lambda: len(target_now(target_dsn, ENTITIES)["contact"]) == 40, 120,
+                   what="the initial load in the target")  # fmt: skip
         early = _first_envelope(endpoints.bootstrap_servers, cdc_topic(cfg.kafka.topic_prefix, "legacy.customers"),
                                 b"C00003")  # its snapshot event ('r'): older than what follows
         # Inserts, updates (one leaving the TOASTed notes unchanged), a parent with children deleted.
@@ -270,17 +230,17 @@ def test_changes_reach_the_target_in_order_with_deletes_toast_a_processor_kill_a
             # A change that fails a rule (full_name is required): a dead letter with its reason and position.
             "update legacy.customers set first_name = null, last_name = null where customer_id = 'C00011'")
 
-        expected = expected_target(cfg, legacy_dsn)
+        expected = expected_target(cfg, legacy_dsn, ENTITIES, rejects=True)
 
         def mapped_source() -> bool:
-            now = target_now(target_dsn)
+            now = target_now(target_dsn, ENTITIES)
             return {e: {k: v for k, v in rows.items() if k != "C00011"} for e, rows in now.items()} == expected
 
         wait_until(mapped_source, 120, what="the target equal to the mapped source")
     finally:
         for s in services:
             s.stop(15)
-    got = target_now(target_dsn)
+    got = target_now(target_dsn, ENTITIES)
     assert {k: v for k, v in got["account"].items() if k != "C00011"} == expected["account"]  # field by field
     assert got["contact"] == expected["contact"]
     assert len(got["account"]) == 39 and "C00006" not in got["account"] and got["account"]["C00007"]["city"] == (

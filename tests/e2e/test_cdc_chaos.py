@@ -34,13 +34,12 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartiti
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.schema_registry import SchemaRegistryClient
 
-from crmflow.config import MigrationConfig, load_config
+from crmflow.config import load_config
 from crmflow.pipeline.migrate import prepare
 from crmflow.pipeline.services import Service
 from crmflow.stack import Endpoints, get_stack
 from crmflow.topics import cdc_topic, mapped_topic
-from processors.exceptions import RecordRejected
-from processors.mapping import build_mappers
+from tests.e2e.cdc_support import TARGET_TABLES, expected_target, legacy_database, target_now
 from tests.helpers import wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.serial]  # restarts the shared stack's PostgreSQL
@@ -72,7 +71,6 @@ ENTITIES: dict[str, tuple[str, str, list[str], list[str]]] = {
     "case": ("tickets", "ticket_id", ["ticket_id", "customer_id", "opened", "subject", "status", "body"],
              ["customer_id", "case_creation_date", "subject", "status", "priority"]),
 }  # fmt: skip
-TARGET_TABLES = {"account": "accounts", "contact": "contacts", "case": "cases"}
 NAMES = ["anne", "bob", "carla", "dev", "eve", "femi", "gus", "hana", "ivo", "jun"]
 CITIES = ["springfield", "shelbyville", "ogdenville", "north haverbrook", "capital city"]
 JOBS = ["buyer", "chief buyer", "cto", "clerk", "head of it"]
@@ -126,33 +124,6 @@ def _config(tmp_path: Path, legacy_env: str, target_env: str, prefix: str, name:
     path = tmp_path / "crmflow.yaml"
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
     return path
-
-
-def expected_target(cfg: MigrationConfig, legacy_dsn: str) -> dict[str, dict[str, dict[str, Any]]]:
-    """The legacy tables now, read as text (as the snapshot reader does), through the processor's mappers."""
-    mappers = build_mappers(cfg)
-    out: dict[str, dict[str, dict[str, Any]]] = {}
-    with psycopg.connect(legacy_dsn) as conn:
-        for entity, (table, key, cols, fields) in ENTITIES.items():
-            out[entity] = {}
-            select = ", ".join(f"{c}::text" for c in cols)
-            for row in conn.execute(f"select {select} from legacy.{table}").fetchall():
-                raw = dict(zip(cols, row, strict=True))
-                try:
-                    mapped = mappers[entity](raw, {"run_id": "r", "source": table, "source_position": "p"})
-                except RecordRejected as exc:  # the workload writes only valid rows
-                    raise AssertionError(f"{table} {raw[key]}: rejected by the mapping: {exc}") from exc
-                out[entity][str(raw[key])] = {f: mapped.get(f) for f in fields}
-    return out
-
-
-def target_now(dsn: str) -> dict[str, dict[str, dict[str, Any]]]:
-    out: dict[str, dict[str, dict[str, Any]]] = {}
-    with psycopg.connect(dsn, connect_timeout=3) as conn:
-        for entity, (_, _, _, fields) in ENTITIES.items():
-            rows = conn.execute(f"select external_id, {', '.join(fields)} from crm.{TARGET_TABLES[entity]}").fetchall()
-            out[entity] = {r[0]: dict(zip(fields, r[1:], strict=True)) for r in rows}
-    return out
 
 
 def _large(rng: random.Random, word: str) -> str:
@@ -321,19 +292,7 @@ def _counts(bootstrap: str, topics: list[str]) -> dict[str, int]:
 @pytest.fixture
 def legacy(pg_dsn_factory: Callable[[], str], monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[str, str, str]]:
     """(DSN, env var holding it, slot/publication name) of a fresh legacy database; the slot dropped after."""
-    dsn = pg_dsn_factory()
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        for s in SCHEMA:
-            conn.execute(s)
-    name = "e2e_chaos_" + uuid.uuid4().hex[:8]
-    env = "CRMFLOW_E2E_LEGACY_" + name.upper()
-    monkeypatch.setenv(env, dsn)
-    yield dsn, env, name
-    with psycopg.connect(dsn, autocommit=True) as conn, contextlib.suppress(psycopg.Error):
-        wait_until(lambda: conn.execute("select active_pid is null from pg_replication_slots where slot_name = %s",
-                                        (name,)).fetchone() in (None, (True,)), 15, what="the slot released")
-        conn.execute("select pg_drop_replication_slot(slot_name) from pg_replication_slots where slot_name = %s",
-                     (name,))  # fmt: skip
+    yield from legacy_database(pg_dsn_factory, monkeypatch.setenv, SCHEMA, "e2e_chaos")
 
 
 def test_cdc_under_chaos_the_target_equals_the_mapped_source(
@@ -441,18 +400,18 @@ def test_cdc_under_chaos_the_target_equals_the_mapped_source(
         assert not workload.errors, workload.errors
         assert workload.committed >= 50
 
-        expected = expected_target(cfg, legacy_dsn)
+        expected = expected_target(cfg, legacy_dsn, ENTITIES)
 
         def converged() -> bool:
             supervise()
             with contextlib.suppress(psycopg.OperationalError):
-                return target_now(target_dsn) == expected
+                return target_now(target_dsn, ENTITIES) == expected
             return False
 
         try:
             wait_until(converged, 180, interval_s=0.5, what="the target equal to the mapped source")
         except AssertionError:
-            got = target_now(target_dsn)
+            got = target_now(target_dsn, ENTITIES)
             for entity in expected:
                 exp, have = expected[entity], got[entity]
                 diff = [(k, exp.get(k), have.get(k)) for k in sorted(set(exp) | set(have)) if exp.get(k) != have.get(k)]
@@ -467,13 +426,13 @@ def test_cdc_under_chaos_the_target_equals_the_mapped_source(
     cdc_logs = "".join(f.read_text() for f in logs if f.name.startswith("cdc-") and f.exists())
     assert "snapshot of legacy.customers complete" in cdc_logs  # the re-snapshot ran to its end
     assert "lost the legacy database" in cdc_logs  # the restart was an outage the producer rode out
-    got = target_now(target_dsn)
+    got = target_now(target_dsn, ENTITIES)
     for entity in expected:
         assert got[entity] == expected[entity], f"{entity} differs (seed {seed})"  # row by row, field by field
     print("rows: " + ", ".join(f"{e} {len(rows)}" for e, rows in got.items()))
     with psycopg.connect(target_dsn) as conn, psycopg.connect(legacy_dsn) as src:
         # No TOAST placeholder or Unchanged marker anywhere in the target, and every row carries its LSN.
-        for entity, table in TARGET_TABLES.items():
+        for entity, table in ((e, TARGET_TABLES[e]) for e in ENTITIES):
             fields = ENTITIES[entity][3]
             bad = conn.execute(
                 f"select count(*) from crm.{table} where source_lsn is null or "
