@@ -161,21 +161,68 @@ class DebeziumJsonDecoder:
         return normalise_envelope(message, {}, origin=origin or "")
 
 
+_NAMED: Final = ("record", "enum", "fixed")
+
+
+def _full_name(schema: Mapping[str, Any], namespace: str | None) -> str:
+    """The full name of a named type defined inside ``namespace`` (the enclosing one)."""
+    name = str(schema["name"])
+    if "." in name:
+        return name
+    ns = schema.get("namespace", namespace)
+    return f"{ns}.{name}" if ns else name
+
+
+def _collect_named(schema: Any, namespace: str | None, named: dict[str, Mapping[str, Any]]) -> None:
+    """Every named type (record, enum, fixed) of an Avro schema by its full name, namespaces resolved as the Avro
+    spec does: Debezium's converter spells a named type out once (``Value``, ``VariableScaleDecimal``...) and then
+    refers to it by name, so a column's type may be just that name."""
+    if isinstance(schema, list):
+        for branch in schema:
+            _collect_named(branch, namespace, named)
+    elif isinstance(schema, dict):
+        kind = schema.get("type")
+        if kind in _NAMED:
+            full = _full_name(schema, namespace)
+            named[full] = schema
+            for f in schema.get("fields") or ():
+                _collect_named(f["type"], full.rpartition(".")[0] or None, named)
+        elif kind == "array":
+            _collect_named(schema.get("items"), namespace, named)
+        elif kind == "map":
+            _collect_named(schema.get("values"), namespace, named)
+        elif isinstance(kind, dict | list):
+            _collect_named(kind, namespace, named)
+
+
+def _resolve(avro_type: Any, namespace: str | None, named: Mapping[str, Mapping[str, Any]]) -> Any:
+    """A reference to a named type (``"Value"``, ``"io.debezium.data.VariableScaleDecimal"``) → its definition."""
+    if isinstance(avro_type, str):
+        full = avro_type if "." in avro_type or not namespace else f"{namespace}.{avro_type}"
+        return named.get(full, named.get(avro_type, avro_type))
+    return avro_type
+
+
 def _avro_types(schema: Mapping[str, Any]) -> dict[str, tuple[str | None, Mapping[str, Any]]]:
     """Column → (connect.name, connect.parameters) from the Avro schema of a Debezium envelope."""
+    named: dict[str, Mapping[str, Any]] = {}
+    _collect_named(schema, None, named)
+    envelope_ns = _full_name(schema, None).rpartition(".")[0] if "name" in schema else ""
     out: dict[str, tuple[str | None, Mapping[str, Any]]] = {}
     for part in schema.get("fields") or ():
         if part.get("name") not in ("before", "after"):
             continue
-        branches = part["type"] if isinstance(part["type"], list) else [part["type"]]
-        for branch in branches:
-            if isinstance(branch, dict) and branch.get("type") == "record":
-                for f in branch.get("fields") or ():
-                    types = f["type"] if isinstance(f["type"], list) else [f["type"]]
-                    for t in types:
-                        if isinstance(t, dict):
-                            out[f["name"]] = (t.get("connect.name"), t.get("connect.parameters") or {})
-                            break
+        for branch in part["type"] if isinstance(part["type"], list) else [part["type"]]:
+            row = _resolve(branch, envelope_ns, named)
+            if not (isinstance(row, dict) and row.get("type") == "record"):
+                continue
+            row_ns = _full_name(row, envelope_ns).rpartition(".")[0]
+            for f in row.get("fields") or ():
+                for t in f["type"] if isinstance(f["type"], list) else [f["type"]]:
+                    t = _resolve(t, row_ns, named)
+                    if isinstance(t, dict):
+                        out[f["name"]] = (t.get("connect.name"), t.get("connect.parameters") or {})
+                        break
     return out
 
 

@@ -94,7 +94,28 @@ def slot_state(conn: psycopg.Connection[Any], slot: str) -> dict[str, Any] | Non
             "confirmed_flush_lsn": lsn[0], "restart_lsn": lsn[1], "current_lsn": lsn[2]}  # fmt: skip
 
 
+def _missing_slot(conn: psycopg.Connection[Any], cfg: CdcConfig, database: str) -> str:
+    """What to do about a slot that is not there: a first start, a dropped slot, or a failover to a copy.
+
+    PostgreSQL before 17 never copies a logical slot to a physical standby, so a promoted copy has none: the
+    changes between the old slot's position and the failover cannot be streamed from anywhere any more."""
+    timeline = int(str(conn.execute("select pg_walfile_name(pg_current_wal_lsn())").fetchone()[0])[:8], 16)  # type: ignore[index]
+    promoted = f" (timeline {timeline}: this server was promoted from a standby)" if timeline > 1 else ""
+    return (f"replication slot {cfg.slot} does not exist in database {database} at "
+            f"{conn.info.host}:{conn.info.port}{promoted}. If this is the first start, run `crmflow cdc --init` (it "
+            f"creates the slot and publication {cfg.publication}). If the slot was dropped, or this is a copy "
+            "promoted after a failover (PostgreSQL before 17 does not copy logical slots to standbys), the changes "
+            "since the old slot's position cannot be streamed: re-create the slot with a fresh initial load "
+            "(`crmflow cdc --init`, which re-sends every row as op r), and, so that the next failover keeps the slot, "
+            "use PostgreSQL 17's failover slots (a slot with failover = true, sync_replication_slots = on on the "
+            "standby)")
+
+
 def _prepare_slot(conn: psycopg.Connection[Any], cfg: CdcConfig, database: str, *, init: bool) -> None:
+    if conn.execute("select pg_is_in_recovery()").fetchone() == (True,):
+        raise SlotError(f"database {database} at {conn.info.host}:{conn.info.port} is a standby (in recovery): "
+                        f"crmflow cdc streams from the primary; point {cfg.dsn_env} at the primary (after a failover: "
+                        "at the promoted copy, e.g. a host list with target_session_attrs=read-write)")
     state = slot_state(conn, cfg.slot)
     has_pub = conn.execute("select 1 from pg_publication where pubname = %s", (cfg.publication,)).fetchone()
     if init:
@@ -107,11 +128,7 @@ def _prepare_slot(conn: psycopg.Connection[Any], cfg: CdcConfig, database: str, 
         write_comment(conn, cfg.publication, IN_PROGRESS, dict.fromkeys(cfg.tables))
         return
     if state is None:
-        raise SlotError(
-            f"replication slot {cfg.slot} does not exist in database {database}: if this is the first start, run "
-            f"`crmflow cdc --init` (it creates the slot and publication {cfg.publication}); if the slot was dropped, "
-            "the changes since its position are lost: run --init and re-load the tables"
-        )
+        raise SlotError(_missing_slot(conn, cfg, database))
     if state["wal_status"] == "lost":
         raise SlotError(
             f"replication slot {cfg.slot} is invalidated (wal_status=lost: PostgreSQL removed WAL it still needed, "

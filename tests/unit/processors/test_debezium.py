@@ -153,3 +153,22 @@ def test_avro_in_the_confluent_wire_format_by_connect_names() -> None:
     assert change.unchanged == frozenset({"notes"}) and change.lsn == 77
     with pytest.raises(SerializationError, match="Confluent wire format"):
         DebeziumAvroDecoder(registry).decode(b"{}")
+
+
+def test_avro_semantic_types_behind_a_named_type_reference() -> None:
+    """The converter spells a named type out once and then names it: a second variable-scale numeric column's type
+    is just ``io.debezium.data.VariableScaleDecimal``, and it still converts (it used to pass through as a dict)."""
+    from processors.debezium import _avro_types
+
+    vsd = {"type": "record", "name": "VariableScaleDecimal", "namespace": "io.debezium.data",
+           "fields": [{"name": "scale", "type": "int"}, {"name": "value", "type": "bytes"}],
+           "connect.name": "io.debezium.data.VariableScaleDecimal"}  # fmt: skip
+    value = {"type": "record", "name": "Value", "fields": [
+        {"name": "a", "type": ["null", vsd], "default": None},
+        {"name": "b", "type": ["null", "io.debezium.data.VariableScaleDecimal"], "default": None}]}  # fmt: skip
+    only_after = {"type": "record", "name": "Envelope", "namespace": "s.legacy.t", "fields": [
+        {"name": "before", "type": ["null", "Value"], "default": None},  # a reference before its definition's use
+        {"name": "after", "type": ["null", value], "default": None}]}  # fmt: skip
+    types = _avro_types(only_after)
+    assert types["a"][0] == types["b"][0] == "io.debezium.data.VariableScaleDecimal"
+    assert convert_value({"scale": 1, "value": b"\x05"}, *types["b"]) == Decimal("0.5")
