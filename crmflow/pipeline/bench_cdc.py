@@ -41,12 +41,13 @@ from crmflow.demo_data.changes import KINDS, run_changes
 from crmflow.demo_data.legacy_db import load_legacy_db
 from crmflow.demo_data.rates import QualityRates
 from crmflow.demo_data.run import generate
-from crmflow.exceptions import StackError
+from crmflow.exceptions import CrmflowError, StackError
 from crmflow.pipeline.bench import DEMO_CONFIG
 from crmflow.pipeline.bench_stats import Landing, lag_growth, landings, percentiles
+from crmflow.pipeline.cpu import CpuMeter
 from crmflow.pipeline.services import Service, stop_all, wait_drained
 from crmflow.settings import stack_settings
-from crmflow.stack import Endpoints
+from crmflow.stack import Endpoints, get_stack
 from crmflow.topics import cdc_topic
 
 log = logging.getLogger(__name__)
@@ -247,6 +248,8 @@ class CdcBench:
 
         sampler = threading.Thread(target=sample, name="rss", daemon=True)
         sampler.start()
+        meter = CpuMeter(self.cpu_parts())
+        meter.start()
         t0 = time.time()
         try:
             stats = run_changes(self.ep.dsn(self.legacy_db), rate, seconds, log_path=self.changes_log,
@@ -289,9 +292,22 @@ class CdcBench:
             "crmflow_rate": round(len(new) / landed_span, 1) if landed_span > 0 else 0.0,
             "latency": percentiles(v.latency_s for v in new),
             "lag_growth": lag_growth(new),
+            # average cores busy from the workload's start until the last change landed: where the CPU went
+            "cpu_cores": meter.cores(),
         }
         log.info("cdc bench step %.0f/s: %s", rate, step.to_json())
         return step
+
+    def cpu_parts(self) -> dict[str, tuple[int, bool]]:
+        """The processes whose CPU a step reports: the three services, this process (the change workload and the
+        bench itself), and the stack's Kafka, registry and PostgreSQL (with its backends) when they run here."""
+        parts = {s.name: (s.proc.pid, False) for s in self.services}
+        parts["workload"] = (os.getpid(), False)
+        with contextlib.suppress(CrmflowError, OSError):  # no local stack: its parts' CPU is not reported
+            for part in get_stack().status():
+                if part.pid:
+                    parts[part.name] = (part.pid, part.name == "postgres")
+        return parts
 
     # -------------------------------------------------------------------------------------- results
 

@@ -31,6 +31,11 @@ def test_bench_cdc_reports_exact_latencies_every_change_landed_and_the_sink_obse
     assert run["source"]["rate"] > 0 and run["crmflow_rate"] > 0
     assert set(run["lag_growth"]) == {"first_tenth_p50_s", "last_tenth_p50_s", "ratio", "growing"}
     assert {name for name, rss in report["peak_rss_bytes"].items() if rss > 0} == {"cdc", "process", "sink"}
+    cores = run["cpu_cores"]  # where the CPU went: every service worked, and the stack's parts are counted
+    assert all(cores[name] > 0 for name in ("cdc", "process", "sink", "workload")), cores
+    assert cores["total"] == pytest.approx(sum(v for k, v in cores.items() if k != "total"), abs=0.05)
+    if os.environ.get("CRMFLOW_STACK", "local") == "local":
+        assert cores["postgres"] > 0 and cores["kafka"] > 0, cores
     assert report["reconcile"]["equal"], report["reconcile"]
     # The sink's histogram, scraped from its /metrics: one observation per change record it wrote. A child parked
     # until its parent arrived is not observed; a batch re-delivered after an aborted Kafka transaction is observed
