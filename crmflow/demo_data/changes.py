@@ -1,10 +1,10 @@
 """A change workload on the legacy database, for CDC demos and benchmarks (`crmflow demo-data --changes RATE`).
 
 Inserts, updates and deletes over the four related ``legacy`` tables (customers and their contacts, sales and
-tickets) at a steady rate of changed rows per second, in multi-statement transactions:
+tickets) at a steady rate of changed rows per second, several rows per transaction:
 
-- ``new``: a customer with one or two contacts, a sale and a ticket (4–5 inserts);
-- ``update``: a customer's city and phone, and the status of one of its tickets (1–2 updates);
+- ``new``: a customer with one or two contacts, a sale and a ticket (4–5 inserts, one statement);
+- ``update``: a customer's city and phone, and the status of one of its tickets (1–2 updates, two statements);
 - ``large``: a ticket whose subject is 8–24 kB of incompressible text, inserted or rewritten (TOASTed out of line;
   later updates that leave it alone exercise pgoutput's unchanged-TOAST marker);
 - ``delete``: a customer and every child row it has (children first, in the same transaction).
@@ -25,13 +25,14 @@ import random
 import threading
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
 import psycopg
 from faker import Faker
+from psycopg import sql
 
 from crmflow.connections import PostgresConnection, as_postgres
 from crmflow.demo_data.legacy_db import create_legacy_schema
@@ -71,12 +72,38 @@ def _first_key(conn: psycopg.Connection[Any]) -> int:
     return max(KEY_BASE, int(found[0]) + 1) if found and found[0] and str(found[0]).isdigit() else KEY_BASE
 
 
-class _Workload:
-    """One connection's transactions. Worker ``w`` of ``n`` numbers its keys first + w, first + w + n, ..."""
+class _Values:
+    """Faker's values, drawn once per run (``size`` of each kind) and then picked at random: Faker costs tens of
+    microseconds a value, which at thousands of changes a second was a good part of the machine. E-mail addresses
+    and phone numbers get a per-row number, so different customers do not share them."""
 
-    def __init__(self, conn: psycopg.Connection[Any], seed: int, first: int, worker: int, workers: int) -> None:
-        self.conn, self.rng, self.fake = conn, random.Random(seed + worker), Faker()
-        self.fake.seed_instance(seed + worker)
+    def __init__(self, seed: int, size: int = 1000) -> None:
+        fake = Faker()
+        fake.seed_instance(seed)
+
+        def draw(make: Callable[[], Any]) -> list[Any]:
+            return [make() for _ in range(size)]
+
+        self.first, self.last = draw(fake.first_name), draw(fake.last_name)
+        self.domains = draw(fake.free_email_domain)
+        self.streets, self.cities, self.postcodes = draw(fake.street_address), draw(fake.city), draw(fake.postcode)
+        self.countries, self.jobs, self.words = draw(fake.country), draw(fake.job), draw(fake.word)
+        self.sentences = draw(fake.sentence)
+        self.births = draw(lambda: fake.date_of_birth().isoformat())
+        self.decade = draw(lambda: fake.date_this_decade().isoformat())
+        self.year = draw(lambda: fake.date_this_year().isoformat())
+
+
+class _Workload:
+    """One connection's transactions. Worker ``w`` of ``n`` numbers its keys first + w, first + w + n, ...
+
+    Each transaction kind is one or two statements (the inserts of ``new`` and the deletes of ``delete`` are one
+    statement each, chained with WITH), and its first statement also returns ``txid_current()``: a round trip to the
+    server costs both sides more CPU than the rows it carries."""
+
+    def __init__(self, conn: psycopg.Connection[Any], seed: int, first: int, worker: int, workers: int,
+                 values: _Values) -> None:  # fmt: skip
+        self.conn, self.rng, self.v = conn, random.Random(seed + worker), values
         self.seq, self.step = first + worker - workers, workers
         self.customers: list[str] = [r[0] for r in conn.execute(
             "select customer_id from legacy.customers where abs(hashtext(customer_id)) %% %s = %s "
@@ -90,80 +117,108 @@ class _Workload:
     def _large(self) -> str:
         return self.rng.randbytes(self.rng.randrange(4_000, 12_000)).hex()  # 8-24 kB, not compressible
 
-    def new(self) -> list[Change]:
+    def _email(self, first: str, last: str) -> str:
+        local = "".join(c for c in f"{first}.{last}".lower() if c.isascii() and (c.isalnum() or c == "."))
+        return f"{local}{self.seq}@{self.rng.choice(self.v.domains)}"
+
+    def _phone(self) -> str:
+        r = self.rng.randrange
+        return f"+1-{r(201, 989)}-{r(200, 999)}-{r(10_000):04d}"
+
+    def _txid(self, cur: psycopg.Cursor[Any]) -> int:
+        return int(cur.fetchone()[0])  # type: ignore[index]
+
+    def new(self) -> tuple[int | None, list[Change]]:
         cid = self._key("C")
-        f = self.fake
-        x = self.conn.execute
-        x("insert into legacy.customers (customer_id, first_name, last_name, contact_email, phone, street_address, "
-          "city, postal_code, country, region, birth_date, customer_since) values "
-          "(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
-          (cid, f.first_name(), f.last_name(), f.email(), f.phone_number(), f.street_address(), f.city(),
-           f.postcode(), f.country(), "EMEA", f.date_of_birth().isoformat(), f.date_this_decade().isoformat()))
-        out = [("customers", cid, "c")]
+        v, pick = self.v, self.rng.choice
+        first, last = pick(v.first), pick(v.last)
+        contacts = []
         for _ in range(self.rng.choice((1, 2))):
-            kid = self._key("K")
-            x("insert into legacy.contacts (contact_id, customer_id, first_name, last_name, contact_email, phone, "
-              "job_title) values (%s, %s, %s, %s, %s, %s, %s)",
-              (kid, cid, f.first_name(), f.last_name(), f.email(), f.phone_number(), f.job()))
-            out.append(("contacts", kid, "c"))
+            kf, kl = pick(v.first), pick(v.last)
+            contacts.append((self._key("K"), cid, kf, kl, self._email(kf, kl), self._phone(), pick(v.jobs)))
         sid, tid = self._key("S"), self._key("T")
-        x("insert into legacy.sales (sale_id, customer_id, sales_amount, sale_date, product) values "
-          "(%s, %s, %s, %s, %s)", (sid, cid, f"{self.rng.uniform(10, 5000):.2f}", f.date_this_year().isoformat(),
-                                   f.word()))
-        x("insert into legacy.tickets (ticket_id, customer_id, support_ticket_date, subject, status, priority) values "
-          "(%s, %s, %s, %s, %s, %s)", (tid, cid, f.date_this_year().isoformat(), f.sentence(), "open", "medium"))
+        rows = sql.SQL(", ").join(sql.SQL("(%s, %s, %s, %s, %s, %s, %s)") for _ in contacts)
+        cur = self.conn.execute(sql.SQL(
+            "with c as (insert into legacy.customers (customer_id, first_name, last_name, contact_email, phone, "
+            "street_address, city, postal_code, country, region, birth_date, customer_since) values "
+            "(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)), "
+            "k as (insert into legacy.contacts (contact_id, customer_id, first_name, last_name, contact_email, phone, "
+            "job_title) values {}), "
+            "s as (insert into legacy.sales (sale_id, customer_id, sales_amount, sale_date, product) values "
+            "(%s, %s, %s, %s, %s)), "
+            "t as (insert into legacy.tickets (ticket_id, customer_id, support_ticket_date, subject, status, "
+            "priority) values (%s, %s, %s, %s, 'open', 'medium')) "
+            "select txid_current()").format(rows),
+            (cid, first, last, self._email(first, last), self._phone(), pick(v.streets), pick(v.cities),
+             pick(v.postcodes), pick(v.countries), "EMEA", pick(v.births), pick(v.decade),
+             *(x for c in contacts for x in c),
+             sid, cid, f"{self.rng.uniform(10, 5000):.2f}", pick(v.year), pick(v.words),
+             tid, cid, pick(v.year), pick(v.sentences)))  # fmt: skip
         self.customers.append(cid)
-        return [*out, ("sales", sid, "c"), ("tickets", tid, "c")]  # fmt: skip
+        return self._txid(cur), [("customers", cid, "c"), *(("contacts", c[0], "c") for c in contacts),
+                                 ("sales", sid, "c"), ("tickets", tid, "c")]  # fmt: skip
 
     def _customer(self) -> str | None:
         return self.rng.choice(self.customers) if self.customers else None
 
-    def update(self) -> list[Change]:
+    def update(self) -> tuple[int | None, list[Change]]:
+        """Two statements: the customer's city and phone, then the status of one of its tickets."""
         cid = self._customer()
         if cid is None:
             return self.new()
         out: list[Change] = []
-        if self.conn.execute("update legacy.customers set city = %s, phone = %s where customer_id = %s",
-                             (self.fake.city(), self.fake.phone_number(), cid)).rowcount:  # fmt: skip
+        cur = self.conn.execute(
+            "with u as (update legacy.customers set city = %s, phone = %s where customer_id = %s returning 1) "
+            "select txid_current(), (select count(*) from u)", (self.rng.choice(self.v.cities), self._phone(), cid))
+        txid, updated = cur.fetchone()  # type: ignore[misc]
+        if updated:
             out.append(("customers", cid, "u"))
         row = self.conn.execute("update legacy.tickets set status = %s where ticket_id = (select ticket_id from "
                                 "legacy.tickets where customer_id = %s limit 1) returning ticket_id",
                                 (self.rng.choice(STATUSES), cid)).fetchone()  # fmt: skip
         if row:
             out.append(("tickets", row[0], "u"))
-        return out
+        return int(txid), out
 
-    def large(self) -> list[Change]:
+    def large(self) -> tuple[int | None, list[Change]]:
         cid = self._customer()
         if cid is None or self.rng.random() < 0.5:
             tid = self._key("T")
-            self.conn.execute("insert into legacy.tickets (ticket_id, customer_id, support_ticket_date, subject, "
-                              "status, priority) values (%s, %s, %s, %s, 'open', 'high')",
-                              (tid, cid, self.fake.date_this_year().isoformat(), self._large()))  # fmt: skip
-            return [("tickets", tid, "c")]
-        row = self.conn.execute("update legacy.tickets set subject = %s where ticket_id = (select ticket_id from "
-                                "legacy.tickets where customer_id = %s limit 1) returning ticket_id",
-                                (self._large(), cid)).fetchone()  # fmt: skip
-        return [("tickets", row[0], "u")] if row else []
+            cur = self.conn.execute(
+                "with t as (insert into legacy.tickets (ticket_id, customer_id, support_ticket_date, subject, status, "
+                "priority) values (%s, %s, %s, %s, 'open', 'high')) select txid_current()",
+                (tid, cid, self.rng.choice(self.v.year), self._large()))  # fmt: skip
+            return self._txid(cur), [("tickets", tid, "c")]
+        cur = self.conn.execute(
+            "with t as (update legacy.tickets set subject = %s where ticket_id = (select ticket_id from "
+            "legacy.tickets where customer_id = %s limit 1) returning ticket_id) "
+            "select txid_current(), (select ticket_id from t)", (self._large(), cid))  # fmt: skip
+        txid, ticket = cur.fetchone()  # type: ignore[misc]
+        return int(txid), [("tickets", ticket, "u")] if ticket else []
 
-    def delete(self) -> list[Change]:
+    def delete(self) -> tuple[int | None, list[Change]]:
+        """A customer and its children, children first, in one statement."""
         cid = self._customer()
         if cid is None:
-            return []
+            return None, []
         self.customers.remove(cid)
-        out: list[Change] = []
-        for table, key in (("contacts", "contact_id"), ("sales", "sale_id"), ("tickets", "ticket_id")):
-            rows = self.conn.execute(f"delete from legacy.{table} where customer_id = %s returning {key}", (cid,))
-            out += [(table, r[0], "d") for r in rows]
-        if self.conn.execute("delete from legacy.customers where customer_id = %s", (cid,)).rowcount:
-            out.append(("customers", cid, "d"))
-        return out
+        rows = self.conn.execute(
+            "with k as (delete from legacy.contacts where customer_id = %(c)s returning 'contacts' as t, contact_id), "
+            "s as (delete from legacy.sales where customer_id = %(c)s returning 'sales' as t, sale_id), "
+            "t as (delete from legacy.tickets where customer_id = %(c)s returning 'tickets' as t, ticket_id), "
+            "c as (delete from legacy.customers where customer_id = %(c)s returning 'customers' as t, customer_id) "
+            "select txid_current(), t, contact_id from k union all select txid_current(), t, sale_id from s "
+            "union all select txid_current(), t, ticket_id from t union all select txid_current(), t, customer_id "
+            "from c", {"c": cid}).fetchall()  # fmt: skip
+        order = {"contacts": 0, "sales": 1, "tickets": 2, "customers": 3}
+        changes = sorted(((str(t), str(k), "d") for _, t, k in rows), key=lambda c: order[c[0]])
+        return (int(rows[0][0]) if rows else None), changes
 
-    def transaction(self, kinds: Sequence[tuple[str, float]] = KINDS) -> tuple[int, list[Change]]:
+    def transaction(self, kinds: Sequence[tuple[str, float]] = KINDS) -> tuple[int | None, list[Change]]:
+        """One transaction of a kind drawn by weight: its xid (None if it changed nothing) and its changes."""
         kind = self.rng.choices([k for k, _ in kinds], [w for _, w in kinds])[0]
         with self.conn.transaction():
-            txid = int(self.conn.execute("select txid_current()").fetchone()[0])  # type: ignore[index]
-            changes: list[Change] = getattr(self, kind)()
+            txid, changes = getattr(self, kind)()
         return txid, changes
 
 
@@ -198,6 +253,7 @@ def run_changes(
             for table in ("contacts", "sales", "tickets"):  # children by parent: the updates' and deletes' lookups
                 conn.execute(f"create index if not exists {table}_customer_id on legacy.{table} (customer_id)")
         first = _first_key(conn)
+    values = _Values(seed)
     out: IO[str] | None = log_path.open("a", encoding="utf-8") if log_path else None
     started = time.monotonic()
     errors: list[BaseException] = []
@@ -205,7 +261,7 @@ def run_changes(
     def worker(w: int) -> None:
         try:
             with db.connect(options=options) as conn:
-                work = _Workload(conn, seed, first, w, workers)
+                work = _Workload(conn, seed, first, w, workers, values)
                 done = 0
                 while not stop.is_set() and (now := time.monotonic()) - started < seconds:
                     ahead = started + done / (rate / workers) - now  # steady pace: changes done vs the clock
