@@ -33,7 +33,7 @@ from typing import Any, Final
 
 import psycopg
 import yaml
-from confluent_kafka import Consumer, KafkaException, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
 from crmflow.config import MigrationConfig, load_config
@@ -43,12 +43,13 @@ from crmflow.demo_data.rates import QualityRates
 from crmflow.demo_data.run import generate
 from crmflow.exceptions import CrmflowError, StackError
 from crmflow.pipeline.bench import DEMO_CONFIG
-from crmflow.pipeline.bench_stats import Landing, lag_growth, landings, percentiles
+from crmflow.pipeline.bench_stats import Landing, Stamp, lag_growth, landings, percentiles, stage_split
 from crmflow.pipeline.cpu import CpuMeter
 from crmflow.pipeline.services import Service, stop_all, wait_drained
+from crmflow.serialization import AvroDecoder
 from crmflow.settings import stack_settings
 from crmflow.stack import Endpoints, get_stack
-from crmflow.topics import cdc_topic
+from crmflow.topics import SOURCE_COMMIT_HEADER, cdc_topic, mapped_topic
 
 log = logging.getLogger(__name__)
 
@@ -137,6 +138,52 @@ def _count_messages(ep: Endpoints, topics: list[str]) -> int:
         return total
     finally:
         consumer.close()
+
+
+def _read_all(ep: Endpoints, topics: list[str]) -> list[Message]:
+    """Every committed message now in ``topics`` (read_committed, to each partition's end)."""
+    consumer = Consumer({**ep.kafka.for_stage("ops").client_config(), "group.id": f"bench-{uuid.uuid4().hex}",
+                         "enable.auto.commit": False, "enable.partition.eof": True,
+                         "isolation.level": "read_committed"})  # fmt: skip
+    try:
+        parts = [TopicPartition(t, p, OFFSET_BEGINNING) for t in topics
+                 for p in consumer.list_topics(t, timeout=10).topics[t].partitions]  # fmt: skip
+        consumer.assign(parts)
+        todo, out = {(tp.topic, tp.partition) for tp in parts}, []
+        deadline = time.monotonic() + 120
+        while todo and time.monotonic() < deadline:
+            for msg in consumer.consume(5000, 0.5):
+                err = msg.error()
+                if err is None:
+                    out.append(msg)
+                elif err.code() == KafkaError._PARTITION_EOF:
+                    todo.discard((msg.topic() or "", msg.partition() or 0))
+        return out
+    finally:
+        consumer.close()
+
+
+def kafka_stamps(ep: Endpoints, prefix: str, registry: Any) -> tuple[dict[Stamp, int], dict[Stamp, int]]:
+    """The Kafka timestamps (ms) of each change's change event and of its mapped record, by (entity, id, source
+    commit ms); snapshot reads carry no commit time and are left out."""
+    decoder = AvroDecoder(registry)
+    events: dict[Stamp, int] = {}
+    for msg in _read_all(ep, [cdc_topic(prefix, f"legacy.{t}") for t in TABLES]):
+        raw = msg.value()
+        if raw is None:  # the tombstone after a delete
+            continue
+        value, key = decoder.decode(raw), decoder.decode(msg.key() or b"")
+        if value.get("op") == "r":
+            continue
+        entity = TABLES[(msg.topic() or "").rsplit(".", 1)[-1]]
+        events.setdefault((entity, str(next(iter(key.values()))), int(value["source"]["ts_ms"])), msg.timestamp()[1])
+    mapped: dict[Stamp, int] = {}
+    for entity in TABLES.values():
+        for msg in _read_all(ep, [mapped_topic(prefix, entity)]):
+            committed = dict(msg.headers() or []).get(SOURCE_COMMIT_HEADER)
+            if committed is not None and msg.key():
+                mapped.setdefault((entity, (msg.key() or b"").decode(), int(committed)), msg.timestamp()[1])
+    return events, mapped
 
 
 def histogram_count(metrics_url: str, name: str = "crmflow_cdc_end_to_end_latency_seconds") -> int:
@@ -292,6 +339,7 @@ class CdcBench:
             "crmflow_rate": round(len(new) / landed_span, 1) if landed_span > 0 else 0.0,
             "latency": percentiles(v.latency_s for v in new),
             "lag_growth": lag_growth(new),
+            "stages": stage_split(new, *kafka_stamps(self.ep, self.cfg.kafka.topic_prefix, self.ep.registry.client())),
             # average cores busy from the workload's start until the last change landed: where the CPU went
             "cpu_cores": meter.cores(),
         }

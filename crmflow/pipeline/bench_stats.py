@@ -6,13 +6,15 @@
 - :func:`percentiles`: nearest-rank percentiles of the exact latencies (no histogram buckets).
 - :func:`lag_growth`: the latency of the run's last tenth of changes (by source commit time) against its first
   tenth.
+- :func:`stage_split`: each change's latency cut at the Kafka timestamps of its change event and of its mapped
+  record: where the time goes.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -112,3 +114,25 @@ def lag_growth(changes: Sequence[Landing]) -> dict[str, Any]:
     return {"first_tenth_p50_s": round(first, 4), "last_tenth_p50_s": round(last, 4),
             "ratio": round(ratio, 2) if math.isfinite(ratio) else None,
             "growing": ratio > GROWTH_RATIO and last - first > GROWTH_MIN_S}
+
+
+Stamp = tuple[str, str, int]  # (entity, id, source commit ms): one change, as the sink's commit log and Kafka see it
+
+
+def stage_split(changes: Iterable[Landing], event_ms: Mapping[Stamp, int],
+                mapped_ms: Mapping[Stamp, int]) -> dict[str, Any]:  # fmt: skip
+    """Percentiles of the three legs of each change's latency: source commit → its change event produced (cdc),
+    → its mapped record produced (process), → the target commit (sink). ``event_ms`` and ``mapped_ms``: the Kafka
+    timestamps (ms) of the change event and of the mapped record of each change. A change found in only one of
+    them (a parked child's or a superseded one's) is left out; ``joined`` says how many were cut."""
+    legs: tuple[list[float], list[float], list[float]] = ([], [], [])
+    for c in changes:
+        stamp = (c.entity, c.id, round(c.source_s * 1000))
+        event, mapped = event_ms.get(stamp), mapped_ms.get(stamp)
+        if event is None or mapped is None or c.parked:
+            continue
+        legs[0].append(max(event / 1000 - c.source_s, 0.0))
+        legs[1].append(max((mapped - event) / 1000, 0.0))
+        legs[2].append(max(c.landed_s - mapped / 1000, 0.0))
+    return {"joined": len(legs[0]), "commit_to_event": percentiles(legs[0]),
+            "event_to_mapped": percentiles(legs[1]), "mapped_to_target": percentiles(legs[2])}

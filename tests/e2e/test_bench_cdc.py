@@ -31,6 +31,10 @@ def test_bench_cdc_reports_exact_latencies_every_change_landed_and_the_sink_obse
     assert run["source"]["rate"] > 0 and run["crmflow_rate"] > 0
     assert set(run["lag_growth"]) == {"first_tenth_p50_s", "last_tenth_p50_s", "ratio", "growing"}
     assert {name for name, rss in report["peak_rss_bytes"].items() if rss > 0} == {"cdc", "process", "sink"}
+    stages = run["stages"]  # each change's latency cut at its change event and its mapped record
+    assert stages["joined"] >= 0.95 * (run["changes_landed"] - run["landed_after_parking"]) > 0, stages
+    assert all(stages[leg]["p50_s"] <= stages[leg]["max_s"] for leg in ("commit_to_event", "event_to_mapped",
+                                                                       "mapped_to_target"))
     cores = run["cpu_cores"]  # where the CPU went: every service worked, and the stack's parts are counted
     assert all(cores[name] > 0 for name in ("cdc", "process", "sink", "workload")), cores
     assert cores["total"] == pytest.approx(sum(v for k, v in cores.items() if k != "total"), abs=0.05)

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from crmflow.pipeline.bench_stats import Landing, lag_growth, landings, percentile, percentiles
+from crmflow.pipeline.bench_stats import Landing, lag_growth, landings, percentile, percentiles, stage_split
 
 pytestmark = pytest.mark.unit
 
@@ -124,3 +124,21 @@ def test_landings_parked_superseded_and_refused() -> None:
     assert set(landed) == {("account", "C1", 100), ("contact", "K1", 101), ("account", "C2", 103),
                            ("sale", "S1", 104), ("case", "T1", 106), ("case", "T1", 107)}
     assert (refused, parked) == (1, 1)
+
+
+def test_stage_split_cuts_each_latency_at_its_event_and_its_mapped_record() -> None:
+    a = Landing("account", "C1", 10, False, source_s=100.0, landed_s=100.9)
+    b = Landing("case", "T1", 11, False, source_s=101.0, landed_s=102.5)
+    parked = Landing("contact", "K1", 12, False, source_s=101.0, landed_s=103.0, parked=True)
+    unseen = Landing("sale", "S1", 13, False, source_s=101.0, landed_s=101.4)  # no mapped record read
+    events = {("account", "C1", 100_000): 100_100, ("case", "T1", 101_000): 101_200,
+              ("contact", "K1", 101_000): 101_100, ("sale", "S1", 101_000): 101_050}
+    mapped = {("account", "C1", 100_000): 100_400, ("case", "T1", 101_000): 102_000,
+              ("contact", "K1", 101_000): 101_300}
+    split = stage_split([a, b, parked, unseen], events, mapped)
+    assert split["joined"] == 2
+    assert split["commit_to_event"]["max_s"] == pytest.approx(0.2)
+    assert split["event_to_mapped"]["p50_s"] == pytest.approx(0.3) and split["event_to_mapped"]["max_s"] == 0.8
+    assert split["mapped_to_target"]["p50_s"] == pytest.approx(0.5) and split["mapped_to_target"]["max_s"] == 0.5
+    # the three legs add up to each change's latency
+    assert a.latency_s == pytest.approx(0.1 + 0.3 + 0.5) and b.latency_s == pytest.approx(0.2 + 0.8 + 0.5)
