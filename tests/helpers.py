@@ -10,7 +10,7 @@ T = TypeVar("T")
 
 
 def wait_until(
-    predicate: Callable[[], T], timeout_s: float = 30.0, interval_s: float = 0.2, what: str = "the condition"
+    predicate: Callable[[], T | None], timeout_s: float = 30.0, interval_s: float = 0.2, what: str = "the condition"
 ) -> T:
     """Return the first truthy value of ``predicate()``; AssertionError naming ``what`` after ``timeout_s``."""
     deadline = time.monotonic() + timeout_s

@@ -8,7 +8,6 @@ recovers the deduper's state and must land every record once); here the batch en
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from crmflow.pipeline.services import Service, group_lag, wait_drained
 from crmflow.stack import Endpoints
 from producers.snapshot import run_snapshot
 from tests.e2e.conftest import Dataset, Run, assert_target_matches_truth
+from tests.helpers import wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -41,13 +41,14 @@ def _rows(dsn: str) -> int:
 
 
 def _poll(what: str, cond: Callable[[], bool], services: list[Service], timeout_s: float = 300) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not cond():
+    """Wait for ``cond`` while the services run (each is sampled on every poll: a crash fails at once)."""
+
+    def check() -> bool:
         for s in services:
             s.sample()
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
+        return cond()
+
+    wait_until(check, timeout_s, interval_s=0.05, what=what)
 
 
 @pytest.mark.also_secure  # make test runs it on the secure stack too

@@ -8,7 +8,6 @@ from __future__ import annotations
 import shutil
 import socket
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ import yaml
 from prometheus_client import REGISTRY, start_http_server
 
 from crmflow.metrics import BATCH_DURATION, CONSUMER_LAG, RECORDS
+from tests.helpers import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -144,22 +144,24 @@ def prometheus(tmp_path: Path, metrics_endpoint: int) -> Iterator[str]:
 
 def _query_until(base_url: str, query: str, want: float, deadline_s: float = 60.0) -> list[dict[str, Any]]:
     """Poll /api/v1/query until one sample equals ``want``; fail with the last answer at the deadline."""
-    deadline = time.monotonic() + deadline_s
-    last: Any = None
+    last: list[Any] = [None]
     with httpx.Client(base_url=base_url, timeout=5) as client:
-        while time.monotonic() < deadline:
+
+        def answer() -> list[dict[str, Any]] | None:
             try:
-                response = client.get("/api/v1/query", params={"query": query})
-                last = response.json()
+                last[0] = client.get("/api/v1/query", params={"query": query}).json()
             except (httpx.TransportError, ValueError) as exc:  # not listening yet / starting up
-                last = repr(exc)
-            else:
-                if last.get("status") == "success":
-                    results = last["data"]["result"]
-                    if any(float(r["value"][1]) == want for r in results):
-                        return list(results)
-            time.sleep(0.2)  # poll interval; the condition above is what synchronises
-    pytest.fail(f"{query} did not reach {want} within {deadline_s}s; last answer: {last}")
+                last[0] = repr(exc)
+                return None
+            if not isinstance(last[0], dict) or last[0].get("status") != "success":
+                return None
+            results = list(last[0]["data"]["result"])
+            return results if any(float(r["value"][1]) == want for r in results) else None
+
+        try:
+            return wait_until(answer, deadline_s, what=f"{query} to reach {want}")
+        except AssertionError as exc:
+            pytest.fail(f"{exc}; last answer: {last[0]}")
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -236,12 +235,11 @@ def test_sigterm_stops_the_subprocess_cleanly_after_committing(setup: Setup, rec
             "--bootstrap-servers", setup.ep.bootstrap_servers, "--registry-url", setup.ep.registry_url]
     proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.monotonic() + 90
-        while query(setup.dsn, "select to_regclass('crm.accounts') is not null") != [(True,)] or query(
-            setup.dsn, "select count(*) from crm.accounts"
-        ) != [(30,)]:
-            assert proc.poll() is None and time.monotonic() < deadline, "the sink did not write the accounts"
-            time.sleep(0.2)
+        def written() -> bool:
+            assert proc.poll() is None, "the sink exited before writing the accounts"
+            return _accounts(query, setup.dsn) == 30
+
+        wait_until(written, 90, what="the sink to write the 30 accounts")
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=60)
     finally:
@@ -268,12 +266,7 @@ def test_a_rebalance_between_two_runners_loses_nothing(setup: Setup, records: An
         return t
 
     def wait_for_rows(n: int) -> None:
-        deadline = time.monotonic() + 90
-        while query(setup.dsn, "select to_regclass('crm.accounts') is not null") != [(True,)] or query(
-            setup.dsn, "select count(*) from crm.accounts"
-        ) != [(n,)]:
-            assert time.monotonic() < deadline, f"{n} accounts were not written in time"
-            time.sleep(0.2)
+        wait_until(lambda: _accounts(query, setup.dsn) == n, 90, what=f"{n} accounts in the target")
 
     stops = [threading.Event(), threading.Event()]
     outs: list[dict[str, Any]] = [{}, {}]
@@ -293,3 +286,10 @@ def test_a_rebalance_between_two_runners_loses_nothing(setup: Setup, records: An
     committed, ends = setup.committed_and_ends()
     accounts = {tp: off for tp, off in ends.items() if tp[0] == setup.topics["account"]}
     assert {tp: committed[tp] for tp in accounts} == accounts
+
+
+def _accounts(query: Query, dsn: str) -> int | None:
+    """Rows in crm.accounts, None while the sink has not created the table."""
+    if query(dsn, "select to_regclass('crm.accounts') is not null") != [(True,)]:
+        return None
+    return int(query(dsn, "select count(*) from crm.accounts")[0][0])
