@@ -32,7 +32,9 @@ from crmflow.stack import Endpoints
 from crmflow.topics import cdc_topic
 from producers.cdc.events import is_unchanged
 from producers.cdc.exceptions import SlotError
+from producers.cdc.initial import COMPLETE
 from producers.cdc.pgoutput import parse_lsn
+from producers.cdc.snapshot import read_comment
 from producers.cdc.stream import CdcStats, run_cdc
 from producers.config import CdcConfig
 from tests.helpers import wait_until
@@ -70,6 +72,12 @@ class Legacy:
                 for s in statements:
                     conn.execute(s)
             return str(conn.execute("select pg_current_wal_lsn()::text").fetchone()[0])  # type: ignore[index]
+
+    def load_complete(self) -> bool:
+        """Whether the publication's comment says the initial load is complete (``crmflow cdc`` writes it)."""
+        with psycopg.connect(self.dsn) as conn:
+            comment = read_comment(conn, self.publication)[0]
+        return comment is not None and comment.startswith(COMPLETE)
 
     def slot_row(self) -> tuple[Any, ...] | None:
         with psycopg.connect(self.dsn) as conn:
@@ -162,8 +170,16 @@ def streaming(legacy: Legacy, endpoints: Endpoints, registry_client: SchemaRegis
 
     thread = threading.Thread(target=target, daemon=True)
     thread.start()
-    wait_until(lambda: "error" in box or ((row := legacy.slot_row()) is not None and row[0] is not None), 30,
-               what="the slot streaming")  # fmt: skip
+    # With init, not the slot's active_pid: the walsender holds the slot while it creates it, and creation waits
+    # for every transaction of the cluster then running (other tests'); a change committed before the slot's
+    # consistent point is in its exported snapshot (an op r event), not streamed. The load's "complete" comment
+    # is written once the slot is consistent and the load in Kafka: every change after it streams. Without
+    # init (a resumed slot, maybe a resumed load), the walsender holding the slot means streaming.
+    def ready() -> bool:
+        row = legacy.slot_row()
+        return row is not None and (legacy.load_complete() if init else row[0] is not None)
+
+    wait_until(lambda: "error" in box or ready(), 60, what="the slot streaming")
     if "error" in box:
         raise box["error"]
     stats = CdcStats()
