@@ -253,8 +253,9 @@ def test_debezium_avro_messages_reach_the_target_and_the_toast_placeholder_never
         if op == "d":
             producer.produce(pipe.topic, None, key)  # the tombstone (tombstones.on.delete, the default)
     assert producer.flush(10) == 0
-    subjects = registry_client.get_subjects()
-    assert f"{pipe.topic}-key" in subjects and f"{pipe.topic}-value" in subjects
+    # By name: a shared registry lists at most 1,000 subjects (Apicurio's ccompat /subjects), this one maybe not.
+    for subject in (f"{pipe.topic}-key", f"{pipe.topic}-value"):
+        assert registry_client.get_latest_version(subject).subject == subject
 
     columns = ("first_name, birth_date::text, region, city, legacy_account_number, company_registration_number, "
                "postal_code, street, source_lsn")  # fmt: skip
