@@ -134,6 +134,21 @@ METADATA_FIELDS: frozenset[str] = frozenset(TargetEntity.model_fields)
 #: not by the mapping: the source LSN, whether it is a delete, the fields a change left unchanged. Of these
 #: the target stores ``source_lsn`` only (its tables' ``source_lsn`` column, migration 0008).
 CHANGE_FIELDS: tuple[str, ...] = ("source_lsn", "deleted", "unchanged_fields")
+#: Fields the deduplication stage sets on its golden-record updates, per entity (never the mapping): in the
+#: Avro schemas, not in the models. A contact's ``golden_id`` is its parent account's golden id; its own
+#: cluster's is ``contact_golden_id`` (``dedupe.contacts``).
+DEDUPE_FIELDS: Mapping[str, tuple[str, ...]] = MappingProxyType({
+    "account": ("merged_golden_ids", "match_evidence"),
+    "contact": ("contact_golden_id", "merged_contact_golden_ids", "match_evidence"),
+})
+#: Of :data:`DEDUPE_FIELDS`, those the target stores as a (text) column of the entity's table (migration 0009):
+#: the golden contact id. The others go to ``crm.xref`` (evidence) and ``crm.golden_merges`` (merges).
+STORED_DEDUPE_FIELDS: Mapping[str, tuple[str, ...]] = MappingProxyType({"contact": ("contact_golden_id",)})
+#: The golden-id fields of each deduplicated entity: (own golden id, golden ids absorbed, the record's own id).
+GOLDEN_ID_FIELDS: Mapping[str, tuple[str, str, str]] = MappingProxyType({
+    "account": ("golden_id", "merged_golden_ids", "customer_id"),
+    "contact": ("contact_golden_id", "merged_contact_golden_ids", "contact_id"),
+})
 
 
 def entity_model(name: str) -> type[TargetEntity]:

@@ -46,10 +46,17 @@ class DedupeSettings(DedupeConfig):
           block_key_env: CRMFLOW_BLOCK_KEY        # optional pepper for the hashed block keys
 
     It resolves the entity the config maps to ``account`` (from any source); the processor keeps one
-    golden record per cluster and the target one account per golden record.
+    golden record per cluster and the target one account per golden record. With ``contacts`` (the default)
+    it resolves the ``contact`` entity too, with the contact matcher these settings give
+    (:meth:`~processors.dedupe.config.DedupeConfig.for_contacts`): the target then keeps one contact per
+    golden contact.
     """
 
     enabled: bool = Field(default=True, description="run the deduplication stage")
+    contacts: bool = Field(
+        default=True,
+        description="resolve contacts in the stream too (one golden contact per cluster); false: accounts only",
+    )
     block_key_env: EnvVarName | None = Field(
         default=None, description="env var holding the block-key pepper (never the pepper itself in the file)"
     )
@@ -67,12 +74,13 @@ class DedupeSettings(DedupeConfig):
         if self.block_key_secret is not None:
             raise ValueError("block_key_secret does not belong in the config file: name an env var in block_key_env")
         if self.entity != "account":
-            raise ValueError("the stream deduplicates accounts; contacts are deduplicated by the evaluate tool only")
+            raise ValueError("the dedupe section configures the account matcher; contacts are resolved with its "
+                             "contact defaults (dedupe.contacts: true|false)")
         return self
 
     def matcher(self) -> DedupeConfig:
         """The deduper's config, with the pepper read from ``block_key_env`` (when named)."""
-        data = self.model_dump(exclude={"enabled", "block_key_env", "block_key_secret", "partitions"})
+        data = self.model_dump(exclude={"enabled", "contacts", "block_key_env", "block_key_secret", "partitions"})
         secret: SecretStr | None = None
         if self.block_key_env:
             value = os.environ.get(self.block_key_env)

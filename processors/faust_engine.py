@@ -77,22 +77,23 @@ def build_app(
     )
     dlq = DeadLetterWriter(None, registry, cfg.kafka.dlq_topic)
     decoders = {t: stage.decoder(t) for t in topics}
-    changelog, state_topic = stage.changelog, stage.state_topic
-    restore: set[int] = set()
-    if changelog and state_topic:
+    changelogs = dict(stage.changelogs)  # state topic -> its changelog (accounts, contacts)
+    restore: set[tuple[str, int]] = set()
+    for state_topic, changelog in changelogs.items():
         ensure_changelog(endpoints.kafka.for_stage("process"), changelog, state_topic, cfg.kafka.replication_factor)
 
     @app.on_partitions_revoked.connect
     def forget(sender: Any, /, *args: Any, signal: BaseSignalT[Any], **kwargs: Any) -> None:
         revoked: set[Any] = args[0] if args else kwargs.get("revoked", set())
-        parts = [tp.partition for tp in revoked if tp.topic == state_topic]
-        stage.release(parts)
+        parts = {(tp.topic, tp.partition) for tp in revoked if tp.topic in changelogs}
+        for topic in sorted({t for t, _ in parts}):
+            stage.release(topic, sorted(p for t, p in parts if t == topic))
         restore.difference_update(parts)
 
     @app.on_partitions_assigned.connect
     def remember(sender: Any, /, *args: Any, signal: BaseSignalT[Any], **kwargs: Any) -> None:
         assigned: set[Any] = args[0] if args else kwargs.get("assigned", set())
-        restore.update(tp.partition for tp in assigned if tp.topic == state_topic)
+        restore.update((tp.topic, tp.partition) for tp in assigned if tp.topic in changelogs)
 
     source = app.topic(*topics, key_type=bytes, value_type=bytes)
 
@@ -100,13 +101,13 @@ def build_app(
     async def process(stream: faust.StreamT[bytes]) -> None:
         async for manual, events in _batches(stream, batch_size, batch_within_s):
             started = time.perf_counter()
-            if restore and changelog:
-                parts = sorted(restore)
+            for topic in sorted({t for t, _ in restore}):
+                parts = sorted(p for t, p in restore if t == topic)
                 state = await asyncio.to_thread(read_partitions, endpoints.kafka.for_stage("process"),
-                                                changelog, parts)
+                                                changelogs[topic], parts)
                 for p in parts:
-                    stage.restore(p, state[p])
-                restore.clear()
+                    stage.restore(topic, p, state[p])
+                    restore.discard((topic, p))
             pending: list[Awaitable[Any]] = []
             records: list[InRecord] = []
             for event in events:
@@ -130,9 +131,8 @@ def build_app(
                 encoded = stage.encoder(topic).encode_many(out.records[i].value for i in indexes)
                 for i, data in zip(indexes, encoded, strict=True):
                     pending.append(await app.producer.send(topic, out.records[i].key, data, None, None, None))
-            if changelog:
-                for w in out.state:
-                    pending.append(await app.producer.send(changelog, w.key, w.value, w.partition, None, None))
+            for w in out.state:
+                pending.append(await app.producer.send(changelogs[w.topic], w.key, w.value, w.partition, None, None))
             for rej in out.rejections:
                 rec = records[rej.index]
                 letter, headers = dlq.letter(

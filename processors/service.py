@@ -38,9 +38,23 @@ def group_id(cfg: ProcessorConfig) -> str:
     return f"crmflow-process-{cfg.kafka.topic_prefix}"
 
 
-def changelog_topic(cfg: ProcessorConfig) -> str:
-    """The compacted changelog of the dedupe state, co-partitioned with the dedupe topic."""
-    return f"{cfg.kafka.dedupe_topic('account')}.state"
+def changelog_topic(cfg: ProcessorConfig, entity: str = "account") -> str:
+    """The compacted changelog of an entity's dedupe state, co-partitioned with its dedupe topic."""
+    return f"{cfg.kafka.dedupe_topic(entity)}.state"
+
+
+def dedupe_entities(cfg: ProcessorConfig) -> list[str]:
+    """The entities the processor resolves in the stream, each through its own dedupe topic: none (dedupe off),
+    ``account``, or ``account`` and ``contact``."""
+    if cfg.dedupe is None or not cfg.dedupe_enabled:
+        return []
+    return ["account", "contact"] if dedupes_contacts(cfg) else ["account"]
+
+
+def dedupes_contacts(cfg: ProcessorConfig) -> bool:
+    """Whether the processor resolves contacts in the stream (dedupe on, ``dedupe.contacts``, contacts mapped)."""
+    return (cfg.dedupe is not None and cfg.dedupe_enabled and cfg.dedupe.contacts
+            and any(src.entity == "contact" for src in cfg.sources.values()))
 
 
 def default_instance() -> str:
@@ -83,28 +97,37 @@ def build_stage(cfg: ProcessorConfig, registry: SchemaRegistryClient) -> Process
         for entity, topic in mapped.items()
     }
     masker = Masker.from_config(cfg)
-    dedupe_topic = None
+    dedupe_topic = contact_topic = None
     cipher: StateCipher | None = None
-    matcher = None
+    matcher = contact_matcher = None
     if cfg.dedupe is not None and cfg.dedupe_enabled:
-        dedupe_topic = k.dedupe_topic("account")
-        codec = AvroCodec(registry, topic_subject(dedupe_topic), load_schema("target/account"))
-        account = AvroDecoder(registry, load_schema("target/account"))
-        account.know(codec.schema_id, codec.schema)
-        matcher = cfg.dedupe.matcher()
         cipher = state_cipher_of(cfg, masker.profile)
-        if cipher is None:
-            encoders[dedupe_topic], decoders[dedupe_topic] = codec, account
-        else:
-            encoders[dedupe_topic] = SealedEncoder(codec, cipher, dedupe_topic)
-            decoders[dedupe_topic] = SealedDecoder(account, cipher, dedupe_topic)
+        entities = dedupe_entities(cfg)
+        for entity in entities:  # the clean records' topics, sealed like the state when there is a cipher
+            topic = k.dedupe_topic(entity)
+            codec = AvroCodec(registry, topic_subject(topic), load_schema(f"target/{entity}"))
+            decoder = AvroDecoder(registry, load_schema(f"target/{entity}"))
+            decoder.know(codec.schema_id, codec.schema)
+            if cipher is None:
+                encoders[topic], decoders[topic] = codec, decoder
+            else:
+                encoders[topic] = SealedEncoder(codec, cipher, topic)
+                decoders[topic] = SealedDecoder(decoder, cipher, topic)
+        dedupe_topic = k.dedupe_topic("account")
+        matcher = cfg.dedupe.matcher()
+        if cipher is not None:
             if matcher.block_key_secret is None:  # block keys as keyed hashes, never plain ones
                 matcher = matcher.model_copy(update={"block_key_secret": cipher.block_key_secret()})
-            log.info("dedupe topic and state sealed under pii key %s", cipher.key_id, extra={"stage": "process"})
+            log.info("dedupe topics and state sealed under pii key %s", cipher.key_id, extra={"stage": "process"})
+        if "contact" in entities:
+            contact_topic = k.dedupe_topic("contact")
+            contact_matcher = matcher.for_contacts()
     stage = ProcessStage(
         raw_topics=raw, mappers=mappers, masker=masker, mapped_topics=mapped, decoders=decoders,
         encoders=encoders, dedupe=matcher, dedupe_topic=dedupe_topic, changelog=changelog_topic(cfg),
-        cdc_topics=cdc, run_id=f"{cfg.run.name}-cdc", cipher=cipher,
+        contact_dedupe=contact_matcher, contact_topic=contact_topic,
+        contact_changelog=changelog_topic(cfg, "contact"), cdc_topics=cdc, run_id=f"{cfg.run.name}-cdc",
+        cipher=cipher,
     )
     return stage.with_sources({name: src.entity for name, src in cfg.sources.items()}).with_partitions(
         (cfg.dedupe.partitions if cfg.dedupe is not None else None) or k.partitions

@@ -12,6 +12,14 @@ what comes out.
   sink sees one cluster's updates in order). The deduper's writes come out as state writes of the
   partition (the records' features and the golden values, in the order that keeps any prefix a valid
   state); the engine persists them with the outputs and offsets of the same batch.
+- With contact deduplication on as well (``dedupe.contacts``), clean contacts take the same path through
+  their own topic (``<prefix>.dedupe.contact``, keyed by the contact's shard key), their own deduper per
+  partition and their own changelog (``<prefix>.dedupe.contact.state``): each becomes a golden-contact
+  update on the mapped contact topic (``contact_golden_id``, ``merged_contact_golden_ids``,
+  ``match_evidence``; ``golden_id`` stays the parent account's, which the sink fills). The parent feature
+  of a contact is its own ``customer_id``, not the parent account's golden id: that lives in the state of
+  the account partitions, which a contact partition cannot read (two duplicate contacts of two merged
+  accounts therefore meet only on their other fields, as the contact comparisons weigh them).
 
 - Change events of captured tables (``<prefix>.cdc.<schema>.<table>``, :mod:`processors.cdc`) become the
   LegacyRecords of their table source and are mapped the same way; the mapped record carries the change's
@@ -24,6 +32,7 @@ rule and field: it never fails its batch.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -36,11 +45,24 @@ from processors.batch import MapFn, map_batch
 from processors.cdc import CdcSource, ChangeFormatError, delete_record, envelope_to_legacy
 from processors.dedupe import DedupeConfig, DedupeError, Deduper, DedupeResult, shard_key
 from processors.dedupe.state import WriteBehind
-from processors.dedupe.stream import golden_account
+from processors.dedupe.stream import golden_account, golden_contact
 from processors.masking import Masker
 
 STAGE = "process"
 DEDUPE_STAGE = "dedupe"
+
+
+@dataclass
+class Resolver:
+    """The deduplication of one entity: its dedupe topic (input, keyed by shard key), the changelog of its
+    state, its matcher, and one deduper per partition of the topic (with the write-behind buffer whose
+    flushes are the partition's state writes)."""
+
+    entity: str
+    topic: str
+    changelog: str
+    config: DedupeConfig
+    shards: dict[int, tuple[Deduper, WriteBehind]] = field(default_factory=dict)
 
 
 class ProcessStage(BatchStage):
@@ -61,15 +83,19 @@ class ProcessStage(BatchStage):
         dedupe: DedupeConfig | None = None,
         dedupe_topic: str | None = None,
         changelog: str | None = None,
+        contact_dedupe: DedupeConfig | None = None,
+        contact_topic: str | None = None,
+        contact_changelog: str | None = None,
         cdc_topics: Mapping[str, CdcSource] | None = None,
         run_id: str = "cdc",
         cipher: StateCipher | None = None,
     ) -> None:
         """``raw_topics``: topic → source name's entity; ``mapped_topics``: entity → topic; ``decoders`` per
         input topic, ``encoders`` per output topic. ``dedupe`` with ``dedupe_topic`` and ``changelog`` turns on
-        the resolution of accounts. ``cdc_topics``: change topic → the table source it feeds; ``run_id`` is
-        the run id of the changes' records. ``cipher`` seals the state writes (each with its key as context)
-        and opens the restored ones."""
+        the resolution of accounts; ``contact_dedupe`` (a contact matcher) with ``contact_topic`` and
+        ``contact_changelog`` that of contacts (only with accounts'). ``cdc_topics``: change topic → the table
+        source it feeds; ``run_id`` is the run id of the changes' records. ``cipher`` seals the state writes
+        (each with its key as context) and opens the restored ones."""
         self._cdc = dict(cdc_topics or {})
         self._cdc_run = run_id
         self._raw_entities = dict(raw_topics)
@@ -78,12 +104,17 @@ class ProcessStage(BatchStage):
         self._mapped = dict(mapped_topics)
         self._decoders = dict(decoders)
         self._encoders = dict(encoders)
-        self._dedupe = dedupe
-        self._dedupe_topic = dedupe_topic if dedupe is not None else None
-        self.changelog = changelog if dedupe is not None else None
-        self.state_topic = self._dedupe_topic
-        self._shards: dict[int, tuple[Deduper, WriteBehind]] = {}
-        self._stores: dict[int, dict[str, Any]] = {}
+        resolvers: list[Resolver] = []
+        if dedupe is not None and dedupe_topic and changelog:
+            resolvers.append(Resolver("account", dedupe_topic, changelog, dedupe))
+            if contact_dedupe is not None and contact_topic and contact_changelog:
+                if contact_dedupe.entity != "contact":
+                    raise ValueError("contact_dedupe must be a contact matcher (DedupeConfig.for_contacts())")
+                resolvers.append(Resolver("contact", contact_topic, contact_changelog, contact_dedupe))
+        #: Dedupe topic → its resolver; and entity → the same.
+        self._resolvers = {r.topic: r for r in resolvers}
+        self._by_entity = {r.entity: r for r in resolvers}
+        self.changelogs = {r.topic: r.changelog for r in resolvers}
         self._source_entities: dict[str, str] = {}
         self._dedupe_partitions = 1
         self._cipher = cipher
@@ -95,7 +126,12 @@ class ProcessStage(BatchStage):
         return self
 
     def internal_topics(self) -> Mapping[str, int]:
-        return {self._dedupe_topic: self._dedupe_partitions} if self._dedupe_topic else {}
+        return dict.fromkeys(self._resolvers, self._dedupe_partitions)
+
+    @property
+    def dedupe_topics(self) -> Mapping[str, str]:
+        """Entity → its dedupe topic, for the entities this stage deduplicates."""
+        return {entity: r.topic for entity, r in self._by_entity.items()}
 
     def with_sources(self, source_entities: Mapping[str, str]) -> ProcessStage:
         """Which entity each source name feeds (the raw records carry their source name)."""
@@ -106,7 +142,7 @@ class ProcessStage(BatchStage):
 
     @property
     def topics(self) -> Sequence[str]:
-        return [*self._raw_entities, *self._cdc, *([self._dedupe_topic] if self._dedupe_topic else [])]
+        return [*self._raw_entities, *self._cdc, *self._resolvers]
 
     def decoder(self, topic: str) -> Decoder:
         return self._decoders[topic]
@@ -115,48 +151,52 @@ class ProcessStage(BatchStage):
         return self._encoders[topic]
 
     def entity_of(self, record: InRecord) -> str:
-        if record.topic == self._dedupe_topic:
-            return "account"
+        resolver = self._resolvers.get(record.topic)
+        if resolver is not None:
+            return resolver.entity
         cdc = self._cdc.get(record.topic)
         return cdc.entity if cdc is not None else self._raw_entities.get(record.topic, "unknown")
 
     def process(self, batch: Sequence[InRecord]) -> StageOutput:
         out = StageOutput()
-        raw = [(i, r) for i, r in enumerate(batch) if r.topic != self._dedupe_topic]
+        raw = [(i, r) for i, r in enumerate(batch) if r.topic not in self._resolvers]
         if raw:
             self._map(batch, raw, out)
-        if self._dedupe_topic is not None:
-            clean = [(i, r) for i, r in enumerate(batch) if r.topic == self._dedupe_topic]
+        for topic, resolver in self._resolvers.items():
+            clean = [(i, r) for i, r in enumerate(batch) if r.topic == topic]
             if clean:
-                self._resolve(clean, out)
+                self._resolve(resolver, clean, out)
         return out
 
     # ---------------------------------------------------------------------------------------- state
 
-    def restore(self, partition: int, entries: Mapping[bytes, bytes]) -> None:
-        """The partition's deduper, rebuilt from its persisted records and golden values."""
-        if self._dedupe is None:
+    def restore(self, topic: str, partition: int, entries: Mapping[bytes, bytes]) -> None:
+        """The deduper of dedupe topic ``topic``'s ``partition``, rebuilt from its persisted records and golden
+        values (the partition of that topic's own changelog)."""
+        resolver = self._resolvers.get(topic)
+        if resolver is None:
             return
         cipher = self._cipher
         try:
             store = {key.decode(): orjson.loads(value if cipher is None else cipher.open(value, key))
                      for key, value in entries.items()}
         except SealedDataError as exc:
-            raise SealedDataError(f"dedupe state of partition {partition} ({self.changelog}): {exc}") from None
-        self._stores[partition] = store
+            raise SealedDataError(f"dedupe state of partition {partition} ({resolver.changelog}): {exc}") from None
         buffer = WriteBehind(store)
-        self._shards[partition] = (Deduper.over_store(self._dedupe, buffer), buffer)
+        resolver.shards[partition] = (Deduper.over_store(resolver.config, buffer), buffer)
 
-    def release(self, partitions: Iterable[int]) -> None:
+    def release(self, topic: str, partitions: Iterable[int]) -> None:
+        resolver = self._resolvers.get(topic)
+        if resolver is None:
+            return
         for p in partitions:
-            self._shards.pop(p, None)
-            self._stores.pop(p, None)
+            resolver.shards.pop(p, None)
 
-    def _shard(self, partition: int) -> tuple[Deduper, WriteBehind]:
-        held = self._shards.get(partition)
+    def _shard(self, resolver: Resolver, partition: int) -> tuple[Deduper, WriteBehind]:
+        held = resolver.shards.get(partition)
         if held is None:  # an engine that never restored it: the partition starts empty
-            self.restore(partition, {})
-            held = self._shards[partition]
+            self.restore(resolver.topic, partition, {})
+            held = resolver.shards[partition]
         return held
 
     # -------------------------------------------------------------------------------------- mapping
@@ -215,14 +255,16 @@ class ProcessStage(BatchStage):
             if lsns:
                 rows = [(i, key, {**record, "source_lsn": lsns[i]} if i in lsns else record)
                         for i, key, record in rows]
-            if entity == "account" and self._dedupe_topic is not None:
+            resolver = self._by_entity.get(entity)
+            if resolver is not None:
                 # Unmasked: the matcher needs the real values; the resolution masks its output. A delete goes
                 # to the mapped topic (deduplication of changes is not built yet).
                 for i, key, record in rows:
                     if record.get("deleted"):
                         out.records.append(OutRecord(self._mapped[entity], key, record, _commit(self._commits, i)))
                     else:
-                        out.records.append(OutRecord(self._dedupe_topic, shard_key(record).encode(), record,
+                        shard = shard_key(record, "contact" if entity == "contact" else "account")
+                        out.records.append(OutRecord(resolver.topic, shard.encode(), record,
                                                      _commit(self._commits, i)))
             else:
                 topic = self._mapped[entity]
@@ -240,46 +282,51 @@ class ProcessStage(BatchStage):
 
     # ----------------------------------------------------------------------------------- resolution
 
-    def _resolve(self, clean: list[tuple[int, InRecord]], out: StageOutput) -> None:
-        account_topic = self._mapped["account"]
+    def _resolve(self, resolver: Resolver, clean: list[tuple[int, InRecord]], out: StageOutput) -> None:
+        """Resolve the clean records of one dedupe topic: one golden update each on the entity's mapped topic,
+        and the state writes of every partition they touched."""
+        entity = resolver.entity
+        mapped_topic = self._mapped[entity]
+        golden = golden_contact if entity == "contact" else golden_account
         touched: list[int] = []
         sent = 0
         for index, rec in clean:
-            deduper, _ = self._shard(rec.partition)
+            deduper, _ = self._shard(resolver, rec.partition)
             if rec.partition not in touched:
                 touched.append(rec.partition)
             try:
+                # A contact's parent feature is its own customer_id (see the module docs).
                 result = deduper.process(rec.value)
             except DedupeError as exc:
-                out.rejections.append(Rejection(index, DEDUPE_STAGE, "dedupe", str(exc), entity="account",
+                out.rejections.append(Rejection(index, DEDUPE_STAGE, "dedupe", str(exc), entity=entity,
                                                 run_id=rec.value.get("run_id"),
                                                 source_position=rec.value.get("source_position")))
-                out.count(DEDUPE_STAGE, "account", "rejected")
+                out.count(DEDUPE_STAGE, entity, "rejected")
                 continue
-            _count_decisions(result, out)
-            account = golden_account(rec.value, result)
+            _count_decisions(result, out, entity)
+            value = golden(rec.value, result)
             if self._masker.active:
-                account = self._masker.mask("account", account)
-            out.records.append(OutRecord(account_topic, rec.key, account, _passed_on(rec)))
+                value = self._masker.mask(entity, value)
+            out.records.append(OutRecord(mapped_topic, rec.key, value, _passed_on(rec)))
             sent += 1
         cipher = self._cipher
         for partition in touched:
-            for key, value in self._shard(partition)[1].flush():
+            for key, state in self._shard(resolver, partition)[1].flush():
                 k = key.encode()
-                data = None if value is None else orjson.dumps(value)
+                data = None if state is None else orjson.dumps(state)
                 if data is not None and cipher is not None:
                     data = cipher.seal(data, k)
-                out.state.append(StateWrite(partition, k, data))
-        out.count(DEDUPE_STAGE, "account", "in", len(clean))
-        out.count(DEDUPE_STAGE, "account", "out", sent)
-        out.count(DEDUPE_STAGE, "account", "merged", out.decisions.get(("account", "joined"), 0))
+                out.state.append(StateWrite(resolver.topic, partition, k, data))
+        out.count(DEDUPE_STAGE, entity, "in", len(clean))
+        out.count(DEDUPE_STAGE, entity, "out", sent)
+        out.count(DEDUPE_STAGE, entity, "merged", out.decisions.get((entity, "joined"), 0))
 
 
-def _count_decisions(result: DedupeResult, out: StageOutput) -> None:
+def _count_decisions(result: DedupeResult, out: StageOutput, entity: str) -> None:
     """Tally one record's decisions (what ``crmflow_dedupe_decisions_total`` counts)."""
 
     def add(decision: str, n: int = 1) -> None:
-        key = ("account", decision)
+        key = (entity, decision)
         out.decisions[key] = out.decisions.get(key, 0) + n
 
     add("updated" if result.updated else "joined" if result.merged_into is not None else "founded")

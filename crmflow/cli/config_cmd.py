@@ -66,10 +66,18 @@ def _summary(config: MigrationConfig) -> str:
         f"entities: {len(config.entities)}: {entities}\n"
         f"fields mapped: {fields}; topics: {config.kafka.raw_topic('<source>')}, "
         f"{config.kafka.mapped_topic('<entity>')}, {config.kafka.dlq_topic}\n"
-        + (f"dedupe: accounts into golden records (match threshold {config.dedupe.match_threshold}); "
-           f"internal topic {config.kafka.dedupe_topic('account')}"
-           if config.dedupe is not None and config.dedupe_enabled else "dedupe: off (one account per source record)")
+        + _dedupe_summary(config)
     )
+
+
+def _dedupe_summary(config: MigrationConfig) -> str:
+    if config.dedupe is None or not config.dedupe_enabled:
+        return "dedupe: off (one account per source record)"
+    entities = ("account", "contact") if config.dedupe.contacts else ("account",)
+    what = "accounts into golden records" + (" and contacts into golden contacts" if config.dedupe.contacts else "")
+    internal = ", ".join(config.kafka.dedupe_topic(e) for e in entities)
+    return (f"dedupe: {what} (match threshold {config.dedupe.match_threshold}); "
+            f"internal topic{'s' if len(entities) > 1 else ''} {internal}")
 
 
 @app.command("check")

@@ -203,8 +203,10 @@ def prepare(cfg: MigrationConfig, ep: Endpoints, registry: SchemaRegistryClient,
     topics = [k.raw_topic(s) for s in cfg.sources] + [k.mapped_topic(e) for e in cfg.entities] + [k.dlq_topic]
     ensure_topics(ep.kafka.for_stage("ops"), topics, k.partitions, k.replication_factor)
     if cfg.dedupe_enabled and cfg.dedupe is not None:
-        ensure_topics(ep.kafka.for_stage("ops"), [k.dedupe_topic("account")], cfg.dedupe.partitions or k.partitions,
-                      k.replication_factor)  # fmt: skip
+        from processors.service import dedupe_entities
+
+        ensure_topics(ep.kafka.for_stage("ops"), [k.dedupe_topic(e) for e in dedupe_entities(cfg)],
+                      cfg.dedupe.partitions or k.partitions, k.replication_factor)  # fmt: skip
     apply_migrations(target.dsn, schema=target.schema)
 
 
@@ -321,13 +323,12 @@ def _raise_if_stopped(control: RunControl) -> None:
 
 def processor_topics(cfg: MigrationConfig) -> list[str]:
     """The topics the processor's consumer group reads: the raw topics, the change topics of the tables the
-    ``cdc`` section captures, and the dedupe topic if on."""
-    from processors.service import cdc_sources
+    ``cdc`` section captures, and the dedupe topics if on (accounts', and contacts' with ``dedupe.contacts``)."""
+    from processors.service import cdc_sources, dedupe_entities
 
     topics = [cfg.kafka.raw_topic(s) for s in cfg.sources]
     topics.extend(cdc_sources(cfg))
-    if cfg.dedupe_enabled:
-        topics.append(cfg.kafka.dedupe_topic("account"))
+    topics.extend(cfg.kafka.dedupe_topic(e) for e in dedupe_entities(cfg))
     return topics
 
 

@@ -109,7 +109,7 @@ class TransactionalRuntime:
         self._done: dict[TP, int] = {}  # next offset to read, as last committed by this worker
         self._committed: dict[TP, int] = {}  # the same, kept after the partitions go (for reports)
         self._eof: dict[TP, int] = {}  # end offsets seen past what was committed
-        self._restore: set[int] = set()  # state partitions to restore before their next batch
+        self._restore: set[TP] = set()  # state topic partitions to restore before their next batch
         self._at_end: set[TP] = set()  # assigned partitions read to their end (no record since)
         self._assigned_once = False
         self._next_maintenance = 0.0
@@ -181,10 +181,9 @@ class TransactionalRuntime:
             if internal and not self._retrying("creating the internal topics", lambda: ensure_topics(
                     o.kafka, internal, o.replication_factor, o.client_config)):
                 return False
-            if self.stage.changelog and self.stage.state_topic:
-                changelog, state_topic = self.stage.changelog, self.stage.state_topic
-                if not self._retrying("creating the changelog", lambda: ensure_changelog(
-                        o.kafka, changelog, state_topic, o.replication_factor, o.client_config)):
+            for state_topic, changelog in self.stage.changelogs.items():
+                if not self._retrying("creating the changelog", lambda c=changelog, t=state_topic: ensure_changelog(
+                        o.kafka, c, t, o.replication_factor, o.client_config)):
                     return False
             consumer.subscribe(list(self.stage.topics), on_assign=self._on_assign, on_revoke=self._on_revoke,
                                on_lost=self._on_lost)
@@ -320,11 +319,10 @@ class TransactionalRuntime:
                 out_rec = output.records[i]
                 self._produce(producer, topic, out_rec.key, value,
                               headers=list(out_rec.headers) if out_rec.headers else None)
-        if output.state:
-            changelog = self.stage.changelog
-            assert changelog is not None, "a stage with state writes names its changelog"
-            for w in output.state:
-                self._produce(producer, changelog, w.key, w.value, partition=w.partition)
+        changelogs = self.stage.changelogs
+        for w in output.state:
+            assert w.topic in changelogs, f"state of {w.topic}: the stage names no changelog of it"
+            self._produce(producer, changelogs[w.topic], w.key, w.value, partition=w.partition)
         for msg, error in undecodable:
             value, headers = self.dlq.letter(
                 value=msg.value() or b"", key=msg.key(), topic=msg.topic() or "", partition=msg.partition() or 0,
@@ -427,10 +425,9 @@ class TransactionalRuntime:
             except KafkaException as exc:
                 log.warning("rewinding %s[%d] failed (%s); the partition is re-read from its committed offset",
                             topic, partition, exc)
-            if topic == self.stage.state_topic:
-                self._restore.add(partition)
-        if self._restore:
-            self.stage.release(sorted(self._restore))
+            if topic in self.stage.changelogs:
+                self._restore.add((topic, partition))
+        self._release(self._restore)
 
     def _commit_ends(self) -> None:
         """Commit end offsets past transaction markers, in an offsets-only transaction."""
@@ -491,31 +488,39 @@ class TransactionalRuntime:
     # ----------------------------------------------------------------------------- state and rebalance
 
     def _restore_pending(self) -> bool:
-        """Restore the state partitions waiting for it; False when a stop came first (nothing restored)."""
-        if not self._restore or not self.stage.changelog:
-            return True
-        partitions = sorted(self._restore)
-        while True:
-            try:
-                state = read_partitions(self.opts.kafka, self.stage.changelog, partitions,
-                                        extra=self.opts.client_config)
-                break
-            except ChangelogError as exc:
-                log.warning("restoring state failed (%s); retrying", exc, extra={"stage": self.stage.name})
-                if self.stop_event.wait(self.opts.retry_backoff_s):
-                    return False
-        for p in partitions:
-            self.stage.restore(p, state[p])
-            STATE_RESTORES.labels(stage=self.stage.name).inc()
-        self._restore.clear()
+        """Restore the state partitions waiting for it, each state topic from its own changelog; False when a
+        stop came first (what was not restored yet stays pending)."""
+        for topic in sorted({t for t, _ in self._restore}):
+            changelog = self.stage.changelogs.get(topic)
+            partitions = sorted(p for t, p in self._restore if t == topic)
+            if changelog is None:
+                self._restore.difference_update((topic, p) for p in partitions)
+                continue
+            while True:
+                try:
+                    state = read_partitions(self.opts.kafka, changelog, partitions, extra=self.opts.client_config)
+                    break
+                except ChangelogError as exc:
+                    log.warning("restoring state failed (%s); retrying", exc, extra={"stage": self.stage.name})
+                    if self.stop_event.wait(self.opts.retry_backoff_s):
+                        return False
+            for p in partitions:
+                self.stage.restore(topic, p, state[p])
+                STATE_RESTORES.labels(stage=self.stage.name).inc()
+                self._restore.discard((topic, p))
         return True
+
+    def _release(self, partitions: set[TP] | list[TP]) -> None:
+        """Tell the stage to forget the state of ``partitions`` (state topic, partition), per state topic."""
+        for topic in sorted({t for t, _ in partitions}):
+            self.stage.release(topic, sorted(p for t, p in partitions if t == topic))
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self._assigned_once = True
         for tp in partitions:
             self._assigned.add((tp.topic, tp.partition))
-            if tp.topic == self.stage.state_topic:
-                self._restore.add(tp.partition)
+            if tp.topic in self.stage.changelogs:
+                self._restore.add((tp.topic, tp.partition))
         log.info("assigned %d partitions (now %d)", len(partitions), len(self._assigned),
                  extra={"stage": self.stage.name})
 
@@ -527,19 +532,18 @@ class TransactionalRuntime:
         self._forget(partitions, "lost")
 
     def _forget(self, partitions: list[TopicPartition], why: str) -> None:
-        state_partitions = []
+        state_partitions: list[TP] = []
         for tp in partitions:
             key = (tp.topic, tp.partition)
             self._assigned.discard(key)
             self._done.pop(key, None)
             self._eof.pop(key, None)
             self._at_end.discard(key)
-            if tp.topic == self.stage.state_topic:
-                state_partitions.append(tp.partition)
-                self._restore.discard(tp.partition)
+            if tp.topic in self.stage.changelogs:
+                state_partitions.append(key)
+                self._restore.discard(key)
             forget_lag(self.stage.name, tp.topic, tp.partition)
-        if state_partitions:
-            self.stage.release(state_partitions)
+        self._release(state_partitions)
         log.info("%s %d partitions (now %d)", why, len(partitions), len(self._assigned),
                  extra={"stage": self.stage.name})
 

@@ -7,11 +7,13 @@ A stage is a pure function of a batch, plus partition-local state it is handed b
   the batch) and state writes (changelog entries). It must not produce, commit or sleep. The runtime
   produces everything it returns in one Kafka transaction together with the batch's input offsets, so the
   outputs, the state and the offsets become visible together or not at all.
-- A stateful stage names a ``changelog`` topic. When partitions of its ``state_topic`` are assigned, the
-  runtime reads the committed changelog of those partitions and calls :meth:`BatchStage.restore`; when they
-  are revoked or lost, or a transaction was aborted, it calls :meth:`BatchStage.release` and restores again
-  before the partition's next batch. State writes go to the changelog partition of the input partition
-  they belong to (the topics are co-partitioned).
+- A stateful stage maps each of its *state topics* (input topics whose partitions own state) to a compacted
+  ``changelog`` topic (:attr:`BatchStage.changelogs`). When partitions of a state topic are assigned, the
+  runtime reads the committed changelog of those partitions and calls :meth:`BatchStage.restore` per
+  (state topic, partition); when they are revoked or lost, or a transaction was aborted, it calls
+  :meth:`BatchStage.release` and restores again before the partition's next batch. A state write names its
+  state topic and partition and goes to that partition of the topic's changelog (the two are
+  co-partitioned).
 
 A stage whose output is a write into some other system (the sink writes the target CRM) does that write in
 ``process`` and returns only when it is durable; its dead letters and the input offsets then commit in the
@@ -31,6 +33,7 @@ from __future__ import annotations
 import abc
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any, Protocol
 
 from crmflow.dlq import Letter
@@ -77,8 +80,10 @@ class OutRecord:
 
 @dataclass(frozen=True, slots=True)
 class StateWrite:
-    """One changelog entry: ``value`` None deletes ``key`` (a tombstone, for the compacted topic)."""
+    """One changelog entry of the state of ``topic`` (a state topic of the stage) partition ``partition``:
+    ``value`` None deletes ``key`` (a tombstone, for the compacted topic)."""
 
+    topic: str
     partition: int
     key: bytes
     value: bytes | None
@@ -123,10 +128,9 @@ class BatchStage(abc.ABC):
 
     #: The stage label of metrics and dead letters of records the runtime rejects itself (undecodable).
     name: str = "stage"
-    #: The changelog topic of the stage's partition-local state, or None for a stateless stage.
-    changelog: str | None = None
-    #: The input topic whose partitions own the state (co-partitioned with ``changelog``).
-    state_topic: str | None = None
+    #: State topic (an input topic whose partitions own state) → the compacted changelog topic of that state,
+    #: co-partitioned with it; empty for a stateless stage.
+    changelogs: Mapping[str, str] = MappingProxyType({})
     #: A message without a value (a tombstone of a compacted topic) is passed over (True) or dead-lettered.
     skip_tombstones: bool = False
 
@@ -163,11 +167,13 @@ class BatchStage(abc.ABC):
         runtime creates the missing ones before it subscribes, since nothing upstream does."""
         return {}
 
-    def restore(self, partition: int, entries: Mapping[bytes, bytes]) -> None:  # noqa: B027 - optional hook
-        """The committed state of ``partition`` (changelog key → latest value), before its first batch."""
+    def restore(self, topic: str, partition: int, entries: Mapping[bytes, bytes]) -> None:  # noqa: B027
+        """The committed state of state topic ``topic``'s ``partition`` (changelog key → latest value), before
+        its first batch. Optional hook."""
 
-    def release(self, partitions: Iterable[int]) -> None:  # noqa: B027 - optional hook
-        """Forget the state of ``partitions`` (revoked, lost, or to be restored after an abort)."""
+    def release(self, topic: str, partitions: Iterable[int]) -> None:  # noqa: B027 - optional hook
+        """Forget the state of ``partitions`` of state topic ``topic`` (revoked, lost, or to be restored after
+        an abort)."""
 
     def entity_of(self, record: InRecord) -> str:
         """The entity label of a record the runtime itself rejects (undecodable)."""

@@ -1,7 +1,9 @@
-"""Cluster merges of golden records in one batch of accounts, resolved before any SQL runs.
+"""Cluster merges of golden records in one batch of accounts (or contacts), resolved before any SQL runs.
 
 An account record with dedupe on carries ``golden_id`` (its cluster's golden record) and
-``merged_golden_ids`` (clusters its arrival merged into ``golden_id``). Within a batch merges can chain
+``merged_golden_ids`` (clusters its arrival merged into ``golden_id``); a contact with contact dedupe on
+carries the same as ``contact_golden_id`` and ``merged_contact_golden_ids``
+(:data:`crmflow.entities.GOLDEN_ID_FIELDS`), and goes through the same plan. Within a batch merges can chain
 (A into S in one record, S into R in a later one), and a record re-delivered after its cluster was merged
 may still carry an absorbed golden id. :func:`plan_goldens` follows both (the batch's merges and the
 chains already in ``crm.golden_merges``) to each golden id's final survivor, so the sink stages every
@@ -16,6 +18,8 @@ import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+from crmflow.entities import GOLDEN_ID_FIELDS
 
 logger = logging.getLogger(__name__)
 
@@ -58,34 +62,39 @@ class GoldenPlan:
         }
 
 
-def golden_ids(values: Iterable[Mapping[str, Any]]) -> list[str]:
-    """Every golden id a batch of accounts mentions (own and merged), sorted; empty when dedupe is off."""
+def golden_ids(values: Iterable[Mapping[str, Any]], entity: str = "account") -> list[str]:
+    """Every golden id a batch of ``entity`` records mentions (own and merged), sorted; empty when dedupe is
+    off."""
+    own, merged, _ = GOLDEN_ID_FIELDS[entity]
     ids: set[str] = set()
     for value in values:
-        gid = value.get("golden_id")
+        gid = value.get(own)
         if gid:
             ids.add(str(gid))
-            ids.update(str(a) for a in value.get("merged_golden_ids") or () if a)
+            ids.update(str(a) for a in value.get(merged) or () if a)
     return sorted(ids)
 
 
-def plan_goldens(records: Iterable[tuple[int, Mapping[str, Any]]], known: Mapping[str, str]) -> GoldenPlan:
-    """Resolve the golden ids of ``records`` (``(seq, value)`` in batch order) to their final survivors.
+def plan_goldens(records: Iterable[tuple[int, Mapping[str, Any]]], known: Mapping[str, str],
+                 entity: str = "account") -> GoldenPlan:
+    """Resolve the golden ids of ``records`` (``(seq, value)`` in batch order, of ``entity``) to their final
+    survivors.
 
     ``known`` maps golden ids absorbed by earlier batches to the end of their chain in the database
     (``crm.golden_merges``). The batch's own merges are applied on top, in order; an id absorbed twice
     keeps its first survivor (a golden id is absorbed once)."""
+    own, merged, record_id = GOLDEN_ID_FIELDS[entity]
     rows: list[tuple[int, str]] = []
     edges: dict[str, str] = dict(known)
     mentioned: list[tuple[int, str, str, Mapping[str, Any]]] = []
     in_batch: set[str] = set()
     for seq, value in records:
-        gid = value.get("golden_id")
+        gid = value.get(own)
         if not gid:
             continue
         gid = str(gid)
         rows.append((seq, gid))
-        for absorbed in value.get("merged_golden_ids") or ():
+        for absorbed in value.get(merged) or ():
             absorbed = str(absorbed)
             if not absorbed or absorbed == gid or absorbed in in_batch:
                 continue
@@ -127,7 +136,7 @@ def plan_goldens(records: Iterable[tuple[int, Mapping[str, Any]]], known: Mappin
                 absorbed,
                 survivor,
                 target,
-                _opt_str(value.get("customer_id")),
+                _opt_str(value.get(record_id)),
                 _opt_str(value.get("run_id")),
                 _json_or_none(value.get("match_evidence")),
             )

@@ -190,13 +190,13 @@ class PostgresSink(Sink):
                     indexes = by_entity.get(entity)
                     if not indexes:
                         continue
-                    plan = self._plan_goldens(cur, batch, indexes) if entity == "account" else GoldenPlan()
+                    plan = self._plan_goldens(cur, table, batch, indexes)
                     loader = self._batch_loader(table, batch, plan)
                     sql = table.merge_sql if plan.dedupe else table.plain_merge_sql
                     fill = any(batch[i].value.get("unchanged_fields") for i in indexes)
                     merged = self._merge(cur, table, indexes, loader, sql, fill)
                     if plan.merges:
-                        self._merge_goldens(cur, plan)
+                        self._merge_goldens(cur, table, plan)
                     written += merged.inserted + merged.updated
                     unchanged += merged.unchanged
                     parked += merged.parked
@@ -216,12 +216,12 @@ class PostgresSink(Sink):
         self, table: EntityTable, batch: Sequence[SinkRecord], plan: GoldenPlan
     ) -> Callable[[Cursor, list[int]], None]:
         """Stages records of ``batch`` by index; ``plan`` replaces the golden id of some (their survivor)
-        and marks those whose golden id an earlier batch absorbed (accounts only)."""
+        and marks those whose golden id an earlier batch absorbed (accounts and contacts only)."""
         copy_sql = table.copy_sql.encode()
         types = table.copy_types
         golden, stale = plan.golden, plan.stale
-        golden_at = table.row_index("golden_id")
-        stale_at = table.row_index("_stale") if stale else 0  # only accounts have it
+        golden_at = table.row_index(table.golden_field) if golden and table.golden_field else 0
+        stale_at = table.row_index("_stale") if stale else 0  # only deduplicated entities have it
 
         def load(cur: Cursor, indexes: list[int]) -> None:
             with cur.copy(copy_sql) as copy:
@@ -289,19 +289,24 @@ class PostgresSink(Sink):
 
     # ------------------------------------------------------------------------------- golden records
 
-    def _plan_goldens(self, cur: Cursor, batch: Sequence[SinkRecord], indexes: list[int]) -> GoldenPlan:
-        """Resolve the batch's golden ids to their final survivors (nothing to do with dedupe off)."""
-        if not any(batch[i].value.get("golden_id") for i in indexes):
+    def _plan_goldens(self, cur: Cursor, table: EntityTable, batch: Sequence[SinkRecord],
+                      indexes: list[int]) -> GoldenPlan:
+        """Resolve the batch's golden ids of ``table``'s entity (accounts, contacts) to their final survivors
+        (nothing to do with dedupe off, or for sales and cases)."""
+        gf = table.golden_field
+        if gf is None or not any(batch[i].value.get(gf) for i in indexes):
             return GoldenPlan()
-        ids = golden_ids(batch[i].value for i in indexes)
-        chains = cur.execute(golden_chains_sql(self.schema), {"ids": ids, "system": self.system}).fetchall()
+        ids = golden_ids((batch[i].value for i in indexes), table.entity)
+        chains = cur.execute(golden_chains_sql(self.schema),
+                             {"ids": ids, "system": self.system, "entity": table.entity}).fetchall()
         known = {str(a): str(b) for a, b in chains}
-        return plan_goldens(((i, batch[i].value) for i in indexes), known)
+        return plan_goldens(((i, batch[i].value) for i in indexes), known, table.entity)
 
-    def _merge_goldens(self, cur: Cursor, plan: GoldenPlan) -> None:
+    def _merge_goldens(self, cur: Cursor, table: EntityTable, plan: GoldenPlan) -> None:
         """Re-point the absorbed golden rows' children and xref entries to their survivors, drop the rows,
         log the merges (one statement; a merge already applied changes nothing)."""
-        row = cur.execute(merge_goldens_sql(self.schema), {**plan.params(), "system": self.system}).fetchone()
+        row = cur.execute(merge_goldens_sql(self.schema, table.entity),
+                          {**plan.params(), "system": self.system}).fetchone()
         assert row is not None
         gone, xrefs, children, logged = (int(v) for v in row)
         if gone or logged:
@@ -312,7 +317,7 @@ class PostgresSink(Sink):
                 logged,
                 xrefs,
                 children,
-                extra={"stage": self.stage, "entity": "account"},
+                extra={"stage": self.stage, "entity": table.entity},
             )
 
     def _audit(self, cur: Cursor, table: EntityTable, records: list[SinkRecord], merged: _Merged, started: Any) -> None:
@@ -371,9 +376,13 @@ class PostgresSink(Sink):
                 if not ids.get(table.entity):
                     continue
                 load_sql = table.load_parked_sql.encode()
+                # Golden contacts parked before their golden id was absorbed land on its survivor.
+                restage = table.restage_absorbed_sql.encode() if table.golden_field else None
 
-                def load(c: Cursor, seqs: list[int], sql: bytes = load_sql) -> None:
+                def load(c: Cursor, seqs: list[int], sql: bytes = load_sql, again: bytes | None = restage) -> None:
                     c.execute(sql, (seqs,))
+                    if again is not None:
+                        c.execute(again, {"system": self.system})
 
                 merged = self._merge(cur, table, ids[table.entity], load)
                 for pid, why in merged.refused.items():

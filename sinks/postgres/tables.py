@@ -99,6 +99,9 @@ class EntityTable:
     columns: tuple[Column, ...]
     parent_field: str | None = None
     schema: str = TEMPLATE_SCHEMA  # a checked identifier (see :func:`tables_for`)
+    #: The record's golden-id field when the entity can be deduplicated (accounts' ``golden_id``, contacts'
+    #: ``contact_golden_id``): a row per golden id then, and every source record's xref entry points at it.
+    golden_field: str | None = None
 
     @property
     def is_child(self) -> bool:
@@ -185,13 +188,33 @@ class EntityTable:
         Returns one row: distinct target rows staged, inserted, updated, (children) the seqs parked, and
         the records refused because another system owns what they would write (a JSON array of
         ``{seq, id, parent, kind, owner, owner_source}``; see :func:`ownership_refusal`)."""
-        return self._child_merge_sql() if self.is_child else self._account_merge_sql(golden=True)
+        if self.is_child:
+            return self._child_merge_sql(golden=self.golden_field is not None)
+        return self._account_merge_sql(golden=True)
 
     @cached_property
     def plain_merge_sql(self) -> str:
         """:attr:`merge_sql` for a batch without golden ids (dedupe off): every record is its own row, so
         the latest record per row is also the latest per source record (accounts: one sort fewer)."""
-        return self._child_merge_sql() if self.is_child else self._account_merge_sql(golden=False)
+        return self._child_merge_sql(golden=False) if self.is_child else self._account_merge_sql(golden=False)
+
+    @cached_property
+    def restage_absorbed_sql(self) -> str:
+        """For staged records of a deduplicated child (parked golden contacts, staged again): those whose golden
+        id was absorbed since they were parked (``crm.golden_merges``, of the system ``%(system)s``) take the
+        end of its chain and become xref-only (``_stale``), as :func:`~sinks.postgres.golden.plan_goldens` does
+        for a batch's records."""
+        gf, s = self.golden_field, self.schema
+        return (
+            "with recursive chain (start, cur, depth) as ("
+            f"select distinct {gf}, {gf}, 0 from {self.stage} where {gf} is not null "
+            f"union all select c.start, m.survivor_golden_id, c.depth + 1 from chain c join {s}.golden_merges m "
+            f"on m.entity = '{self.entity}' and m.absorbed_golden_id = c.cur "
+            "and (m.system is null or m.system = %(system)s::text) where c.depth < 64), "
+            "finals as (select distinct on (start) start, cur from chain order by start, depth desc) "
+            f"update {self.stage} l set {gf} = f.cur, _stale = true from finals f "
+            f"where l.{gf} = f.start and f.start <> f.cur"
+        )
 
     def _upsert_parts(self, *, golden: bool = False) -> tuple[str, str, str]:
         """Insert column list, ``set`` list and the "row changed" test of the upsert into the table.
@@ -332,11 +355,20 @@ class EntityTable:
             f"{_REFUSED_JSON} from up"
         )
 
-    def _child_merge_sql(self) -> str:
+    def _child_merge_sql(self, *, golden: bool = False) -> str:
+        """The child statement; ``golden`` (contacts with contact dedupe): the row of a record is its golden
+        contact id's (``_target``, its own id without one), written from the latest staged record of the
+        cluster whose golden id is current (not ``_stale``); every source record with a parent writes its xref
+        entry (golden id: the golden contact id; evidence) to that row, and every one without a parent is
+        parked on its own (its own id)."""
         s = self.schema
         insert_cols, sets, changed = self._upsert_parts()
-        select_cols = ", ".join(self._filled("j", n) for n in insert_cols.split(", "))
-        latest = f"latest as (select distinct on (external_id) * from {self.stage} order by external_id, seq desc)"
+        select_cols = ", ".join("j._target" if golden and n == "external_id" else self._filled("j", n)
+                                for n in insert_cols.split(", "))
+        gf = self.golden_field
+        target = f", coalesce(s.{gf}, s.external_id) as _target" if golden else ""
+        latest = (f"latest as (select distinct on (external_id) s.*{target} from {self.stage} s "
+                  "order by external_id, seq desc)")
         # The account is found through its xref entry: the parent's source id may be a member of a
         # golden record (dedupe on) or the account's own id (dedupe off). Only an account of this system
         # (or of nobody yet) is a parent: a child is never attached to another system's account. Of two
@@ -350,7 +382,8 @@ class EntityTable:
         )
         any_parent = f"select 1 from {s}.xref x where x.entity = 'account' and x.source_id = l.{pf}"
         cand = (
-            f"cand as (select l.seq, l.external_id, l.source, l.{pf} as _parent, p.target_id as _account_id, "
+            f"cand as (select l.seq, l.external_id, {'l._target' if golden else 'l.external_id'} as _target, "
+            f"l.source, l.{pf} as _parent, p.target_id as _account_id, "
             f"p.golden_id as _parent_golden, exists ({any_parent}) as _has_parent "
             f"from latest l left join lateral {own_parent} p on true)"
         )
@@ -359,7 +392,7 @@ class EntityTable:
         refused = (
             "refused as (select distinct on (seq) * from ("
             "select c.seq, c.external_id as id, c._parent as parent, 'row' as kind, t.system as owner, "
-            f"t.source as owner_source from cand c join {s}.{self.table} t on t.external_id = c.external_id "
+            f"t.source as owner_source from cand c join {s}.{self.table} t on t.external_id = c._target "
             "where t.system <> %(system)s::text "
             "union all select c.seq, c.external_id, c._parent, 'xref', x.system, x.source from cand c "
             f"join {s}.xref x on x.entity = '{self.entity}' and x.source = c.source "
@@ -378,29 +411,49 @@ class EntityTable:
             for c in self.columns
         )
         joined = (
-            f"joined as (select {cols}, c._account_id as account_id from latest l join cand c on c.seq = l.seq "
+            f"joined as (select {cols}, c._target, c._account_id as account_id from latest l "
+            "join cand c on c.seq = l.seq "
             "where c._account_id is not null and not exists (select 1 from refused r where r.seq = l.seq))"
         )
-        upsert = self._upsert(insert_cols, select_cols, self._source("joined", "j", "external_id"), sets, changed)
-        xref = self._xref(
-            f"select '{self.entity}', j.source, j.external_id, coalesce(up.id, t.id), j.golden_id, j.run_id, "
-            "%(system)s::text from joined j left join up using (external_id) "
-            f"left join {s}.{self.table} t on t.external_id = j.external_id "
-            "where coalesce(up.id, t.id) is not null",
-            evidence=False,
-        )
+        if golden:
+            # One row per golden contact: the cluster's latest record whose golden id is current writes it.
+            rows = ["rows as (select distinct on (_target) * from joined where _stale is not true "
+                    "order by _target, seq desc)"]
+            upsert = self._upsert(insert_cols, select_cols, self._source("rows", "j", "_target"), sets, changed)
+            versions = self._versions_sql("rows l on l._target = up.external_id")
+            xref = self._xref(
+                f"select '{self.entity}', j.source, j.external_id, coalesce(up.id, t.id), "
+                f"coalesce(j.{gf}, j.golden_id), j.run_id, j.match_evidence::jsonb, %(system)s::text from joined j "
+                f"left join up on up.external_id = j._target left join {s}.{self.table} t on t.external_id = j._target "
+                "where coalesce(up.id, t.id) is not null",
+                evidence=True,
+            )
+        else:
+            rows = []
+            upsert = self._upsert(insert_cols, select_cols, self._source("joined", "j", "external_id"), sets,
+                                  changed)
+            versions = self._versions_sql("joined l on l.external_id = up.external_id")
+            xref = self._xref(
+                f"select '{self.entity}', j.source, j.external_id, coalesce(up.id, t.id), j.golden_id, j.run_id, "
+                "%(system)s::text from joined j left join up using (external_id) "
+                f"left join {s}.{self.table} t on t.external_id = j.external_id "
+                "where coalesce(up.id, t.id) is not null",
+                evidence=False,
+            )
         deliveries = self._deliveries_sql(
             "joined m left join xr on xr.source = m.source and xr.source_id = m.external_id "
-            "left join up on up.external_id = m.external_id",
+            "left join up on up.external_id = m._target",
         )
-        record = "to_jsonb(l) - array['seq', " + ", ".join(f"'{n}'" for n, _ in ORIGIN_COLUMNS) + "]"
+        stripped = [*(n for n, _ in ORIGIN_COLUMNS), *(["_target"] if golden else [])]
+        record = "to_jsonb(l) - array['seq', " + ", ".join(f"'{n}'" for n in stripped) + "]"
         ctes = [
             latest,
             cand,
             refused,
             joined,
+            *rows,
             upsert,
-            self._versions_sql("joined l on l.external_id = up.external_id"),
+            versions,
             xref,
             deliveries,
             # A record written now supersedes an older version of it still parked.
@@ -542,6 +595,7 @@ ACCOUNT = EntityTable(
         # Set by the sink: the record's golden id was absorbed by an earlier batch (xref entry only).
         Column("_stale", "bool", stored=False),
     ),
+    golden_field="golden_id",
 )
 CONTACT = EntityTable(
     "contact",
@@ -550,8 +604,13 @@ CONTACT = EntityTable(
     (
         *_contract("contact"),
         *_LINEAGE,
+        # Contact dedupe (migration 0009): the golden contact's id, the row's external id when set.
+        Column("contact_golden_id", "text"),
+        Column("match_evidence", "text", stored=False),
+        Column("_stale", "bool", stored=False),
     ),
     parent_field="customer_id",
+    golden_field="contact_golden_id",
 )
 SALE = EntityTable(
     "sale",
@@ -587,7 +646,7 @@ GOLDEN_CHAINS_SQL = (
     "with recursive chain (start, cur, depth) as ("
     "select g, g, 0 from unnest(%(ids)s::text[]) g "
     "union all select c.start, m.survivor_golden_id, c.depth + 1 from chain c "
-    "join crm.golden_merges m on m.absorbed_golden_id = c.cur "
+    "join crm.golden_merges m on m.entity = %(entity)s::text and m.absorbed_golden_id = c.cur "
     "and (m.system is null or m.system = %(system)s::text) where c.depth < 64) "
     "select start, cur from (select distinct on (start) start, cur from chain order by start, depth desc) z "
     "where start <> cur"
@@ -600,12 +659,13 @@ GOLDEN_CHAINS_SQL = (
 # Children and xref rows of the children whose golden id changed follow. Idempotent: once the absorbed
 # row is gone every update matches nothing and the log insert does nothing. Foreign keys are checked at
 # the end of the statement, when no child references the deleted row any more.
+# A golden contact's xref entries keep its own golden id (``contact_golden_id``), not the account's.
 _REPOINT_CHILD = (
     "{alias}_moved as (update crm.{table} c set account_id = p.new_id, updated_at = now(), golden_id = "
     "case when c.golden_id is null or c.golden_id = p.absorbed then p.final else c.golden_id end "
-    "from pairs p where c.account_id = p.old_id returning c.id, c.golden_id), "
+    "from pairs p where c.account_id = p.old_id returning c.id, c.golden_id, {own} as own), "
     "{alias}_xref as (update crm.xref x set golden_id = m.golden_id, updated_at = now() from {alias}_moved m "
-    "where x.entity = '{entity}' and x.target_id = m.id and x.golden_id is distinct from m.golden_id)"
+    "where x.entity = '{entity}' and x.target_id = m.id and m.own is null and x.golden_id is distinct from m.golden_id)"
 )
 MERGE_GOLDENS_SQL = (
     "with m as (select * from unnest(%(absorbed)s::text[], %(survivor)s::text[], %(final)s::text[], "
@@ -615,16 +675,52 @@ MERGE_GOLDENS_SQL = (
     "join crm.accounts g on g.external_id = m.final and (g.system is null or g.system = %(system)s::text) "
     "left join crm.accounts a on a.external_id = m.absorbed and a.id <> g.id "
     "and (a.system is null or a.system = %(system)s::text)), "
-    + ", ".join(_REPOINT_CHILD.format(alias=t.table, table=t.table, entity=t.entity) for t in CHILDREN)
+    + ", ".join(_REPOINT_CHILD.format(alias=t.table, table=t.table, entity=t.entity,
+                                      own=f"c.{t.golden_field}" if t.golden_field else "null::text")
+                for t in CHILDREN)
     + ", account_xref as (update crm.xref x set target_id = p.new_id, golden_id = p.final, updated_at = now() "
     "from pairs p where x.entity = 'account' and x.target_id = p.old_id returning 1), "
     "gone as (delete from crm.accounts a using pairs p where a.id = p.old_id returning 1), "
-    "logged as (insert into crm.golden_merges (absorbed_golden_id, survivor_golden_id, record_id, run_id, "
-    "evidence, system) select absorbed, survivor, record_id, run_id, evidence::jsonb, %(system)s::text from pairs "
-    "on conflict (absorbed_golden_id) do nothing returning 1) "
+    "logged as (insert into crm.golden_merges (entity, absorbed_golden_id, survivor_golden_id, record_id, run_id, "
+    "evidence, system) select 'account', absorbed, survivor, record_id, run_id, evidence::jsonb, %(system)s::text "
+    "from pairs on conflict (entity, absorbed_golden_id) do nothing returning 1) "
     "select (select count(*) from gone), (select count(*) from account_xref), "
     + " + ".join(f"(select count(*) from {t.table}_moved)" for t in CHILDREN)
     + ", (select count(*) from logged)"
+)
+
+
+# The same for golden contacts (``%(entity)s`` is not used: contacts only): re-point the xref entries of each
+# absorbed golden contact's row to its survivor's row and delete it. When the survivor has no row yet (its
+# records are parked, waiting for their account), the first absorbed row of that survivor is renamed to it
+# instead (its xref entries follow), so the cluster keeps one row. Every merge is logged, row or not, so
+# parked records staged again later land on the survivor (:attr:`EntityTable.restage_absorbed_sql`).
+CONTACT_MERGE_GOLDENS_SQL = (
+    "with m as (select * from unnest(%(absorbed)s::text[], %(survivor)s::text[], %(final)s::text[], "
+    "%(record)s::text[], %(run)s::text[], %(evidence)s::text[]) "
+    "as m (absorbed, survivor, final, record_id, run_id, evidence)), "
+    "found as (select m.*, a.id as old_id, g.id as final_id, g.id is not null as final_exists, "
+    "(g.system is null or g.system = %(system)s::text) as final_ours from m "
+    "left join crm.contacts g on g.external_id = m.final "
+    "left join crm.contacts a on a.external_id = m.absorbed "
+    "and (a.system is null or a.system = %(system)s::text)), "
+    "heir as (select distinct on (final) final, old_id as heir_id from found "
+    "where not final_exists and old_id is not null order by final, absorbed), "
+    "pairs as (select f.*, coalesce(case when f.final_ours then f.final_id end, h.heir_id) as new_id from found f "
+    "left join heir h using (final) where f.old_id is not null), "
+    "moving as (select * from pairs where new_id is not null and new_id <> old_id), "
+    "renamed as (update crm.contacts c set external_id = h.final, contact_golden_id = h.final, updated_at = now() "
+    "from heir h where c.id = h.heir_id returning c.id), "
+    "heir_xref as (update crm.xref x set golden_id = h.final, updated_at = now() from heir h "
+    "where x.entity = 'contact' and x.target_id = h.heir_id and x.golden_id is distinct from h.final), "
+    "contact_xref as (update crm.xref x set target_id = p.new_id, golden_id = p.final, updated_at = now() "
+    "from moving p where x.entity = 'contact' and x.target_id = p.old_id returning 1), "
+    "gone as (delete from crm.contacts c using moving p where c.id = p.old_id returning 1), "
+    "logged as (insert into crm.golden_merges (entity, absorbed_golden_id, survivor_golden_id, record_id, run_id, "
+    "evidence, system) select 'contact', absorbed, survivor, record_id, run_id, evidence::jsonb, %(system)s::text "
+    "from m on conflict (entity, absorbed_golden_id) do nothing returning 1) "
+    "select (select count(*) from gone) + (select count(*) from renamed), (select count(*) from contact_xref), "
+    "0::bigint, (select count(*) from logged)"
 )
 
 
@@ -642,6 +738,6 @@ def golden_chains_sql(schema: str) -> bytes:
 
 
 @cache
-def merge_goldens_sql(schema: str) -> bytes:
-    """:data:`MERGE_GOLDENS_SQL` in ``schema``."""
-    return in_schema(MERGE_GOLDENS_SQL, schema).encode()
+def merge_goldens_sql(schema: str, entity: str = "account") -> bytes:
+    """:data:`MERGE_GOLDENS_SQL` (accounts) or :data:`CONTACT_MERGE_GOLDENS_SQL` (contacts) in ``schema``."""
+    return in_schema(CONTACT_MERGE_GOLDENS_SQL if entity == "contact" else MERGE_GOLDENS_SQL, schema).encode()

@@ -75,6 +75,8 @@ METADATA = ["run_id", "source", "source_position", "quality_flags", "mapped_at",
 #: Fields the deduplication stage fills, after the metadata (added later, with defaults: BACKWARD-compatible).
 DEDUPE = {"account": ["merged_golden_ids", "match_evidence"]}
 CHANGE = ["source_lsn", "deleted", "unchanged_fields"]  # crmflow.entities.CHANGE_FIELDS
+#: Fields added after the change fields (defaults null: BACKWARD-compatible): contact deduplication's.
+LATER = {"contact": ["contact_golden_id", "merged_contact_golden_ids", "match_evidence"]}
 
 EXPECTED_FILES = {
     "legacy/legacy_record.avsc": "io.crmflow.legacy.LegacyRecord",
@@ -165,7 +167,7 @@ def test_namespace_matches_its_folder_and_subject_is_the_full_name(path: Path) -
 @pytest.mark.parametrize("entity", sorted(TARGET))
 def test_target_fields_follow_the_contract(entity: str) -> None:
     fields = fields_of(f"target/{entity}")
-    assert list(fields) == [*TARGET[entity], *METADATA, *DEDUPE.get(entity, []), *CHANGE]
+    assert list(fields) == [*TARGET[entity], *METADATA, *DEDUPE.get(entity, []), *CHANGE, *LATER.get(entity, [])]
     for name, (expected_kind, required) in TARGET[entity].items():
         avro_type = fields[name]["type"]
         if required:
@@ -196,6 +198,8 @@ def test_target_metadata_fields(entity: str) -> None:
         assert fields["merged_golden_ids"]["type"] == {"type": "array", "items": "string"}
         assert fields["merged_golden_ids"]["default"] == []
         assert fields["match_evidence"]["type"] == ["null", "string"] and fields["match_evidence"]["default"] is None
+    for name in LATER.get(entity, []):
+        assert fields[name]["default"] is None and fields[name]["type"][0] == "null", name
 
 
 def test_legacy_record_envelope() -> None:
@@ -293,6 +297,9 @@ SAMPLES: dict[str, dict[str, Any]] = {
         "national_id": None,
         "tax_id": None,
         **META,
+        "contact_golden_id": "K0000001",
+        "merged_contact_golden_ids": ["K0000004"],
+        "match_evidence": '[{"rule":"email","score":null}]',
     },
     "target/sale": {
         "sale_id": "S0000001",

@@ -39,8 +39,7 @@ class Counter(BatchStage):
 
     def __init__(self, source: str, out: str, codec: AvroCodec) -> None:
         self.source, self.out, self.codec = source, out, codec
-        self.changelog = f"{source}.state"
-        self.state_topic = source
+        self.changelogs = {source: f"{source}.state"}
         self.counts: dict[int, dict[str, int]] = {}
         self.restored: list[int] = []
 
@@ -64,14 +63,15 @@ class Counter(BatchStage):
             counts = self.counts.setdefault(rec.partition, {})
             counts[key] = counts.get(key, 0) + 1
             out.records.append(OutRecord(self.out, key.encode(), {"key": key, "n": counts[key]}))
-            out.state.append(StateWrite(rec.partition, key.encode(), str(counts[key]).encode()))
+            out.state.append(StateWrite(rec.topic, rec.partition, key.encode(), str(counts[key]).encode()))
         return out
 
-    def restore(self, partition: int, entries: Mapping[bytes, bytes]) -> None:
+    def restore(self, topic: str, partition: int, entries: Mapping[bytes, bytes]) -> None:
+        assert topic == self.source
         self.counts[partition] = {k.decode(): int(v) for k, v in entries.items()}
         self.restored.append(partition)
 
-    def release(self, partitions: Iterable[int]) -> None:
+    def release(self, topic: str, partitions: Iterable[int]) -> None:
         for p in partitions:
             self.counts.pop(p, None)
 

@@ -152,12 +152,12 @@ def test_sealed_state_writes_hold_no_clear_value_and_restore_to_the_same_decisio
     assert changelog and not any(b"anne" in v.lower() or b"obrien" in v.lower() or b"555" in v
                                  for v in changelog.values())
     successor = _stage(demo, _cipher())
-    successor.restore(0, changelog)
+    successor.restore(DEDUPE, 0, changelog)
     rest = _resolve(successor, accounts[3:], start=3)
     assert [r.value["golden_id"] for r in rest.records] == [r.value["golden_id"] for r in expected.records[3:]]
 
     with pytest.raises(SealedDataError, match=r"partition 0 .*pii key") as err:
-        _stage(demo, _cipher("another key of 32 bytes.........")).restore(0, changelog)
+        _stage(demo, _cipher("another key of 32 bytes.........")).restore(DEDUPE, 0, changelog)
     assert "anne" not in str(err.value).lower()
 
 

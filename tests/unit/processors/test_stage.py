@@ -21,6 +21,9 @@ DEMO = Path(__file__).resolve().parents[3] / "deploy" / "demo" / "crmflow.yaml"
 RAW_CUSTOMERS = "crmflow.demo.raw.customers"
 RAW_SALES = "crmflow.demo.raw.sales"
 DEDUPE = "crmflow.demo.dedupe.account"
+RAW_CONTACTS = "crmflow.demo.raw.contacts"
+CONTACTS = "crmflow.demo.dedupe.contact"
+MAPPED_CONTACT = "crmflow.demo.mapped.contact"
 
 
 class _Identity:
@@ -36,17 +39,19 @@ def demo() -> MigrationConfig:
     return load_config(DEMO)
 
 
-def _stage(cfg: MigrationConfig, *, dedupe: bool) -> ProcessStage:
+def _stage(cfg: MigrationConfig, *, dedupe: bool, contacts: bool = False) -> ProcessStage:
     mappers = build_mappers(cfg)
     k = cfg.kafka
     raw = {k.raw_topic(n): s.entity for n, s in cfg.sources.items()}
     mapped = {e: k.mapped_topic(e) for e in mappers}
+    matcher = cfg.dedupe.matcher() if dedupe and cfg.dedupe else None
     stage = ProcessStage(
         raw_topics=raw, mappers=mappers, masker=Masker.from_config(cfg), mapped_topics=mapped,
-        decoders=dict.fromkeys([*raw, DEDUPE], _Identity()), encoders=dict.fromkeys([*mapped.values(), DEDUPE],
-                                                                                    _Identity()),
-        dedupe=cfg.dedupe.matcher() if dedupe and cfg.dedupe else None, dedupe_topic=DEDUPE,
-        changelog=f"{DEDUPE}.state",
+        decoders=dict.fromkeys([*raw, DEDUPE, CONTACTS], _Identity()),
+        encoders=dict.fromkeys([*mapped.values(), DEDUPE, CONTACTS], _Identity()),
+        dedupe=matcher, dedupe_topic=DEDUPE, changelog=f"{DEDUPE}.state",
+        contact_dedupe=matcher.for_contacts() if matcher is not None and contacts else None,
+        contact_topic=CONTACTS, contact_changelog=f"{CONTACTS}.state",
     )
     return stage.with_sources({n: s.entity for n, s in cfg.sources.items()})
 
@@ -120,7 +125,7 @@ def test_resolution_writes_state_that_restores_to_the_same_decisions(demo: Migra
         else:
             changelog[w.key] = w.value
     successor = _stage(demo, dedupe=True)
-    successor.restore(0, changelog)
+    successor.restore(DEDUPE, 0, changelog)
     rest = _resolve(successor, accounts[3:], start=3)
     assert [r.value["golden_id"] for r in rest.records] == [r.value["golden_id"] for r in expected.records[3:]]
     assert [r.value["merged_golden_ids"] for r in rest.records] == [
@@ -131,9 +136,111 @@ def test_a_released_partition_forgets_its_state(demo: MigrationConfig) -> None:
     accounts = _accounts(demo, 2)
     stage = _stage(demo, dedupe=True)
     first = _resolve(stage, accounts[1:2])
-    stage.release([0])
+    stage.release(DEDUPE, [0])
     again = _resolve(stage, accounts[1:2])
     decisions: Mapping[tuple[str, str], int] = again.decisions
     assert decisions.get(("account", "founded")) == 1, "after a release the record is new to the partition"
     assert first.records[0].value["golden_id"] == again.records[0].value["golden_id"]
     assert all(orjson.loads(w.value) is not None for w in again.state if w.value is not None)
+
+
+# ------------------------------------------------------------------------------------------- contacts
+
+
+def _raw_contact(i: int, customer: int, first: str = "Anne", last: str = "Obrien", email: str = "",
+                 title: str = "Buyer") -> dict[str, Any]:
+    return {"source": "contacts", "entity": "contacts", "source_key": f"K{i:07d}",
+            "position": f"contacts.csv:{i + 1}", "run_id": "run-1", "op": "SNAPSHOT", "captured_at": None,
+            "fields": {"Contact_ID": f"K{i:07d}", "Customer_ID": f"C{customer:07d}", "First_Name": first,
+                       "Last_Name": last, "Contact_Email": email, "Phone": "", "Job_Title": title}}
+
+
+def _contacts(demo: MigrationConfig) -> list[dict[str, Any]]:
+    """Clean contacts: K1 and K2 the same person on one account (same e-mail), K3 and K4 namesakes on other
+    accounts with nothing else in common, K5 the same person as K1 on another account (same e-mail)."""
+    mapper = build_mappers(demo)["contact"]
+    meta = {"run_id": "run-1", "source": "contacts", "source_position": "x"}
+    raws = [_raw_contact(1, 1, email="anne@example.com"), _raw_contact(2, 1, first="Ann", email="anne@example.com"),
+            _raw_contact(3, 2, title="Nurse"), _raw_contact(4, 3, title="Pilot"),
+            _raw_contact(5, 4, email="anne@example.com")]
+    return [mapper(r["fields"], meta) for r in raws]
+
+
+def _resolve_contacts(stage: ProcessStage, contacts: list[dict[str, Any]], start: int = 0) -> StageOutput:
+    return stage.process([_rec(CONTACTS, start + i, c, key=b"ao") for i, c in enumerate(contacts)])
+
+
+def test_with_contact_dedupe_clean_contacts_go_to_their_dedupe_topic_by_shard_key(demo: MigrationConfig) -> None:
+    stage = _stage(demo, dedupe=True, contacts=True)
+    assert stage.changelogs == {DEDUPE: f"{DEDUPE}.state", CONTACTS: f"{CONTACTS}.state"}
+    assert set(stage.internal_topics()) == {DEDUPE, CONTACTS} and CONTACTS in stage.topics
+    out = stage.process([_rec(RAW_CONTACTS, 0, _raw_contact(1, 1, email="anne@example.com")),
+                         _rec(RAW_CUSTOMERS, 0, _customer(1))])
+    assert sorted((r.topic, r.key) for r in out.records) == [(DEDUPE, b"ao"), (CONTACTS, b"ao")]
+    contact = next(r.value for r in out.records if r.topic == CONTACTS)
+    assert contact["email"] == "anne@example.com", "unmasked: the matcher needs it"
+    assert not out.state, "mapping writes no state"
+
+
+def test_without_contact_dedupe_contacts_go_straight_to_the_mapped_topic(demo: MigrationConfig) -> None:
+    stage = _stage(demo, dedupe=True, contacts=False)
+    assert stage.changelogs == {DEDUPE: f"{DEDUPE}.state"} and CONTACTS not in stage.topics
+    out = stage.process([_rec(RAW_CONTACTS, 0, _raw_contact(1, 1))])
+    assert [(r.topic, r.key) for r in out.records] == [(MAPPED_CONTACT, b"K0000001")]
+    assert "contact_golden_id" not in out.records[0].value
+
+
+def test_contacts_resolve_into_golden_contacts_with_their_own_state(demo: MigrationConfig) -> None:
+    stage = _stage(demo, dedupe=True, contacts=True)
+    out = _resolve_contacts(stage, _contacts(demo))
+    assert [r.topic for r in out.records] == [MAPPED_CONTACT] * 5
+    values = [r.value for r in out.records]
+    assert [v["contact_golden_id"] for v in values] == ["K0000001", "K0000001", "K0000003", "K0000004", "K0000001"]
+    assert all(v["golden_id"] is None for v in values), "golden_id stays the parent account's (the sink fills it)"
+    assert [v["contact_id"] for v in values] == [f"K{i:07d}" for i in range(1, 6)], "each keeps its own id"
+    assert values[1]["customer_id"] == "C0000001" and values[1]["match_evidence"] is not None
+    assert values[2]["match_evidence"] is None and values[2]["merged_contact_golden_ids"] == []
+    assert {w.topic for w in out.state} == {CONTACTS}, "contact state goes to the contact changelog only"
+    assert out.decisions[("contact", "joined")] == 2 and out.counts[("dedupe", "contact", "in")] == 5
+
+
+def test_a_contact_bridging_two_clusters_reports_the_absorbed_golden_contact(demo: MigrationConfig) -> None:
+    stage = _stage(demo, dedupe=True, contacts=True)
+    k1, k2, _, _, k5 = _contacts(demo)
+    # K5 first founds a cluster; K2 (same e-mail) then joins it; K1 (smaller id) takes it over.
+    out = _resolve_contacts(stage, [k5, k2, k1])
+    assert [r.value["contact_golden_id"] for r in out.records] == ["K0000005", "K0000002", "K0000001"]
+    assert out.records[1].value["merged_contact_golden_ids"] == ["K0000005"]
+    assert out.records[2].value["merged_contact_golden_ids"] == ["K0000002", "K0000005"], "the whole history"
+
+
+def test_contact_state_restores_per_topic_to_the_same_decisions(demo: MigrationConfig) -> None:
+    contacts = _contacts(demo)
+    accounts = _accounts(demo, 4)
+    whole = _stage(demo, dedupe=True, contacts=True)
+    expected = _resolve_contacts(whole, contacts)
+
+    first = _stage(demo, dedupe=True, contacts=True)
+    committed_contacts = _resolve_contacts(first, contacts[:2])
+    committed_accounts = _resolve(first, accounts)
+    changelogs: dict[str, dict[bytes, bytes]] = {DEDUPE: {}, CONTACTS: {}}
+    for w in [*committed_contacts.state, *committed_accounts.state]:
+        if w.value is None:
+            changelogs[w.topic].pop(w.key, None)
+        else:
+            changelogs[w.topic][w.key] = w.value
+    assert changelogs[DEDUPE] and changelogs[CONTACTS]
+    successor = _stage(demo, dedupe=True, contacts=True)
+    successor.restore(DEDUPE, 0, changelogs[DEDUPE])
+    successor.restore(CONTACTS, 0, changelogs[CONTACTS])
+    rest = _resolve_contacts(successor, contacts[2:], start=2)
+    assert [r.value["contact_golden_id"] for r in rest.records] == [
+        r.value["contact_golden_id"] for r in expected.records[2:]]
+
+    # Releasing the account partition 0 leaves the contact partition 0 as it is, and the other way round.
+    successor.release(DEDUPE, [0])
+    again = _resolve_contacts(successor, contacts[4:], start=4)
+    assert again.decisions.get(("contact", "updated")) == 1, "the contact state of partition 0 is still there"
+    successor.release(CONTACTS, [0])
+    fresh = _resolve_contacts(successor, contacts[4:], start=5)
+    assert fresh.decisions.get(("contact", "founded")) == 1, "after its release the contact is new to the partition"

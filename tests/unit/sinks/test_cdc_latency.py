@@ -83,7 +83,7 @@ def test_an_account_change_keeps_its_commit_header_through_deduplication() -> No
 
     cfg = load_config(DEMO)
     stage = _stage(cfg, None)
-    stage.restore(0, {})
+    stage.restore(DEDUPE, 0, {})
     a, b = _accounts(cfg, 2)
     header = [(SOURCE_COMMIT_HEADER, b"1700000000123")]
     out = stage.process([InRecord(DEDUPE, 0, 0, b"ao", a, b"", header), InRecord(DEDUPE, 0, 1, b"ao", b, b"")])

@@ -12,7 +12,14 @@ import re
 
 import pytest
 
-from crmflow.entities import ENTITY_NAMES, METADATA_FIELDS, business_fields, column_type, id_field
+from crmflow.entities import (
+    ENTITY_NAMES,
+    METADATA_FIELDS,
+    STORED_DEDUPE_FIELDS,
+    business_fields,
+    column_type,
+    id_field,
+)
 from sinks.postgres.migrate import load_migrations
 from sinks.postgres.tables import TABLES
 
@@ -71,7 +78,7 @@ def test_each_entity_table_has_exactly_the_contract_fields(entity: str) -> None:
     own = id_field(entity)
     expected = {"external_id": "text"} | STORED_CHANGE_FIELDS | {
         f: column_type(entity, f) for f in (*business_fields(entity), *METADATA_FIELDS) if f != own
-    }
+    } | dict.fromkeys(STORED_DEDUPE_FIELDS.get(entity, ()), "text")
     extra = TARGET_COLUMNS | (CHILD_COLUMNS if table.is_child else frozenset())
     contract_columns = {name: sql for name, sql in columns.items() if name not in extra}
     assert sorted(set(expected) - set(contract_columns)) == [], f"crm.{table.table}: columns missing from the SQL"
@@ -83,10 +90,16 @@ def test_each_entity_table_has_exactly_the_contract_fields(entity: str) -> None:
 def test_the_sink_writes_every_contract_field(entity: str) -> None:
     stored = {c.name for c in TABLES[entity].columns if c.stored}
     own = id_field(entity)
-    assert stored == {"external_id", *METADATA_FIELDS, *STORED_CHANGE_FIELDS,
+    assert stored == {"external_id", *METADATA_FIELDS, *STORED_CHANGE_FIELDS, *STORED_DEDUPE_FIELDS.get(entity, ()),
                       *(f for f in business_fields(entity) if f != own)}
 
 
 def test_the_parser_sees_the_identifiers_of_migration_0006() -> None:
     accounts = final_columns()["accounts"]
     assert {"national_id", "tax_id", "legacy_account_number", "company_registration_number"} <= set(accounts)
+
+
+def test_migration_0009_stores_the_golden_contact_id() -> None:
+    tables = final_columns()
+    assert tables["contacts"]["contact_golden_id"] == "text"
+    assert tables["golden_merges"]["entity"] == "text", "the merge log names the entity of each absorbed id"
