@@ -28,6 +28,11 @@ def summary_lines(summary: dict[str, Any], config: str) -> list[str]:
         landed = account["inserted"] + account["updated"] + account["unchanged"]
         lines.append(f"deduplication: {landed:,} source accounts became {account['golden']:,} golden accounts "
                      f"({account['merged']:,} merged; evidence in xref, golden_merges)")
+    contact = summary["entities"].get("contact")
+    if contact is not None and contact.get("golden") is not None:
+        landed = contact["inserted"] + contact["updated"] + contact["unchanged"]
+        lines.append(f"deduplication: {landed:,} source contacts became {contact['golden']:,} golden contacts "
+                     f"({contact['merged']:,} merged)")
     flagged = {e: c for e, c in summary["entities"].items() if c.get("flagged")}
     for entity, c in flagged.items():
         flags = ", ".join(f"{f} {n:,}" for f, n in c["flagged"].items())

@@ -35,10 +35,15 @@ def integrity_issues(reader: TargetReader, cfg: Any) -> Iterator[Discrepancy]:
                               f"row id {r['target_id']} does not exist", "xref points to a row")
         # An account's entry names its golden record (or its own row); a child's names its own row and
         # carries the golden id of that row.
-        broken = (
-            "t.external_id is distinct from coalesce(x.golden_id, x.source_id)" if not t.is_child
-            else "(t.external_id <> x.source_id or x.golden_id is distinct from t.golden_id)"
-        )
+        # A golden contact's (contact dedupe) names its golden contact's row and carries that golden contact id.
+        if not t.is_child:
+            broken = "t.external_id is distinct from coalesce(x.golden_id, x.source_id)"
+        elif t.golden_field:
+            own = f"t.{t.golden_field}"
+            broken = (f"(t.external_id is distinct from coalesce({own}, x.source_id) "
+                      f"or x.golden_id is distinct from coalesce({own}, t.golden_id))")
+        else:
+            broken = "(t.external_id <> x.source_id or x.golden_id is distinct from t.golden_id)"
         for r in reader.fetch(
             f"select x.source_id, x.golden_id, t.external_id from crm.xref x join crm.{t.table} t "
             f"on t.id = x.target_id where x.entity = %s and {broken} limit {LIMIT}",
@@ -69,12 +74,14 @@ def integrity_issues(reader: TargetReader, cfg: Any) -> Iterator[Discrepancy]:
                 yield Discrepancy("integrity", t.entity, str(r["external_id"]), "account_id",
                                   f"account row {r['target_id']}", f"account row {r['account_id']}",
                                   "child linked to its parent's golden record")
-    for r in reader.fetch(
-        "select m.absorbed_golden_id, m.survivor_golden_id from crm.golden_merges m "
-        f"join crm.accounts a on a.external_id = m.absorbed_golden_id limit {LIMIT}"
-    ):
-        yield Discrepancy("integrity", "account", str(r["absorbed_golden_id"]), "golden_id",
-                          f"merged into {r['survivor_golden_id']}", "row still present", "golden merges applied")
+    for entity, table in (("account", "accounts"), ("contact", "contacts")):
+        for r in reader.fetch(
+            f"select m.absorbed_golden_id, m.survivor_golden_id from crm.golden_merges m join crm.{table} a "
+            f"on a.external_id = m.absorbed_golden_id where m.entity = %s limit {LIMIT}",
+            (entity,),
+        ):
+            yield Discrepancy("integrity", entity, str(r["absorbed_golden_id"]), "golden_id",
+                              f"merged into {r['survivor_golden_id']}", "row still present", "golden merges applied")
     for r in reader.fetch(f"select entity, external_id from crm.parked where dead_rule is null limit {LIMIT}"):
         yield Discrepancy("integrity", str(r["entity"]), str(r["external_id"]), "account_id", "an account",
                           "still parked, waiting for its account", "no orphans")

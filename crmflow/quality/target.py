@@ -122,20 +122,23 @@ class TargetReader:
                            f"and {self.live()}", (list(ids),))  # fmt: skip
         return {str(r["external_id"]): r for r in found}
 
-    def account_links(self, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], dict[str, Any]]:
-        """(source, source id) → the account row its xref entry points to, with ``members``: how many xref
-        entries point to that row (a golden record of one member is that member)."""
+    def account_links(self, keys: Sequence[tuple[str, str]],
+                      entity: str = "account") -> dict[tuple[str, str], dict[str, Any]]:
+        """(source, source id) → the ``entity`` row (an account, or a golden contact) its xref entry points to,
+        with ``members``: how many xref entries point to that row (a golden record of one member is that
+        member)."""
         if not keys:
             return {}
         sources = [s for s, _ in keys]
         ids = [i for _, i in keys]
+        table = TABLES[entity].table
         found = self.fetch(
             "with k as (select * from unnest(%s::text[], %s::text[]) as k (source, source_id)) "
-            f"select x.source as _source, x.source_id as _source_id, {self._columns('account')}, "
-            "(select count(*) from crm.xref y where y.entity = 'account' and y.target_id = x.target_id) as members "
-            "from k join crm.xref x on x.entity = 'account' and x.source = k.source and x.source_id = k.source_id "
-            f"left join crm.accounts t on t.id = x.target_id and {self.live()}",
-            (sources, ids),
+            f"select x.source as _source, x.source_id as _source_id, {self._columns(entity)}, "
+            "(select count(*) from crm.xref y where y.entity = %s and y.target_id = x.target_id) as members "
+            "from k join crm.xref x on x.entity = %s and x.source = k.source and x.source_id = k.source_id "
+            f"left join crm.{table} t on t.id = x.target_id and {self.live()}",
+            (sources, ids, entity, entity),
         )
         return {(str(r["_source"]), str(r["_source_id"])): r for r in found}
 

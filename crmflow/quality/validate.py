@@ -7,9 +7,9 @@ chunks, and each chunk is compared with the target rows of the same ids (:mod:`c
   id (expected, neither in the target nor dead-lettered) and every extra id (in the target, not expected)
   is listed.
 - **Accuracy**: field by field, in full or on a seeded random sample of ``sample`` mapped records, with a
-  Wilson bound on the error rate. Dedupe on: a source account is checked through its xref entry; a golden
-  record of one member must equal it, a golden record of several must hold, per field, one of its members'
-  values.
+  Wilson bound on the error rate. Dedupe on: a source account (and, with ``dedupe.contacts``, a source
+  contact) is checked through its xref entry; a golden record of one member must equal it, a golden record
+  of several must hold, per field, one of its members' values.
 - **Per mapping rule**: records each field mapping touched and how many came out wrong.
 - **Consistency and integrity** (set-based SQL over the whole target): see :mod:`crmflow.quality.integrity`.
 
@@ -252,9 +252,16 @@ class Validator:
                                        run_summary=dict(run_summary) if run_summary else None)
         self._rule_names = _rule_names(cfg)
         self._pii = {e: pii_fields(cfg, e) for e in cfg.entities}
-        self._golden_seen: set[str] = set()  # golden ids reached (the first member lands, the others merged)
-        self._clusters: dict[str, dict[str, set[Any]]] = {}  # golden id -> field -> member values
-        self._cluster_size: dict[str, int] = {}
+        # (entity, golden id) reached (the first member lands, the others merged)
+        self._golden_seen: set[tuple[str, str]] = set()
+        # entity -> golden id -> field -> member values
+        self._clusters: dict[str, dict[str, dict[str, set[Any]]]] = {}
+        self._cluster_size: dict[tuple[str, str], int] = {}
+        dedupe = getattr(cfg, "dedupe", None)
+        #: The entities the target holds as golden records: accounts with dedupe on, contacts too with
+        #: ``dedupe.contacts``.
+        self._golden_entities = ({"account", *(["contact"] if getattr(dedupe, "contacts", False) else [])}
+                                 if self.recomputer.dedupe else set())
         self._plans: dict[str, list[tuple[str, RuleCheck, bool]]] = {}
 
     def run(self, progress: Callable[[int], None] | None = None) -> ValidationReport:
@@ -311,9 +318,8 @@ class Validator:
             else:
                 by_entity[e.entity].append(e)
         for entity, records in by_entity.items():
-            golden = entity == "account" and self.recomputer.dedupe
-            if golden:
-                self._check_golden(records, chosen)
+            if entity in self._golden_entities:
+                self._check_golden(entity, records, chosen)
             else:
                 self._check_rows(entity, records, chosen)
 
@@ -387,21 +393,23 @@ class Validator:
 
     # ----------------------------------------------------------------------------------- golden records
 
-    def _check_golden(self, records: list[Expected], chosen: Callable[[Expected], bool]) -> None:
-        check = self.report.entities["account"]
-        links = self.reader.account_links([(e.source, _ident("account", e)) for e in records])
+    def _check_golden(self, entity: str, records: list[Expected], chosen: Callable[[Expected], bool]) -> None:
+        """Records of a deduplicated entity (accounts; contacts with ``dedupe.contacts``): each through its xref
+        entry to its golden record's row."""
+        check = self.report.entities[entity]
+        links = self.reader.account_links([(e.source, _ident(entity, e)) for e in records], entity)
         misses: list[Expected] = []
         reached: list[str] = []
         for e in records:
-            ident = _ident("account", e)
+            ident = _ident(entity, e)
             link = links.get((e.source, ident))
             if link is None or link.get("external_id") is None:
                 misses.append(e)
                 continue
             gid = str(link["external_id"])
-            first = gid not in self._golden_seen
+            first = (entity, gid) not in self._golden_seen
             if first:
-                self._golden_seen.add(gid)
+                self._golden_seen.add((entity, gid))
                 reached.append(gid)
             size = int(link["members"])
             if first:
@@ -411,23 +419,28 @@ class Validator:
             assert e.record is not None
             if size == 1:
                 if chosen(e):
-                    self._compare("account", gid, {**e.record, "golden_id": gid}, link)
+                    self._compare(entity, gid, {**e.record, "golden_id": gid} if entity == "account" else e.record,
+                                  link)
                 continue
-            self._cluster_size[gid] = size
-            values = self._clusters.setdefault(gid, {})
-            for f in _compared_fields("account"):
+            self._cluster_size[(entity, gid)] = size
+            values = self._clusters.setdefault(entity, {}).setdefault(gid, {})
+            for f in _compared_fields(entity):
                 values.setdefault(f, set()).add(normalise(e.record.get(f)))
-        self.reader.add_seen("account", reached)
+        self.reader.add_seen(entity, reached)
         if misses:
-            self._missing_or_rejected("account", misses)
+            self._missing_or_rejected(entity, misses)
 
     def _check_clusters(self) -> None:
+        for entity, clusters in self._clusters.items():
+            self._check_entity_clusters(entity, clusters)
+
+    def _check_entity_clusters(self, entity: str, clusters: dict[str, dict[str, set[Any]]]) -> None:
         """Each multi-member golden record holds, per field, a value one of its members has (or null)."""
-        if not self._clusters:
+        if not clusters:
             return
-        check = self.report.entities["account"]
-        rows = self.reader.rows_by_external_id("account", list(self._clusters))
-        for gid, values in self._clusters.items():
+        check = self.report.entities[entity]
+        rows = self.reader.rows_by_external_id(entity, list(clusters))
+        for gid, values in clusters.items():
             row = rows.get(gid)
             if row is None:
                 continue
@@ -439,9 +452,9 @@ class Validator:
                     continue  # lineage of whichever member last changed the golden record
                 if got is not None and got not in allowed:
                     wrong = True
-                    pii = f in self._pii["account"]
+                    pii = f in self._pii[entity]
                     shown = ", ".join(sorted(str(display(v, f, pii)) for v in allowed if v is not None)[:3])
-                    self.report.add(Discrepancy("golden", "account", gid, f, f"one of its members' values: {shown}",
+                    self.report.add(Discrepancy("golden", entity, gid, f, f"one of its members' values: {shown}",
                                                 display(got, f, pii), "golden record survivorship"))
             if not wrong:
                 check.accurate += 1

@@ -22,9 +22,10 @@ class EntityWriteCounts:
     updated: int = 0
     unchanged: int = 0
     golden: int | None = None
-    """Accounts with deduplication: how many golden accounts the run's source accounts are in."""
+    """Accounts (and contacts, with ``dedupe.contacts``) with deduplication: how many golden records the run's
+    source records are in."""
     merged: int = 0
-    """Source accounts folded into another record's golden account (delivered - golden)."""
+    """Source records folded into another record's golden record (delivered - golden)."""
     flagged_records: int = 0
     """Delivered records whose target row carries a quality flag (a value nulled or kept as flagged)."""
     flagged_values: dict[str, int] = field(default_factory=dict)
@@ -36,6 +37,13 @@ _GOLDEN = (
     "select count(*), count(distinct x.golden_id) from crm.deliveries d join crm.xref x "
     "on (x.entity, x.source, x.source_id) = (d.entity, d.source, d.source_id) "
     "where d.run_id = %s and d.entity = 'account' and x.golden_id is not null"
+)
+# Golden contacts: the source contacts whose row is a golden contact's, and how many golden contacts.
+_GOLDEN_CONTACTS = (
+    "select count(*), count(distinct t.contact_golden_id) from crm.deliveries d join crm.xref x "
+    "on (x.entity, x.source, x.source_id) = (d.entity, d.source, d.source_id) "
+    "join crm.contacts t on t.id = x.target_id "
+    "where d.run_id = %s and d.entity = 'contact' and t.contact_golden_id is not null"
 )
 _FLAGS = (
     "select f.flag, count(*) from crm.deliveries d join crm.xref x "
@@ -69,8 +77,8 @@ def run_counts(dsn: PostgresConnection | str, schema: str, run_id: str) -> dict[
             outcomes[str(entity)][str(outcome)] = int(n)
         for entity, by_outcome in outcomes.items():
             golden, merged = None, 0
-            if entity == "account":
-                row = conn.execute(q(_GOLDEN), (run_id,)).fetchone()
+            if entity in ("account", "contact"):
+                row = conn.execute(q(_GOLDEN if entity == "account" else _GOLDEN_CONTACTS), (run_id,)).fetchone()
                 if row is not None and row[0]:
                     golden, merged = int(row[1]), int(row[0]) - int(row[1])
             table = tables[entity].table

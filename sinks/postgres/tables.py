@@ -411,7 +411,7 @@ class EntityTable:
             for c in self.columns
         )
         joined = (
-            f"joined as (select {cols}, c._target, c._account_id as account_id from latest l "
+            f"joined as (select l.seq, {cols}, c._target, c._account_id as account_id from latest l "
             "join cand c on c.seq = l.seq "
             "where c._account_id is not null and not exists (select 1 from refused r where r.seq = l.seq))"
         )
@@ -704,7 +704,7 @@ CONTACT_MERGE_GOLDENS_SQL = (
     "left join crm.contacts g on g.external_id = m.final "
     "left join crm.contacts a on a.external_id = m.absorbed "
     "and (a.system is null or a.system = %(system)s::text)), "
-    "heir as (select distinct on (final) final, old_id as heir_id from found "
+    "heir as (select distinct on (final) final, absorbed as heir_of, old_id as heir_id from found "
     "where not final_exists and old_id is not null order by final, absorbed), "
     "pairs as (select f.*, coalesce(case when f.final_ours then f.final_id end, h.heir_id) as new_id from found f "
     "left join heir h using (final) where f.old_id is not null), "
@@ -713,6 +713,10 @@ CONTACT_MERGE_GOLDENS_SQL = (
     "from heir h where c.id = h.heir_id returning c.id), "
     "heir_xref as (update crm.xref x set golden_id = h.final, updated_at = now() from heir h "
     "where x.entity = 'contact' and x.target_id = h.heir_id and x.golden_id is distinct from h.final), "
+    # The renamed row's versions follow it, so a rollback of the run that inserted it still deletes it.
+    "heir_versions as (update crm.row_versions v set external_id = h.final from heir h "
+    "where v.entity = 'contact' and v.external_id = h.heir_of and not exists (select 1 from crm.row_versions w "
+    "where w.run_id = v.run_id and w.entity = 'contact' and w.external_id = h.final)), "
     "contact_xref as (update crm.xref x set target_id = p.new_id, golden_id = p.final, updated_at = now() "
     "from moving p where x.entity = 'contact' and x.target_id = p.old_id returning 1), "
     "gone as (delete from crm.contacts c using moving p where c.id = p.old_id returning 1), "

@@ -27,6 +27,7 @@ from crmflow.settings import stack_settings
 
 REPO = Path(__file__).resolve().parents[2]
 DEMO_CONFIG = REPO / "deploy" / "demo" / "crmflow.yaml"
+HARD_CONFIG = REPO / "deploy" / "demo" / "crmflow-hard.yaml"
 TABLES = {"account": ("accounts", "customer_id"), "contact": ("contacts", "contact_id"),
           "sale": ("sales", "sale_id"), "case": ("cases", "case_id")}
 
@@ -43,26 +44,26 @@ class Dataset:
         return [t for t in self.truth if t["outcome"] == "reject"]
 
 
-def _dataset(root: Path, customers: int, seed: int) -> Dataset:
-    generate(root, customers, seed)
+def _dataset(root: Path, customers: int, seed: int, noise: str = "default") -> Dataset:
+    generate(root, customers, seed, noise_profile="hard" if noise == "hard" else "default")
     with (root / "truth.jsonl").open() as fh:
         truth = [json.loads(line) for line in fh]
     return Dataset(root, truth)
 
 
-def _shared_dataset(factory: pytest.TempPathFactory, customers: int, seed: int) -> Dataset:
+def _shared_dataset(factory: pytest.TempPathFactory, customers: int, seed: int, noise: str = "default") -> Dataset:
     """The data set, generated once for all xdist workers of this run (in their common temporary directory,
     under a lock; read-only afterwards), or once per session without xdist."""
     if "PYTEST_XDIST_WORKER" not in os.environ:
-        return _dataset(factory.mktemp(f"demo-{customers}"), customers, seed)
-    root = factory.getbasetemp().parent / f"demo-{customers}-{seed}"
-    with (factory.getbasetemp().parent / f"demo-{customers}-{seed}.lock").open("w") as lock:
+        return _dataset(factory.mktemp(f"{noise}-{customers}"), customers, seed, noise)
+    root = factory.getbasetemp().parent / f"{noise}-{customers}-{seed}"
+    with (factory.getbasetemp().parent / f"{noise}-{customers}-{seed}.lock").open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
         done = root.with_name(f"{root.name}.complete")  # beside it: the data set's directory holds its files only
         if not done.exists():
             shutil.rmtree(root, ignore_errors=True)  # a worker that died half-way
             root.mkdir()
-            _dataset(root, customers, seed)
+            _dataset(root, customers, seed, noise)
             done.touch()
     with (root / "truth.jsonl").open() as fh:
         return Dataset(root, [json.loads(line) for line in fh])
@@ -71,6 +72,13 @@ def _shared_dataset(factory: pytest.TempPathFactory, customers: int, seed: int) 
 @pytest.fixture(scope="session")
 def small_dataset(tmp_path_factory: pytest.TempPathFactory) -> Dataset:
     return _shared_dataset(tmp_path_factory, 3000, 11)
+
+
+@pytest.fixture(scope="session")
+def hard_dataset(tmp_path_factory: pytest.TempPathFactory) -> Dataset:
+    """The hard noise profile (``crmflow demo-data --noise hard``): duplicate accounts and contacts that only
+    names, addresses, dates and ids link, with a truth cluster for every contact."""
+    return _shared_dataset(tmp_path_factory, 1500, 13, "hard")
 
 
 @pytest.fixture(scope="session")
@@ -138,6 +146,18 @@ def target_copy(tmp_path: Path, pg_dsn_factory: Callable[..., str]) -> Callable[
 
 
 @pytest.fixture(scope="session")
+def hard_dedupe_migration(hard_dataset: Dataset, tmp_path_factory: pytest.TempPathFactory,
+                          session_pg_dsn_factory: Callable[..., str]) -> Run:
+    """One uninterrupted ``crmflow migrate --workers 2`` of the hard data set with the hard config (dedupe on,
+    contacts too, one dedupe partition), shared by the tests that only read it."""
+    run = _run_maker(tmp_path_factory.mktemp("hard-migration"), session_pg_dsn_factory)(
+        hard_dataset, dedupe=True, base=HARD_CONFIG)
+    done = run.cli("migrate", "-c", str(run.config), "--workers", "2", "--json")
+    assert done.returncode == 0, done.stderr[-3000:]
+    return run
+
+
+@pytest.fixture(scope="session")
 def dedupe_migration(small_dataset: Dataset, tmp_path_factory: pytest.TempPathFactory,
                      session_pg_dsn_factory: Callable[..., str]) -> Run:
     """One uninterrupted ``crmflow migrate --workers 2`` of the small data set with deduplication on, shared
@@ -152,8 +172,8 @@ def dedupe_migration(small_dataset: Dataset, tmp_path_factory: pytest.TempPathFa
 
 def _run_maker(tmp_path: Path, pg_dsn_factory: Callable[[], str]) -> Callable[..., Run]:
     def make(dataset: Dataset, patch: Callable[[dict[str, Any]], None] | None = None, suffix: str = "",
-             dedupe: bool = False) -> Run:
-        raw = yaml.safe_load(DEMO_CONFIG.read_text())
+             dedupe: bool = False, base: Path = DEMO_CONFIG) -> Run:
+        raw = yaml.safe_load(base.read_text())
         raw["dedupe"]["enabled"] = dedupe
         tag = uuid.uuid4().hex[:8]
         prefix, name = f"e2e-{tag}", f"e2e{tag}"

@@ -1,13 +1,17 @@
-"""Deduplication end to end: golden accounts in the target, and the clusters survive a SIGKILL of the processor.
+"""Deduplication end to end: golden accounts and golden contacts in the target, and the clusters survive a
+SIGKILL of the processor.
 
-The clusters are read back from the target (crm.xref: every source account → its golden id) and scored
-pairwise against the generator's truth clusters; a processor killed mid-run and restarted recovers its
-state from the changelog topic and must end with the same clusters as an uninterrupted run (the session's
-``dedupe_migration``).
+The clusters are read back from the target (crm.xref: every source account, every source contact → its golden
+id) and scored pairwise against the generator's truth clusters; a processor killed mid-run and restarted
+recovers its state from the changelog topics and must end with the same clusters as an uninterrupted run (the
+session's ``dedupe_migration``, and ``hard_dedupe_migration`` for contacts). The hard profile's contact
+clusters must also be exactly what the contact matcher alone makes of the same clean contacts in the order the
+processor read them (its dedupe topic).
 """
 
 from __future__ import annotations
 
+import json
 import time
 from collections import defaultdict
 from collections.abc import Callable
@@ -17,25 +21,66 @@ import psycopg
 import pytest
 from confluent_kafka.schema_registry import SchemaRegistryClient
 
-from crmflow.config import load_config
+from crmflow.config import MigrationConfig, load_config
 from crmflow.pipeline.migrate import drain_sink, prepare
 from crmflow.pipeline.services import Service, group_lag, wait_drained
 from crmflow.stack import Endpoints
+from processors.dedupe import Deduper
 from processors.dedupe.quality import pairwise_scores
+from processors.service import build_stage
 from producers.snapshot import run_snapshot
-from tests.e2e.conftest import Dataset, Run, assert_target_matches_truth
+from tests.e2e.conftest import HARD_CONFIG, Dataset, Run, assert_target_matches_truth
+from tests.e2e.test_exactly_once import read_topics
 
 pytestmark = pytest.mark.e2e
 
 
-def golden_of(dsn: str) -> dict[str, str]:
-    """Source customer id → golden id, as the target's cross-reference says."""
+def golden_of(dsn: str, entity: str = "account") -> dict[str, str]:
+    """Source customer (or contact) id → golden id, as the target's cross-reference says."""
     with psycopg.connect(dsn) as conn:
         try:
-            rows = conn.execute("select source_id, golden_id from crm.xref where entity = 'account'").fetchall()
+            rows = conn.execute("select source_id, golden_id from crm.xref where entity = %s", (entity,)).fetchall()
         except psycopg.errors.UndefinedTable:
             return {}
     return {str(s): str(g) for s, g in rows}
+
+
+def assert_golden_contacts(dsn: str, dataset: Dataset) -> dict[str, str]:
+    """One contact row per golden contact id (its external id), every source contact cross-referenced to its
+    golden contact's row, every row on the account its parent's cross-reference names; returns source contact
+    → golden contact id."""
+    truth = {t["source_key"] for t in dataset.ok("contact")}
+    golden = golden_of(dsn, "contact")
+    missing, extra = sorted(truth - set(golden)), sorted(set(golden) - truth)
+    assert not missing and not extra, f"contact xref: {len(missing)} missing {missing[:5]}, {len(extra)} extra"
+    with psycopg.connect(dsn) as conn:
+        rows = conn.execute("select external_id, contact_golden_id from crm.contacts").fetchall()
+        assert sorted(e for e, _ in rows) == sorted(set(golden.values())), "one contact row per golden contact id"
+        assert all(e == g for e, g in rows), "a golden contact's row carries its golden contact id"
+        wrong = conn.execute(
+            "select count(*) from crm.xref x left join crm.contacts c on c.id = x.target_id "
+            "where x.entity = 'contact' and (c.id is null or c.external_id <> x.golden_id)").fetchone()
+        assert wrong == (0,), "every contact cross-reference points at its golden contact's row"
+        parents = conn.execute(
+            "select count(*), count(*) filter (where a.external_id is distinct from x.golden_id "
+            "or c.golden_id is distinct from x.golden_id) from crm.contacts c join crm.accounts a on a.id = c.account_id "
+            "left join crm.xref x on x.entity = 'account' and x.source_id = c.customer_id").fetchone()
+        assert parents == (len(rows), 0), "every golden contact on its parent's golden account"
+    return golden
+
+
+def matcher_contact_clusters(run: Run, endpoints: Endpoints, registry_client: SchemaRegistryClient,
+                             cfg: MigrationConfig) -> dict[str, str]:
+    """Source contact → golden contact id, as the contact matcher alone makes it of the clean contacts the
+    processor read, in the order it read them (its one dedupe partition, committed records only)."""
+    assert cfg.dedupe is not None
+    topic = cfg.kafka.dedupe_topic("contact")
+    decoder = build_stage(cfg, registry_client).decoder(topic)  # opens sealed values, as the processor does
+    values = read_topics(endpoints, [topic])[topic]
+    deduper = Deduper(cfg.dedupe.matcher().for_contacts())
+    for i, raw in enumerate(values):
+        deduper.process(decoder.decode(raw, origin=f"{topic}@{i}"))
+    return dict(deduper.state.clusters)
 
 
 def partition(assignment: dict[str, str]) -> set[frozenset[str]]:
@@ -74,13 +119,16 @@ def assert_golden_target(dsn: str, dataset: Dataset) -> dict[str, float]:
 
 
 def _migrate_killing_the_processor(run: Run, dataset: Dataset, endpoints: Endpoints,
-                                   registry_client: SchemaRegistryClient, tmp_path: Path, engine: str) -> None:
+                                   registry_client: SchemaRegistryClient, tmp_path: Path, engine: str,
+                                   entity: str = "account") -> None:
+    """Migrate with the processor SIGKILLed once a quarter of ``entity``'s source records have their golden
+    record in the target, and restarted at once."""
     cfg = load_config(run.config)
     prepare(cfg, endpoints, registry_client, run.target_dsn)
     run_snapshot(cfg, kafka=endpoints.kafka, registry_client=registry_client,
                  state_dir=tmp_path / f"state-{run.prefix}")
     group = f"crmflow-process-{cfg.kafka.topic_prefix}"
-    topics = [cfg.kafka.raw_topic(s) for s in cfg.sources] + [cfg.kafka.dedupe_topic("account")]
+    topics = [cfg.kafka.raw_topic(s) for s in cfg.sources] + [cfg.kafka.dedupe_topic(e) for e in ("account", "contact")]
 
     def start(name: str, n: int) -> Service:
         args = (["process", "-c", str(run.config), "--metrics-port", "0", "--batch-size", "200", "--engine", engine]
@@ -91,10 +139,10 @@ def _migrate_killing_the_processor(run: Run, dataset: Dataset, endpoints: Endpoi
     services = [processor, sink]
     try:
         deadline = time.monotonic() + 300
-        accounts = len(dataset.ok("account"))
-        # Kill once golden records of a quarter of the accounts are in the target: the deduper has by
+        records = len(dataset.ok(entity))
+        # Kill once golden records of a quarter of the records are in the target: the deduper has by
         # then sent (and mostly committed) part of its input, and its state is partly in the changelog.
-        while len(golden_of(run.target_dsn)) < accounts // 4:
+        while len(golden_of(run.target_dsn, entity)) < records // 4:
             for s in services:
                 s.sample()
             assert time.monotonic() < deadline, "the deduper sent nothing in time"
@@ -140,3 +188,57 @@ def test_killing_the_processor_mid_run_yields_the_same_clusters(
     assert_target_matches_truth(killed.target_dsn, small_dataset, entities=("contact", "sale", "case"))
     assert partition(golden_of(killed.target_dsn)) == partition(golden_of(dedupe_migration.target_dsn))
     assert golden_of(killed.target_dsn) == golden_of(dedupe_migration.target_dsn), "golden ids are the founders' ids"
+    # Contacts are resolved in the stream too (dedupe.contacts, the default): the demo profile has no duplicate
+    # contact, so each stays its own golden contact, through the kill as without it.
+    contacts = assert_golden_contacts(killed.target_dsn, small_dataset)
+    assert contacts == golden_of(dedupe_migration.target_dsn, "contact") == {c: c for c in contacts}
+
+
+def test_demo_profile_contacts_are_each_their_own_golden_contact(small_dataset: Dataset,
+                                                                 dedupe_migration: Run) -> None:
+    """No duplicate contacts in the demo profile: none merged, every contact lands once with its own values."""
+    contacts = assert_golden_contacts(dedupe_migration.target_dsn, small_dataset)
+    assert contacts == {c: c for c in contacts}, "no contact merged"
+    assert_target_matches_truth(dedupe_migration.target_dsn, small_dataset, entities=("contact",))
+    with psycopg.connect(dedupe_migration.target_dsn) as conn:
+        assert conn.execute("select count(*) from crm.golden_merges where entity = 'contact'").fetchone() == (0,)
+
+
+def test_hard_profile_contacts_resolve_in_the_stream_as_the_matcher_alone_does(
+    hard_dataset: Dataset, hard_dedupe_migration: Run, endpoints: Endpoints, registry_client: SchemaRegistryClient,
+    tmp_path: Path,
+) -> None:
+    run = hard_dedupe_migration
+    cfg = load_config(run.config)
+    golden = assert_golden_contacts(run.target_dsn, hard_dataset)
+    alone = matcher_contact_clusters(run, endpoints, registry_client, cfg)
+    assert golden == alone, "the stream's contact clusters and golden ids are the matcher's on the same records"
+    truth = {t["source_key"]: t["cluster"] for t in hard_dataset.ok("contact")}
+    scores = pairwise_scores(golden, truth)
+    assert scores.precision >= 0.99, scores
+    assert len(set(golden.values())) < len(golden), "the hard profile has duplicate contacts to merge"
+    assert scores.correct_pairs > 0, scores
+    with psycopg.connect(run.target_dsn) as conn:
+        evidence = conn.execute("select count(*) from crm.xref where entity = 'contact' and evidence is not null"
+                                ).fetchone()
+    assert evidence is not None and evidence[0] >= len(golden) - len(set(golden.values())), "merges carry evidence"
+    # What reads the target agrees: validate finds every source contact through its golden contact.
+    done = run.cli("validate", "-c", str(run.config), "--json", "--out", str(tmp_path))
+    report = json.loads(done.stdout)
+    assert done.returncode == 0, (report["reasons"], report["discrepancies"][:5])
+    contact = report["entities"]["contact"]
+    assert contact["missing"] == 0 and contact["merged"] == len(golden) - len(set(golden.values())), contact
+
+
+def test_killing_the_processor_mid_run_yields_the_same_contact_clusters(
+    hard_dataset: Dataset, run_factory: Callable[..., Run], endpoints: Endpoints,
+    registry_client: SchemaRegistryClient, tmp_path: Path, hard_dedupe_migration: Run,
+) -> None:
+    killed = run_factory(hard_dataset, dedupe=True, base=HARD_CONFIG)
+    _migrate_killing_the_processor(killed, hard_dataset, endpoints, registry_client, tmp_path, "batch", "contact")
+    golden = assert_golden_contacts(killed.target_dsn, hard_dataset)
+    cfg = load_config(killed.config)
+    assert golden == matcher_contact_clusters(killed, endpoints, registry_client, cfg), (
+        "restored from the changelog, the contact deduper decided as if never killed")
+    assert partition(golden) == partition(golden_of(hard_dedupe_migration.target_dsn, "contact"))
+    assert golden == golden_of(hard_dedupe_migration.target_dsn, "contact")
