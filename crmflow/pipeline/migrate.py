@@ -62,8 +62,8 @@ class EntityCounts:
     ``inserted``/``updated``/``unchanged`` count source records by what their delivery did to the target
     (a re-run of the same data is all unchanged). With deduplication every source account (and contact, with
     ``dedupe.contacts``) is counted (each has its cross-reference); ``golden`` is how many target accounts
-    (contacts) they became and ``merged`` how many were folded into another record's golden record. ``flagged`` counts values the cleansing nulled or
-    kept with a quality flag, by flag."""
+    (contacts) they became and ``merged`` how many were folded into another record's golden record.
+    ``flagged`` counts values the cleansing nulled or kept with a quality flag, by flag."""
 
     read: int = 0
     inserted: int = 0

@@ -63,7 +63,8 @@ def assert_golden_contacts(dsn: str, dataset: Dataset) -> dict[str, str]:
         assert wrong == (0,), "every contact cross-reference points at its golden contact's row"
         parents = conn.execute(
             "select count(*), count(*) filter (where a.external_id is distinct from x.golden_id "
-            "or c.golden_id is distinct from x.golden_id) from crm.contacts c join crm.accounts a on a.id = c.account_id "
+            "or c.golden_id is distinct from x.golden_id) from crm.contacts c "
+            "join crm.accounts a on a.id = c.account_id "
             "left join crm.xref x on x.entity = 'account' and x.source_id = c.customer_id").fetchone()
         assert parents == (len(rows), 0), "every golden contact on its parent's golden account"
     return golden
