@@ -24,6 +24,13 @@ upsert one statement re-points the absorbed rows' contacts, sales, cases and xre
 survivor's row, deletes the absorbed rows and logs each merge in ``crm.golden_merges``. Accounts without a
 golden id (dedupe off) are written exactly as before: one row per ``customer_id``.
 
+Golden contacts (contact dedupe: contacts carry a ``contact_golden_id``) go through the same plan:
+``crm.contacts`` holds one row per golden contact id, on the account of the golden record's parent, every
+source contact with an account upserts its xref entry to that row (with its evidence), one without is parked
+on its own, and absorbed golden contacts are merged into their survivor's row (when the survivor has no row
+yet, the absorbed row is renamed to it). Parked golden contacts staged again later follow the merges made
+meanwhile (:attr:`~sinks.postgres.tables.EntityTable.restage_absorbed_sql`).
+
 Re-delivering records changes nothing: the upsert skips rows whose values are equal, so ``updated_at``
 stays, and a merge already applied finds no absorbed row left to move. When a whole-entity statement fails
 on a record the database refuses (check constraint, value it cannot store), the sink retries that

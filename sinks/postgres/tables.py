@@ -24,6 +24,12 @@ take the parent's golden id when they have none of their own. A batch without an
 with :attr:`EntityTable.plain_merge_sql` (one row and one xref entry per latest record, as before golden
 records existed). :data:`GOLDEN_CHAINS_SQL` and :data:`MERGE_GOLDENS_SQL` are the two statements of
 cluster merges (see :mod:`sinks.postgres.sink`).
+
+Contacts with contact dedupe (``contact_golden_id``, :attr:`EntityTable.golden_field`) are golden records
+too: the row of a contact is ``coalesce(contact_golden_id, contact_id)``, written from the latest staged
+record of the cluster, and every source contact's xref entry points to it (its ``golden_id`` the golden
+contact id, with the match evidence); the row's own ``golden_id`` stays the parent account's.
+:data:`CONTACT_MERGE_GOLDENS_SQL` merges absorbed golden contacts.
 """
 
 from __future__ import annotations
@@ -416,9 +422,12 @@ class EntityTable:
             "where c._account_id is not null and not exists (select 1 from refused r where r.seq = l.seq))"
         )
         if golden:
-            # One row per golden contact: the cluster's latest record whose golden id is current writes it.
-            rows = ["rows as (select distinct on (_target) * from joined where _stale is not true "
-                    "order by _target, seq desc)"]
+            # One row per golden contact: the cluster's latest record whose golden id is current writes it. A record
+            # whose golden id was absorbed (``_stale``) writes it only while the survivor has no row at all (its
+            # own records parked, waiting for their account): the cluster then has its row, and theirs update it.
+            rows = ["rows as (select distinct on (_target) * from joined j where _stale is not true "
+                    f"or not exists (select 1 from {s}.{self.table} t where t.external_id = j._target) "
+                    "order by _target, (_stale is not true) desc, seq desc)"]
             upsert = self._upsert(insert_cols, select_cols, self._source("rows", "j", "_target"), sets, changed)
             versions = self._versions_sql("rows l on l._target = up.external_id")
             xref = self._xref(

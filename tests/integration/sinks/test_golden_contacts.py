@@ -168,3 +168,20 @@ def test_a_contact_delete_removes_its_golden_contact_as_an_account_delete_does(
     gone = records.contact(1, 1, deleted=True, source_lsn=100)
     sink.write_batch(batch(records, "contact", [gone], first_offset=2))
     assert contact_rows(query, dsn) == [] and contact_xref(query, dsn) == []
+
+
+def test_a_stale_member_writes_its_survivors_row_while_the_survivors_own_records_wait(
+    sink: PostgresSink, query: Query, records: Any
+) -> None:
+    dsn = sink._dsn
+    # K2 waits for C9; K1 absorbs K2's cluster and waits for C8: the merge is logged, neither has a row.
+    sink.write_batch(batch(records, "contact", [golden_contact(records, 2, 2, 9)]))
+    sink.write_batch(batch(records, "contact", [golden_contact(records, 1, 1, 8, 2, merged=(2,))], first_offset=1))
+    assert query(dsn, "select count(*) from crm.parked") == [(2,)]
+    sink.write_batch(_accounts(records, 9))  # K2 lands, on its survivor's row (no row of K1 yet)
+    assert contact_rows(query, dsn) == [(kid(1), kid(1), cid(9), "Gold2 V1", cid(9))]
+    sink.write_batch(_accounts(records, 8))  # K1 lands and takes its row over
+    assert contact_rows(query, dsn) == [(kid(1), kid(1), cid(8), "Gold1 V2", cid(8))]
+    assert [(s, row, g) for s, row, g, _ in contact_xref(query, dsn)] == [(kid(1), kid(1), kid(1)),
+                                                                        (kid(2), kid(1), kid(1))]
+    assert query(dsn, "select count(*) from crm.parked") == [(0,)]
