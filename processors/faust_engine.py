@@ -5,9 +5,9 @@ transactional runtime runs) in one agent over the raw topics and, with deduplica
 per batch (``noack_take``: events are NOT acknowledged when taken) it decodes, calls
 ``stage.process``, sends the outputs, the state writes (each to its state topic's compacted changelog, the
 same ones the default runtime uses) and the dead letters through faust's producer, waits until Kafka
-acknowledged every send, and only then acks the events. That is at-least-once, not exactly-once: a crash between the sends and the
-commit re-processes the batch (the sink's upsert by external id absorbs it; the mapped topics may then
-hold a record twice). faust's own consumer does not hold to that ordering around rebalances;
+acknowledged every send, and only then acks the events. That is at-least-once, not exactly-once: a crash
+between the sends and the commit re-processes the batch (the sink's upsert by external id absorbs it; the
+mapped topics may then hold a record twice). faust's own consumer does not hold to that ordering around rebalances;
 :mod:`processors.acks` makes it (only confirmed acks count, events come in offset order).
 
 faust is not allowed to take over logging (``override_logging`` off, no ``Worker`` log setup): the CLI's
