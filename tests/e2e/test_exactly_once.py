@@ -41,6 +41,7 @@ from crmflow.pipeline.migrate import drain_sink, prepare, processor_topics
 from crmflow.pipeline.services import Service, group_lag, wait_drained
 from crmflow.serialization import AvroDecoder
 from crmflow.stack import Endpoints
+from processors.service import dedupe_entities
 from producers.snapshot import run_snapshot
 from tests.e2e.conftest import Dataset, Run, assert_target_matches_truth
 from tests.e2e.test_dedupe import assert_golden_target, golden_of
@@ -63,7 +64,7 @@ class Audit:
     """One read of the processor's inputs and outputs, every record counted by where it came from."""
 
     raw: Counter[str] = field(default_factory=Counter)  # raw records by position (file:line)
-    dedupe_in: Counter[str] = field(default_factory=Counter)  # clean accounts on the dedupe topic
+    dedupe_in: Counter[str] = field(default_factory=Counter)  # clean accounts (and contacts) on the dedupe topics
     first: Counter[str] = field(default_factory=Counter)  # outputs of raw records, by source position
     second: Counter[str] = field(default_factory=Counter)  # outputs of dedupe-topic records
     letters: Counter[tuple[str, int, int]] = field(default_factory=Counter)  # processor letters by source
@@ -106,19 +107,21 @@ def audit(ep: Endpoints, registry: SchemaRegistryClient, cfg: MigrationConfig, *
     k = cfg.kafka
     decode = AvroDecoder(registry).decode  # each record in its writer's shape
     raw = [k.raw_topic(name) for name in cfg.sources]
-    children = [k.mapped_topic(e) for e in CHILDREN]
-    account, dedupe = k.mapped_topic("account"), k.dedupe_topic("account")
-    values = read_topics(ep, [*raw, *children, account, dedupe, k.dlq_topic], committed=committed)
+    deduped = dedupe_entities(cfg)  # accounts, and contacts with dedupe.contacts (the default)
+    mapped = {e: k.mapped_topic(e) for e in ("account", *CHILDREN)}
+    dedupe = [k.dedupe_topic(e) for e in deduped]
+    values = read_topics(ep, [*raw, *mapped.values(), *dedupe, k.dlq_topic], committed=committed)
     a = Audit()
     for topic in raw:
         a.raw.update(decode(v)["position"] for v in values[topic])
-    for topic in children:
-        a.first.update(decode(v)["source_position"] for v in values[topic])
-    a.dedupe_in.update(decode(v)["source_position"] for v in values[dedupe])
+    for topic in dedupe:
+        a.dedupe_in.update(decode(v)["source_position"] for v in values[topic])
     a.first.update(a.dedupe_in)
-    # Without dedupe, the mapped accounts are first-stage outputs, and the dedupe topic is empty.
-    (a.second if cfg.dedupe_enabled else a.first).update(decode(v)["source_position"] for v in values[account])
-    a.records = sum(len(values[t]) for t in (*children, account, dedupe))
+    # A deduplicated entity's mapped records are the second stage's outputs (golden updates), the others' the
+    # first's. Without dedupe there is no dedupe topic.
+    for entity, topic in mapped.items():
+        (a.second if entity in deduped else a.first).update(decode(v)["source_position"] for v in values[topic])
+    a.records = sum(len(values[t]) for t in (*mapped.values(), *dedupe))
     for value in values[k.dlq_topic]:
         letter = decode(value)
         if letter["stage"] not in PROCESSOR_STAGES:
@@ -139,7 +142,7 @@ def assert_exactly_once(ep: Endpoints, registry: SchemaRegistryClient, cfg: Migr
         f"raw records without an output: {sorted(set(a.raw) - set(a.first))[:5]}; "
         f"outputs of no raw record: {sorted(set(a.first) - set(a.raw))[:5]}")
     assert a.second == a.dedupe_in, (
-        f"clean accounts without a golden update: {sorted(set(a.dedupe_in) - set(a.second))[:5]}; "
+        f"clean records without a golden update: {sorted(set(a.dedupe_in) - set(a.second))[:5]}; "
         f"golden updates of no clean account: {sorted(set(a.second) - set(a.dedupe_in))[:5]}")
     twice = {s: n for s, n in a.letters.items() if n > 1}
     assert a.letters and not twice, f"processor dead letters committed more than once: {list(twice.items())[:5]}"
@@ -324,7 +327,7 @@ def test_sigkills_inside_transactions_commit_every_output_exactly_once(
     raw = [k.raw_topic(s) for s in p.cfg.sources]
     dedupe = [k.dedupe_topic("account")]
     accounts = len(small_dataset.ok("account"))
-    mapping_outputs = [*(k.mapped_topic(e) for e in CHILDREN), *dedupe, k.dlq_topic]
+    mapping_outputs = [*(k.mapped_topic(e) for e in CHILDREN), *dedupe, k.dedupe_topic("contact"), k.dlq_topic]
     resolving_outputs = [k.mapped_topic("account"), f"{dedupe[0]}.state"]
     # Where each kill may land: a random point in a stratum of the mapping, then of the resolution.
     plan = [(raw, int(p.produced * (0.05 + 0.6 * (i + rng.random()) / (KILLS - 1))), mapping_outputs)

@@ -203,3 +203,28 @@ def test_an_unchanged_column_leaves_the_fields_reading_it_unchanged_and_a_requir
         mapper.map({k: v for k, v in CUSTOMER.items() if k != "First_Name"}, {**meta, "unchanged": {"First_Name"}})
     assert (info.value.rule, info.value.field) == ("unchanged_required", "full_name")
     assert "REPLICA IDENTITY FULL" in info.value.message
+
+
+def test_with_contact_dedupe_a_contact_delete_goes_straight_to_the_mapped_topic() -> None:
+    """As an account delete does: the sink deletes the row of that id (deduplication of changes is not built)."""
+    cfg: MigrationConfig = load_config(DEMO)
+    assert cfg.dedupe is not None
+    mappers = build_mappers(cfg)
+    k = cfg.kafka
+    mapped = {e: k.mapped_topic(e) for e in mappers}
+    contacts_cdc, dedupe, contacts = "crmflow.demo.cdc.legacy.contacts", k.dedupe_topic("account"), \
+        k.dedupe_topic("contact")
+    matcher = cfg.dedupe.matcher()
+    stage = ProcessStage(
+        raw_topics={}, mappers=mappers, masker=Masker.from_config(cfg), mapped_topics=mapped,
+        decoders={contacts_cdc: _Identity()}, encoders=dict.fromkeys([*mapped.values(), dedupe, contacts], _Identity()),
+        dedupe=matcher, dedupe_topic=dedupe, changelog=f"{dedupe}.state", contact_dedupe=matcher.for_contacts(),
+        contact_topic=contacts, contact_changelog=f"{contacts}.state",
+        cdc_topics={contacts_cdc: CdcSource("contacts", "contact", "Contact_ID")}, run_id="demo-cdc",
+    ).with_sources({n: s.entity for n, s in cfg.sources.items()})
+    row = {"Contact_ID": "K0000001", "Customer_ID": "C0000001", "First_Name": "bo", "Last_Name": "park",
+           "Contact_Email": "bo@example.com", "Phone": None, "Job_Title": "Buyer"}
+    out = stage.process([InRecord(contacts_cdc, 0, 0, b"k", _envelope("c", None, row, lsn=100), b"raw"),
+                         InRecord(contacts_cdc, 0, 1, b"k", _envelope("d", row, None, lsn=200), b"raw")])
+    assert [(r.topic, r.key) for r in out.records] == [(contacts, b"bp"), (mapped["contact"], b"K0000001")]
+    assert out.records[1].value["deleted"] is True and out.records[1].value["source_lsn"] == 200
