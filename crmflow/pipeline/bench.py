@@ -116,21 +116,36 @@ def run_bench(ep: Endpoints, customers: int, *, seed: int = 1, workers: int = 1,
 
 
 def dedupe_quality(target_dsn: PostgresConnection | str, truth_file: Path) -> dict[str, Any]:
-    """Pairwise precision, recall and F1 of the target's clusters against the generator's truth clusters."""
+    """Pairwise precision, recall and F1 of the target's clusters against the generator's truth clusters; with
+    golden contacts in the target (``dedupe.contacts``) and contact clusters in the truth, the same for contacts
+    under ``"contacts"``."""
     truth: dict[str, str] = {}
+    contact_truth: dict[str, str] = {}
     with truth_file.open() as fh:
         for line in fh:
             t = json.loads(line)
             if t["entity"] == "account" and t["outcome"] == "ok":
                 truth[t["source_key"]] = t["cluster"]
+            elif t["entity"] == "contact" and t["outcome"] == "ok" and t.get("cluster"):
+                contact_truth[t["source_key"]] = t["cluster"]
     with as_postgres(target_dsn).connect() as conn:
         rows = conn.execute("select source_id, golden_id from crm.xref where entity = 'account'").fetchall()
         (accounts,) = conn.execute("select count(*) from crm.accounts").fetchone() or (0,)
+        contact_rows = conn.execute(
+            "select x.source_id, x.golden_id from crm.xref x join crm.contacts c on c.id = x.target_id "
+            "where x.entity = 'contact' and c.contact_golden_id is not null").fetchall()
     predicted = {str(source): str(golden) for source, golden in rows}
     s = pairwise_scores(predicted, truth)
-    return {"precision": round(s.precision, 4), "recall": round(s.recall, 4), "f1": round(s.f1, 4),
-            "clusters": len(set(predicted.values())), "true_clusters": s.true_clusters,
-            "target_accounts": int(accounts), "true_pairs": s.true_pairs, "predicted_pairs": s.predicted_pairs}
+    out: dict[str, Any] = {
+        "precision": round(s.precision, 4), "recall": round(s.recall, 4), "f1": round(s.f1, 4),
+        "clusters": len(set(predicted.values())), "true_clusters": s.true_clusters,
+        "target_accounts": int(accounts), "true_pairs": s.true_pairs, "predicted_pairs": s.predicted_pairs}
+    if contact_rows and contact_truth:
+        contacts = {str(source): str(golden) for source, golden in contact_rows}
+        c = pairwise_scores(contacts, contact_truth)
+        out["contacts"] = {"precision": round(c.precision, 4), "recall": round(c.recall, 4), "f1": round(c.f1, 4),
+                           "clusters": len(set(contacts.values())), "true_clusters": c.true_clusters}
+    return out
 
 
 @dataclass(frozen=True)
