@@ -128,11 +128,6 @@ class ProcessStage(BatchStage):
     def internal_topics(self) -> Mapping[str, int]:
         return dict.fromkeys(self._resolvers, self._dedupe_partitions)
 
-    @property
-    def dedupe_topics(self) -> Mapping[str, str]:
-        """Entity → its dedupe topic, for the entities this stage deduplicates."""
-        return {entity: r.topic for entity, r in self._by_entity.items()}
-
     def with_sources(self, source_entities: Mapping[str, str]) -> ProcessStage:
         """Which entity each source name feeds (the raw records carry their source name)."""
         self._source_entities = dict(source_entities)
