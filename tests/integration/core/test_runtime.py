@@ -37,15 +37,18 @@ class Counter(BatchStage):
 
     name = "process"
 
-    def __init__(self, source: str, out: str, codec: AvroCodec) -> None:
+    def __init__(self, source: str, out: str, codec: AvroCodec, *more: str) -> None:
+        """Counts the records of ``source`` (and of each of ``more``: every input topic has its own state and
+        changelog, as the processor's dedupe topics of accounts and contacts do)."""
         self.source, self.out, self.codec = source, out, codec
-        self.changelogs = {source: f"{source}.state"}
-        self.counts: dict[int, dict[str, int]] = {}
-        self.restored: list[int] = []
+        self.sources = [source, *more]
+        self.changelogs = {s: f"{s}.state" for s in self.sources}
+        self.counts: dict[tuple[str, int], dict[str, int]] = {}
+        self.restored: list[tuple[str, int]] = []
 
     @property
     def topics(self) -> Sequence[str]:
-        return [self.source]
+        return self.sources
 
     def decoder(self, topic: str) -> Decoder:
         return self.codec
@@ -60,20 +63,20 @@ class Counter(BatchStage):
             if key == "reject-me":
                 out.rejections.append(_rejection(i))
                 continue
-            counts = self.counts.setdefault(rec.partition, {})
+            counts = self.counts.setdefault((rec.topic, rec.partition), {})
             counts[key] = counts.get(key, 0) + 1
             out.records.append(OutRecord(self.out, key.encode(), {"key": key, "n": counts[key]}))
             out.state.append(StateWrite(rec.topic, rec.partition, key.encode(), str(counts[key]).encode()))
         return out
 
     def restore(self, topic: str, partition: int, entries: Mapping[bytes, bytes]) -> None:
-        assert topic == self.source
-        self.counts[partition] = {k.decode(): int(v) for k, v in entries.items()}
-        self.restored.append(partition)
+        assert topic in self.changelogs
+        self.counts[(topic, partition)] = {k.decode(): int(v) for k, v in entries.items()}
+        self.restored.append((topic, partition))
 
     def release(self, topic: str, partitions: Iterable[int]) -> None:
         for p in partitions:
-            self.counts.pop(p, None)
+            self.counts.pop((topic, p), None)
 
 
 def _rejection(index: int) -> Any:
@@ -180,7 +183,7 @@ def test_a_successor_restores_the_committed_state_from_the_changelog(
     finally:
         second.stop()
         thread.join(30)
-    assert sorted(stage.restored) == [0, 1]
+    assert sorted(stage.restored) == [(setup.source, 0), (setup.source, 1)]
     counts = [setup.codec.decode(o["raw"])["n"] for o in _read_committed(endpoints.bootstrap_servers, setup.out, 2)]
     assert len(counts) == 200 and max(counts) == 40, "the successor went on counting from the restored state"
 
@@ -217,3 +220,47 @@ def test_a_new_instance_with_the_same_transactional_id_fences_the_old_one(
         new_thread.join(30)
     assert errors and "fenced" in str(errors[0])
     assert len(_read_committed(endpoints.bootstrap_servers, setup.out, 2)) == 40
+
+
+def test_each_state_topic_is_restored_from_its_own_changelog(
+    endpoints: Endpoints, registry_client: SchemaRegistryClient, topic_factory: Callable[..., str],
+    group_factory: Callable[[], str],
+) -> None:
+    """Two state topics (as the processor's account and contact dedupe topics): each one's state writes go to
+    its own changelog, and a successor restores each partition of each from its own."""
+    first_in, second_in = topic_factory("rt-a", partitions=2), topic_factory("rt-b", partitions=1)
+    out, dlq, group = topic_factory("rt-out", partitions=2), topic_factory("rt-dlq"), group_factory()
+    codec = AvroCodec(registry_client, topic_subject(first_in), SCHEMA)
+
+    def make(instance: str) -> tuple[TransactionalRuntime, Counter]:
+        stage = Counter(first_in, out, codec, second_in)
+        opts = RuntimeOptions(kafka=endpoints.kafka, group_id=group, transactional_id=f"{group}-{instance}",
+                              dlq_topic=dlq, batch_size=30, batch_timeout_s=0.1)
+        return TransactionalRuntime(stage, opts, DeadLetterWriter(None, registry_client, dlq)), stage
+
+    def run_to_end(runtime: TransactionalRuntime) -> None:
+        thread = _run(runtime)
+        try:
+            wait_until(lambda: group_lag(endpoints.kafka, group, [first_in, second_in]) == 0, 60,
+                       what="the worker to commit everything")
+        finally:
+            runtime.stop()
+            thread.join(30)
+
+    _produce(endpoints.bootstrap_servers, first_in, codec, [f"a{i % 3}" for i in range(60)])
+    _produce(endpoints.bootstrap_servers, second_in, codec, [f"b{i % 2}" for i in range(40)])
+    run_to_end(make("one")[0])
+    changelogs = {t: len(_read_committed(endpoints.bootstrap_servers, f"{t}.state", n))
+                  for t, n in ((first_in, 2), (second_in, 1))}
+    assert changelogs[first_in] == 60 and changelogs[second_in] == 40, "each topic's state in its own changelog"
+
+    _produce(endpoints.bootstrap_servers, first_in, codec, [f"a{i % 3}" for i in range(30)])
+    _produce(endpoints.bootstrap_servers, second_in, codec, [f"b{i % 2}" for i in range(20)])
+    successor, stage = make("two")
+    run_to_end(successor)
+    assert sorted(stage.restored) == sorted([(first_in, 0), (first_in, 1), (second_in, 0)])
+    latest: dict[str, int] = {}
+    for o in _read_committed(endpoints.bootstrap_servers, out, 2):
+        value = codec.decode(o["raw"])
+        latest[value["key"]] = max(latest.get(value["key"], 0), value["n"])
+    assert latest == {"a0": 30, "a1": 30, "a2": 30, "b0": 30, "b1": 30}, "each topic counted on from its own state"
