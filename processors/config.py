@@ -40,6 +40,7 @@ class DedupeSettings(DedupeConfig):
 
         dedupe:
           enabled: true
+          contacts: true                          # contacts into golden contacts too (false: accounts only)
           source_priority: [crm_eu, customers]    # record `source` values, most trusted first
           match_threshold: 7.0
           weights: {birth_date: 5}

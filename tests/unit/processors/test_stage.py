@@ -244,3 +244,14 @@ def test_contact_state_restores_per_topic_to_the_same_decisions(demo: MigrationC
     successor.release(CONTACTS, [0])
     fresh = _resolve_contacts(successor, contacts[4:], start=5)
     assert fresh.decisions.get(("contact", "founded")) == 1, "after its release the contact is new to the partition"
+
+
+def test_dedupe_contacts_is_on_by_default_and_false_keeps_contacts_out_of_the_stream(demo: MigrationConfig) -> None:
+    from processors.service import dedupe_entities
+
+    assert demo.dedupe is not None and demo.dedupe.contacts
+    assert dedupe_entities(demo) == ["account", "contact"]
+    off = demo.model_copy(update={"dedupe": demo.dedupe.model_copy(update={"contacts": False})})
+    assert dedupe_entities(off) == ["account"]
+    assert dedupe_entities(demo.model_copy(update={"dedupe": None})) == []
+    assert "contacts" not in demo.dedupe.matcher().model_dump(), "the matcher's config has no stream settings"
