@@ -25,6 +25,7 @@ Kafka's prefixed ACLs match only the start of a name, so the grants are per topi
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -144,5 +145,32 @@ def apply_acls(admin: Any, prefix: str, users: dict[Principal, str], timeout_s: 
     wanted = bindings(pipeline_acls(prefix), users)
     for fut in admin.create_acls(wanted, request_timeout=timeout_s).values():
         fut.result()
+    _await_acls(admin, wanted, timeout_s)
     log.info("granted %d Kafka ACLs for topic prefix %s", len(wanted), prefix)
     return len(wanted)
+
+
+def _await_acls(admin: Any, wanted: list[Any], timeout_s: float) -> None:
+    """Return once the broker describes every binding of ``wanted``. CreateAcls returns when the controller has
+    committed them; the broker's authorizer applies them from the metadata log a moment later, and a client
+    that uses them at once could still be refused (seen: TOPIC_AUTHORIZATION_FAILED right after a grant)."""
+    from confluent_kafka.admin import (  # type: ignore[attr-defined]
+        AclBindingFilter,
+        AclOperation,
+        AclPermissionType,
+        ResourcePatternType,
+        ResourceType,
+    )
+
+    # None matches any name, principal and host (the stubs say str)
+    every = AclBindingFilter(ResourceType.ANY, None, ResourcePatternType.ANY, None, None, AclOperation.ANY,  # type: ignore[arg-type]
+                             AclPermissionType.ANY)  # fmt: skip
+    deadline = time.monotonic() + timeout_s
+    missing = set(wanted)
+    while True:
+        missing -= set(admin.describe_acls(every, request_timeout=timeout_s).result())
+        if not missing:
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{len(missing)} granted Kafka ACLs not in effect after {timeout_s:.0f}s")
+        time.sleep(0.05)
