@@ -49,6 +49,8 @@ from crmflow.stack.local import SINGLE_BROKER, LocalStack, _Postgres, new_cluste
 from crmflow.stack.process import ManagedProcess, tail
 
 log = logging.getLogger(__name__)
+#: The advisory lock key that serialises the role setup of concurrent `stack up --secure` runs.
+_SETUP_LOCK = 0x63726D666C6F77  # "crmflow"
 
 MECHANISM = "SCRAM-SHA-512"
 ADMIN = "crmflow_admin"
@@ -350,6 +352,14 @@ class SecureStack(LocalStack):
 
     # -- PostgreSQL roles ---------------------------------------------------------------------------
     def _setup_postgres(self, ep: Endpoints) -> None:
+        # One setup at a time: two `stack up` at once (the test workers' fixtures) would otherwise alter the
+        # same roles together, and PostgreSQL refuses the second ("tuple concurrently updated"). The lock is
+        # the session's, released when ``lock`` closes.
+        with ep.postgres.connect(autocommit=True) as lock:
+            lock.execute("select pg_advisory_lock(%s)", (_SETUP_LOCK,))
+            self._setup_roles(ep)
+
+    def _setup_roles(self, ep: Endpoints) -> None:
         pw = self.secrets.postgres
         with ep.postgres.connect(autocommit=True) as conn:
             for stmt in [*roles.role_sql(roles.CAPTURE_ROLE, pw[roles.CAPTURE_ROLE], replication=True),
