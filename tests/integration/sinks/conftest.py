@@ -1,8 +1,9 @@
-"""Builders of mapped records (as the processor emits them) and a look into the target database."""
+"""Builders of mapped records (as the processor emits them), a sink on a fresh target database, and a look into
+the target database."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any
@@ -11,6 +12,7 @@ import psycopg
 import pytest
 
 from sinks.base import SinkRecord
+from sinks.postgres import PostgresSink
 
 MAPPED_AT = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 
@@ -69,3 +71,12 @@ def query() -> Callable[[str, str], list[tuple[Any, ...]]]:
             return conn.execute(sql.encode()).fetchall()
 
     return run
+
+
+@pytest.fixture
+def sink(pg_dsn_factory: Callable[[], str]) -> Iterator[PostgresSink]:
+    """A PostgreSQL sink set up on a fresh target database, closed after the test."""
+    s = PostgresSink(pg_dsn_factory())
+    s.setup()
+    yield s
+    s.close()

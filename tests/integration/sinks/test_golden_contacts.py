@@ -6,7 +6,7 @@ re-delivery."""
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -63,14 +63,6 @@ def contact_xref(query: Query, dsn: str) -> list[tuple[Any, ...]]:
 
 def snapshot(query: Query, dsn: str) -> dict[str, list[tuple[Any, ...]]]:
     return {t: query(dsn, f"select * from crm.{t} order by 1, 2") for t in TABLES}
-
-
-@pytest.fixture
-def sink(pg_dsn_factory: Callable[[], str]) -> Iterator[PostgresSink]:
-    s = PostgresSink(pg_dsn_factory())
-    s.setup()
-    yield s
-    s.close()
 
 
 def _accounts(records: Any, *ns: int) -> list[SinkRecord]:

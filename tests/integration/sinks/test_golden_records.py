@@ -4,7 +4,7 @@ merges (re-pointing children and xref, chains within a batch), parked children, 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import psycopg
@@ -77,14 +77,6 @@ def child_accounts(query: Query, dsn: str) -> list[tuple[Any, ...]]:
     return query(dsn, " union all ".join(
         f"select '{t}', c.external_id, c.customer_id, a.external_id, c.golden_id from crm.{t} c "
         "join crm.accounts a on a.id = c.account_id" for t in ("contacts", "sales", "cases")) + " order by 1, 2")
-
-
-@pytest.fixture
-def sink(pg_dsn_factory: Callable[[], str]) -> Iterator[PostgresSink]:
-    s = PostgresSink(pg_dsn_factory())
-    s.setup()
-    yield s
-    s.close()
 
 
 def test_one_account_per_golden_id_with_the_latest_values_and_xref_for_every_member(

@@ -25,14 +25,6 @@ def snapshot(query: Query, dsn: str) -> dict[str, list[tuple[Any, ...]]]:
     return {t: query(dsn, f"select * from crm.{t} order by 1, 2, 3") for t in TABLES}
 
 
-@pytest.fixture
-def sink(pg_dsn_factory: Callable[[], str]) -> Any:
-    s = PostgresSink(pg_dsn_factory())
-    s.setup()
-    yield s
-    s.close()
-
-
 def test_migrations_apply_once_and_are_idempotent(pg_dsn_factory: Callable[[], str], query: Query) -> None:
     dsn = pg_dsn_factory()
     first = apply_migrations(dsn)
