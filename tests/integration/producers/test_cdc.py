@@ -361,7 +361,9 @@ def test_sigkill_mid_stream_then_restart_loses_nothing_and_confirms_only_acknowl
 
     first = service("--init")
     try:
-        wait_until(lambda: (row := legacy.slot_row()) is not None and row[0] is not None, 30, what="cdc streaming")
+        # The slot consistent and the load done (see ``streaming``): a change committed earlier would be in the
+        # exported snapshot as op r, and the marks below would count it as streamed.
+        wait_until(lambda: legacy.slot_row() is not None and legacy.load_complete(), 60, what="cdc streaming")
         writer = threading.Thread(target=workload, args=(1, 150))
         writer.start()  # the kill lands while changes still stream in
         wait_until(count(read_events, topic), 30, interval_s=0.05, what="the first events in Kafka")

@@ -134,7 +134,8 @@ def test_a_failover_to_a_copy_without_the_slot_stops_with_a_clear_error_never_a_
     config.write_text(text)
     cdc = Service("cdc", ["cdc", "-c", str(config), "--init"], tmp_path / "cdc.log", {})
     try:
-        wait_until(lambda: (row := legacy.slot_row()) is not None and row[0] is not None, 60, what="cdc streaming")
+        # consistent and loaded, not only held (see test_cdc.streaming)
+        wait_until(lambda: legacy.slot_row() is not None and legacy.load_complete(), 60, what="cdc streaming")
         started = time.monotonic()
         copy.start()  # a standby taken while the slot exists on the primary
         took = time.monotonic() - started
