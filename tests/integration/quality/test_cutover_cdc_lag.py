@@ -20,8 +20,9 @@ def test_cdc_lag_no_go_then_go(pg_dsn_factory: Callable[[], str], monkeypatch: p
     slot = f"t_{uuid.uuid4().hex[:12]}"
     env = f"CUTOVER_LEGACY_{slot.upper()}"
     monkeypatch.setenv(env, dsn)
-    cfg = SimpleNamespace(cdc=SimpleNamespace(dsn_env=env, slot=slot),
-                          validation=SimpleNamespace(max_cdc_lag_bytes=512 * 1024))
+    cfg = SimpleNamespace(
+        cdc=SimpleNamespace(dsn_env=env, slot=slot), validation=SimpleNamespace(max_cdc_lag_bytes=512 * 1024)
+    )
     missing = cdc_check(cfg)
     assert missing is not None and not missing.ok and "does not exist" in missing.detail
     with psycopg.connect(dsn, autocommit=True) as conn:
