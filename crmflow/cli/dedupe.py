@@ -10,7 +10,14 @@ import typer
 from pydantic import ValidationError
 
 from crmflow.config import ConfigLoadError, load_config
-from crmflow.evaluation.labelled import evaluate_records, golden_ids, iter_text, load_records, read_truth
+from crmflow.evaluation.labelled import (
+    evaluate_records,
+    golden_ids,
+    iter_text,
+    load_records,
+    read_truth,
+    read_unscored,
+)
 from crmflow.exceptions import CrmflowError
 from crmflow.exitcodes import ExitCode
 from processors.dedupe.config import DedupeConfig, DedupeEntity
@@ -79,13 +86,16 @@ def evaluate(
         accounts_config, contact_config = _matcher(config_file, entity, model)
         config = load_config(config_file)
         pairs = read_truth(truth, entity, columns)
+        unscored = read_unscored(truth, entity)
         if contact_config is None:
             loaded = load_records(config, "account", data or ())
-            report = evaluate_records(loaded.records, pairs, accounts_config, worst=worst)
+            report = evaluate_records(loaded.records, pairs, accounts_config, worst=worst, unscored=unscored)
         else:
             parents = golden_ids(load_records(config, "account", data or ()).records, accounts_config)
             loaded = load_records(config, "contact", data or ())
-            report = evaluate_records(loaded.records, pairs, contact_config, worst=worst, parents=parents)
+            report = evaluate_records(
+                loaded.records, pairs, contact_config, worst=worst, parents=parents, unscored=unscored
+            )
     except ConfigLoadError as exc:
         for p in exc.problems:
             typer.echo(f"{p.file}:{p.line or '?'}: {p.severity}: {p.path}: {p.message}", err=True)

@@ -30,7 +30,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import combinations
 from pathlib import Path
@@ -90,6 +90,24 @@ def _demo_truth_pairs(path: Path, entity: DedupeEntity) -> set[Pair]:
             if t.get("entity") == entity and t.get("outcome") == "ok" and t.get("cluster"):
                 clusters.setdefault(t["cluster"], []).append(str(t["clean"][id_field]))
     return {_pair(a, b) for members in clusters.values() for a, b in combinations(members, 2)}
+
+
+def read_unscored(path: Path, entity: DedupeEntity = "account") -> frozenset[str]:
+    """Ids a demo ``truth.jsonl`` marks rejected (an orphan, a bad value): they never reach the target and the
+    truth names no entity for them, so they are matched as the stream matches them but not scored. Empty for a
+    CSV of pairs, whose records are all scored."""
+    if path.suffix != ".jsonl":
+        return frozenset()
+    out: set[str] = set()
+    try:
+        with path.open(encoding="utf-8") as lines:
+            for line in lines:
+                t = json.loads(line)
+                if t.get("entity") == entity and t.get("outcome") != "ok" and t.get("source_key"):
+                    out.add(str(t["source_key"]))
+    except (OSError, ValueError):
+        raise TruthFileError(f"{path}: cannot read the truth file") from None
+    return frozenset(out)
 
 
 def _csv_truth_pairs(path: Path, id_columns: Sequence[str] | None) -> set[Pair]:
@@ -274,8 +292,10 @@ def evaluate_records(
     *,
     worst: int = 10,
     parents: Mapping[str, str] | None = None,
+    unscored: Collection[str] = (),
 ) -> dict[str, Any]:
-    """Deduplicate ``records`` in order with ``config`` and score the clusters against ``true_pairs``."""
+    """Deduplicate ``records`` in order with ``config`` and score the clusters against ``true_pairs``; records
+    in ``unscored`` take part in matching (they can link others, as in the stream) but are not scored."""
     entity = config.entity
     id_field = ID_FIELDS[entity]
     deduper = Deduper(config)
@@ -285,13 +305,14 @@ def evaluate_records(
         deduper.process(record, parent_golden_id=parent)
         rid = str(record[id_field])
         feats[rid] = deduper.state.records[rid]
-    ids = list(feats)
+    ids = [i for i in feats if i not in unscored]
     known = {p for p in true_pairs if p[0] in feats and p[1] in feats}
     truth = true_clusters(ids, known)
     closure = {_pair(x, y) for members in _members(truth).values() for x, y in combinations(members, 2)}
-    assignment = dict(deduper.state.clusters)
+    assignment = {rid: cluster for rid, cluster in deduper.state.clusters.items() if rid in truth}
     report: dict[str, Any] = {"entity": entity, "records": len(ids), "labelled_pairs": len(true_pairs),
-                              "labelled_pairs_unknown_ids": len(true_pairs) - len(known)}  # fmt: skip
+                              "labelled_pairs_unknown_ids": len(true_pairs) - len(known),
+                              "unscored_records": len(feats) - len(ids)}  # fmt: skip
     report.update(pairwise_scores(assignment, truth).as_dict())
     blocking, candidates = blocking_quality(deduper, closure, len(ids))
     report.update(blocking)
@@ -331,6 +352,8 @@ def iter_text(report: Mapping[str, Any]) -> Iterator[str]:
     r = report
     yield (f"{r['entity']}: {r['records']:,} records, {r['labelled_pairs']:,} labelled pairs "
            f"({r['labelled_pairs_unknown_ids']:,} naming records not read)")  # fmt: skip
+    if r.get("unscored_records"):
+        yield f"not scored: {r['unscored_records']:,} records the truth marks rejected (matched, not counted)"
     yield f"precision {r['precision']:.4f}  recall {r['recall']:.4f}  F1 {r['f1']:.4f}"
     yield (f"pairs: true {r['true_pairs']:,}, predicted {r['predicted_pairs']:,}, correct {r['correct_pairs']:,}; "
            f"clusters: true {r['true_clusters']:,}, predicted {r['predicted_clusters']:,}")  # fmt: skip

@@ -191,6 +191,11 @@ DEFAULT_COMPARISONS: tuple[ComparisonSpec, ...] = (
 #: initials, nicknames' shared letters and swaps is another person of the household.
 DEFAULT_FS_VETOES: tuple[str, ...] = ("first_name",)
 
+#: Contacts add the e-mail: two contacts whose addresses both exist and differ are two people, or one person in
+#: two roles that a CRM keeps apart (a colleague of the same name, a contact who moved to another customer).
+#: Names, a job title and phones are shared by namesakes; a mailbox is not.
+DEFAULT_FS_CONTACT_VETOES: tuple[str, ...] = ("first_name", "email")
+
 
 class DedupeConfig(BaseModel):
     """Settings of one :class:`~processors.dedupe.deduper.Deduper` (one entity)."""
@@ -304,12 +309,15 @@ class DedupeConfig(BaseModel):
     def for_contacts(self) -> DedupeConfig:
         """The contact matcher of these settings: the same scorer, thresholds and vetoes on the contact entity,
         with the contact defaults for comparisons and passes where these settings keep the account defaults
-        (a contact has no birth date or address), no model file (it is trained per entity) and no identifiers."""
+        (a contact has no birth date or address), the e-mail as a further veto where ``vetoes`` is unset, no model
+        file (it is trained per entity) and no identifiers."""
         update: dict[str, object] = {"entity": "contact", "model_file": None, "identifier_fields": ()}
         if self.comparisons == DEFAULT_COMPARISONS:
             update["comparisons"] = DEFAULT_CONTACT_COMPARISONS
         if self.blocking == DEFAULT_BLOCKING:
             update["blocking"] = DEFAULT_CONTACT_BLOCKING
+        if self.vetoes is None and self.scoring == "fellegi_sunter":
+            update["vetoes"] = DEFAULT_FS_CONTACT_VETOES
         return DedupeConfig.model_validate({**self.model_dump(), **update})
 
     def veto_fields(self) -> frozenset[str]:

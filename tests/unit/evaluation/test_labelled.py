@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner
@@ -133,3 +134,28 @@ def test_the_demo_truth_of_a_small_hard_set(tmp_path: Path) -> None:
     assert code == 0, out
     contacts = json.loads(out)
     assert contacts["entity"] == "contact" and contacts["true_pairs"] > 20
+
+
+def test_records_the_demo_truth_rejects_take_part_but_are_not_scored(tmp_path: Path) -> None:
+    """An orphan contact (its customer was rejected) has no entity in the truth: it is matched, since the stream
+    matches it too, but a merge with it is neither a false merge nor a hit."""
+    from crmflow.evaluation.labelled import evaluate_records, read_unscored
+    from processors.dedupe.config import DedupeConfig
+
+    truth = tmp_path / "truth.jsonl"
+    rows = [{"entity": "contact", "source_key": "K1", "cluster": "K1", "outcome": "ok", "clean": {"contact_id": "K1"}},
+            {"entity": "contact", "source_key": "K2", "cluster": None, "outcome": "reject", "rule": "orphan",
+             "clean": {}},
+            {"entity": "contact", "source_key": "K3", "cluster": "K3", "outcome": "ok", "clean": {"contact_id": "K3"}}]
+    truth.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    assert read_unscored(truth, "contact") == {"K2"} and read_unscored(truth, "account") == set()
+    person: dict[str, Any] = {"customer_id": "C1", "first_name": "Abram", "last_name": "Wilms",
+                              "email": "a.wilms@example.com", "job_title": "Surveyor"}
+    records: list[dict[str, Any]] = [{**person, "contact_id": "K1"}, {**person, "contact_id": "K2"},
+               {**person, "contact_id": "K3", "first_name": "Carla", "email": None}]
+    config = DedupeConfig().for_contacts()
+    counted = evaluate_records(records, read_truth(truth, "contact"), config)
+    assert counted["predicted_pairs"] == 1 and counted["precision"] == 0.0, "without the rejects: a false merge"
+    report = evaluate_records(records, read_truth(truth, "contact"), config, unscored=read_unscored(truth, "contact"))
+    assert report["records"] == 2 and report["unscored_records"] == 1
+    assert report["predicted_pairs"] == 0 and report["false_merges"] == []

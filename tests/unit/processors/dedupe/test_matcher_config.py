@@ -329,3 +329,22 @@ def test_an_unordered_pass_survives_swapped_names_and_tail_a_first_letter_typo()
     assert pass_key(john, names, "account") == pass_key(swapped, names, "account") is not None
     assert pass_key(john, tail, "account") == pass_key(typo, tail, "account") == "lt|smith|ohn"
     assert pass_key({"fn": "J", "ln": "Smith"}, tail, "account") is None, "an initial has no tail"
+
+
+def test_two_contacts_with_different_e_mail_addresses_are_not_merged_by_the_rest() -> None:
+    """Namesakes on two accounts with the same job title add up to a match in bits; their two mailboxes veto it.
+    A missing address vetoes nothing, and a config's own ``vetoes`` replace the default."""
+    steve = {"contact_id": "K1", "customer_id": "C1", "first_name": "Steve", "last_name": "Ladeck",
+             "email": "steve.ladeck@one.example", "job_title": "Buyer, retail"}  # fmt: skip
+    namesake = {**steve, "contact_id": "K2", "customer_id": "C2", "email": "s.ladeck@two.example"}
+    no_mail = {**steve, "contact_id": "K3", "customer_id": "C3", "email": None}
+    assert DedupeConfig().for_contacts().veto_fields() == {"first_name", "email"}
+
+    def goldens(config: DedupeConfig, *records: dict[str, Any]) -> list[str]:
+        deduper = Deduper(config)
+        return [deduper.process(r).golden_id for r in records]
+
+    assert goldens(DedupeConfig().for_contacts(), steve, namesake) == ["K1", "K2"]
+    assert goldens(DedupeConfig().for_contacts(), steve, no_mail) == ["K1", "K1"]
+    own = DedupeConfig(vetoes=("first_name",)).for_contacts()
+    assert goldens(own, steve, namesake) == ["K1", "K1"], "the score alone merges"
