@@ -141,6 +141,7 @@ def build_runtime(
     instance: str | None = None,
     batch_size: int = 2000,
     batch_timeout_s: float = 0.25,
+    linger_s: float | None = 0.02,
 ) -> TransactionalRuntime:
     """The default engine: the transactional batch runtime running :func:`build_stage`'s stage."""
     registry = endpoints.registry.client()
@@ -149,6 +150,7 @@ def build_runtime(
     opts = RuntimeOptions(
         kafka=endpoints.kafka.for_stage("process"), group_id=group,
         transactional_id=f"{group}-{instance or default_instance()}", dlq_topic=cfg.kafka.dlq_topic,
-        batch_size=batch_size, batch_timeout_s=batch_timeout_s, replication_factor=cfg.kafka.replication_factor,
+        batch_size=batch_size, batch_timeout_s=batch_timeout_s, linger_s=linger_s,
+        replication_factor=cfg.kafka.replication_factor,
     )
     return TransactionalRuntime(stage, opts, DeadLetterWriter(None, registry, cfg.kafka.dlq_topic))

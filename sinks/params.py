@@ -38,6 +38,9 @@ class SinkParams:
     max_batch_age_s: float = 1.0
     consume_batch: int = 1000
     poll_timeout_s: float = 0.2
+    #: Natural batching: once a record is there, the longest to wait for more (a backlog fills a batch at
+    #: once); None waits ``poll_timeout_s`` for a full batch.
+    linger_s: float | None = 0.02
     orphan_timeout_s: float = 3600.0
     maintenance_interval_s: float = 5.0
     dlq_flush_timeout_s: float = 30.0

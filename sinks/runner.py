@@ -80,6 +80,7 @@ def run_sink(
         kafka=as_kafka(params.kafka).for_stage("sink"), group_id=params.group_id,
         transactional_id=f"{params.group_id}-{instance}", dlq_topic=params.dlq_topic,
         batch_size=params.batch_size, batch_timeout_s=min(params.max_batch_age_s, params.poll_timeout_s),
+        linger_s=params.linger_s,
         session_timeout_ms=10_000, maintenance_interval_s=params.maintenance_interval_s,
         client_config=dict(params.consumer_config),
     )

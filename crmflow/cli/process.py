@@ -33,7 +33,11 @@ def process(
     instance: Annotated[str | None, typer.Option(help="This worker's unique, stable name (default: host name).")
                         ] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Records per batch (at most).")] = 2000,
-    batch_within: Annotated[float, typer.Option(min=0.01, help="Seconds to wait for a batch to fill.")] = 0.25,
+    batch_within: Annotated[float, typer.Option(
+        min=0.01, help="faust: seconds to wait for a batch to fill; batch: the longest an idle wait blocks.")] = 0.25,
+    linger: Annotated[float, typer.Option(
+        min=0.0, help="batch: once a record is there, seconds to wait for more (a backlog fills a batch at once)."
+    )] = 0.02,
     metrics_port: Annotated[int, typer.Option(help="Serve /metrics on this port (0: off).")] = 9402,
 ) -> None:
     """Cleanse, validate, map and deduplicate raw legacy records into target entities; rejects go to the DLQ."""
@@ -58,7 +62,7 @@ def process(
         from processors.service import build_runtime
 
         runtime = build_runtime(cfg, endpoints, instance=instance, batch_size=batch_size,
-                                batch_timeout_s=batch_within)
+                                batch_timeout_s=batch_within, linger_s=linger)
     except CrmflowError as exc:
         err_console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
         raise typer.Exit(ExitCode.CONFIG) from None

@@ -12,8 +12,9 @@ tickets) at a steady rate of changed rows per second, several rows per transacti
 Each committed change is appended to a JSON-lines log, ``{"table", "id", "op", "txid", "committed_at"}``, with
 ``committed_at`` the client's wall clock (Unix seconds) right after COMMIT returned: the source side of an
 end-to-end latency measurement (source commit → target commit). New rows get keys of their own range
-(``C8xxxxxx``, ``K8xxxxxx``...), so the workload never collides with the demo data it runs on. The session runs
-with ``synchronous_commit = off`` and the child tables get an index on ``customer_id`` (created if missing).
+(``C8xxxxxx``, ``K8xxxxxx``...), so the workload never collides with the demo data it runs on. Commits are
+synchronous, as a CRM's are (``synchronous_commit=False`` switches that off), and the child tables get an index
+on ``customer_id`` (created if missing).
 """
 
 from __future__ import annotations
@@ -232,20 +233,22 @@ def run_changes(
     workers: int = 0,
     stop: threading.Event | None = None,
     kinds: Sequence[tuple[str, float]] = KINDS,
+    synchronous_commit: bool = True,
 ) -> ChangeStats:
     """Change ``rate`` rows/s of the legacy tables for ``seconds`` (or until ``stop``); see the module doc.
 
     ``workers`` connections share the rate (0: one per 100 changes/s, at most 8): one connection waits for each
     statement's round trip, so a single one tops out at a few hundred changes/s. ``kinds``: the transaction
-    kinds and their weights (default :data:`KINDS`).
+    kinds and their weights (default :data:`KINDS`). ``synchronous_commit=False`` runs the sessions with
+    ``synchronous_commit = off``: more changes/s per connection, but a commit is decoded only once the WAL
+    writer flushed it (``wal_writer_delay``, 200 ms by default), which a latency measurement then counts.
     """
     stop = stop or threading.Event()
     workers = workers or max(1, min(8, math.ceil(rate / 100)))
     stats = ChangeStats()
     lock = threading.Lock()
-    options = "-c synchronous_commit=off"
-    # synchronous_commit off: a commit does not wait for its WAL flush (logical decoding sees it all the same), so
-    # a connection is not capped at the disk's fsync rate; the workload's rows are demo rows.
+    # A CRM's commits are durable: COMMIT returns once its WAL is flushed, and the walsender decodes it at once.
+    options = "" if synchronous_commit else "-c synchronous_commit=off"
     db = as_postgres(dsn, setting="--dsn")
     with db.connect(options=options) as conn:
         with conn.transaction():

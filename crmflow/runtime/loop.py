@@ -2,7 +2,10 @@
 
 Per iteration:
 
-1. ``consume(batch_size, batch_timeout)``: up to N messages or what T seconds gave, in one call.
+1. Natural batching: block up to ``batch_timeout_s`` for a first message, then take what else arrives within
+   ``linger_s`` (up to ``batch_size`` in one ``consume`` call). A backlog fills the batch at once, so a migration
+   runs full batches; a trickle (changes of a parallel run) goes on after ``linger_s``, not after a batch's
+   worth of waiting. ``linger_s=None``: wait ``batch_timeout_s`` for a full batch instead.
 2. Decode every value with the stage's decoder of its topic; an undecodable value becomes a dead letter
    (rule ``avro_decode``), it never stops the partition.
 3. ``stage.process(batch)``: pure, returns records per topic, dead letters and state writes.
@@ -83,7 +86,8 @@ class RuntimeOptions:
     transactional_id: str
     dlq_topic: str
     batch_size: int = 2000
-    batch_timeout_s: float = 0.25
+    batch_timeout_s: float = 0.25  # the longest an idle consume blocks (between stop checks and maintenance)
+    linger_s: float | None = 0.02  # after a first message, the longest to wait for more (None: a full batch)
     transaction_timeout_ms: int = 20_000
     session_timeout_ms: int = 15_000
     replication_factor: int = -1
@@ -190,7 +194,7 @@ class TransactionalRuntime:
             log.info("%s reading %s as group %s (transactional id %s)", self.stage.name,
                      ", ".join(self.stage.topics), o.group_id, o.transactional_id, extra={"stage": self.stage.name})
             while not self.stop_event.is_set():
-                messages = consumer.consume(o.batch_size, o.batch_timeout_s)
+                messages = self._consume(consumer)
                 batch = self._admit(messages)
                 if batch:
                     self._process(batch)
@@ -210,6 +214,17 @@ class TransactionalRuntime:
             log.info("%s stopped after %d batches, %d records", self.stage.name, self.batches, self.records,
                      extra={"stage": self.stage.name})
         return drained
+
+    def _consume(self, consumer: Consumer) -> list[Message]:
+        o = self.opts
+        if o.linger_s is None:
+            return consumer.consume(o.batch_size, o.batch_timeout_s)
+        first = consumer.poll(o.batch_timeout_s)
+        if first is None:
+            return []
+        if o.batch_size == 1:
+            return [first]
+        return [first, *consumer.consume(o.batch_size - 1, o.linger_s)]
 
     def _admit(self, messages: list[Message]) -> list[Message]:
         """The data messages of assigned partitions; end-of-partition events are noted."""

@@ -264,3 +264,47 @@ def test_each_state_topic_is_restored_from_its_own_changelog(
         value = codec.decode(o["raw"])
         latest[value["key"]] = max(latest.get(value["key"], 0), value["n"])
     assert latest == {"a0": 30, "a1": 30, "a2": 30, "b0": 30, "b1": 30}, "each topic counted on from its own state"
+
+
+class _Sizes(Counter):
+    """A counter that notes the size of every batch it is given."""
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.sizes: list[int] = []
+
+    def process(self, batch: Sequence[InRecord]) -> StageOutput:
+        self.sizes.append(len(batch))
+        return super().process(batch)
+
+
+@pytest.mark.parametrize("linger_s", [0.02, None], ids=["natural", "full-batch"])
+def test_natural_batching_goes_on_with_a_trickle_and_fills_batches_from_a_backlog(
+    endpoints: Endpoints, registry_client: SchemaRegistryClient, topic_factory: Callable[..., str],
+    group_factory: Callable[[], str], linger_s: float | None,
+) -> None:
+    """A record that arrives alone is processed after ``linger_s``, not after the idle wait a full batch would
+    take (``batch_timeout_s``, long here); a backlog still comes in full batches. The full-batch mode, which
+    waits, is the control: it must not see the lone record in time."""
+    source, out, dlq, group = topic_factory("rt-nat"), topic_factory("rt-out"), topic_factory("rt-dlq"), group_factory()
+    codec = AvroCodec(registry_client, topic_subject(source), SCHEMA)
+    stage = _Sizes(source, out, codec)
+    opts = RuntimeOptions(kafka=endpoints.kafka, group_id=group, transactional_id=f"{group}-a", dlq_topic=dlq,
+                          batch_size=100, batch_timeout_s=6.0, linger_s=linger_s)
+    runtime = TransactionalRuntime(stage, opts, DeadLetterWriter(None, registry_client, dlq))
+    _produce(endpoints.bootstrap_servers, source, codec, [f"k{i}" for i in range(1000)])
+    thread = _run(runtime)
+    try:
+        wait_until(lambda: group_lag(endpoints.kafka, group, [source]) == 0, 60, what="the backlog to be committed")
+        assert max(stage.sizes) == 100, "a backlog fills a batch"
+        before = runtime.records
+        _produce(endpoints.bootstrap_servers, source, codec, ["lone"])
+        try:
+            wait_until(lambda: runtime.records > before, 3, what="the lone record to be processed")
+            seen = True
+        except AssertionError:
+            seen = False
+        assert seen == (linger_s is not None), "natural batching takes a lone record; a full-batch wait holds it"
+    finally:
+        runtime.stop()
+        thread.join(30)
