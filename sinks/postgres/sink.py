@@ -368,7 +368,7 @@ class PostgresSink(Sink):
             progress = 0
             rows = cur.execute(
                 self._q(
-                    "select p.entity, p.id from crm.parked p where p.dead_rule is null "
+                    "select p.entity, p.id, p.run_id from crm.parked p where p.dead_rule is null "
                     "and (p.system is null or p.system = %(system)s) "
                     f"{only}and exists (select 1 from crm.xref x where x.entity = 'account' "
                     "and x.source_id = p.parent_external_id) "
@@ -376,31 +376,17 @@ class PostgresSink(Sink):
                 ),
                 {"parents": parents, "limit": self.resolve_chunk, "system": self.system},
             ).fetchall()
-            ids: dict[str, list[int]] = defaultdict(list)
-            for entity, pid in rows:
-                ids[entity].append(pid)
+            # Per entity and run: each run's audit (and so its rollback) counts the children of that run.
+            ids: dict[str, dict[str | None, list[int]]] = defaultdict(lambda: defaultdict(list))
+            for entity, pid, run_id in rows:
+                ids[entity][run_id].append(pid)
             for table in self._children:
-                if not ids.get(table.entity):
-                    continue
-                load_sql = table.load_parked_sql.encode()
-                # Golden contacts parked before their golden id was absorbed land on its survivor.
-                restage = table.restage_absorbed_sql.encode() if table.golden_field else None
-
-                def load(c: Cursor, seqs: list[int], sql: bytes = load_sql, again: bytes | None = restage) -> None:
-                    c.execute(sql, (seqs,))
-                    if again is not None:
-                        c.execute(again, {"system": self.system})
-
-                merged = self._merge(cur, table, ids[table.entity], load)
-                for pid, why in merged.refused.items():
-                    cur.execute(
-                        self._q("update crm.parked set dead_rule = %s, dead_field = %s, dead_error = %s where id = %s"),
-                        (why.rule, why.field, why.error, pid),
-                    )
-                resolved += merged.records - len(merged.refused)
-                progress += merged.records
-                if merged.records:
-                    self._audit_resolved(cur, table, merged)
+                for run_id, pids in ids.get(table.entity, {}).items():
+                    merged = self._resolve_some(cur, table, pids)
+                    resolved += merged.records - len(merged.refused)
+                    progress += merged.records
+                    if merged.records:
+                        self._audit_resolved(cur, table, merged, run_id)
             if len(rows) < self.resolve_chunk or not progress:
                 break
         self._resolved += resolved
@@ -408,13 +394,32 @@ class PostgresSink(Sink):
             logger.info("wrote %d parked records whose account arrived", resolved, extra={"stage": self.stage})
         return resolved
 
-    def _audit_resolved(self, cur: Cursor, table: EntityTable, merged: _Merged) -> None:
+    def _resolve_some(self, cur: Cursor, table: EntityTable, pids: list[int]) -> _Merged:
+        load_sql = table.load_parked_sql.encode()
+        # Golden contacts parked before their golden id was absorbed land on its survivor.
+        restage = table.restage_absorbed_sql.encode() if table.golden_field else None
+
+        def load(c: Cursor, seqs: list[int], sql: bytes = load_sql, again: bytes | None = restage) -> None:
+            c.execute(sql, (seqs,))
+            if again is not None:
+                c.execute(again, {"system": self.system})
+
+        merged = self._merge(cur, table, pids, load)
+        for pid, why in merged.refused.items():
+            cur.execute(
+                self._q("update crm.parked set dead_rule = %s, dead_field = %s, dead_error = %s where id = %s"),
+                (why.rule, why.field, why.error, pid),
+            )
+        return merged
+
+    def _audit_resolved(self, cur: Cursor, table: EntityTable, merged: _Merged, run_id: str | None) -> None:
         cur.execute(
             self._q(
                 "insert into crm.migration_audit (run_id, stage, entity, records, inserted, updated, unchanged, "
-                "rejected, started_at) values (null, %s, %s, %s, %s, %s, %s, %s, now())"
+                "rejected, started_at) values (%s, %s, %s, %s, %s, %s, %s, %s, now())"
             ),
             (
+                run_id,
                 f"{self.stage}-resolve",
                 table.entity,
                 merged.records,

@@ -117,6 +117,10 @@ def test_a_child_before_its_parent_is_parked_then_written_when_the_parent_arrive
     assert rows == [("K0000001", "bo1@example.com", "C0000007")]
     assert query(sink._dsn, "select total_sales from crm.sales") == [(Decimal("1234.50"),)]
     assert sink.dead_letters(final=True) == []
+    # The run of the children owns their resolution's audit rows, so a rollback of that run removes them.
+    assert query(sink._dsn, "select stage, entity, run_id, inserted from crm.migration_audit "
+                            "where stage like '%-resolve' order by entity") == [
+        ("sink-resolve", "contact", "run-1", 1), ("sink-resolve", "sale", "run-1", 1)]
 
 
 def test_a_newer_version_supersedes_a_parked_one(sink: Any, query: Query, records: Any) -> None:
