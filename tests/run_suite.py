@@ -5,12 +5,11 @@
    whole files per worker, in collection order: the session datasets, migrations and module fixtures are
    built once per worker). Every test already uses its own topics, groups and databases, so workers never
    see each other's data.
-3. ``pytest -m serial``: the tests that disturb the shared stack itself (PostgreSQL restarted...), alone on it.
-   Beside it, ``pytest -n 2 -m secure`` with ``CRMFLOW_STACK=local-secure`` on a secure local stack of its own
-   (TLS, SASL/SCRAM, ACLs, least-privilege roles; the plain stack's ports plus 100, its own home), started for it
-   and stopped after it. The serial tests spend most of their time waiting out the outages they cause, so the
-   secure part fills the idle cores; its output is printed when both are done.
+3. ``pytest -m serial``: the tests that disturb the shared stack itself (PostgreSQL restarted...), alone.
 4. Stop the stack if step 1 started it.
+5. ``pytest -n 2 -m secure`` with ``CRMFLOW_STACK=local-secure`` on a secure local stack of its own (TLS,
+   SASL/SCRAM, ACLs, least-privilege roles; the plain stack's ports plus 100, its own home), started for it
+   and stopped after it, so the two stacks' JVMs never compete for the two cores.
 
 With ``CRMFLOW_STACK=docker`` each pytest process starts its own containers, so the suite runs in one process.
 Arguments are passed to both pytest runs; the exit code is the first failure's.
@@ -21,9 +20,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import tempfile
-import threading
-from typing import IO
 
 from crmflow.settings import stack_settings
 from crmflow.stack import get_stack
@@ -46,28 +42,17 @@ def main(args: list[str]) -> int:
         # the end, so both workers finish together instead of one running the last long file alone.
         first = subprocess.call([*pytest, "-n", workers, "--dist", "loadfile", "--no-loadscope-reorder",
                                  "-m", "not serial and not secure", *args])  # fmt: skip
-        with tempfile.TemporaryFile("w+") as out:
-            secure: list[int] = []
-            beside = threading.Thread(target=lambda: secure.append(secure_part(args, out)), daemon=True)
-            if settings.stack == "local":
-                beside.start()
-            second = subprocess.call([*pytest, "-m", "serial and not secure", *args])
-            if beside.is_alive() or secure:
-                beside.join()
-                out.seek(0)
-                sys.stdout.write(out.read())
-                sys.stdout.flush()
-            third = secure[0] if secure else 5
+        second = subprocess.call([*pytest, "-m", "serial and not secure", *args])
     finally:
         if started:
             stack.down()
+    third = secure_part(args) if settings.stack == "local" else 5
     # 5: no test selected (a filter in args left a part empty) is not a failure
     return first or (0 if second == 5 else second) or (0 if third == 5 else third)
 
 
-def secure_part(args: list[str], out: IO[str]) -> int:
-    """``pytest -m secure`` on a secure local stack of its own (ports + 100), started and stopped here; its
-    output goes to ``out``."""
+def secure_part(args: list[str]) -> int:
+    """``pytest -m secure`` on a secure local stack of its own (ports + 100), started and stopped here."""
     from crmflow.stack.secure import sibling_settings
 
     s = sibling_settings(stack_settings())
@@ -75,16 +60,15 @@ def secure_part(args: list[str], out: IO[str]) -> int:
            "CRMFLOW_KAFKA_PORT": str(s.kafka_port), "CRMFLOW_KAFKA_CONTROLLER_PORT": str(s.kafka_controller_port),
            "CRMFLOW_REGISTRY_PORT": str(s.registry_port), "CRMFLOW_POSTGRES_PORT": str(s.postgres_port)}
     stack = [sys.executable, "-m", "crmflow", "stack"]
-    if subprocess.call([*stack, "up"], env=env, stdout=out, stderr=subprocess.STDOUT) != 0:
+    if subprocess.call([*stack, "up"], env=env) != 0:
         return 1
     try:
         # Two workers: its e2e tests (a migration, the SIGKILL tests, the PII gate) mostly wait on the stack;
         # measured: 75 s of tests where one process takes about 125 s.
         return subprocess.call([sys.executable, "-m", "pytest", "-n", "2", "--dist", "loadfile",
-                                "-m", "secure or also_secure", *args], env=env, stdout=out,
-                               stderr=subprocess.STDOUT)  # fmt: skip
+                                "-m", "secure or also_secure", *args], env=env)  # fmt: skip
     finally:
-        subprocess.call([*stack, "down"], env=env, stdout=out, stderr=subprocess.STDOUT)
+        subprocess.call([*stack, "down"], env=env)
 
 
 if __name__ == "__main__":
