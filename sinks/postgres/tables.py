@@ -499,16 +499,41 @@ class EntityTable:
         a row whose stored LSN is newer than the delete's is left alone (a stale delete). ``hard`` deletes
         the rows, their xref entries and (an account) its ``children``' rows, and remembers each id's delete
         LSN in ``deletions``; otherwise the rows and their children get ``deleted_at``. A parked child with a
-        deleted id is dropped. Returns one row: the rows deleted (children not counted)."""
+        deleted id is dropped. Returns one row: the rows deleted (children not counted).
+
+        A golden record's row (:attr:`golden_field`) is found through the xref entries of the deleted source
+        records: each leaves it, and the row goes only when none of its members is left (its values stay those
+        the deduper last sent; see the README on deletes of merged records)."""
         s = self.schema
         ctes = [
             "d as (select distinct on (external_id) external_id, lsn from unnest(%(ids)s::text[], "
             "%(lsns)s::bigint[]) as d (external_id, lsn) order by external_id, lsn desc nulls last)",
-            f"gone as (select t.id, t.external_id, d.lsn from {s}.{self.table} t join d using (external_id) "
-            "where (t.system is null or t.system = %(system)s::text) "
-            "and (t.source_lsn is null or d.lsn is null or t.source_lsn <= d.lsn)"
-            + ("" if hard else " and t.deleted_at is null") + ")",
         ]
+        if self.golden_field:
+            # A row is a golden record: a deleted source record leaves it (its xref entry goes), and the row
+            # goes with its last member only. A row with other members left stays, under its golden id; with
+            # no other member, a delete older than the row is stale, as for a plain row.
+            ctes += [
+                f"m as (select x.source_id, x.target_id, d.lsn, t.source_lsn, exists (select 1 from {s}.xref o "
+                f"where o.entity = '{self.entity}' and o.target_id = x.target_id "
+                "and o.source_id <> all(%(ids)s::text[])) as shared "
+                f"from {s}.xref x join d on x.source_id = d.external_id "
+                f"join {s}.{self.table} t on t.id = x.target_id where x.entity = '{self.entity}' "
+                "and (t.system is null or t.system = %(system)s::text))",
+                "left_ as (select * from m where shared or source_lsn is null or lsn is null or source_lsn <= lsn)",
+                "gone as (select t.id, t.external_id, max(l.lsn) as lsn from left_ l "
+                f"join {s}.{self.table} t on t.id = l.target_id where not l.shared"
+                + ("" if hard else " and t.deleted_at is null") + " group by t.id, t.external_id)",
+                f"xm as (delete from {s}.xref x using left_ l where x.entity = '{self.entity}' "
+                "and x.source_id = l.source_id" + ("" if hard else " and l.shared") + ")",
+            ]
+        else:
+            ctes.append(
+                f"gone as (select t.id, t.external_id, d.lsn from {s}.{self.table} t join d using (external_id) "
+                "where (t.system is null or t.system = %(system)s::text) "
+                "and (t.source_lsn is null or d.lsn is null or t.source_lsn <= d.lsn)"
+                + ("" if hard else " and t.deleted_at is null") + ")"
+            )
         remembered = ["select external_id, lsn from d"]
         for child in children:
             c = child.table
@@ -525,8 +550,8 @@ class EntityTable:
                             "from gone g where c.account_id = g.id and c.deleted_at is null)")
         if hard:
             ctes += [
-                f"xr as (delete from {s}.xref x using gone g where x.entity = '{self.entity}' "
-                "and x.target_id = g.id)",
+                *([] if self.golden_field else [f"xr as (delete from {s}.xref x using gone g "
+                                                f"where x.entity = '{self.entity}' and x.target_id = g.id)"]),
                 f"del as (delete from {s}.{self.table} t using gone g where t.id = g.id returning 1)",
                 f"mem as (insert into {s}.deletions as m (entity, external_id, source_lsn, system) "
                 f"select '{self.entity}', external_id, lsn, %(system)s::text from ({remembered[0]}) r "

@@ -151,15 +151,41 @@ def test_a_merge_into_a_survivor_without_a_row_renames_the_absorbed_row(
                                                                         (kid(2), kid(1), kid(1))]
 
 
-def test_a_contact_delete_removes_its_golden_contact_as_an_account_delete_does(
+def test_a_deleted_source_contact_leaves_its_golden_contact_which_goes_with_its_last_member(
     sink: PostgresSink, query: Query, records: Any
 ) -> None:
+    """K1 and K2 are one golden contact (K1). Deleting K1, the golden id itself, keeps the row for K2; deleting
+    K2 then removes it. Before, the first delete took the golden row with K2 in it."""
     dsn = sink._dsn
     sink.write_batch(_accounts(records, 1))
     sink.write_batch(batch(records, "contact", [golden_contact(records, 1, 1, 1), golden_contact(records, 2, 1, 1)]))
-    gone = records.contact(1, 1, deleted=True, source_lsn=100)
-    sink.write_batch(batch(records, "contact", [gone], first_offset=2))
+    sink.write_batch(batch(records, "contact", [records.contact(1, 1, deleted=True, source_lsn=100)], first_offset=2))
+    assert contact_rows(query, dsn) == [(kid(1), kid(1), cid(1), "Gold1 V1", cid(1))]
+    assert [(src, row) for src, row, _, _ in contact_xref(query, dsn)] == [(kid(2), kid(1))]
+    sink.write_batch(batch(records, "contact", [records.contact(2, 1, deleted=True, source_lsn=200)], first_offset=3))
     assert contact_rows(query, dsn) == [] and contact_xref(query, dsn) == []
+
+
+def test_a_deleted_source_account_leaves_its_golden_account_and_its_children_stay(
+    sink: PostgresSink, query: Query, records: Any
+) -> None:
+    """C1 and C2 are one golden account (C1) with a contact. Deleting C1 keeps the account and its contact for
+    C2; a replayed older delete of C2 is stale while C2 is the row's last member; C2's delete then takes both."""
+    dsn = sink._dsn
+    sink.write_batch(batch(records, "account", [records.account(1, golden_id=cid(1), source_lsn=10),
+                                                records.account(2, golden_id=cid(1), source_lsn=20)]))
+    sink.write_batch(batch(records, "contact", [records.contact(1, 2, source_lsn=30)], first_offset=2))
+    assert query(dsn, "select external_id from crm.accounts") == [(cid(1),)]
+    sink.write_batch(batch(records, "account", [records.account(1, deleted=True, source_lsn=40)], first_offset=3))
+    assert query(dsn, "select external_id from crm.accounts") == [(cid(1),)]
+    assert query(dsn, "select source_id from crm.xref where entity = 'account'") == [(cid(2),)]
+    assert query(dsn, "select external_id from crm.contacts") == [(kid(1),)]
+    sink.write_batch(batch(records, "account", [records.account(2, deleted=True, source_lsn=5)], first_offset=4))
+    assert query(dsn, "select external_id from crm.accounts") == [(cid(1),)], "older than the row: stale"
+    sink.write_batch(batch(records, "account", [records.account(2, deleted=True, source_lsn=50)], first_offset=5))
+    assert query(dsn, "select count(*) from crm.accounts") == [(0,)]
+    assert query(dsn, "select count(*) from crm.contacts") == [(0,)]
+    assert query(dsn, "select count(*) from crm.xref") == [(0,)]
 
 
 def test_a_stale_member_writes_its_survivors_row_while_the_survivors_own_records_wait(
