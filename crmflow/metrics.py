@@ -19,12 +19,13 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histo
 log = logging.getLogger(__name__)
 
 Stage = Literal["snapshot", "cdc", "process", "dedupe", "sink", "replay"]
-Outcome = Literal["in", "out", "rejected", "filtered", "merged", "parked"]
+Outcome = Literal["in", "out", "rejected", "filtered", "merged", "parked", "forgotten"]
 
 RECORDS = Counter(
     "crmflow_records_total",
     "Records seen by a stage, by outcome: in (read), out (written downstream), rejected (dead-lettered), "
-    "filtered (segment filter), merged (deduplicated), parked (waiting for a parent).",
+    "filtered (segment filter), merged (deduplicated), parked (waiting for a parent), forgotten (a record deleted "
+    "at the source, dropped from the deduper's state).",
     ["stage", "entity", "outcome"],
 )
 DLQ_RECORDS = Counter(

@@ -130,7 +130,9 @@ def build_app(
             for topic, indexes in by_topic.items():
                 encoded = stage.encoder(topic).encode_many(out.records[i].value for i in indexes)
                 for i, data in zip(indexes, encoded, strict=True):
-                    pending.append(await app.producer.send(topic, out.records[i].key, data, None, None, None))
+                    part = out.records[i].partition
+                    pending.append(await app.producer.send(topic, out.records[i].key, data,
+                                                           part if part >= 0 else None, None, None))
             for w in out.state:
                 pending.append(await app.producer.send(changelogs[w.topic], w.key, w.value, w.partition, None, None))
             for rej in out.rejections:

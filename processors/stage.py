@@ -253,10 +253,14 @@ class ProcessStage(BatchStage):
             resolver = self._by_entity.get(entity)
             if resolver is not None:
                 # Unmasked: the matcher needs the real values; the resolution masks its output. A delete goes
-                # to the mapped topic (deduplication of changes is not built yet).
+                # to the mapped topic (the sink drops the record from its golden row), and to every partition
+                # of the dedupe topic: it carries the id only, not the names its shard key is made of, and the
+                # partition whose deduper knows the record forgets it.
                 for i, key, record in rows:
                     if record.get("deleted"):
                         out.records.append(OutRecord(self._mapped[entity], key, record, _commit(self._commits, i)))
+                        out.records.extend(OutRecord(resolver.topic, key, record, partition=p)
+                                           for p in range(self._dedupe_partitions))
                     else:
                         shard = shard_key(record, "contact" if entity == "contact" else "account")
                         out.records.append(OutRecord(resolver.topic, shard.encode(), record,
@@ -289,6 +293,11 @@ class ProcessStage(BatchStage):
             deduper, _ = self._shard(resolver, rec.partition)
             if rec.partition not in touched:
                 touched.append(rec.partition)
+            if rec.value.get("deleted"):
+                rid = rec.value.get(deduper.id_field)
+                if rid is not None and deduper.forget(str(rid)) is not None:
+                    out.count(DEDUPE_STAGE, entity, "forgotten")
+                continue
             try:
                 # A contact's parent feature is its own customer_id (see the module docs).
                 result = deduper.process(rec.value)
@@ -312,7 +321,7 @@ class ProcessStage(BatchStage):
                 if data is not None and cipher is not None:
                     data = cipher.seal(data, k)
                 out.state.append(StateWrite(resolver.topic, partition, k, data))
-        out.count(DEDUPE_STAGE, entity, "in", len(clean))
+        out.count(DEDUPE_STAGE, entity, "in", sum(1 for _, rec in clean if not rec.value.get("deleted")))
         out.count(DEDUPE_STAGE, entity, "out", sent)
         out.count(DEDUPE_STAGE, entity, "merged", out.decisions.get((entity, "joined"), 0))
 

@@ -337,7 +337,7 @@ class TransactionalRuntime:
             values = self.stage.encoder(topic).encode_many(output.records[i].value for i in indexes)
             for i, value in zip(indexes, values, strict=True):
                 out_rec = output.records[i]
-                self._produce(producer, topic, out_rec.key, value,
+                self._produce(producer, topic, out_rec.key, value, partition=out_rec.partition,
                               headers=list(out_rec.headers) if out_rec.headers else None)
         changelogs = self.stage.changelogs
         for w in output.state:

@@ -76,6 +76,7 @@ class OutRecord:
     key: bytes | None
     value: Mapping[str, Any]
     headers: Sequence[tuple[str, bytes]] | None = None  # produced with the record (a stage's own metadata)
+    partition: int = -1  # this partition of ``topic``; -1: the partitioner's choice by key
 
 
 @dataclass(frozen=True, slots=True)

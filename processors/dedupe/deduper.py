@@ -197,6 +197,40 @@ class Deduper:
             absorbed=golden.get("absorbed", []),
         )
 
+    def forget(self, rid: str) -> str | None:
+        """Remove a source record deleted at the source: from its blocks (a later record no longer meets it),
+        and from its cluster, whose golden value is rebuilt from the members left (or dropped with its last
+        member). The cluster keeps its golden id even when that was the deleted record's, as the target's row
+        does; a cluster whose remaining members no longer match each other is not split. Returns the golden id
+        of the cluster it left, or None when this deduper does not know the record."""
+        st = self.state
+        feats = st.records.get(rid)
+        if feats is None:
+            return None
+        for key in self.keyer.keys(feats):
+            ids = st.blocks.get(key)
+            if ids is not None and rid in ids:
+                rest = [i for i in ids if i != rid]
+                if rest:
+                    st.blocks[key] = rest
+                else:
+                    del st.blocks[key]
+        gid = st.clusters.get(rid)
+        old = st.goldens.get(gid) if gid is not None else None
+        if gid is not None and old is not None:
+            members = [m for m in old["members"] if m != rid]
+            if members:
+                golden = self.survivor.rebuild((m, self._features(m)) for m in members)
+                if old.get("absorbed"):
+                    golden["absorbed"] = old["absorbed"]
+                st.goldens[gid] = golden
+            else:
+                del st.goldens[gid]
+        if rid in st.clusters:
+            del st.clusters[rid]
+        del st.records[rid]
+        return gid
+
     def features_of(self, record: Mapping[str, Any]) -> Features:
         """The feature dict this deduper extracts from a clean record (training, evaluation)."""
         return extract(record, self.config.entity, self.extra_fields)

@@ -36,8 +36,9 @@ COLUMNS = ["customer_id", "first_name", "last_name", "contact_email", "phone", "
 FIELDS = ["full_name", "email", "phone", "city", "country", "region", "birth_date"]
 
 
-def _config(tmp_path: Path, legacy_env: str, target_env: str, tag: str) -> Path:
+def _config(tmp_path: Path, legacy_env: str, target_env: str, tag: str, dedupe: bool = False) -> Path:
     raw: dict[str, Any] = yaml.safe_load(CDC_CONFIG.read_text())
+    raw["dedupe"]["enabled"] = dedupe
     raw["run"]["name"] = f"e2epr{tag}"
     raw["kafka"]["topic_prefix"] = f"e2e-pr-{tag}"
     for src in raw["sources"].values():
@@ -67,6 +68,37 @@ def _accounts(config: Path, legacy_dsn: str, target_dsn: str) -> tuple[dict[str,
         got = {r[0]: dict(zip(FIELDS, r[1:], strict=True)) for r in conn.execute(
             f"select external_id, {', '.join(FIELDS)} from crm_cdc.accounts where deleted_at is null")}  # fmt: skip
     return expected, got, failing
+
+
+def _dedupe_records(config: Path) -> set[str]:
+    """The account ids whose record the dedupe state holds now: the live ``r:<id>`` keys of its changelog."""
+    from confluent_kafka import Consumer, KafkaError, TopicPartition
+
+    from crmflow.stack import get_stack
+    from processors.service import changelog_topic
+
+    topic = changelog_topic(load_config(config))
+    kafka = get_stack().endpoints().kafka
+    consumer = Consumer({**kafka.client_config(), "group.id": f"t-{uuid.uuid4().hex[:8]}",
+                         "isolation.level": "read_committed", "enable.partition.eof": True,
+                         "enable.auto.commit": False})  # fmt: skip
+    live: dict[str, bool] = {}
+    try:
+        partitions = consumer.list_topics(topic, timeout=30).topics[topic].partitions
+        consumer.assign([TopicPartition(topic, p, 0) for p in partitions])
+        ends = 0
+        while ends < len(partitions):
+            for msg in consumer.consume(1000, 2.0):
+                err = msg.error()
+                if err is not None:
+                    ends += err.code() == KafkaError._PARTITION_EOF
+                    continue
+                key = (msg.key() or b"").decode()
+                if key.startswith("r:"):
+                    live[key[2:]] = msg.value() is not None
+    finally:
+        consumer.close()
+    return {rid for rid, alive in live.items() if alive}
 
 
 def test_parallel_run_catches_up_and_the_target_equals_the_legacy_database(
@@ -100,6 +132,47 @@ def test_parallel_run_catches_up_and_the_target_equals_the_legacy_database(
         assert set(got) - set(expected) <= failing
         # The change workload's own keys (C8...) got there: inserts reached the target.
         assert any(k.startswith("C8") for k in got)
+    finally:
+        with psycopg.connect(legacy_dsn, autocommit=True) as conn, contextlib.suppress(psycopg.Error):
+            slot = f"e2e_pr_{tag}"
+            wait_until(lambda: conn.execute("select active_pid is null from pg_replication_slots where slot_name = %s",
+                                            (slot,)).fetchone() in (None, (True,)), 15, what="the slot released")
+            conn.execute("select pg_drop_replication_slot(slot_name) from pg_replication_slots where slot_name = %s",
+                         (slot,))  # fmt: skip
+
+
+def test_with_dedupe_a_customer_deleted_at_the_source_leaves_the_deduper_and_its_golden_account(
+    pg_dsn_factory: Callable[[], str], tmp_path: Path
+) -> None:
+    """The parallel run with deduplication on: every customer the workload deletes is forgotten by the deduper
+    (its delete went to every partition of the dedupe topic) and left its golden account (its xref entry), and
+    no golden account is left without a member."""
+    tag = uuid.uuid4().hex[:8]
+    legacy_dsn, target_dsn = pg_dsn_factory(), pg_dsn_factory()
+    generate(tmp_path / "data", 300, 5)
+    load_legacy_db(legacy_dsn, tmp_path / "data")
+    legacy_env, target_env = f"E2E_PRD_LEGACY_{tag.upper()}", f"E2E_PRD_TARGET_{tag.upper()}"
+    config = _config(tmp_path, legacy_env, target_env, tag, dedupe=True)
+    env = {**os.environ, legacy_env: legacy_dsn, target_env: target_dsn, "PYTHONUNBUFFERED": "1",
+           "CRMFLOW_HOME": os.environ.get("CRMFLOW_HOME", str(tmp_path / "home"))}  # fmt: skip
+    try:
+        done = subprocess.run([sys.executable, "-m", "crmflow", "parallel-run", "-c", str(config), "--changes", "30",
+                               "--seconds", "6", "--json", "--timeout", "300"],
+                              env=env, capture_output=True, text=True, timeout=600, check=False)  # fmt: skip
+        result = json.loads(done.stdout)
+        assert result["caught_up"] is True, done.stderr[-4000:]
+        deleted = result["workload"]["by_table_op"].get("customers d", 0)
+        assert deleted > 0, result["workload"]
+        with psycopg.connect(legacy_dsn) as conn:
+            present = {r[0] for r in conn.execute("select customer_id::text from legacy.customers")}
+        remembered = _dedupe_records(config)
+        assert remembered and not remembered - present, sorted(remembered - present)[:5]
+        with psycopg.connect(target_dsn) as conn:
+            members = {r[0] for r in conn.execute("select source_id from crm_cdc.xref where entity = 'account'")}
+            lonely = conn.execute("select count(*) from crm_cdc.accounts a where not exists (select 1 from "
+                                  "crm_cdc.xref x where x.entity = 'account' and x.target_id = a.id)").fetchone()
+        assert members and not members - present, sorted(members - present)[:5]
+        assert lonely == (0,)
     finally:
         with psycopg.connect(legacy_dsn, autocommit=True) as conn, contextlib.suppress(psycopg.Error):
             slot = f"e2e_pr_{tag}"

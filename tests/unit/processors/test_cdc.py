@@ -205,8 +205,9 @@ def test_an_unchanged_column_leaves_the_fields_reading_it_unchanged_and_a_requir
     assert "REPLICA IDENTITY FULL" in info.value.message
 
 
-def test_with_contact_dedupe_a_contact_delete_goes_straight_to_the_mapped_topic() -> None:
-    """As an account delete does: the sink deletes the row of that id (deduplication of changes is not built)."""
+def test_with_contact_dedupe_a_contact_delete_goes_to_the_sink_and_the_deduper_forgets_it() -> None:
+    """As an account delete does: straight to the mapped topic (the sink drops the record from its golden row),
+    and to every partition of the dedupe topic, where the deduper that knows the record forgets it."""
     cfg: MigrationConfig = load_config(DEMO)
     assert cfg.dedupe is not None
     mappers = build_mappers(cfg)
@@ -226,5 +227,15 @@ def test_with_contact_dedupe_a_contact_delete_goes_straight_to_the_mapped_topic(
            "Contact_Email": "bo@example.com", "Phone": None, "Job_Title": "Buyer"}
     out = stage.process([InRecord(contacts_cdc, 0, 0, b"k", _envelope("c", None, row, lsn=100), b"raw"),
                          InRecord(contacts_cdc, 0, 1, b"k", _envelope("d", row, None, lsn=200), b"raw")])
-    assert [(r.topic, r.key) for r in out.records] == [(contacts, b"bp"), (mapped["contact"], b"K0000001")]
+    assert [(r.topic, r.key, r.partition) for r in out.records] == [
+        (contacts, b"bp", -1), (mapped["contact"], b"K0000001", -1), (contacts, b"K0000001", 0)]
     assert out.records[1].value["deleted"] is True and out.records[1].value["source_lsn"] == 200
+    assert out.records[2].value == out.records[1].value
+    # The dedupe topic's partition 0 reads the insert, then the delete.
+    resolved = stage.process([InRecord(contacts, 0, 0, b"bp", out.records[0].value, b"raw"),
+                              InRecord(contacts, 0, 1, b"K0000001", out.records[2].value, b"raw")])
+    assert [r.topic for r in resolved.records] == [mapped["contact"]], "the insert's golden contact, nothing more"
+    counts = resolved.counts
+    assert counts[("dedupe", "contact", "forgotten")] == 1 and counts[("dedupe", "contact", "in")] == 1
+    written = {w.key: w.value for w in resolved.state}
+    assert written[b"r:K0000001"] is None and written[b"g:K0000001"] is None, "tombstones: record and cluster gone"

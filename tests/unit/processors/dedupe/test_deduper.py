@@ -180,3 +180,26 @@ def test_same_input_order_gives_the_same_golden_ids_and_state(account: Any) -> N
         runs.append((ids, deduper.state.to_json()))
     assert runs[0] == runs[1]
     assert runs[0][0] == ["C1", "C2", "C3", "C1", "C5", "C3", "C3"]
+
+
+def test_a_forgotten_record_leaves_its_cluster_and_its_blocks(account: Any) -> None:
+    """A record deleted at the source: the cluster keeps its golden id with the members left, its golden value
+    no longer holds the record's values, a later record meets it no more, and the last member takes the cluster
+    with it. A record this deduper never saw is not known."""
+    deduper = Deduper(POINTS)
+    deduper.process(account(customer_id="C0000003", phone="+14146510001", city="Dallas"))
+    deduper.process(account(customer_id="C0000007", phone=None, city="Austin"))  # same e-mail: one cluster
+    st = deduper.state
+    assert st.goldens["C0000003"]["members"] == ["C0000003", "C0000007"]
+    assert deduper.forget("C0000003") == "C0000003"
+    assert st.goldens["C0000003"]["members"] == ["C0000007"], "the golden id stays, as the target's row does"
+    golden = deduper.golden("C0000003")
+    assert golden is not None and golden["phone"] is None and golden["city"] == "Austin", "only C7's values left"
+    assert "C0000003" not in st.records and "C0000003" not in st.clusters
+    assert all("C0000003" not in ids for ids in st.blocks.values())
+    # A record that shares only the forgotten one's phone founds a cluster of its own.
+    alone = deduper.process(account(customer_id="C0000009", email=None, phone="+14146510001", **BARE))
+    assert alone.golden_id == "C0000009" and alone.merged_into is None
+    assert deduper.forget("C0000007") == "C0000003"
+    assert "C0000003" not in st.goldens and "C0000007" not in st.records
+    assert deduper.forget("C0000404") is None
