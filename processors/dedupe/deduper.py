@@ -34,7 +34,7 @@ every vetoed near-merge is returned as evidence.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, MutableMapping
+from collections.abc import Iterable, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -207,14 +207,7 @@ class Deduper:
         feats = st.records.get(rid)
         if feats is None:
             return None
-        for key in self.keyer.keys(feats):
-            ids = st.blocks.get(key)
-            if ids is not None and rid in ids:
-                rest = [i for i in ids if i != rid]
-                if rest:
-                    st.blocks[key] = rest
-                else:
-                    del st.blocks[key]
+        self._leave_blocks(rid, self.keyer.keys(feats))
         gid = st.clusters.get(rid)
         old = st.goldens.get(gid) if gid is not None else None
         if gid is not None and old is not None:
@@ -259,16 +252,21 @@ class Deduper:
                 if rid not in ids:
                     st.blocks[key] = [*ids, rid]
         if old is not None:
-            for key in set(self.keyer.keys(old)).difference(keys):
-                ids = st.blocks.get(key)
-                if ids is not None and rid in ids:
-                    rest = [i for i in ids if i != rid]
-                    if rest:
-                        st.blocks[key] = rest
-                    else:
-                        del st.blocks[key]
+            self._leave_blocks(rid, set(self.keyer.keys(old)).difference(keys))
         candidates.discard(rid)
         return candidates, closed
+
+    def _leave_blocks(self, rid: str, keys: Iterable[str]) -> None:
+        """Take ``rid`` out of the blocks of ``keys``; a block left empty goes."""
+        blocks = self.state.blocks
+        for key in keys:
+            ids = blocks.get(key)
+            if ids is not None and rid in ids:
+                rest = [i for i in ids if i != rid]
+                if rest:
+                    blocks[key] = rest
+                else:
+                    del blocks[key]
 
     def _match(
         self, rid: str, feats: Features, candidates: set[str], own_gid: str | None, evidence: list[dict[str, Any]]

@@ -12,7 +12,8 @@ import os
 import subprocess
 import sys
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -101,21 +102,47 @@ def _dedupe_records(config: Path) -> set[str]:
     return {rid for rid, alive in live.items() if alive}
 
 
-def test_parallel_run_catches_up_and_the_target_equals_the_legacy_database(
-    pg_dsn_factory: Callable[[], str], tmp_path: Path
-) -> None:
+@dataclass
+class _Run:
+    done: subprocess.CompletedProcess[str]
+    config: Path
+    legacy_dsn: str
+    target_dsn: str
+    loaded: dict[str, int]
+
+
+@contextlib.contextmanager
+def _parallel_run(pg_dsn_factory: Callable[[], str], tmp_path: Path, changes: int, seconds: int,
+                  dedupe: bool = False) -> Iterator[_Run]:
+    """`crmflow parallel-run` on 300 generated customers in a legacy database of its own, under a change workload
+    of ``changes``/s for ``seconds``; the slot is dropped afterwards."""
     tag = uuid.uuid4().hex[:8]
     legacy_dsn, target_dsn = pg_dsn_factory(), pg_dsn_factory()
     generate(tmp_path / "data", 300, 5)
     loaded = load_legacy_db(legacy_dsn, tmp_path / "data")
     legacy_env, target_env = f"E2E_PR_LEGACY_{tag.upper()}", f"E2E_PR_TARGET_{tag.upper()}"
-    config = _config(tmp_path, legacy_env, target_env, tag)
+    config = _config(tmp_path, legacy_env, target_env, tag, dedupe=dedupe)
     env = {**os.environ, legacy_env: legacy_dsn, target_env: target_dsn, "PYTHONUNBUFFERED": "1",
            "CRMFLOW_HOME": os.environ.get("CRMFLOW_HOME", str(tmp_path / "home"))}  # fmt: skip
     try:
-        done = subprocess.run([sys.executable, "-m", "crmflow", "parallel-run", "-c", str(config), "--changes", "15",
-                               "--seconds", "4", "--json", "--timeout", "300"],
+        done = subprocess.run([sys.executable, "-m", "crmflow", "parallel-run", "-c", str(config), "--changes",
+                               str(changes), "--seconds", str(seconds), "--json", "--timeout", "300"],
                               env=env, capture_output=True, text=True, timeout=600, check=False)  # fmt: skip
+        yield _Run(done, config, legacy_dsn, target_dsn, loaded)
+    finally:
+        with psycopg.connect(legacy_dsn, autocommit=True) as conn, contextlib.suppress(psycopg.Error):
+            slot = f"e2e_pr_{tag}"
+            wait_until(lambda: conn.execute("select active_pid is null from pg_replication_slots where slot_name = %s",
+                                            (slot,)).fetchone() in (None, (True,)), 15, what="the slot released")
+            conn.execute("select pg_drop_replication_slot(slot_name) from pg_replication_slots where slot_name = %s",
+                         (slot,))  # fmt: skip
+
+
+def test_parallel_run_catches_up_and_the_target_equals_the_legacy_database(
+    pg_dsn_factory: Callable[[], str], tmp_path: Path
+) -> None:
+    with _parallel_run(pg_dsn_factory, tmp_path, changes=15, seconds=4) as run:
+        done, config, legacy_dsn, target_dsn, loaded = run.done, run.config, run.legacy_dsn, run.target_dsn, run.loaded
         assert done.returncode == 0, done.stderr[-4000:]
         result = json.loads(done.stdout)
         assert result["caught_up"] is True and result["in_step"] is True
@@ -132,13 +159,6 @@ def test_parallel_run_catches_up_and_the_target_equals_the_legacy_database(
         assert set(got) - set(expected) <= failing
         # The change workload's own keys (C8...) got there: inserts reached the target.
         assert any(k.startswith("C8") for k in got)
-    finally:
-        with psycopg.connect(legacy_dsn, autocommit=True) as conn, contextlib.suppress(psycopg.Error):
-            slot = f"e2e_pr_{tag}"
-            wait_until(lambda: conn.execute("select active_pid is null from pg_replication_slots where slot_name = %s",
-                                            (slot,)).fetchone() in (None, (True,)), 15, what="the slot released")
-            conn.execute("select pg_drop_replication_slot(slot_name) from pg_replication_slots where slot_name = %s",
-                         (slot,))  # fmt: skip
 
 
 def test_with_dedupe_a_customer_deleted_at_the_source_leaves_the_deduper_and_its_golden_account(
@@ -147,18 +167,8 @@ def test_with_dedupe_a_customer_deleted_at_the_source_leaves_the_deduper_and_its
     """The parallel run with deduplication on: every customer the workload deletes is forgotten by the deduper
     (its delete went to every partition of the dedupe topic) and left its golden account (its xref entry), and
     no golden account is left without a member."""
-    tag = uuid.uuid4().hex[:8]
-    legacy_dsn, target_dsn = pg_dsn_factory(), pg_dsn_factory()
-    generate(tmp_path / "data", 300, 5)
-    load_legacy_db(legacy_dsn, tmp_path / "data")
-    legacy_env, target_env = f"E2E_PRD_LEGACY_{tag.upper()}", f"E2E_PRD_TARGET_{tag.upper()}"
-    config = _config(tmp_path, legacy_env, target_env, tag, dedupe=True)
-    env = {**os.environ, legacy_env: legacy_dsn, target_env: target_dsn, "PYTHONUNBUFFERED": "1",
-           "CRMFLOW_HOME": os.environ.get("CRMFLOW_HOME", str(tmp_path / "home"))}  # fmt: skip
-    try:
-        done = subprocess.run([sys.executable, "-m", "crmflow", "parallel-run", "-c", str(config), "--changes", "30",
-                               "--seconds", "6", "--json", "--timeout", "300"],
-                              env=env, capture_output=True, text=True, timeout=600, check=False)  # fmt: skip
+    with _parallel_run(pg_dsn_factory, tmp_path, changes=30, seconds=6, dedupe=True) as run:
+        done, config, legacy_dsn, target_dsn = run.done, run.config, run.legacy_dsn, run.target_dsn
         result = json.loads(done.stdout)
         assert result["caught_up"] is True, done.stderr[-4000:]
         deleted = result["workload"]["by_table_op"].get("customers d", 0)
@@ -173,10 +183,3 @@ def test_with_dedupe_a_customer_deleted_at_the_source_leaves_the_deduper_and_its
                                   "crm_cdc.xref x where x.entity = 'account' and x.target_id = a.id)").fetchone()
         assert members and not members - present, sorted(members - present)[:5]
         assert lonely == (0,)
-    finally:
-        with psycopg.connect(legacy_dsn, autocommit=True) as conn, contextlib.suppress(psycopg.Error):
-            slot = f"e2e_pr_{tag}"
-            wait_until(lambda: conn.execute("select active_pid is null from pg_replication_slots where slot_name = %s",
-                                            (slot,)).fetchone() in (None, (True,)), 15, what="the slot released")
-            conn.execute("select pg_drop_replication_slot(slot_name) from pg_replication_slots where slot_name = %s",
-                         (slot,))  # fmt: skip
