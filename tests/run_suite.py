@@ -60,9 +60,9 @@ def secure_part(args: list[str]) -> int:
            "CRMFLOW_KAFKA_PORT": str(s.kafka_port), "CRMFLOW_KAFKA_CONTROLLER_PORT": str(s.kafka_controller_port),
            "CRMFLOW_REGISTRY_PORT": str(s.registry_port), "CRMFLOW_POSTGRES_PORT": str(s.postgres_port)}
     stack = [sys.executable, "-m", "crmflow", "stack"]
-    if subprocess.call([*stack, "up"], env=env) != 0:
-        return 1
     try:
+        if subprocess.call([*stack, "up"], env=env) != 0:
+            return 1  # what did start is stopped below, so it holds no port for the next run
         # Two workers: its e2e tests (a migration, the SIGKILL tests, the PII gate) mostly wait on the stack;
         # measured: 75 s of tests where one process takes about 125 s.
         return subprocess.call([sys.executable, "-m", "pytest", "-n", "2", "--dist", "loadfile",
