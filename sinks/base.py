@@ -139,6 +139,11 @@ class Sink(abc.ABC):
         """Records currently held back (parked) per entity, for the ``crmflow_parked_records`` gauge."""
         return {}
 
+    def parents(self) -> frozenset[str]:
+        """Entities other entities' records wait for (held back until their parent is written): the runner
+        reads their backlog first, so children find their parent instead of being held. Default: none."""
+        return frozenset()
+
     def resolved(self) -> int:
         """Held records written since ``setup()`` once their parent arrived (for the runner's report)."""
         return 0

@@ -53,6 +53,10 @@ class SinkStage(BatchStage):
         self._held: dict[int, HeldDeadLetter] = {}  # handle → held record being dead-lettered
         self._opened = False
         self._give_up = give_up
+        # The topics of the entities the target parks children for (accounts), when children come too: a
+        # backlog's parents are written first, so their children are not parked and written twice.
+        parents = [t for t, e in self._entities.items() if e in sink.parents()]
+        self.first_topics = parents if len(parents) < len(self._entities) else []
 
     # ------------------------------------------------------------------------------------- contract
 

@@ -38,9 +38,11 @@ class SinkBench:
     elapsed_s: float
     cpu_s: float
     peak_rss_bytes: int
+    parked: int = 0  # records parked for a while because their parent was not written yet
 
     def to_json(self) -> dict[str, Any]:
         return {"members": self.members, "batch_size": self.batch_size, "records": self.records,
+                "parked": self.parked,
                 "elapsed_s": round(self.elapsed_s, 2), "cpu_s": round(self.cpu_s, 2),
                 "records_per_second": round(self.records / self.elapsed_s, 1) if self.elapsed_s else 0.0,
                 "records_per_cpu_second": round(self.records / self.cpu_s, 1) if self.cpu_s else 0.0,
@@ -101,9 +103,9 @@ def run_sink_bench(ep: Endpoints, customers: int, *, seed: int = 1, partitions: 
                     s.sample()
             finally:
                 stop_all(sinks)
-            records = _audited(ep, database)
+            records, parked = _audited(ep, database)
             results.append(SinkBench(members, batch_size, records, done - started, cpu,
-                                     max(s.peak_rss for s in sinks)))
+                                     max(s.peak_rss for s in sinks), parked))
             log.info("sink bench: %s", results[-1].to_json())
     finally:
         with ep.postgres.connect(autocommit=True) as conn:
@@ -113,8 +115,10 @@ def run_sink_bench(ep: Endpoints, customers: int, *, seed: int = 1, partitions: 
     return results
 
 
-def _audited(ep: Endpoints, database: str) -> int:
-    """Mapped records the sink's batches handled (written, unchanged, parked or refused), from its audit."""
+def _audited(ep: Endpoints, database: str) -> tuple[int, int]:
+    """Mapped records the sink's batches handled (written, unchanged, parked or refused), and how many of them
+    it parked, from its audit."""
     with ep.database(database).connect() as conn:
-        row = conn.execute("select coalesce(sum(records), 0) from crm.migration_audit where stage = 'sink'").fetchone()
-    return int(row[0]) if row else 0
+        row = conn.execute("select coalesce(sum(records), 0), coalesce(sum(parked), 0) from crm.migration_audit "
+                           "where stage = 'sink'").fetchone()
+    return (int(row[0]), int(row[1])) if row else (0, 0)

@@ -95,6 +95,9 @@ class RuntimeOptions:
     retry_backoff_max_s: float = 10.0
     lag_interval_s: float = 2.0
     maintenance_interval_s: float = 5.0
+    #: With the stage's ``first_topics``: the longest the other topics stay paused in one go; then one consume is
+    #: theirs, so a first topic that never runs dry cannot starve them.
+    first_hold_max_s: float = 30.0
     client_config: dict[str, Any] = field(default_factory=dict)  # librdkafka tuning (TLS/SASL live in ``kafka``)
 
 
@@ -122,6 +125,11 @@ class TransactionalRuntime:
         self._producer: Producer | None = None
         self._watchdog = CallWatchdog(stage.name, grace_s=5.0)  # librdkafka's calls can outlive their timeout
         self._next_lag = 0.0
+        self._first = frozenset(stage.first_topics)
+        self._paused: set[TP] = set()  # partitions paused so that the first topics' backlog is read first
+        self._held_since: float | None = None
+        self._turn_until: float | None = None  # the other topics' turn (the first ones paused) ends then...
+        self._served = False  # ...or once they brought a batch
         self._failures = 0  # transactions aborted in a row (backoff)
         self.batches = 0
         self.records = 0
@@ -199,6 +207,7 @@ class TransactionalRuntime:
             log.info("%s reading %s as group %s (transactional id %s)", self.stage.name,
                      ", ".join(self.stage.topics), o.group_id, o.transactional_id, extra={"stage": self.stage.name})
             while not self.stop_event.is_set():
+                self._prioritise(consumer)
                 messages = self._consume(consumer)
                 batch = self._admit(messages)
                 if batch:
@@ -231,6 +240,58 @@ class TransactionalRuntime:
             return [first]
         return [first, *consumer.consume(o.batch_size - 1, o.linger_s)]
 
+    def _prioritise(self, consumer: Consumer) -> None:
+        """Pause the partitions of the topics that are not first while the first topics' assigned partitions hold
+        a batch or more of unread messages (high watermark as last fetched, no broker round trip, minus the
+        position), and resume them once that backlog is below a batch. After ``first_hold_max_s`` of that, it is
+        the others' turn: the first topics are paused instead until a batch brought some of the others' messages,
+        or for ``_TURN_S`` (a paused partition's watermark is not fetched, so whether the others have something
+        is only known by reading them), so a first topic that never runs dry cannot starve the others."""
+        if not self._first:
+            return
+        firsts = {tp for tp in self._assigned if tp[0] in self._first}
+        others = self._assigned - firsts
+        now = time.monotonic()
+        want: set[TP] = set()
+        if self._turn_until is not None:  # the others' turn, until they brought a batch or it is up
+            if not self._served and now < self._turn_until:
+                return
+            self._turn_until, self._held_since = None, now
+        if self._backlog(consumer, firsts) < self.opts.batch_size:
+            self._held_since = None
+        elif self._held_since is None or now - self._held_since <= self.opts.first_hold_max_s:
+            self._held_since = self._held_since or now
+            want = others
+        else:
+            self._turn_until, self._served, want = now + _TURN_S, False, firsts
+        pause, resume = want - self._paused, self._paused - want
+        try:
+            if resume:
+                consumer.resume([TopicPartition(t, p) for t, p in sorted(resume)])
+            if pause:
+                consumer.pause([TopicPartition(t, p) for t, p in sorted(pause)])
+        except KafkaException as exc:
+            log.warning("pausing or resuming partitions failed: %s", exc, extra={"stage": self.stage.name})
+            return
+        self._paused = want
+
+    def _backlog(self, consumer: Consumer, partitions: set[TP]) -> int:
+        """Unread messages of ``partitions``: their high watermark as last fetched minus the position (before the
+        first fetch: the last commit, else the low watermark); 0 when unknown."""
+        if not partitions:
+            return 0
+        backlog = 0
+        try:
+            for tp in consumer.position([TopicPartition(t, p) for t, p in sorted(partitions)]):
+                low, high = consumer.get_watermark_offsets(tp, cached=True)
+                position = tp.offset if tp.offset >= 0 else self._done.get((tp.topic, tp.partition), low)
+                if high >= 0 and position >= 0:
+                    backlog += max(high - position, 0)
+        except KafkaException as exc:
+            log.debug("backlog unknown: %s", exc)
+            return 0
+        return backlog
+
     def _admit(self, messages: list[Message]) -> list[Message]:
         """The data messages of assigned partitions; end-of-partition events are noted."""
         batch: list[Message] = []
@@ -252,6 +313,7 @@ class TransactionalRuntime:
             if tp in self._assigned:
                 self._at_end.discard(tp)
                 batch.append(msg)
+                self._served = self._served or tp[0] not in self._first
         return batch
 
     def _process(self, messages: list[Message]) -> None:
@@ -556,6 +618,7 @@ class TransactionalRuntime:
         for tp in partitions:
             key = (tp.topic, tp.partition)
             self._assigned.discard(key)
+            self._paused.discard(key)
             self._done.pop(key, None)
             self._eof.pop(key, None)
             self._at_end.discard(key)
@@ -616,6 +679,10 @@ class TransactionalRuntime:
 # Healthy, this takes milliseconds; a broker away fails it within the timeout (abort, rewind, retry), and a
 # librdkafka stall past it ends the process (see crmflow.runtime.watchdog) after a short grace.
 _SEND_OFFSETS_TIMEOUT_S = 10
+
+# The longest the other topics' turn lasts (after first_hold_max_s of pause) when they bring nothing: a fetch
+# of the resumed partitions may wait behind one in flight (fetch.wait.max.ms, 500 ms).
+_TURN_S = 1.5
 
 _FENCED = {KafkaError._FENCED, KafkaError.PRODUCER_FENCED, KafkaError.INVALID_PRODUCER_EPOCH}
 

@@ -134,6 +134,10 @@ class BatchStage(abc.ABC):
     changelogs: Mapping[str, str] = MappingProxyType({})
     #: A message without a value (a tombstone of a compacted topic) is passed over (True) or dead-lettered.
     skip_tombstones: bool = False
+    #: Input topics read first while they hold a backlog: the runtime pauses the other topics' partitions while
+    #: these topics' assigned partitions have at least a batch of unread messages (the sink: parent entities,
+    #: so that a backlog's children find their parent written instead of being held back). Empty: all alike.
+    first_topics: Sequence[str] = ()
 
     @property
     @abc.abstractmethod

@@ -169,6 +169,10 @@ class PostgresSink(Sink):
             self._conn = conn
         return self._conn
 
+    def parents(self) -> frozenset[str]:
+        """Accounts: contacts, sales and cases are parked until their account is written."""
+        return frozenset(t.entity for t in self._tables.values() if not t.is_child)
+
     # ------------------------------------------------------------------------------------ writing
 
     def write_batch(self, batch: Sequence[SinkRecord]) -> BatchResult:

@@ -308,3 +308,107 @@ def test_natural_batching_goes_on_with_a_trickle_and_fills_batches_from_a_backlo
     finally:
         runtime.stop()
         thread.join(30)
+
+
+class _Order(BatchStage):
+    """Produces nothing; notes the topic of every record of every batch, in order."""
+
+    name = "sink"
+
+    def __init__(self, topics: Sequence[str], first: Sequence[str], codec: AvroCodec) -> None:
+        self._topics, self.first_topics, self.codec = list(topics), list(first), codec
+        self.batches: list[list[str]] = []
+
+    @property
+    def topics(self) -> Sequence[str]:
+        return self._topics
+
+    def decoder(self, topic: str) -> Decoder:
+        return self.codec
+
+    def encoder(self, topic: str) -> Encoder:
+        return self.codec
+
+    def process(self, batch: Sequence[InRecord]) -> StageOutput:
+        self.batches.append([r.topic for r in batch])
+        return StageOutput()
+
+
+def _first_topic_runtime(endpoints: Endpoints, registry_client: SchemaRegistryClient,
+                         topic_factory: Callable[..., str], group_factory: Callable[[], str], parents: int,
+                         children: int, batch_size: int = 100, fetch_bytes: int = 1024,
+                         **opts: Any) -> tuple[TransactionalRuntime, _Order, str, str, str]:
+    parent, child = topic_factory("rt-parent", partitions=2), topic_factory("rt-child", partitions=2)
+    dlq, group = topic_factory("rt-dlq"), group_factory()
+    codec = AvroCodec(registry_client, topic_subject(parent), SCHEMA)
+    _produce(endpoints.bootstrap_servers, child, codec, [f"c{i}" for i in range(children)])
+    _produce(endpoints.bootstrap_servers, parent, codec, [f"p{i}" for i in range(parents)])
+    stage = _Order([child, parent], [parent], codec)
+    # Small fetches (a few dozen records per partition), so that the topics' records would interleave from the
+    # first batches on, as a large backlog's do.
+    runtime = TransactionalRuntime(stage, RuntimeOptions(
+        kafka=endpoints.kafka, group_id=group, transactional_id=f"{group}-a", dlq_topic=dlq, batch_size=batch_size,
+        batch_timeout_s=0.1, client_config={"max.partition.fetch.bytes": fetch_bytes}, **opts),
+        DeadLetterWriter(None, registry_client, dlq))
+    return runtime, stage, parent, child, group
+
+
+def test_the_first_topics_backlog_is_read_before_the_other_topics(
+    endpoints: Endpoints, registry_client: SchemaRegistryClient, topic_factory: Callable[..., str],
+    group_factory: Callable[[], str],
+) -> None:
+    """The sink's parents first: a backlog of the first topic that arrives while the other topic's own backlog
+    is being read is read before the rest of it (the other topics' partitions are paused while the first topic
+    holds a batch or more of unread records); every record is still read exactly once."""
+    runtime, stage, parent, child, group = _first_topic_runtime(
+        endpoints, registry_client, topic_factory, group_factory, parents=0, children=50_000, batch_size=400)
+    thread = _run(runtime)
+    try:
+        wait_until(lambda: runtime.records >= 800, 60, what="the children's backlog to be read")
+        _produce(endpoints.bootstrap_servers, parent, stage.codec, [f"p{i}" for i in range(2000)])
+        produced = runtime.records  # children read by the time every parent is in Kafka
+        wait_until(lambda: group_lag(endpoints.kafka, group, [parent, child]) == 0, 120,
+                   what="both topics to be committed")
+    finally:
+        runtime.stop()
+        thread.join(30)
+    seen = [t for b in stage.batches for t in b]
+    assert seen.count(parent) == 2000 and seen.count(child) == 50_000, "every record once"
+    assert produced < 40_000, f"the children's backlog was still being read when the parents came ({produced})"
+    last_parent = len(seen) - seen[::-1].index(parent)
+    before = seen[:last_parent].count(child)
+    assert before < produced + 5 * 400, (
+        f"{before - produced} children read after the parents came, before the last parent: they waited")
+    arrived = next(i for i, b in enumerate(stage.batches) if parent in b)
+    parents_read = stage.batches[arrived].count(parent)
+    for batch in stage.batches[arrived + 1:]:  # the batch they arrived in was taken before their backlog was seen
+        if child in batch:
+            assert 2000 - parents_read < 400, (
+                f"a child record was read while {2000 - parents_read} parent records were still unread")
+        parents_read += batch.count(parent)
+
+
+def test_a_first_topic_that_never_runs_dry_does_not_starve_the_others(
+    endpoints: Endpoints, registry_client: SchemaRegistryClient, topic_factory: Callable[..., str],
+    group_factory: Callable[[], str],
+) -> None:
+    """After ``first_hold_max_s`` of pause, it is the other topics' turn although the first topic still holds
+    a backlog: records that come to the other topic while a long backlog of the first is read are read before
+    that backlog is."""
+    runtime, stage, parent, child, group = _first_topic_runtime(
+        endpoints, registry_client, topic_factory, group_factory, parents=20_000, children=0, batch_size=200,
+        fetch_bytes=4 * 1024 * 1024, first_hold_max_s=0.5)
+    thread = _run(runtime)
+    try:
+        wait_until(lambda: runtime.records >= 400, 60, what="the parents' backlog to be read")
+        _produce(endpoints.bootstrap_servers, child, stage.codec, [f"c{i}" for i in range(300)])
+        wait_until(lambda: group_lag(endpoints.kafka, group, [parent, child]) == 0, 120,
+                   what="both topics to be committed")
+    finally:
+        runtime.stop()
+        thread.join(30)
+    seen = [t for b in stage.batches for t in b]
+    assert seen.count(parent) == 20_000 and seen.count(child) == 300, "every record once"
+    last_child = len(seen) - seen[::-1].index(child)
+    unread = 20_000 - seen[:last_child].count(parent)
+    assert unread >= 1000, f"the children waited until the parents' backlog was down to {unread}"
