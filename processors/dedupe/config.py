@@ -150,6 +150,10 @@ DEFAULT_BLOCKING: tuple[BlockingPass, ...] = (
 #: surname's NYSIIS with the given name's initial ("M. Berger"); one part as written with the other's letters
 #: after the first (a typo in that first letter changes every phonetic code and the initials); within one
 #: account, either part's NYSIIS alone (the other part missing or mistyped); and a neighbourhood over the names.
+#: Then the account alone (``pa``): every contact of one account meets every other, whatever their names (two
+#: variations, a first-letter typo in each part); an account with more than ``max_block_size`` contacts closes
+#: that block and keeps the account-and-name passes. And the job title with either name part's NYSIIS: a contact
+#: entered again on another account with a name part missing, or both varied, often keeps its title.
 DEFAULT_CONTACT_BLOCKING: tuple[BlockingPass, ...] = (
     BlockingPass(name="ph_names", parts=(_p("last_name", "nysiis"), _p("first_name", "nysiis")), unordered=True),
     BlockingPass(name="ph_last_ini", parts=(_p("last_name", "nysiis"), _p("first_name", "initial"))),
@@ -158,6 +162,9 @@ DEFAULT_CONTACT_BLOCKING: tuple[BlockingPass, ...] = (
     BlockingPass(name="pa_last", parts=(_p("customer_id", "value"), _p("last_name", "nysiis"))),
     BlockingPass(name="pa_first", parts=(_p("customer_id", "value"), _p("first_name", "nysiis"))),
     BlockingPass(name="sn_names", kind="sorted_neighbourhood", prefix=9, parts=(_p("last_name"), _p("first_name"))),
+    BlockingPass(name="pa", parts=(_p("customer_id", "value"),)),
+    BlockingPass(name="job_first", parts=(_p("job_title"), _p("first_name", "nysiis"))),
+    BlockingPass(name="job_last", parts=(_p("job_title"), _p("last_name", "nysiis"))),
 )
 
 #: Default comparisons of contacts: the names, e-mail, phone, the parent account (its golden id) and the job.
@@ -193,8 +200,11 @@ DEFAULT_FS_VETOES: tuple[str, ...] = ("first_name",)
 
 #: Contacts add the e-mail: two contacts whose addresses both exist and differ are two people, or one person in
 #: two roles that a CRM keeps apart (a colleague of the same name, a contact who moved to another customer).
-#: Names, a job title and phones are shared by namesakes; a mailbox is not.
-DEFAULT_FS_CONTACT_VETOES: tuple[str, ...] = ("first_name", "email")
+#: Names, a job title and phones are shared by namesakes; a mailbox is not. And the surname: every contact of an
+#: account is compared with every other (the ``pa`` pass), and the same account (6.6 bits) with one equal name
+#: part (6.4) would otherwise outweigh a surname that disagrees beyond typos (-4.3): two colleagues who share a
+#: given name, or a surname taken for a given name, are not one person.
+DEFAULT_FS_CONTACT_VETOES: tuple[str, ...] = ("first_name", "last_name", "email")
 
 
 class DedupeConfig(BaseModel):
@@ -224,6 +234,14 @@ class DedupeConfig(BaseModel):
     )
     one_edit_similarity: float = Field(
         default=0.85, ge=0.0, le=1.0, description="at least this for one typo after an equal first letter (kim/kmi)"
+    )
+    first_letter_similarity: float = Field(
+        default=0.85,
+        ge=0.0,
+        le=1.0,
+        description="at least this for two names of three letters or more that differ in their first letter only "
+        "(karl/garl, kyle/cyle: a slip of sound or key that Jaro-Winkler, with no shared prefix, scores below the "
+        "floors); 0 switches it off",
     )
     swap_penalty: float = Field(default=0.05, ge=0.0, le=1.0, description="subtracted when first/last are swapped")
     street_similarity: float = Field(default=0.9, ge=0.0, le=1.0)
