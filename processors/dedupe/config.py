@@ -207,6 +207,36 @@ DEFAULT_FS_VETOES: tuple[str, ...] = ("first_name",)
 DEFAULT_FS_CONTACT_VETOES: tuple[str, ...] = ("first_name", "last_name", "email")
 
 
+class ContactMatching(BaseModel):
+    """The contact matcher's own settings (``dedupe.contacts`` as a section), where they differ from what
+    :meth:`DedupeConfig.for_contacts` derives from the account settings; an unset key keeps that. ::
+
+        contacts:
+          identifier_fields: [national_id]    # compared as an identifier and blocked on (contacts: none)
+          vetoes: [first_name, email]         # the surname no longer vetoes
+          blocking:                           # replaces the contact default passes
+            - {name: pa, parts: [{field: customer_id, transform: value}]}
+            - {name: ph_names, parts: [{field: last_name, transform: nysiis}, {field: first_name, transform: nysiis}]}
+
+    ``comparisons`` replaces the contact default comparisons the same way (any field of the contact entity).
+    """
+
+    model_config = _FROZEN
+
+    blocking: tuple[BlockingPass, ...] | None = Field(default=None, description="the contact passes (unset: defaults)")
+    builtin_blocking: bool | None = Field(default=None, description="keep the built-in contact keys")
+    comparisons: tuple[ComparisonSpec, ...] | None = Field(
+        default=None, description="the contact comparisons, over any mapped contact field (unset: defaults)"
+    )
+    vetoes: tuple[str, ...] | None = Field(default=None, description="fields whose disagreement vetoes a pair")
+    match_probability: float | None = Field(default=None, gt=0.0, lt=1.0)
+    max_block_size: int | None = Field(default=None, ge=2)
+    deterministic_rules: tuple[DeterministicRule, ...] | None = None
+    identifier_fields: tuple[str, ...] | None = Field(
+        default=None, description="contact fields compared as identifiers and blocked on (national_id, tax_id)"
+    )
+
+
 class DedupeConfig(BaseModel):
     """Settings of one :class:`~processors.dedupe.deduper.Deduper` (one entity)."""
 
@@ -324,11 +354,12 @@ class DedupeConfig(BaseModel):
         )
         return marked + extra
 
-    def for_contacts(self) -> DedupeConfig:
+    def for_contacts(self, own: ContactMatching | None = None) -> DedupeConfig:
         """The contact matcher of these settings: the same scorer, thresholds and vetoes on the contact entity,
         with the contact defaults for comparisons and passes where these settings keep the account defaults
-        (a contact has no birth date or address), the e-mail as a further veto where ``vetoes`` is unset, no model
-        file (it is trained per entity) and no identifiers."""
+        (a contact has no birth date or address), the surname and e-mail as further vetoes where ``vetoes`` is
+        unset, no model file (it is trained per entity) and no identifiers; then whatever ``own`` (the config's
+        ``dedupe.contacts`` section) sets."""
         update: dict[str, object] = {"entity": "contact", "model_file": None, "identifier_fields": ()}
         if self.comparisons == DEFAULT_COMPARISONS:
             update["comparisons"] = DEFAULT_CONTACT_COMPARISONS
@@ -336,6 +367,8 @@ class DedupeConfig(BaseModel):
             update["blocking"] = DEFAULT_CONTACT_BLOCKING
         if self.vetoes is None and self.scoring == "fellegi_sunter":
             update["vetoes"] = DEFAULT_FS_CONTACT_VETOES
+        if own is not None:
+            update.update(own.model_dump(exclude_none=True))
         return DedupeConfig.model_validate({**self.model_dump(), **update})
 
     def veto_fields(self) -> frozenset[str]:

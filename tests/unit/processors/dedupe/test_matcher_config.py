@@ -382,3 +382,35 @@ def test_two_contacts_of_one_account_with_one_name_part_in_common_are_two_people
     assert [deduper.process(r).golden_id for r in (anna, colleague)] == ["K1", "K2"]
     without = Deduper(DedupeConfig(vetoes=("first_name", "email")).for_contacts())
     assert [without.process(r).golden_id for r in (anna, colleague)] == ["K1", "K1"]
+
+
+def test_a_contacts_section_declares_the_contact_matcher_and_unset_keys_keep_the_contact_defaults() -> None:
+    from processors.config import DedupeSettings
+
+    assert DedupeSettings().contacts is True
+    assert DedupeSettings().contact_matcher() == DedupeConfig().for_contacts()
+    own = DedupeSettings.model_validate({"contacts": {
+        "vetoes": ["first_name", "email"], "identifier_fields": ["national_id"], "match_probability": 0.99,
+        "blocking": [{"name": "pa", "parts": [{"field": "customer_id", "transform": "value"}]}]}})  # fmt: skip
+    matcher = own.contact_matcher()
+    defaults = DedupeConfig().for_contacts()
+    assert matcher.entity == "contact" and own.contacts
+    assert matcher.veto_fields() == {"first_name", "email"} and matcher.match_probability == 0.99
+    assert [p.name for p in matcher.blocking] == ["pa"] and matcher.comparisons == defaults.comparisons
+    assert "national_id" in {c.field for c in matcher.effective_comparisons() if c.identifier}
+    assert own.matcher().vetoes is None, "the account matcher keeps its own settings"
+    with pytest.raises(ValueError, match="vetos"):
+        DedupeSettings.model_validate({"contacts": {"vetos": ["email"]}})
+
+
+def test_a_contact_identifier_links_two_accounts_a_name_alone_cannot() -> None:
+    from processors.config import DedupeSettings
+
+    anna = {"contact_id": "K1", "customer_id": "C1", "first_name": "Anna", "last_name": "Peters",
+            "national_id": "123456789"}  # fmt: skip
+    other = {**anna, "contact_id": "K2", "customer_id": "C2", "first_name": None}
+    plain = Deduper(DedupeSettings().contact_matcher())
+    assert [plain.process(r).golden_id for r in (anna, other)] == ["K1", "K2"]
+    with_id = Deduper(DedupeSettings.model_validate({"contacts": {"identifier_fields": ["national_id"]}})
+                      .contact_matcher())  # fmt: skip
+    assert [with_id.process(r).golden_id for r in (anna, other)] == ["K1", "K1"]
