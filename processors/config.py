@@ -20,7 +20,7 @@ from crmflow.configbase import CurrencyCode, EnvVarName, FrozenModel, KafkaConfi
 from crmflow.entities import EntityName
 from crmflow.exceptions import ConfigError
 from crmflow.pii import PiiConfig
-from processors.dedupe.config import DedupeConfig
+from processors.dedupe.config import ContactMatching, DedupeConfig
 from processors.transforms.base import ReferenceData
 from processors.transforms.spec import EntityMapping
 
@@ -40,7 +40,8 @@ class DedupeSettings(DedupeConfig):
 
         dedupe:
           enabled: true
-          contacts: true                          # contacts into golden contacts too (false: accounts only)
+          contacts: true                          # contacts into golden contacts too (false: accounts only; a
+                                                  # section: on, with its own passes, comparisons, vetoes)
           source_priority: [crm_eu, customers]    # record `source` values, most trusted first
           match_threshold: 7.0
           weights: {birth_date: 5}
@@ -54,9 +55,10 @@ class DedupeSettings(DedupeConfig):
     """
 
     enabled: bool = Field(default=True, description="run the deduplication stage")
-    contacts: bool = Field(
+    contacts: bool | ContactMatching = Field(
         default=True,
-        description="resolve contacts in the stream too (one golden contact per cluster); false: accounts only",
+        description="resolve contacts in the stream too (one golden contact per cluster); false: accounts only; a "
+        "section (blocking, comparisons, vetoes, match_probability...): on, with those contact settings",
     )
     block_key_env: EnvVarName | None = Field(
         default=None, description="env var holding the block-key pepper (never the pepper itself in the file)"
@@ -76,7 +78,7 @@ class DedupeSettings(DedupeConfig):
             raise ValueError("block_key_secret does not belong in the config file: name an env var in block_key_env")
         if self.entity != "account":
             raise ValueError("the dedupe section configures the account matcher; contacts are resolved with its "
-                             "contact defaults (dedupe.contacts: true|false)")
+                             "contact defaults, or a dedupe.contacts section")
         return self
 
     def matcher(self) -> DedupeConfig:
@@ -89,6 +91,17 @@ class DedupeSettings(DedupeConfig):
                 raise ConfigError(f"environment variable {self.block_key_env} (dedupe.block_key_env) is not set")
             secret = SecretStr(value)
         return DedupeConfig(**data, block_key_secret=secret)
+
+    @property
+    def resolves_contacts(self) -> bool:
+        """Whether contacts are resolved too: ``contacts`` true or a section."""
+        return self.contacts is not False
+
+    def contact_matcher(self, accounts: DedupeConfig | None = None) -> DedupeConfig:
+        """The contact deduper's config: the contact defaults of ``accounts`` (default: :meth:`matcher`), with
+        what a ``contacts`` section sets."""
+        own = self.contacts if isinstance(self.contacts, ContactMatching) else None
+        return (accounts if accounts is not None else self.matcher()).for_contacts(own)
 
 
 class SourceRef(Protocol):

@@ -53,7 +53,7 @@ def dedupe_entities(cfg: ProcessorConfig) -> list[str]:
 
 def dedupes_contacts(cfg: ProcessorConfig) -> bool:
     """Whether the processor resolves contacts in the stream (dedupe on, ``dedupe.contacts``, contacts mapped)."""
-    return (cfg.dedupe is not None and cfg.dedupe_enabled and cfg.dedupe.contacts
+    return (cfg.dedupe is not None and cfg.dedupe_enabled and cfg.dedupe.resolves_contacts
             and any(src.entity == "contact" for src in cfg.sources.values()))
 
 
@@ -121,7 +121,7 @@ def build_stage(cfg: ProcessorConfig, registry: SchemaRegistryClient) -> Process
             log.info("dedupe topics and state sealed under pii key %s", cipher.key_id, extra={"stage": "process"})
         if "contact" in entities:
             contact_topic = k.dedupe_topic("contact")
-            contact_matcher = matcher.for_contacts()
+            contact_matcher = cfg.dedupe.contact_matcher(matcher)
     stage = ProcessStage(
         raw_topics=raw, mappers=mappers, masker=masker, mapped_topics=mapped, decoders=decoders,
         encoders=encoders, dedupe=matcher, dedupe_topic=dedupe_topic, changelog=changelog_topic(cfg),

@@ -73,8 +73,9 @@ def _summary(config: MigrationConfig) -> str:
 def _dedupe_summary(config: MigrationConfig) -> str:
     if config.dedupe is None or not config.dedupe_enabled:
         return "dedupe: off (one account per source record)"
-    entities = ("account", "contact") if config.dedupe.contacts else ("account",)
-    what = "accounts into golden records" + (" and contacts into golden contacts" if config.dedupe.contacts else "")
+    contacts = config.dedupe.resolves_contacts
+    entities = ("account", "contact") if contacts else ("account",)
+    what = "accounts into golden records" + (" and contacts into golden contacts" if contacts else "")
     internal = ", ".join(config.kafka.dedupe_topic(e) for e in entities)
     return (f"dedupe: {what} (match threshold {config.dedupe.match_threshold}); "
             f"internal topic{'s' if len(entities) > 1 else ''} {internal}")

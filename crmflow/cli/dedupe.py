@@ -37,7 +37,7 @@ def _matcher(config_file: Path, entity: DedupeEntity, model: Path | None) -> tup
     if entity == "account":
         return accounts, None
     # Contacts: the account settings on the contact entity, compared under their parent's golden account.
-    return accounts, accounts.for_contacts()
+    return accounts, config.dedupe.contact_matcher(accounts)
 
 
 @app.command("evaluate")

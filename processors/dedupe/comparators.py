@@ -10,7 +10,8 @@ comparator         levels between exact and disagreement                       d
 =================  ==========================================================  =========================
 ``exact``          none                                                        ``()``
 ``name``           name similarity ≥ each floor (initials, middle initials,    ``(0.92, 0.85)``
-                   one typo after an equal first letter: see scoring)
+                   one typo after an equal first letter, a first letter
+                   alone different: see scoring)
 ``jaro_winkler``   Jaro-Winkler similarity ≥ each floor                        ``(0.92, 0.85)``
 ``levenshtein``    edit distance ≤ each maximum                                ``(1, 2)``
 ``date``           transposed day and month, or one digit off                  fixed

@@ -150,6 +150,10 @@ DEFAULT_BLOCKING: tuple[BlockingPass, ...] = (
 #: surname's NYSIIS with the given name's initial ("M. Berger"); one part as written with the other's letters
 #: after the first (a typo in that first letter changes every phonetic code and the initials); within one
 #: account, either part's NYSIIS alone (the other part missing or mistyped); and a neighbourhood over the names.
+#: Then the account alone (``pa``): every contact of one account meets every other, whatever their names (two
+#: variations, a first-letter typo in each part); an account with more than ``max_block_size`` contacts closes
+#: that block and keeps the account-and-name passes. And the job title with either name part's NYSIIS: a contact
+#: entered again on another account with a name part missing, or both varied, often keeps its title.
 DEFAULT_CONTACT_BLOCKING: tuple[BlockingPass, ...] = (
     BlockingPass(name="ph_names", parts=(_p("last_name", "nysiis"), _p("first_name", "nysiis")), unordered=True),
     BlockingPass(name="ph_last_ini", parts=(_p("last_name", "nysiis"), _p("first_name", "initial"))),
@@ -158,6 +162,9 @@ DEFAULT_CONTACT_BLOCKING: tuple[BlockingPass, ...] = (
     BlockingPass(name="pa_last", parts=(_p("customer_id", "value"), _p("last_name", "nysiis"))),
     BlockingPass(name="pa_first", parts=(_p("customer_id", "value"), _p("first_name", "nysiis"))),
     BlockingPass(name="sn_names", kind="sorted_neighbourhood", prefix=9, parts=(_p("last_name"), _p("first_name"))),
+    BlockingPass(name="pa", parts=(_p("customer_id", "value"),)),
+    BlockingPass(name="job_first", parts=(_p("job_title"), _p("first_name", "nysiis"))),
+    BlockingPass(name="job_last", parts=(_p("job_title"), _p("last_name", "nysiis"))),
 )
 
 #: Default comparisons of contacts: the names, e-mail, phone, the parent account (its golden id) and the job.
@@ -193,8 +200,41 @@ DEFAULT_FS_VETOES: tuple[str, ...] = ("first_name",)
 
 #: Contacts add the e-mail: two contacts whose addresses both exist and differ are two people, or one person in
 #: two roles that a CRM keeps apart (a colleague of the same name, a contact who moved to another customer).
-#: Names, a job title and phones are shared by namesakes; a mailbox is not.
-DEFAULT_FS_CONTACT_VETOES: tuple[str, ...] = ("first_name", "email")
+#: Names, a job title and phones are shared by namesakes; a mailbox is not. And the surname: every contact of an
+#: account is compared with every other (the ``pa`` pass), and the same account (6.6 bits) with one equal name
+#: part (6.4) would otherwise outweigh a surname that disagrees beyond typos (-4.3): two colleagues who share a
+#: given name, or a surname taken for a given name, are not one person.
+DEFAULT_FS_CONTACT_VETOES: tuple[str, ...] = ("first_name", "last_name", "email")
+
+
+class ContactMatching(BaseModel):
+    """The contact matcher's own settings (``dedupe.contacts`` as a section), where they differ from what
+    :meth:`DedupeConfig.for_contacts` derives from the account settings; an unset key keeps that. ::
+
+        contacts:
+          identifier_fields: [national_id]    # compared as an identifier and blocked on (contacts: none)
+          vetoes: [first_name, email]         # the surname no longer vetoes
+          blocking:                           # replaces the contact default passes
+            - {name: pa, parts: [{field: customer_id, transform: value}]}
+            - {name: ph_names, parts: [{field: last_name, transform: nysiis}, {field: first_name, transform: nysiis}]}
+
+    ``comparisons`` replaces the contact default comparisons the same way (any field of the contact entity).
+    """
+
+    model_config = _FROZEN
+
+    blocking: tuple[BlockingPass, ...] | None = Field(default=None, description="the contact passes (unset: defaults)")
+    builtin_blocking: bool | None = Field(default=None, description="keep the built-in contact keys")
+    comparisons: tuple[ComparisonSpec, ...] | None = Field(
+        default=None, description="the contact comparisons, over any mapped contact field (unset: defaults)"
+    )
+    vetoes: tuple[str, ...] | None = Field(default=None, description="fields whose disagreement vetoes a pair")
+    match_probability: float | None = Field(default=None, gt=0.0, lt=1.0)
+    max_block_size: int | None = Field(default=None, ge=2)
+    deterministic_rules: tuple[DeterministicRule, ...] | None = None
+    identifier_fields: tuple[str, ...] | None = Field(
+        default=None, description="contact fields compared as identifiers and blocked on (national_id, tax_id)"
+    )
 
 
 class DedupeConfig(BaseModel):
@@ -224,6 +264,14 @@ class DedupeConfig(BaseModel):
     )
     one_edit_similarity: float = Field(
         default=0.85, ge=0.0, le=1.0, description="at least this for one typo after an equal first letter (kim/kmi)"
+    )
+    first_letter_similarity: float = Field(
+        default=0.85,
+        ge=0.0,
+        le=1.0,
+        description="at least this for two names of three letters or more that differ in their first letter only "
+        "(karl/garl, kyle/cyle: a slip of sound or key that Jaro-Winkler, with no shared prefix, scores below the "
+        "floors); 0 switches it off",
     )
     swap_penalty: float = Field(default=0.05, ge=0.0, le=1.0, description="subtracted when first/last are swapped")
     street_similarity: float = Field(default=0.9, ge=0.0, le=1.0)
@@ -306,11 +354,12 @@ class DedupeConfig(BaseModel):
         )
         return marked + extra
 
-    def for_contacts(self) -> DedupeConfig:
+    def for_contacts(self, own: ContactMatching | None = None) -> DedupeConfig:
         """The contact matcher of these settings: the same scorer, thresholds and vetoes on the contact entity,
         with the contact defaults for comparisons and passes where these settings keep the account defaults
-        (a contact has no birth date or address), the e-mail as a further veto where ``vetoes`` is unset, no model
-        file (it is trained per entity) and no identifiers."""
+        (a contact has no birth date or address), the surname and e-mail as further vetoes where ``vetoes`` is
+        unset, no model file (it is trained per entity) and no identifiers; then whatever ``own`` (the config's
+        ``dedupe.contacts`` section) sets."""
         update: dict[str, object] = {"entity": "contact", "model_file": None, "identifier_fields": ()}
         if self.comparisons == DEFAULT_COMPARISONS:
             update["comparisons"] = DEFAULT_CONTACT_COMPARISONS
@@ -318,6 +367,8 @@ class DedupeConfig(BaseModel):
             update["blocking"] = DEFAULT_CONTACT_BLOCKING
         if self.vetoes is None and self.scoring == "fellegi_sunter":
             update["vetoes"] = DEFAULT_FS_CONTACT_VETOES
+        if own is not None:
+            update.update(own.model_dump(exclude_none=True))
         return DedupeConfig.model_validate({**self.model_dump(), **update})
 
     def veto_fields(self) -> frozenset[str]:

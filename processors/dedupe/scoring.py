@@ -88,12 +88,16 @@ class Comparison:
         }
 
 
-def _part(a: str, b: str, initial_similarity: float, one_edit_similarity: float) -> float:
+def _part(
+    a: str, b: str, initial_similarity: float, one_edit_similarity: float, first_letter_similarity: float = 0.0
+) -> float:
     """Similarity of two folded name parts: initials, Jaro-Winkler, and one typo on a short name.
 
     Jaro-Winkler punishes a transposition in a short name hard (``kim``/``kmi`` 0.56), so one edit
     (substitution, insertion, deletion or transposition) after an equal first letter scores at least
-    ``one_edit_similarity``.
+    ``one_edit_similarity``. It gives no prefix bonus to two names that differ in their first letter only
+    (``karl``/``garl`` 0.83, ``kyle``/``cyle`` 0.83), the slip of a sound (C/K, G/J) or a key: those, three
+    letters or more, score at least ``first_letter_similarity``.
     """
     if not a or not b:  # a name of punctuation only
         return 0.0
@@ -104,20 +108,23 @@ def _part(a: str, b: str, initial_similarity: float, one_edit_similarity: float)
     sim = float(_jaro_winkler(a, b))
     if sim < one_edit_similarity and a[0] == b[0] and _osa(a, b, score_cutoff=1) <= 1:
         return one_edit_similarity
+    if sim < first_letter_similarity and len(a) == len(b) > 2 and a[1:] == b[1:]:
+        return first_letter_similarity
     return sim
 
 
 def name_similarity(a: Features, b: Features, config: DedupeConfig) -> NameSimilarity:
     """First/last name similarity in the better of the straight and the swapped orientation."""
     ini, edit, penalty = config.initial_similarity, config.one_edit_similarity, config.swap_penalty
+    head = config.first_letter_similarity
     af, al, bf, bl = a.get("fn"), a.get("ln"), b.get("fn"), b.get("ln")
-    first = _part(first_name_form(af), first_name_form(bf), ini, edit) if af and bf else None
-    last = _part(fold(al), fold(bl), ini, edit) if al and bl else None
+    first = _part(first_name_form(af), first_name_form(bf), ini, edit, head) if af and bf else None
+    last = _part(fold(al), fold(bl), ini, edit, head) if al and bl else None
     straight = NameSimilarity(first, last)
     if not (af and al and bf and bl) or straight.combined >= 1.0 - penalty:  # swapped cannot do better
         return straight
-    sf = _part(first_name_form(af), first_name_form(bl), ini, edit)
-    sl = _part(fold(al), fold(bf), ini, edit)
+    sf = _part(first_name_form(af), first_name_form(bl), ini, edit, head)
+    sl = _part(fold(al), fold(bf), ini, edit, head)
     swapped = NameSimilarity(sf, sl, swapped=True, penalty=penalty)
     return swapped if swapped.combined > straight.combined else straight
 
@@ -168,7 +175,7 @@ class Scorer:
 
     def _name_part(self, a: str, b: str) -> float:
         c = self.config
-        return _part(fold(a), fold(b), c.initial_similarity, c.one_edit_similarity)
+        return _part(fold(a), fold(b), c.initial_similarity, c.one_edit_similarity, c.first_letter_similarity)
 
     def births_conflict(self, births: Iterable[str]) -> bool:
         """Whether a cluster holding these birth dates breaks the birth-date veto (False when it is off)."""

@@ -106,7 +106,7 @@ def matcher_contact_clusters(run: Run, endpoints: Endpoints, registry_client: Sc
     topic = cfg.kafka.dedupe_topic("contact")
     decoder = build_stage(cfg, registry_client).decoder(topic)  # opens sealed values, as the processor does
     values = committed_values(endpoints, topic)
-    deduper = Deduper(cfg.dedupe.matcher().for_contacts())
+    deduper = Deduper(cfg.dedupe.contact_matcher())
     for i, raw in enumerate(values):
         deduper.process(decoder.decode(raw, origin=f"{topic}@{i}"))
     return dict(deduper.state.clusters)

@@ -338,7 +338,7 @@ def test_two_contacts_with_different_e_mail_addresses_are_not_merged_by_the_rest
              "email": "steve.ladeck@one.example", "job_title": "Buyer, retail"}  # fmt: skip
     namesake = {**steve, "contact_id": "K2", "customer_id": "C2", "email": "s.ladeck@two.example"}
     no_mail = {**steve, "contact_id": "K3", "customer_id": "C3", "email": None}
-    assert DedupeConfig().for_contacts().veto_fields() == {"first_name", "email"}
+    assert DedupeConfig().for_contacts().veto_fields() == {"first_name", "last_name", "email"}
 
     def goldens(config: DedupeConfig, *records: dict[str, Any]) -> list[str]:
         deduper = Deduper(config)
@@ -348,3 +348,69 @@ def test_two_contacts_with_different_e_mail_addresses_are_not_merged_by_the_rest
     assert goldens(DedupeConfig().for_contacts(), steve, no_mail) == ["K1", "K1"]
     own = DedupeConfig(vetoes=("first_name",)).for_contacts()
     assert goldens(own, steve, namesake) == ["K1", "K1"], "the score alone merges"
+
+
+def test_every_contact_of_an_account_meets_every_other_whatever_their_names() -> None:
+    """Two variations at once (a first-letter typo in each part) leave no name key in common; the account pass
+    still compares them, and the same account with both parts near adds up to a match."""
+    config = DedupeConfig().for_contacts()
+    kristen = {"contact_id": "K1", "customer_id": "C1", "first_name": "Kristen", "last_name": "Frazier"}
+    typos = {**kristen, "contact_id": "K2", "first_name": "Gristen", "last_name": "Vrazier"}
+    keyer = BlockKeyer(config.model_copy(update={"hash_block_keys": False}))
+    shared = set(keyer.raw_keys(extract(kristen, "contact"))) & set(keyer.raw_keys(extract(typos, "contact")))
+    assert {k.partition("|")[0] for k in shared} == {"pa"}
+    deduper = Deduper(config)
+    assert [deduper.process(r).golden_id for r in (kristen, typos)] == ["K1", "K1"]
+
+
+def test_a_contact_on_another_account_with_a_name_part_missing_meets_on_its_job_title() -> None:
+    config = DedupeConfig().for_contacts()
+    rita = {"contact_id": "K1", "customer_id": "C1", "first_name": "Rita", "last_name": "Cunningham",
+            "job_title": "Engineer, aeronautical"}  # fmt: skip
+    no_surname = {**rita, "contact_id": "K2", "customer_id": "C9", "last_name": None}
+    keyer = BlockKeyer(config.model_copy(update={"hash_block_keys": False}))
+    shared = set(keyer.raw_keys(extract(rita, "contact"))) & set(keyer.raw_keys(extract(no_surname, "contact")))
+    assert {k.partition("|")[0] for k in shared} == {"job_first"}
+
+
+def test_two_contacts_of_one_account_with_one_name_part_in_common_are_two_people() -> None:
+    """Same account (6.6 bits) and the same given name (6.4) outweigh a surname that disagrees (-4.3): the
+    contact default vetoes a surname that disagrees beyond typos, as it does a given name."""
+    anna = {"contact_id": "K1", "customer_id": "C1", "first_name": "Anna", "last_name": "Peters"}
+    colleague = {**anna, "contact_id": "K2", "last_name": "Zimmermann"}
+    deduper = Deduper(DedupeConfig().for_contacts())
+    assert [deduper.process(r).golden_id for r in (anna, colleague)] == ["K1", "K2"]
+    without = Deduper(DedupeConfig(vetoes=("first_name", "email")).for_contacts())
+    assert [without.process(r).golden_id for r in (anna, colleague)] == ["K1", "K1"]
+
+
+def test_a_contacts_section_declares_the_contact_matcher_and_unset_keys_keep_the_contact_defaults() -> None:
+    from processors.config import DedupeSettings
+
+    assert DedupeSettings().contacts is True
+    assert DedupeSettings().contact_matcher() == DedupeConfig().for_contacts()
+    own = DedupeSettings.model_validate({"contacts": {
+        "vetoes": ["first_name", "email"], "identifier_fields": ["national_id"], "match_probability": 0.99,
+        "blocking": [{"name": "pa", "parts": [{"field": "customer_id", "transform": "value"}]}]}})  # fmt: skip
+    matcher = own.contact_matcher()
+    defaults = DedupeConfig().for_contacts()
+    assert matcher.entity == "contact" and own.contacts
+    assert matcher.veto_fields() == {"first_name", "email"} and matcher.match_probability == 0.99
+    assert [p.name for p in matcher.blocking] == ["pa"] and matcher.comparisons == defaults.comparisons
+    assert "national_id" in {c.field for c in matcher.effective_comparisons() if c.identifier}
+    assert own.matcher().vetoes is None, "the account matcher keeps its own settings"
+    with pytest.raises(ValueError, match="vetos"):
+        DedupeSettings.model_validate({"contacts": {"vetos": ["email"]}})
+
+
+def test_a_contact_identifier_links_two_accounts_a_name_alone_cannot() -> None:
+    from processors.config import DedupeSettings
+
+    anna = {"contact_id": "K1", "customer_id": "C1", "first_name": "Anna", "last_name": "Peters",
+            "national_id": "123456789"}  # fmt: skip
+    other = {**anna, "contact_id": "K2", "customer_id": "C2", "first_name": None}
+    plain = Deduper(DedupeSettings().contact_matcher())
+    assert [plain.process(r).golden_id for r in (anna, other)] == ["K1", "K2"]
+    with_id = Deduper(DedupeSettings.model_validate({"contacts": {"identifier_fields": ["national_id"]}})
+                      .contact_matcher())  # fmt: skip
+    assert [with_id.process(r).golden_id for r in (anna, other)] == ["K1", "K1"]

@@ -138,3 +138,21 @@ def test_config_is_frozen_and_rejects_unknown_keys() -> None:
 def test_names_without_letters_never_match_by_name(account: Any) -> None:
     c = compare(account(first_name="."), account(customer_id="C2", first_name="-", **NO_LINKS))
     assert c.name.first == 0.0 and not c.matched
+
+
+@pytest.mark.parametrize(("a", "b"), [("Karl", "Garl"), ("Catherine", "Katherine"), ("Frazier", "Vrazier")])
+def test_a_typo_in_the_first_letter_alone_scores_the_first_letter_similarity(a: str, b: str) -> None:
+    config = DedupeConfig()
+    sim = name_similarity({"fn": a, "ln": "Malone"}, {"fn": b, "ln": "Malone"}, config)
+    assert sim.first is not None and sim.first >= config.first_letter_similarity
+
+
+def test_the_first_letter_rule_needs_the_rest_equal_and_three_letters_and_can_be_switched_off() -> None:
+    config = DedupeConfig()
+    kyle, cyle = {"fn": "Kyle", "ln": "Nelson"}, {"fn": "Cyle", "ln": "Nelson"}
+    assert name_similarity(kyle, cyle, config).first == config.first_letter_similarity  # Jaro-Winkler: 0.83
+    assert name_similarity(kyle, cyle, DedupeConfig(first_letter_similarity=0.0)).first == pytest.approx(0.8333, 1e-3)
+    other = name_similarity({"fn": "Mary", "ln": "Doe"}, {"fn": "Gory", "ln": "Doe"}, config)
+    assert other.first is not None and other.first < config.first_letter_similarity, "two letters differ"
+    short = name_similarity({"fn": "Al", "ln": "Doe"}, {"fn": "Ed", "ln": "Doe"}, config)
+    assert short.first == 0.0, "a two-letter name has no rest to compare"
