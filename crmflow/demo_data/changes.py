@@ -37,6 +37,7 @@ from psycopg import sql
 
 from crmflow.connections import PostgresConnection, as_postgres
 from crmflow.demo_data.legacy_db import create_legacy_schema
+from crmflow.demo_data.phones import build_phone_plan
 
 __all__ = ["KINDS", "ChangeStats", "run_changes"]
 
@@ -91,6 +92,7 @@ class _Values:
         self.countries, self.jobs, self.words = draw(fake.country), draw(fake.job), draw(fake.word)
         self.sentences = draw(fake.sentence)
         self.births = draw(lambda: fake.date_of_birth().isoformat())
+        self.phones = build_phone_plan("US", random.Random(seed))
         self.decade = draw(lambda: fake.date_this_decade().isoformat())
         self.year = draw(lambda: fake.date_this_year().isoformat())
 
@@ -123,8 +125,11 @@ class _Workload:
         return f"{local}{self.seq}@{self.rng.choice(self.v.domains)}"
 
     def _phone(self) -> str:
-        r = self.rng.randrange
-        return f"+1-{r(201, 989)}-{r(200, 999)}-{r(10_000):04d}"
+        """A valid US number, written internationally: a checked prefix and random trailing digits (random area
+        codes and exchanges were invalid numbers more often than not, which the initial load never has)."""
+        prefix = self.rng.choice(self.v.phones.prefixes)
+        digits = f"{self.rng.randrange(10**prefix.tail):0{prefix.tail}d}"
+        return self.rng.choice(prefix.international).format(*digits)
 
     def _txid(self, cur: psycopg.Cursor[Any]) -> int:
         return int(cur.fetchone()[0])  # type: ignore[index]
