@@ -608,10 +608,22 @@ class TransactionalRuntime:
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         # No transaction is open here: every batch was committed before this consume() call.
+        self._unpause(consumer, partitions)
         self._forget(partitions, "revoked")
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._unpause(consumer, partitions)
         self._forget(partitions, "lost")
+
+    def _unpause(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        """Resume the partitions that go and were paused (first topics): librdkafka keeps a partition's pause
+        across its revocation, so one assigned again later would stay paused for good."""
+        paused = [tp for tp in partitions if (tp.topic, tp.partition) in self._paused]
+        if paused:
+            try:
+                consumer.resume(paused)
+            except KafkaException as exc:
+                log.debug("resuming revoked partitions failed: %s", exc)
 
     def _forget(self, partitions: list[TopicPartition], why: str) -> None:
         state_partitions: list[TP] = []
