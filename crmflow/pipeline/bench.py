@@ -44,6 +44,7 @@ class BenchResult:
     summary: MigrationSummary
     dedupe: dict[str, Any] | None = None
     baseline: dict[str, Any] | None = None
+    parked: int | None = None  # children the sink parked for a while (their account was not written yet)
 
     def to_json(self) -> dict[str, Any]:
         s = self.summary
@@ -62,6 +63,7 @@ class BenchResult:
             "stages": stages,
             "peak_rss_bytes": s.peak_rss_bytes,
             "generate_s": round(self.generate_s, 2),
+            **({"sink_parked": self.parked} if self.parked is not None else {}),
             **({"dedupe": self.dedupe} if self.dedupe is not None else {}),
             **({"baseline": {**self.baseline, "ratio": round(
                 self.baseline["rows_per_second"] / s.records_per_second, 1) if s.records_per_second else None}}
@@ -99,6 +101,7 @@ def run_bench(ep: Endpoints, customers: int, *, seed: int = 1, workers: int = 1,
     with ep.postgres.connect(autocommit=True) as conn:
         conn.execute(f'create database "{database}"')
     quality: dict[str, Any] | None = None
+    parked: int | None = None
     try:
         os.environ["CRMFLOW_BENCH_TARGET_DSN"] = ep.dsn(database)  # the stages resolve it from the config (env)
         cfg = load_config(config)
@@ -106,13 +109,17 @@ def run_bench(ep: Endpoints, customers: int, *, seed: int = 1, workers: int = 1,
                                 MigrateOptions(workers=workers, engine=engine, logs_dir=root / "logs"))
         if dedupe:
             quality = dedupe_quality(ep.database(database), data / "truth.jsonl")
+        with ep.database(database).connect() as conn:
+            row = conn.execute("select coalesce(sum(parked), 0) from crm.migration_audit "
+                               "where stage = 'sink'").fetchone()
+            parked = int(row[0]) if row else None
         measured = baseline(data) if baseline is not None else None
     finally:
         if not keep:
             with ep.postgres.connect(autocommit=True) as conn:
                 conn.execute(f'drop database if exists "{database}" with (force)')
             shutil.rmtree(data, ignore_errors=True)
-    return BenchResult(customers, generate_s, summary, quality, measured)
+    return BenchResult(customers, generate_s, summary, quality, measured, parked)
 
 
 def dedupe_quality(target_dsn: PostgresConnection | str, truth_file: Path) -> dict[str, Any]:
