@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import uuid
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import psycopg
 import pytest
@@ -21,6 +22,32 @@ from confluent_kafka.schema_registry import SchemaRegistryClient
 
 from crmflow.settings import stack_settings
 from crmflow.stack import Endpoints, get_stack
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if config.pluginmanager.hasplugin("xdist"):
+        config.pluginmanager.register(FileOrGroupScheduler(), "crmflow-file-or-group-scheduler")
+
+
+class FileOrGroupScheduler:
+    """``--dist loadgroup`` as ``make test`` runs it: whole files per worker, as ``--dist loadfile`` does (a
+    module's fixtures are built once), except that the files marked ``xdist_group(name)`` all go to one worker,
+    as one unit. The files that read the same expensive session fixture (a migration no test changes, such as
+    ``dedupe_migration``) carry its name, so one worker builds it instead of each worker that runs one of them.
+    (xdist's own loadgroup sends every unmarked test on its own, which builds module fixtures on every worker.)"""
+
+    @pytest.hookimpl
+    def pytest_xdist_make_scheduler(self, config: pytest.Config, log: Any) -> Any:
+        if config.getvalue("dist") != "loadgroup":
+            return None
+        from xdist.scheduler import LoadFileScheduling, LoadGroupScheduling
+
+        class FileOrGroupScheduling(LoadFileScheduling):
+            def _split_scope(self, nodeid: str) -> str:
+                group = LoadGroupScheduling._split_scope(self, nodeid)  # type: ignore[arg-type]
+                return group if group != nodeid else super()._split_scope(nodeid)
+
+        return FileOrGroupScheduling(config, log)
 
 
 def unique(prefix: str) -> str:

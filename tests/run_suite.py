@@ -2,8 +2,9 @@
 
 1. Start the local stack (or find it running), so the parallel workers share it instead of racing to start it.
 2. ``pytest -n WORKERS -m "not serial and not secure"``: unit, integration and e2e tests over ``WORKERS``
-   processes (xdist, whole files per worker, in collection order: the session datasets, migrations and module
-   fixtures are built once per worker). Every test already uses its own topics, groups and databases, so
+   processes (xdist, whole files per worker, in collection order: the module fixtures are built once per
+   worker, the session datasets once for all, and a session migration once, by the one worker that runs
+   every file of its ``xdist_group``). Every test already uses its own topics, groups and databases, so
    workers never see each other's data.
 3. Beside step 2, from its start, one after the other, each on a stack of its own started for it and stopped
    after it (its own home under the plain stack's, sharing its downloads), its output printed once step 2 is done:
@@ -59,10 +60,12 @@ def main(args: list[str]) -> int:
                 print("the serial and the secure part run beside this one, each on its own stack (ports + "
                       f"{SERIAL_OFFSET} and + 100); their output follows this part's", flush=True)
                 beside.start()
-            # In collection order (e2e, integration, unit), not xdist's default of the files with the most tests
-            # first: the long e2e files (one to three tests each) start first and the many short unit files
-            # fill the end, so the workers finish together instead of one running the last long file alone.
-            first = subprocess.call([*PYTEST, "-n", workers, "--dist", "loadfile", "--no-loadscope-reorder",
+            # Whole files per worker, and the files of one xdist_group on one worker (tests/conftest.py: they share
+            # an expensive session fixture), in collection order (e2e, integration, unit), not xdist's default
+            # of the files with the most tests first: the long e2e files (one to three tests each) start first
+            # and the many short unit files fill the end, so the workers finish together instead of one running
+            # the last long file alone.
+            first = subprocess.call([*PYTEST, "-n", workers, "--dist", "loadgroup", "--no-loadscope-reorder",
                                      "-m", "not serial and not secure", *args])  # fmt: skip
             if beside is None:
                 second = subprocess.call([*PYTEST, *SERIAL, *args])
