@@ -55,11 +55,12 @@ def main(args: list[str]) -> int:
     with tempfile.TemporaryFile("w+") as out:
         beside = Beside(settings, args, out) if settings.stack == "local" else None
         second = third = 5
+        if beside is not None:
+            beside.start()
         try:
             if beside is not None:
                 print("the serial and the secure part run beside this one, each on its own stack (ports + "
                       f"{SERIAL_OFFSET} and + 100); their output follows this part's", flush=True)
-                beside.start()
             # Whole files per worker, and the files of one xdist_group on one worker (tests/conftest.py: they share
             # an expensive session fixture), in collection order (e2e, integration, unit), not xdist's default
             # of the files with the most tests first: the long e2e files (one to three tests each) start first
