@@ -23,31 +23,41 @@ from confluent_kafka.schema_registry import SchemaRegistryClient
 from crmflow.settings import stack_settings
 from crmflow.stack import Endpoints, get_stack
 
+#: Test files that read one expensive session fixture (a migration that no test changes), by that fixture: under
+#: xdist (``make test``) the files of one entry run on one worker, which builds the fixture once instead of each
+#: worker that runs one of them (``dedupe_migration`` is a whole ``migrate --workers 2`` with dedupe).
+SHARED_SESSION_FIXTURES = {
+    "dedupe_migration": ("tests/e2e/test_dedupe.py", "tests/e2e/test_exactly_once.py",
+                         "tests/e2e/test_golden_determinism.py"),
+    "small_migration": ("tests/e2e/test_migrate.py", "tests/e2e/test_run_report.py", "tests/e2e/test_validate.py"),
+}
+
 
 def pytest_configure(config: pytest.Config) -> None:
     if config.pluginmanager.hasplugin("xdist"):
-        config.pluginmanager.register(FileOrGroupScheduler(), "crmflow-file-or-group-scheduler")
+        config.pluginmanager.register(FileGroupScheduler(), "crmflow-file-group-scheduler")
 
 
-class FileOrGroupScheduler:
-    """``--dist loadgroup`` as ``make test`` runs it: whole files per worker, as ``--dist loadfile`` does (a
-    module's fixtures are built once), except that the files marked ``xdist_group(name)`` all go to one worker,
-    as one unit. The files that read the same expensive session fixture (a migration no test changes, such as
-    ``dedupe_migration``) carry its name, so one worker builds it instead of each worker that runs one of them.
-    (xdist's own loadgroup sends every unmarked test on its own, which builds module fixtures on every worker.)"""
+class FileGroupScheduler:
+    """``--dist loadfile`` with the files of one :data:`SHARED_SESSION_FIXTURES` entry as one unit (one worker runs
+    them, in collection order); every other file is its own unit, as in loadfile. (xdist's ``loadgroup`` does not
+    serve: it sends every unmarked test on its own, which builds module fixtures on every worker, and with pytest 9
+    its ``xdist_group`` marks group nothing: it renames items through an attribute pytest no longer reads.)"""
 
     @pytest.hookimpl
     def pytest_xdist_make_scheduler(self, config: pytest.Config, log: Any) -> Any:
-        if config.getvalue("dist") != "loadgroup":
+        if config.getvalue("dist") != "loadfile":
             return None
-        from xdist.scheduler import LoadFileScheduling, LoadGroupScheduling
+        from xdist.scheduler import LoadFileScheduling
 
-        class FileOrGroupScheduling(LoadFileScheduling):
+        group_of = {path: name for name, paths in SHARED_SESSION_FIXTURES.items() for path in paths}
+
+        class FileGroupScheduling(LoadFileScheduling):
             def _split_scope(self, nodeid: str) -> str:
-                group = LoadGroupScheduling._split_scope(self, nodeid)  # type: ignore[arg-type]
-                return group if group != nodeid else super()._split_scope(nodeid)
+                path = super()._split_scope(nodeid)
+                return group_of.get(path, path)
 
-        return FileOrGroupScheduling(config, log)
+        return FileGroupScheduling(config, log)
 
 
 def unique(prefix: str) -> str:

@@ -4,7 +4,7 @@
 2. ``pytest -n WORKERS -m "not serial and not secure"``: unit, integration and e2e tests over ``WORKERS``
    processes (xdist, whole files per worker, in collection order: the module fixtures are built once per
    worker, the session datasets once for all, and a session migration once, by the one worker that runs
-   every file of its ``xdist_group``). Every test already uses its own topics, groups and databases, so
+   every file that reads it). Every test already uses its own topics, groups and databases, so
    workers never see each other's data.
 3. Beside step 2, from its start, one after the other, each on a stack of its own started for it and stopped
    after it (its own home under the plain stack's, sharing its downloads), its output printed once step 2 is done:
@@ -61,12 +61,12 @@ def main(args: list[str]) -> int:
             if beside is not None:
                 print("the serial and the secure part run beside this one, each on its own stack (ports + "
                       f"{SERIAL_OFFSET} and + 100); their output follows this part's", flush=True)
-            # Whole files per worker, and the files of one xdist_group on one worker (tests/conftest.py: they share
-            # an expensive session fixture), in collection order (e2e, integration, unit), not xdist's default
-            # of the files with the most tests first: the long e2e files (one to three tests each) start first
-            # and the many short unit files fill the end, so the workers finish together instead of one running
-            # the last long file alone.
-            first = subprocess.call([*PYTEST, "-n", workers, "--dist", "loadgroup", "--no-loadscope-reorder",
+            # Whole files per worker, and the files that share an expensive session fixture on one worker
+            # (tests/conftest.py, SHARED_SESSION_FIXTURES), in collection order (e2e, integration, unit), not
+            # xdist's default of the files with the most tests first: the long e2e files (one to three tests each)
+            # start first and the many short unit files fill the end, so the workers finish together instead of
+            # one running the last long file alone.
+            first = subprocess.call([*PYTEST, "-n", workers, "--dist", "loadfile", "--no-loadscope-reorder",
                                      "-m", "not serial and not secure", *args])  # fmt: skip
             if beside is None:
                 second = subprocess.call([*PYTEST, *SERIAL, *args])

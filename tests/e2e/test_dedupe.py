@@ -33,8 +33,7 @@ from producers.snapshot import run_snapshot
 from tests.e2e.conftest import HARD_CONFIG, Dataset, Run, assert_target_matches_truth
 from tests.helpers import wait_until
 
-# make test runs the files of one xdist_group on one worker: it builds the session's dedupe_migration once
-pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("dedupe_migration")]
+pytestmark = pytest.mark.e2e
 
 
 def golden_of(dsn: str, entity: str = "account") -> dict[str, str]:

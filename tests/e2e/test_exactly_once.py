@@ -47,8 +47,7 @@ from tests.e2e.conftest import Dataset, Run, assert_target_matches_truth
 from tests.e2e.test_dedupe import assert_golden_target, golden_of
 from tests.helpers import wait_until
 
-# make test runs the files of one xdist_group on one worker: it builds the session's dedupe_migration once
-pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("dedupe_migration")]
+pytestmark = pytest.mark.e2e
 
 SEED = 20261203
 KILLS = 3

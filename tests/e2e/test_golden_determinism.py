@@ -20,8 +20,7 @@ import pytest
 from tests.e2e.conftest import Dataset, Run
 from tests.e2e.test_dedupe import assert_golden_target, golden_of, partition
 
-# make test runs the files of one xdist_group on one worker: it builds the session's dedupe_migration once
-pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("dedupe_migration")]
+pytestmark = pytest.mark.e2e
 
 
 def reversed_customers(dataset: Dataset, directory: Path) -> Dataset:

@@ -15,8 +15,7 @@ from crmflow.dlq import read_dead_letters
 from crmflow.stack import Endpoints
 from tests.e2e.conftest import Dataset, Migrated, Run, assert_target_matches_truth
 
-# make test runs the files of one xdist_group on one worker: it builds the session's small_migration once
-pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("small_migration")]
+pytestmark = pytest.mark.e2e
 
 
 @pytest.mark.also_secure  # make test runs it on the secure stack too (TLS, SASL/SCRAM, ACLs, least-privilege roles)

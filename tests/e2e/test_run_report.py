@@ -17,8 +17,7 @@ from crmflow.pipeline.runs import RunStore
 from crmflow.reports.browser import dump_dom, screenshot
 from tests.e2e.conftest import Dataset, Migrated
 
-# make test runs the files of one xdist_group on one worker: it builds the session's small_migration once
-pytestmark = [pytest.mark.integration, pytest.mark.e2e, pytest.mark.xdist_group("small_migration")]
+pytestmark = [pytest.mark.integration, pytest.mark.e2e]
 
 
 def _section(dom: str, sid: str) -> str:

@@ -14,8 +14,7 @@ import pytest
 from crmflow.reports.browser import dump_dom
 from tests.e2e.conftest import Migrated, Run
 
-# make test runs the files of one xdist_group on one worker: it builds the session's small_migration once
-pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("small_migration")]
+pytestmark = pytest.mark.e2e
 
 
 def _validate(run: Run, out: Path, *args: str) -> tuple[int, dict[str, Any]]:
