@@ -23,13 +23,15 @@ from confluent_kafka.schema_registry import SchemaRegistryClient
 from crmflow.settings import stack_settings
 from crmflow.stack import Endpoints, get_stack
 
-#: Test files that read one expensive session fixture (a migration that no test changes), by that fixture: under
-#: xdist (``make test``) the files of one entry run on one worker, which builds the fixture once instead of each
-#: worker that runs one of them (``dedupe_migration`` is a whole ``migrate --workers 2`` with dedupe).
+#: Test files that read the expensive session fixtures no test changes (the migrations ``small_migration`` and
+#: ``dedupe_migration``, a whole ``migrate --workers 2`` with dedupe): under xdist (``make test``) the files of one
+#: entry run on one worker, which builds each fixture once instead of each worker that runs one of them.
+#: (test_validate reads both, so both are one entry.)
 SHARED_SESSION_FIXTURES = {
-    "dedupe_migration": ("tests/e2e/test_dedupe.py", "tests/e2e/test_exactly_once.py",
-                         "tests/e2e/test_golden_determinism.py"),
-    "small_migration": ("tests/e2e/test_migrate.py", "tests/e2e/test_run_report.py", "tests/e2e/test_validate.py"),
+    "small_migration+dedupe_migration": (
+        "tests/e2e/test_dedupe.py", "tests/e2e/test_exactly_once.py", "tests/e2e/test_golden_determinism.py",
+        "tests/e2e/test_migrate.py", "tests/e2e/test_run_report.py", "tests/e2e/test_validate.py",
+    ),
 }
 
 
@@ -44,7 +46,7 @@ class FileGroupScheduler:
     serve: it sends every unmarked test on its own, which builds module fixtures on every worker, and with pytest 9
     its ``xdist_group`` marks group nothing: it renames items through an attribute pytest no longer reads.)"""
 
-    @pytest.hookimpl
+    @pytest.hookimpl(tryfirst=True)  # before xdist's own, which answers for every --dist
     def pytest_xdist_make_scheduler(self, config: pytest.Config, log: Any) -> Any:
         if config.getvalue("dist") != "loadfile":
             return None
