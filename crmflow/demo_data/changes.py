@@ -278,7 +278,9 @@ def run_changes(
                         continue
                     try:
                         txid, changes = work.transaction(kinds)
-                    except psycopg.errors.IntegrityError:  # a key raced by another writer
+                    except (psycopg.errors.IntegrityError, psycopg.errors.DeadlockDetected):
+                        # a key raced by another writer, or two writers' rows locked in opposite orders: the
+                        # server rolled the transaction back, as it would an application's, and the next one goes on
                         with lock:
                             stats.failed += 1
                         continue
