@@ -39,18 +39,30 @@ def consumer_config(kafka: KafkaConnection | str, group_id: str, client_id: str,
     }, extra)
 
 
-def update_lag(consumer: Consumer, stage: str, assigned: Iterable[tuple[str, int]]) -> None:
-    """``crmflow_consumer_lag_messages`` per assigned partition: high watermark (as last fetched, no broker
-    round trip) minus the consumer's position."""
-    tps = [TopicPartition(t, p) for t, p in sorted(assigned)]
+def unread(consumer: Consumer, partitions: Iterable[tuple[str, int]],
+           start: Mapping[tuple[str, int], int] | None = None) -> dict[tuple[str, int], int]:
+    """Unread messages per partition: the high watermark as last fetched (no broker round trip) minus the
+    consumer's position. Before a partition's first fetch (no position) ``start`` gives it, else its low
+    watermark; without ``start`` such a partition is left out, as is one whose watermark is not known yet."""
+    tps = [TopicPartition(t, p) for t, p in sorted(partitions)]
+    out: dict[tuple[str, int], int] = {}
     if not tps:
-        return
+        return out
+    for tp in consumer.position(tps):
+        low, high = consumer.get_watermark_offsets(tp, cached=True)
+        position = tp.offset
+        if position < 0 and start is not None:
+            position = start.get((tp.topic, tp.partition), low)
+        if high >= 0 and position >= 0:
+            out[(tp.topic, tp.partition)] = max(high - position, 0)
+    return out
+
+
+def update_lag(consumer: Consumer, stage: str, assigned: Iterable[tuple[str, int]]) -> None:
+    """``crmflow_consumer_lag_messages`` per assigned partition (:func:`unread`)."""
     try:
-        for tp in consumer.position(tps):
-            _low, high = consumer.get_watermark_offsets(tp, cached=True)
-            if high >= 0 and tp.offset >= 0:
-                CONSUMER_LAG.labels(stage=stage, topic=tp.topic, partition=str(tp.partition)).set(
-                    max(high - tp.offset, 0))
+        for (topic, partition), lag in unread(consumer, assigned).items():
+            CONSUMER_LAG.labels(stage=stage, topic=topic, partition=str(partition)).set(lag)
     except KafkaException as exc:
         log.debug("lag not updated: %s", exc)
 

@@ -62,7 +62,7 @@ from crmflow.metrics import (
     TRANSACTIONS,
 )
 from crmflow.runtime.changelog import ChangelogError, ensure_changelog, ensure_topics, read_partitions
-from crmflow.runtime.consumer import consumer_config, forget_lag, update_lag
+from crmflow.runtime.consumer import consumer_config, forget_lag, unread, update_lag
 from crmflow.runtime.stage import BatchStage, InRecord, StageOutput
 from crmflow.runtime.watchdog import CallWatchdog
 from crmflow.serialization import SerializationError
@@ -276,21 +276,12 @@ class TransactionalRuntime:
         self._paused = want
 
     def _backlog(self, consumer: Consumer, partitions: set[TP]) -> int:
-        """Unread messages of ``partitions``: their high watermark as last fetched minus the position (before the
-        first fetch: the last commit, else the low watermark); 0 when unknown."""
-        if not partitions:
-            return 0
-        backlog = 0
+        """Unread messages of ``partitions`` (before a first fetch: from the last commit); 0 when unknown."""
         try:
-            for tp in consumer.position([TopicPartition(t, p) for t, p in sorted(partitions)]):
-                low, high = consumer.get_watermark_offsets(tp, cached=True)
-                position = tp.offset if tp.offset >= 0 else self._done.get((tp.topic, tp.partition), low)
-                if high >= 0 and position >= 0:
-                    backlog += max(high - position, 0)
+            return sum(unread(consumer, partitions, self._done).values())
         except KafkaException as exc:
             log.debug("backlog unknown: %s", exc)
             return 0
-        return backlog
 
     def _admit(self, messages: list[Message]) -> list[Message]:
         """The data messages of assigned partitions; end-of-partition events are noted."""

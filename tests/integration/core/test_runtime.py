@@ -32,7 +32,24 @@ SCHEMA = ParsedSchema.from_str(
     '"fields": [{"name": "key", "type": "string"}, {"name": "n", "type": "long"}]}')
 
 
-class Counter(BatchStage):
+class _OneCodec(BatchStage):
+    """A test stage whose input topics are ``sources``, every one read and written with ``codec``."""
+
+    sources: list[str]
+    codec: AvroCodec
+
+    @property
+    def topics(self) -> Sequence[str]:
+        return self.sources
+
+    def decoder(self, topic: str) -> Decoder:
+        return self.codec
+
+    def encoder(self, topic: str) -> Encoder:
+        return self.codec
+
+
+class Counter(_OneCodec):
     """Counts records per key, per partition (state), and sends the running count on."""
 
     name = "process"
@@ -45,16 +62,6 @@ class Counter(BatchStage):
         self.changelogs = {s: f"{s}.state" for s in self.sources}
         self.counts: dict[tuple[str, int], dict[str, int]] = {}
         self.restored: list[tuple[str, int]] = []
-
-    @property
-    def topics(self) -> Sequence[str]:
-        return self.sources
-
-    def decoder(self, topic: str) -> Decoder:
-        return self.codec
-
-    def encoder(self, topic: str) -> Encoder:
-        return self.codec
 
     def process(self, batch: Sequence[InRecord]) -> StageOutput:
         out = StageOutput()
@@ -310,25 +317,15 @@ def test_natural_batching_goes_on_with_a_trickle_and_fills_batches_from_a_backlo
         thread.join(30)
 
 
-class _Order(BatchStage):
+class _Order(_OneCodec):
     """Produces nothing; notes the topic of every record of every committed batch, in order."""
 
     name = "sink"
 
     def __init__(self, topics: Sequence[str], first: Sequence[str], codec: AvroCodec) -> None:
-        self._topics, self.first_topics, self.codec = list(topics), list(first), codec
+        self.sources, self.first_topics, self.codec = list(topics), list(first), codec
         self.batches: list[list[str]] = []
         self._pending: list[str] = []
-
-    @property
-    def topics(self) -> Sequence[str]:
-        return self._topics
-
-    def decoder(self, topic: str) -> Decoder:
-        return self.codec
-
-    def encoder(self, topic: str) -> Encoder:
-        return self.codec
 
     def process(self, batch: Sequence[InRecord]) -> StageOutput:
         self._pending = [r.topic for r in batch]
