@@ -258,21 +258,34 @@ class Children:
         self._emit(self.contacts, fields, reject, parent, key, clean, flags, key)
 
     def _duplicate_contact(self, parent: Parent) -> None:
-        """Hard profile: a further record of a recent contact person, on its account or on ``parent``."""
+        """Hard profile: a further record of a recent contact person, on its account or on ``parent``.
+
+        On its own account it loses e-mail and phone at the hard rate; on another account it keeps one of them
+        (see :data:`hard.CONTACT_SAME_ACCOUNT`), drawn from the same numbers, so the rest of the data set is the
+        same bytes as before that rule."""
         rng = self.rng
         rnd = rng.random
         self.contact_seq += 1
         key = f"K{self.contact_seq:07d}"
         person = self.contact_persons[int(rnd() * len(self.contact_persons))]
         on = person.parent if rnd() < hard.CONTACT_SAME_ACCOUNT else parent
+        if person.email is None and person.phone is None:
+            # Nothing but a name could link it on another account: such a person is entered again on its own.
+            on = person.parent
         first: str | None = person.first
         last: str | None = person.last
         if rnd() < hard.HARD_NAME:
             first, last, _ = hard.vary_name(person.first, person.last, rng)
         flags: list[str] = []
         email, phone, phone_s = person.email, person.phone, person.phone_text
-        if rnd() < hard.HARD_NO_CONTACT:
-            email, phone, phone_s = None, None, ""
+        u = rnd()
+        if u < hard.HARD_NO_CONTACT:
+            if on.customer_id == person.parent.customer_id:
+                email, phone, phone_s = None, None, ""
+            elif email is not None and (phone is None or u < hard.HARD_NO_CONTACT / 2):
+                phone, phone_s = None, ""  # on another account it keeps one channel: here its e-mail
+            else:
+                email = None  # ... or its phone (a mobile)
         if email is None:
             flags.append("email_missing")
         if phone is None:

@@ -17,7 +17,12 @@ date, e-mail and phone): they are not duplicates, and a matcher that merges them
 Every person may have a national id (:func:`national_id`), written on some of their records and sometimes
 with a typo (:func:`id_typo`); it is the ``National_ID`` column that only the hard profile's
 ``customers.csv`` has. Contacts get duplicates too, within their account and across accounts, and the
-truth then gives every contact a cluster (its person).
+truth then gives every contact a cluster (its person). The rule of the moved address holds for them too: a
+duplicate on its own account loses e-mail and phone at :data:`HARD_NO_CONTACT`, but one entered on *another*
+(unrelated) account keeps at least one of the two (a person who changed job keeps a mobile or a personal
+address), and a person who has neither is entered again only on its own account. A person's varied name on two
+unrelated companies with nothing else in common is indistinguishable from two namesakes: no matcher could link
+it without merging namesakes too.
 
 The nickname table is a short list of common given-name short forms of the pools' languages, written from
 general knowledge; nothing here is fitted to a public benchmark data set.
@@ -55,7 +60,8 @@ ID_TYPO: Final = 0.1
 #: Share of new persons who live with a recent person and share their surname (a household): not duplicates.
 HOUSEHOLD: Final = 0.05
 #: Share of contacts that are a further record of a recent contact person, and of those, how many are
-#: entered on the same account (the others on another account).
+#: entered on the same account (the others on another account, keeping their e-mail or phone or both: of those
+#: on another account, :data:`HARD_NO_CONTACT` keep one channel only, the rest both).
 CONTACT_DUPLICATE: Final = 0.12
 CONTACT_SAME_ACCOUNT: Final = 0.5
 

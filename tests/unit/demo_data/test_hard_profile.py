@@ -106,6 +106,25 @@ def test_contacts_have_duplicates_within_and_across_accounts(truth: list[dict[st
     assert same > 5 and across > 5
 
 
+def test_contact_duplicates_on_another_account_keep_an_email_or_a_phone(truth: list[dict[str, Any]]) -> None:
+    """A name alone on two unrelated accounts is a namesake as much as a duplicate: a duplicate entered on
+    another account keeps one channel at least; on its own account most have neither."""
+    contacts = [t for t in truth if t["entity"] == "contact" and t["outcome"] == "ok"]
+    originals = {t["cluster"]: t["clean"] for t in contacts if t["source_key"] == t["cluster"]}
+    same: list[dict[str, Any]] = []
+    other: list[dict[str, Any]] = []
+    for t in contacts:
+        first = originals.get(t["cluster"])
+        if first is None or t["source_key"] == t["cluster"]:
+            continue
+        (same if t["clean"]["customer_id"] == first["customer_id"] else other).append(t["clean"])
+    assert len(same) > 50 and len(other) > 50
+    assert all(c["email"] is not None or c["phone"] is not None for c in other)
+    assert sum(1 for c in other if c["email"] is not None and c["phone"] is not None) < len(other) / 2
+    bare = sum(1 for c in same if c["email"] is None and c["phone"] is None)
+    assert bare / len(same) > 0.6, f"{bare} of {len(same)} duplicates on their own account without e-mail and phone"
+
+
 def test_contact_clusters_are_unique_per_record_and_persons_keep_their_cluster(truth: list[dict[str, Any]]) -> None:
     contacts = [t for t in truth if t["entity"] == "contact" and t["outcome"] == "ok"]
     assert all(t["cluster"] for t in contacts)
