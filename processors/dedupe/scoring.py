@@ -121,10 +121,15 @@ def name_similarity(a: Features, b: Features, config: DedupeConfig) -> NameSimil
     first = _part(first_name_form(af), first_name_form(bf), ini, edit, head) if af and bf else None
     last = _part(fold(al), fold(bl), ini, edit, head) if al and bl else None
     straight = NameSimilarity(first, last)
-    if not (af and al and bf and bl) or straight.combined >= 1.0 - penalty:  # swapped cannot do better
+    if straight.combined >= 1.0 - penalty:  # swapped cannot do better
         return straight
-    sf = _part(first_name_form(af), first_name_form(bl), ini, edit, head)
-    sl = _part(fold(al), fold(bf), ini, edit, head)
+    # Swapped: the first record's given name against the other's surname and the other way round. With a part
+    # missing only the pair that exists is compared ("Adam" entered as the given name of "Jérôme Adam"), so a
+    # swap and a missing part together are still one name, not a given name that disagrees.
+    sf = _part(first_name_form(af), first_name_form(bl), ini, edit, head) if af and bl else None
+    sl = _part(fold(al), fold(bf), ini, edit, head) if al and bf else None
+    if sf is None and sl is None:
+        return straight
     swapped = NameSimilarity(sf, sl, swapped=True, penalty=penalty)
     return swapped if swapped.combined > straight.combined else straight
 

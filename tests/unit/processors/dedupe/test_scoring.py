@@ -48,6 +48,23 @@ def test_swapped_first_and_last_name_match_at_a_small_penalty(account: Any) -> N
     assert c.name.combined == pytest.approx(1.0 - DedupeConfig().swap_penalty)
 
 
+def test_a_swapped_name_with_a_part_missing_is_still_the_same_name() -> None:
+    """"Adam" entered as the given name of "Jérôme Adam" (swapped, surname missing): the surname against the given
+    name, not a given name that disagrees, so the first-name veto does not stop the shared e-mail."""
+    config = DedupeConfig()
+    full, alone = {"fn": "Jérôme", "ln": "Adam"}, {"fn": "Adam"}
+    for a, b in ((full, alone), (alone, full), ({"ln": "Jérôme"}, full)):
+        sim = name_similarity(a, b, config)
+        assert sim.swapped and sim.combined == pytest.approx(1.0 - config.swap_penalty)
+        assert (sim.first, sim.last).count(None) == 1
+    assert name_similarity({"fn": "Adam"}, {"fn": "Adam", "ln": "Berger"}, config).swapped is False
+    assert name_similarity({"fn": "Paul"}, {"fn": "Jérôme", "ln": "Adam"}, config).first is not None
+    contacts = Scorer(config.for_contacts())
+    mail = "jerome.adam@example.net"
+    c = contacts.compare({**full, "em": mail, "pa": "C1"}, {**alone, "em": mail, "pa": "C2"})
+    assert c.matched and c.rule == "email" and c.veto is None
+
+
 def test_a_transposition_in_a_short_name_counts_as_one_typo(account: Any) -> None:
     # Jaro-Winkler alone gives kim/kmi 0.56, which would veto the shared e-mail as "another person".
     a = account(first_name="Kim", last_name="Sherman")
