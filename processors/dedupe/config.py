@@ -232,6 +232,9 @@ class ContactMatching(BaseModel):
     match_probability: float | None = Field(default=None, gt=0.0, lt=1.0)
     max_block_size: int | None = Field(default=None, ge=2)
     deterministic_rules: tuple[DeterministicRule, ...] | None = None
+    name_vetoes_yield_to: tuple[DeterministicRule, ...] | None = Field(
+        default=None, description="rules whose agreement lifts the name vetoes (unset: [email] for contacts)"
+    )
     identifier_fields: tuple[str, ...] | None = Field(
         default=None, description="contact fields compared as identifiers and blocked on (national_id, tax_id)"
     )
@@ -293,6 +296,15 @@ class DedupeConfig(BaseModel):
         description="further fields whose disagreement (the comparison's last level) vetoes a match. Unset: "
         "`first_name` with `fellegi_sunter` (else surname, street and postcode, added as independent evidence, "
         "merge a household), none with `points` (its name floors do that job); `[]` switches it off",
+    )
+    name_vetoes_yield_to: tuple[DeterministicRule, ...] | None = Field(
+        default=None,
+        description="deterministic rules whose agreement lifts the name vetoes (`first_name`, `last_name`): the "
+        "rule's own floor (`deterministic_min_name_similarity`) then judges the names, so a nickname, an initial "
+        "or two typos in one part no longer refuse it, and a name that is another person's still does. Unset: "
+        "`[email]` for contacts (a personal mailbox outweighs a given name written another way; two colleagues "
+        "behind one role mailbox stay apart by the floor), none for accounts (a household shares an address and "
+        "often a mailbox); `[]` switches it off",
     )
     missing_name_threshold_bonus: float = Field(
         default=2.0, description="points mode: a fuzzy match on one name part (the other missing) needs this more"
@@ -376,6 +388,12 @@ class DedupeConfig(BaseModel):
         if birth is None:
             birth = self.scoring == "points"
         return frozenset(self.effective_vetoes()) | ({"birth_date"} if birth else frozenset())
+
+    def effective_name_veto_overrides(self) -> tuple[DeterministicRule, ...]:
+        """``name_vetoes_yield_to``, or when unset the entity's default: ``email`` for contacts, none for accounts."""
+        if self.name_vetoes_yield_to is not None:
+            return self.name_vetoes_yield_to
+        return ("email",) if self.entity == "contact" else ()
 
     def effective_vetoes(self) -> tuple[str, ...]:
         """``vetoes``, or when unset the scorer's default: ``first_name`` for Fellegi-Sunter, none for points."""

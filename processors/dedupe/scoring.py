@@ -37,6 +37,7 @@ from processors.dedupe.config import DedupeConfig
 from processors.dedupe.features import Features, feature_key, first_name_form, fold
 from processors.dedupe.model import MatchModel, load_model
 
+_NAME_FIELDS = ("first_name", "last_name")
 _jaro_winkler = JaroWinkler.normalized_similarity
 _osa = OSA.distance
 
@@ -156,6 +157,7 @@ class Scorer:
         entity = config.entity
         self.model = model if model is not None else (load_model(config) if self.fellegi_sunter else None)
         self.vetoes = config.veto_fields()
+        self.name_veto_overrides = frozenset(config.effective_name_veto_overrides())
         #: Per comparison: field, feature key, name part (0 first, 1 last, or None), level function, name
         #: floors, bits per level, whether it vetoes, the identifier's disagreement cap.
         self._fs: list[_Compiled] = []
@@ -210,7 +212,9 @@ class Scorer:
         veto = veto or self._veto(a, b)
         for rule, key in (("email", "em"), ("phone", "ph")):
             if rule in c.deterministic_rules and a.get(key) is not None and a.get(key) == b.get(key):
-                if veto is not None:
+                if veto is not None and not (
+                    veto in _NAME_FIELDS and rule in self.name_veto_overrides and self._only_names_disagree(a, b)
+                ):
                     return Comparison(False, rule, score, veto, name)
                 floor = c.deterministic_min_name_similarity
                 if (name.first is not None and name.first < floor) or (name.last is not None and name.last < floor):
@@ -222,6 +226,13 @@ class Scorer:
         if veto is not None:
             return Comparison(False, "fuzzy", score, veto, name)
         return Comparison(True, "fuzzy", score, None, name)
+
+    def _only_names_disagree(self, a: Features, b: Features) -> bool:
+        """Whether no veto field other than the name parts disagrees (the rare path of a vetoed rule)."""
+        for comp, level in zip(self._fs, self.levels(a, b), strict=True):
+            if comp.veto and comp.field not in _NAME_FIELDS and level == len(comp.weights) - 1:
+                return False
+        return self._veto(a, b) in (None, *_NAME_FIELDS)
 
     def _points_match(self, name: NameSimilarity, score: float) -> bool:
         c = self.config

@@ -414,3 +414,35 @@ def test_a_contact_identifier_links_two_accounts_a_name_alone_cannot() -> None:
     with_id = Deduper(DedupeSettings.model_validate({"contacts": {"identifier_fields": ["national_id"]}})
                       .contact_matcher())  # fmt: skip
     assert [with_id.process(r).golden_id for r in (anna, other)] == ["K1", "K1"]
+
+
+def test_a_shared_e_mail_lifts_the_name_vetoes_of_contacts_and_the_rules_floor_still_holds() -> None:
+    """A short form or two typos in one name part veto a pair; the same personal mailbox outweighs them, while two
+    colleagues behind one role mailbox stay apart by the e-mail rule's own name floor. Accounts (a household's
+    mailbox) and ``name_vetoes_yield_to: []`` keep the veto, and a shared phone (a switchboard) never lifts it."""
+    catherine = {"contact_id": "K1", "customer_id": "C1", "first_name": "Catherine", "last_name": "Payet",
+                "email": "catherine_payet@example.com", "phone": "+33101939764"}  # fmt: skip
+    cathy = {**catherine, "contact_id": "K2", "customer_id": "C2", "first_name": "Cathy", "phone": None}
+    by_phone = {**cathy, "contact_id": "K3", "email": None, "phone": catherine["phone"]}
+    far = {**cathy, "contact_id": "K6", "first_name": "Kate"}  # below the rule's floor: another name
+    anna = {"contact_id": "K4", "customer_id": "C1", "first_name": "Anna", "last_name": "Peters",
+            "email": "info@acme.example"}  # fmt: skip
+    tom = {**anna, "contact_id": "K5", "first_name": "Tom"}
+
+    def goldens(config: DedupeConfig, *records: dict[str, Any]) -> list[str]:
+        deduper = Deduper(config)
+        return [deduper.process(r).golden_id for r in records]
+
+    contacts = DedupeConfig().for_contacts()
+    assert contacts.effective_name_veto_overrides() == ("email",)
+    assert DedupeConfig().effective_name_veto_overrides() == ()
+    assert goldens(contacts, catherine, cathy) == ["K1", "K1"]
+    assert goldens(contacts, catherine, by_phone) == ["K1", "K3"]
+    assert goldens(contacts, catherine, far) == ["K1", "K6"]
+    assert goldens(contacts, anna, tom) == ["K4", "K5"]
+    off = DedupeConfig(name_vetoes_yield_to=()).for_contacts()
+    assert goldens(off, catherine, cathy) == ["K1", "K2"]
+    from processors.config import DedupeSettings
+
+    section = DedupeSettings.model_validate({"contacts": {"name_vetoes_yield_to": []}}).contact_matcher()
+    assert section.effective_name_veto_overrides() == ()
