@@ -20,7 +20,6 @@ import logging
 import math
 import os
 import shutil
-import socket
 import threading
 import time
 import urllib.request
@@ -49,6 +48,7 @@ from crmflow.pipeline.services import Service, stop_all, wait_drained
 from crmflow.serialization import AvroDecoder
 from crmflow.settings import stack_settings
 from crmflow.stack import Endpoints, get_stack
+from crmflow.stack.tools import free_port
 from crmflow.topics import SOURCE_COMMIT_HEADER, cdc_topic, mapped_topic
 
 log = logging.getLogger(__name__)
@@ -104,11 +104,6 @@ def workers(rate: float) -> int:
     best, fewer on a busy machine), so one per 150 changes/s, up to :data:`MAX_WORKERS`."""
     return max(1, min(MAX_WORKERS, math.ceil(rate / 150)))
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _counts(dsn: str, tables: dict[str, str], schema: str) -> dict[str, int]:
@@ -239,7 +234,7 @@ class CdcBench:
                                      ep.kafka.stage_env("cdc")))
         cdc_topics = [cdc_topic(cfg.kafka.topic_prefix, f"legacy.{t}") for t in TABLES]
         self._wait(lambda: _topic_messages(ep, cdc_topics) >= rows, 1800, "the initial load in the change topics")
-        port = _free_port()
+        port = free_port()
         self.metrics_url = f"http://127.0.0.1:{port}/metrics"
         self.services.append(Service("process", ["process", "-c", str(config), "--metrics-port", "0", "--instance",
                                                  f"bench-{self.tag}"], logs / "process.log",

@@ -7,6 +7,7 @@ import logging
 import os
 import re
 import shutil
+import socket
 import subprocess
 import tarfile
 from pathlib import Path
@@ -17,6 +18,13 @@ log = logging.getLogger(__name__)
 
 STACK_PKG_DIR = Path(__file__).resolve().parent
 APT_HINT = "install it with: apt-get install -y {pkg}"
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now (the OS picks it), for a private service or a test's own."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def require(tool: str, debian_package: str) -> str:

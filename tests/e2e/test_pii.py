@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import csv
 import os
-import socket
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable
@@ -26,6 +25,7 @@ from crmflow.config import load_config
 from crmflow.pipeline.migrate import drain_sink, prepare, processor_topics
 from crmflow.pipeline.services import Service, wait_drained
 from crmflow.stack import Endpoints
+from crmflow.stack.tools import free_port
 from producers.snapshot import run_snapshot
 from tests.e2e.conftest import Dataset, Run
 
@@ -92,11 +92,6 @@ def _topic_values(ep: Endpoints, topic: str) -> list[bytes]:
     return out
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
 
 def _staging(raw: dict[str, Any]) -> None:
     raw["pii"]["profile"] = "staging"
@@ -116,7 +111,7 @@ def test_staging_profile_leaves_no_pii_downstream_of_masking(
     prepare(cfg, endpoints, registry_client, run.target_dsn)
     run_snapshot(cfg, kafka=endpoints.kafka, registry_client=registry_client,
                  state_dir=tmp_path / "state")
-    port = _free_port()
+    port = free_port()
     processor = Service("process", ["--verbose", "process", "-c", str(run.config), "--metrics-port", str(port)],
                         tmp_path / "process.log", dict(run.env))
     sink = Service("sink", ["--verbose", "sink", "-c", str(run.config)], tmp_path / "sink.log", dict(run.env))

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import uuid
@@ -27,6 +26,7 @@ from psycopg.conninfo import make_conninfo
 from crmflow.demo_data.run import generate
 from crmflow.pipeline.runs import RunStore
 from crmflow.stack import Endpoints
+from crmflow.stack.tools import free_port
 from tests.e2e.conftest import Dataset, Run
 from tests.helpers import wait_until
 
@@ -86,11 +86,6 @@ def _cli(env: dict[str, str], *args: str, timeout: float = 300) -> subprocess.Co
                           timeout=timeout, check=False)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
 
 def _leaks(where: str, text: str) -> list[str]:
     return [f"{where}: {name}" for name, value in {**SECRETS, "db": DB_PASSWORD}.items() if value in text]
@@ -123,7 +118,7 @@ def test_no_secret_in_config_check_status_migrate_logs_or_metrics(
             outputs[str(f)] = f.read_text(encoding="utf-8", errors="replace")
     assert any(name.endswith("sink.log") for name in outputs), sorted(outputs)
 
-    port = _free_port()
+    port = free_port()
     log = (tmp_path / "process.log").open("w")
     proc = subprocess.Popen([sys.executable, "-m", "crmflow", "--verbose", "process", "-c", str(run.config),
                              "--metrics-port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT)

@@ -18,6 +18,7 @@ from confluent_kafka import Consumer, Producer
 from crmflow.settings import StackSettings
 from crmflow.stack import Endpoints
 from crmflow.stack.local import LocalStack
+from crmflow.stack.tools import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -67,14 +68,16 @@ def test_local_stack_up_twice_then_down_leaves_no_process(tmp_path: Path, endpoi
     home = tmp_path / "home"
     (home).mkdir()
     (home / "dist").symlink_to(shared_home / "dist")
+    # Ports free now, so that two suites on one machine (or anyone's stack on fixed ports) never meet.
+    kafka, controller, registry, postgres = (free_port() for _ in range(4))
     settings = StackSettings(
-        home=home, kafka_port=29092, kafka_controller_port=29093, registry_port=28081,
-        postgres_port=25432, postgres_dir=Path(f"/var/tmp/crmflow-test-pg-{os.getpid()}")
+        home=home, kafka_port=kafka, kafka_controller_port=controller, registry_port=registry,
+        postgres_port=postgres, postgres_dir=Path(f"/var/tmp/crmflow-test-pg-{os.getpid()}")
         if os.geteuid() == 0 else tmp_path / "pg",
     )
-    env = {**os.environ, "CRMFLOW_HOME": str(home), "CRMFLOW_KAFKA_PORT": "29092",
-           "CRMFLOW_KAFKA_CONTROLLER_PORT": "29093", "CRMFLOW_REGISTRY_PORT": "28081",
-           "CRMFLOW_POSTGRES_PORT": "25432", "CRMFLOW_POSTGRES_DIR": str(settings.postgres_dir)}
+    env = {**os.environ, "CRMFLOW_HOME": str(home), "CRMFLOW_KAFKA_PORT": str(kafka),
+           "CRMFLOW_KAFKA_CONTROLLER_PORT": str(controller), "CRMFLOW_REGISTRY_PORT": str(registry),
+           "CRMFLOW_POSTGRES_PORT": str(postgres), "CRMFLOW_POSTGRES_DIR": str(settings.postgres_dir)}
     cli = [sys.executable, "-m", "crmflow", "stack"]
     try:
         for _ in range(2):

@@ -6,7 +6,6 @@ Needs no Kafka: only promtool and prometheus (Debian package ``prometheus``); sk
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +17,7 @@ import yaml
 from prometheus_client import REGISTRY, start_http_server
 
 from crmflow.metrics import BATCH_DURATION, CONSUMER_LAG, RECORDS
+from crmflow.stack.tools import free_port
 from tests.helpers import wait_until
 
 pytestmark = pytest.mark.integration
@@ -84,16 +84,11 @@ def test_rule_unit_test_files_exist() -> None:
 # --- a real scrape ------------------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
 
 @pytest.fixture
 def metrics_endpoint() -> Iterator[int]:
     """crmflow's real metrics (the process-wide registry crmflow.metrics declares them in) on 127.0.0.1."""
-    port = _free_port()
+    port = free_port()
     server, thread = start_http_server(port, addr="127.0.0.1", registry=REGISTRY)
     try:
         yield port
@@ -107,7 +102,7 @@ def metrics_endpoint() -> Iterator[int]:
 def prometheus(tmp_path: Path, metrics_endpoint: int) -> Iterator[str]:
     """A real Prometheus scraping ``metrics_endpoint`` as job crmflow-process, with the crmflow rules."""
     binary = _tool("prometheus")
-    web_port = _free_port()
+    web_port = free_port()
     config = {
         "global": {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"},
         "rule_files": [str(RULES_FILE)],
