@@ -17,6 +17,8 @@ def bench(
     customers: Annotated[int, typer.Option(min=1, help="Customers to generate (children come with them).")] = 100_000,
     seed: Annotated[int, typer.Option(help="Generator seed.")] = 1,
     workers: Annotated[int, typer.Option(min=1, max=8, help="Processor worker processes.")] = 1,
+    sink_workers: Annotated[int | None, typer.Option(
+        min=1, max=8, help="Sink processes side by side (default: as many as --workers).")] = None,
     partitions: Annotated[int, typer.Option(min=1, help="Partitions per topic.")] = 4,
     keep: Annotated[bool, typer.Option(help="Keep the generated data and the target database.")] = False,
     dedupe: Annotated[bool, typer.Option(help="Deduplicate accounts; score the clusters against the truth.")] = False,
@@ -73,7 +75,7 @@ def bench(
 
     try:
         result = run_bench(get_stack().endpoints(), customers, seed=seed, workers=workers, partitions=partitions,
-                           keep=keep, dedupe=dedupe, engine=engine, baseline=measure)
+                           keep=keep, dedupe=dedupe, engine=engine, baseline=measure, sink_workers=sink_workers)
     except CrmflowError as exc:
         err_console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from exc

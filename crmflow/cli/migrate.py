@@ -29,6 +29,9 @@ def migrate(
         int | None, typer.Option(min=1, help="Test migration: only the first N records of each source.")
     ] = None,
     workers: Annotated[int, typer.Option(min=1, max=8, help="Processor worker processes.")] = 1,
+    sink_workers: Annotated[int | None, typer.Option(
+        min=1, max=8, help="Sink processes writing into the target side by side (default: as many as --workers).")
+    ] = None,
     engine: Annotated[str, typer.Option(help="Processor engine: batch (exactly-once, default) or faust.")
                       ] = "batch",
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as one JSON object on stdout.")] = False,
@@ -67,8 +70,8 @@ def migrate(
         with bars:
             summary = run_migration(
                 cfg, config.resolve(), ep, target,
-                MigrateOptions(run_id=rid, limit=limit, workers=workers, engine=engine, drain_timeout_s=timeout,
-                               infra_grace_s=infra_grace),
+                MigrateOptions(run_id=rid, limit=limit, workers=workers, sink_workers=sink_workers, engine=engine,
+                               drain_timeout_s=timeout, infra_grace_s=infra_grace),
                 control=control, progress=bars,
             )
     except CrmflowError as exc:

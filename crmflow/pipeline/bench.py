@@ -87,7 +87,8 @@ def _bench_config(root: Path, data: Path, tag: str, partitions: int, dedupe: boo
 
 def run_bench(ep: Endpoints, customers: int, *, seed: int = 1, workers: int = 1, partitions: int = 4,
               keep: bool = False, dedupe: bool = False, engine: str = "batch",
-              baseline: Callable[[Path], dict[str, Any] | None] | None = None) -> BenchResult:
+              baseline: Callable[[Path], dict[str, Any] | None] | None = None,
+              sink_workers: int | None = None) -> BenchResult:
     """Generate, migrate, score; ``baseline`` (the seeds' pandas script) is timed on the same files after."""
     tag = uuid.uuid4().hex[:8]
     root = stack_settings().home / "bench" / tag
@@ -106,7 +107,8 @@ def run_bench(ep: Endpoints, customers: int, *, seed: int = 1, workers: int = 1,
         os.environ["CRMFLOW_BENCH_TARGET_DSN"] = ep.dsn(database)  # the stages resolve it from the config (env)
         cfg = load_config(config)
         summary = run_migration(cfg, config, ep, resolve_target(cfg, ep),
-                                MigrateOptions(workers=workers, engine=engine, logs_dir=root / "logs"))
+                                MigrateOptions(workers=workers, sink_workers=sink_workers, engine=engine,
+                                               logs_dir=root / "logs"))
         if dedupe:
             quality = dedupe_quality(ep.database(database), data / "truth.jsonl")
         with ep.database(database).connect() as conn:

@@ -1,9 +1,10 @@
 """`crmflow migrate`: register schemas, run snapshot → process → sink until drained, and reconcile.
 
-The processor and the sink run as child processes (the same commands `deploy/` runs as services); the
-snapshot runs in this process. When the processor's consumer group has committed every raw record, the
-processors and the live sink stop, and a final in-process sink pass drains what is left, resolving or
-dead-lettering parked children. Then every entity is reconciled:
+The processors and the sinks run as child processes (the same commands `deploy/` runs as services; ``workers``
+processors and ``sink_workers`` sinks, by default as many as processors, members of one consumer group each);
+the snapshot runs in this process. When the processors' group has committed every raw record, the processors
+stop; when the sinks' group has committed every mapped record, the sinks stop, and a final sink pass (one
+process) drains what is left, resolving or dead-lettering parked children. Then every entity is reconciled:
 ``read = inserted + updated + unchanged + rejected + filtered``, counted from the snapshot (over the whole
 run, also what an earlier invocation of the same run id read), the sink's audit of this run, and the
 dead-letter topic (letters of this run, one per source record).
@@ -29,10 +30,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from confluent_kafka import KafkaException
 from confluent_kafka.schema_registry import SchemaRegistryClient
 
 from crmflow.config import MigrationConfig
-from crmflow.connections import PostgresConnection, as_postgres
+from crmflow.connections import KafkaConnection, PostgresConnection, as_postgres
 from crmflow.dlq import read_dead_letters
 from crmflow.exceptions import CrmflowError, InfrastructureError
 from crmflow.pipeline.health import KafkaWatch, require_reachable
@@ -163,10 +165,29 @@ class MigrateOptions:
     run_id: str | None = None
     limit: int | None = None
     workers: int = 1
+    sink_workers: int | None = None  # None: as many as workers
     engine: str = "batch"
     drain_timeout_s: float = 1800.0
     infra_grace_s: float = 900.0
     logs_dir: Path | None = None
+
+
+def extra_sinks(backlog: int | None, batch_size: int, sink_workers: int) -> int:
+    """How many sinks join the first one for the mapped backlog left when the processors are done: up to
+    ``sink_workers - 1``, one per two batches of backlog (a sink costs a process start and a rebalance; a
+    backlog the first sink writes in a batch or two is not worth them); all of them when the backlog is
+    unknown."""
+    if backlog is None:
+        return sink_workers - 1
+    return max(0, min(sink_workers - 1, backlog // (2 * batch_size)))
+
+
+def _lag_or_none(kafka: KafkaConnection | str, group: str, topics: list[str]) -> int | None:
+    try:
+        return group_lag(kafka, group, topics, timeout_s=10.0)
+    except (KafkaException, RuntimeError) as exc:
+        log.debug("lag of %s not readable: %s", group, exc)
+        return None
 
 
 class RunControl:
@@ -243,16 +264,24 @@ def run_migration(
                 logs / f"process-{i}.log", {**env, **ep.kafka.stage_env("process")})
         for i in range(opts.workers)
     ]
-    # The live sink and the final pass share one stable instance name: the pass fences a sink that did not
+    # The first live sink and the final pass share one stable instance name: the pass fences a sink that did not
     # stop in time (and aborts its open transaction at once instead of waiting for it to time out).
-    sink = Service("sink", ["sink", "-c", str(config_path), "--instance", f"{run_id}-sink"], logs / "sink.log",
-                   {**env, **ep.kafka.stage_env("sink")})
-    services = [*processors, sink]
+    def sink_service(i: int) -> Service:
+        return Service("sink" if i == 0 else f"sink-{i}",
+                       ["sink", "-c", str(config_path), "--instance", f"{run_id}-sink" + (f"-{i}" if i else "")],
+                       logs / ("sink.log" if i == 0 else f"sink-{i}.log"), {**env, **ep.kafka.stage_env("sink")})
+
+    # One sink while the processors run: reading the whole account topic first, it writes nearly every account
+    # before its children come (several sinks would each hold some partitions of each topic and park the
+    # children whose account another one holds). The others join for the backlog once the processors are done.
+    sinks = [sink_service(0)]
+    services = [*processors, *sinks]
     done: dict[str, float] = {}
     group = f"crmflow-process-{cfg.kafka.topic_prefix}"
+    sink_group = f"crmflow-sink.{cfg.run.name}"
+    mapped = [cfg.kafka.mapped_topic(e) for e in cfg.entities]
     sampler = ThroughputSampler(ops, raw_topics=[cfg.kafka.raw_topic(s) for s in cfg.sources],
-                                process_group=group, mapped_topics=[cfg.kafka.mapped_topic(e) for e in cfg.entities],
-                                sink_group=f"crmflow-sink.{cfg.run.name}")
+                                process_group=group, mapped_topics=mapped, sink_group=sink_group)
     try:
         with KafkaWatch(ops, opts.infra_grace_s, on_fail=lambda w: control.request_stop(w.error()),
                         registry=ep.registry, target=target.dsn) as watch, sampler:
@@ -266,12 +295,23 @@ def run_migration(
                                            opts.drain_timeout_s, should_stop=control.check, on_lag=on_lag) - started
             if progress:
                 progress.done("process")
-            for s in services:  # memory only: a sink that just exited (a stalled call) is replaced by the final pass
+            for s in processors:
                 s.note_rss()
-            stop_all(services, timeout_s=30.0)  # the sink finishes the batch it is writing
+            stop_all(processors, timeout_s=30.0)
+            # The sinks (several, side by side) write the mapped backlog; the final pass then has only the
+            # parked children left to resolve or dead-letter.
+            batch = cfg.target.batch_size if cfg.target is not None else SinkParams.batch_size
+            more = [sink_service(i) for i in range(1, 1 + extra_sinks(_lag_or_none(ops, sink_group, mapped),
+                                                                       batch, opts.sink_workers or opts.workers))]
+            sinks += more
+            services += more
+            wait_drained(ops, sink_group, mapped, sinks, opts.drain_timeout_s, should_stop=control.check)
+            for s in sinks:  # memory only: a sink that just exited (a stalled call) is replaced by the final pass
+                s.note_rss()
+            stop_all(sinks, timeout_s=30.0)  # each finishes the batch it is writing
             # The final pass runs as a child too: a stalled Kafka call or an outage that outlasts the drain's
             # retries ends the child, never this process, and the child is started again.
-            final = Service("sink-drain", [*sink.args, "--drain"], logs / "sink-drain.log", env)
+            final = Service("sink-drain", [*sinks[0].args, "--drain"], logs / "sink-drain.log", env)
             services.append(final)
             run_to_completion(final, opts.drain_timeout_s, should_stop=control.check)
             _raise_if_stopped(control)

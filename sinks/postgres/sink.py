@@ -31,6 +31,13 @@ on its own, and absorbed golden contacts are merged into their survivor's row (w
 yet, the absorbed row is renamed to it). Parked golden contacts staged again later follow the merges made
 meanwhile (:attr:`~sinks.postgres.tables.EntityTable.restage_absorbed_sql`).
 
+Several sinks may write into one target at once (``crmflow migrate --sink-workers``, members of one consumer
+group): every batch first takes a transaction-level advisory lock of the schema, shared, so batches of
+different members run side by side; a batch that merges golden records or deletes rows takes it exclusively,
+so no other member can, meanwhile, attach a child to a row it re-points or removes (which would otherwise fail
+the removal on the child's foreign key, or leave the child on a row that is gone). The lock is taken before
+any row lock, so it cannot deadlock with them.
+
 Re-delivering records changes nothing: the upsert skips rows whose values are equal, so ``updated_at``
 stays, and a merge already applied finds no absorbed row left to move. When a whole-entity statement fails
 on a record the database refuses (check constraint, value it cannot store), the sink retries that
@@ -52,6 +59,7 @@ import psycopg
 from psycopg.rows import TupleRow
 
 from crmflow.connections import PostgresConnection, as_postgres
+from crmflow.entities import GOLDEN_ID_FIELDS
 from crmflow.entities import id_field as id_field_of
 from sinks.base import BatchResult, HeldDeadLetter, Reject, Sink, SinkRecord
 from sinks.exceptions import SinkTransientError
@@ -133,6 +141,7 @@ class PostgresSink(Sink):
         self.dead_letter_chunk = dead_letter_chunk
         self._conn: psycopg.Connection[TupleRow] | None = None
         self.deletes = deletes
+        self._lock_name = f"crmflow-sink:{schema}"  # the advisory lock of the schema's writers (module docs)
         self._delete_sql = {
             t.entity: in_schema(t.delete_sql(hard=deletes == "hard", children=() if t.is_child else self._children),
                                 schema).encode()
@@ -193,10 +202,11 @@ class PostgresSink(Sink):
         batch, deletes = _changes(batch, by_entity)
         written = unchanged = 0
         parked: list[int] = []
+        exclusive = bool(deletes) or _merges_goldens(batch, by_entity)
         with self._guard("write a batch"):
             conn = self._connection()
             with conn.transaction(), conn.cursor() as cur:
-                started = cur.execute("select clock_timestamp()").fetchone()
+                started = cur.execute(_LOCK_SQL[exclusive], (self._lock_name,)).fetchone()
                 for entity, table in self._tables.items():
                     indexes = by_entity.get(entity)
                     if not indexes:
@@ -440,6 +450,7 @@ class PostgresSink(Sink):
         with self._guard("list parked records to dead-letter"):
             conn = self._connection()
             with conn.transaction(), conn.cursor() as cur:
+                cur.execute(_LOCK_SQL[False], (self._lock_name,))
                 self._resolve(cur)
                 cur.execute(
                     self._q(
@@ -514,6 +525,22 @@ class PostgresSink(Sink):
                 f"could not {what}: {type(exc).__name__} (SQLSTATE {exc.sqlstate or 'none'}); "
                 "the transaction was rolled back"
             ) from exc
+
+
+# The first statement of a batch's transaction: its start time, once the schema's writer lock is held (shared,
+# or exclusive for a batch that merges golden records or deletes rows; see the module docs).
+_LOCK_SQL = {
+    False: b"select clock_timestamp(), pg_advisory_xact_lock_shared(hashtext(%s))",
+    True: b"select clock_timestamp(), pg_advisory_xact_lock(hashtext(%s))",
+}
+
+
+def _merges_goldens(batch: Sequence[SinkRecord], by_entity: Mapping[str, list[int]]) -> bool:
+    """Whether a record of the batch merges golden records (lists absorbed golden ids)."""
+    for entity, (_, merged, _) in GOLDEN_ID_FIELDS.items():
+        if any(batch[i].value.get(merged) for i in by_entity.get(entity, ())):
+            return True
+    return False
 
 
 def _changes(

@@ -4,16 +4,23 @@ is in the DLQ with the truth's rule, and the counts reconcile."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+import uuid
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
+import psycopg
 import pytest
 from confluent_kafka.schema_registry import SchemaRegistryClient
 
 from crmflow.dlq import read_dead_letters
+from crmflow.pipeline.runs import RunStore
 from crmflow.stack import Endpoints
+from sinks.postgres.migrate import apply_migrations
 from tests.e2e.conftest import Dataset, Migrated, Run, assert_target_matches_truth
+from tests.helpers import wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -51,3 +58,34 @@ def test_test_migration_of_the_first_100_records(small_dataset: Dataset, run_fac
     # --limit counts produced records; rejected lines before them are read too.
     assert all(100 <= c["read"] <= 110 for c in per_entity.values()), per_entity
     assert per_entity["account"]["written"] >= 95
+
+
+def test_sinks_side_by_side_land_the_ground_truth(small_dataset: Dataset, run_factory: Callable[..., Run]) -> None:
+    """``--sink-workers 3``: once the processor is done, two more sinks join the first one's group for the mapped
+    backlog; the target still equals the truth exactly and the run reconciles. The backlog is made certain by
+    holding the sinks' writer lock of the target schema (as a merging batch of another sink would) until the
+    two have started."""
+    run = run_factory(small_dataset)
+    apply_migrations(run.target_dsn)
+    run_id = f"sinks-{uuid.uuid4().hex[:8]}"
+    logs = RunStore().dir(run_id)
+    with psycopg.connect(run.target_dsn, autocommit=True) as lock:
+        lock.execute("select pg_advisory_lock(hashtext('crmflow-sink:crm'))")
+        proc = subprocess.Popen([sys.executable, "-m", "crmflow", "migrate", "-c", str(run.config), "--json",
+                                 "--run-id", run_id, "--sink-workers", "3"],
+                                env=run.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            for name in ("sink-1.log", "sink-2.log"):
+                wait_until(lambda n=name: (logs / n).is_file() and "sink reading" in (logs / n).read_text(), 120,
+                           what=f"{name}: the sink to start")
+            lock.execute("select pg_advisory_unlock(hashtext('crmflow-sink:crm'))")
+            out, err = proc.communicate(timeout=300)
+        finally:
+            proc.kill()
+    assert proc.returncode == 0, err[-3000:]
+    summary: dict[str, Any] = json.loads(out)
+    assert summary["reconciled"] is True
+    written = assert_target_matches_truth(run.target_dsn, small_dataset)
+    for entity, n in written.items():
+        assert summary["entities"][entity]["written"] == n
+    assert set(summary["peak_rss_bytes"]) >= {"process-0", "sink", "sink-1", "sink-2", "sink-drain"}

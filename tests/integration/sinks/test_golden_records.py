@@ -4,6 +4,7 @@ merges (re-pointing children and xref, chains within a batch), parked children, 
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -12,6 +13,7 @@ import pytest
 
 from sinks.base import SinkRecord
 from sinks.postgres import PostgresSink
+from tests.helpers import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -347,3 +349,29 @@ def test_a_database_written_before_golden_records_keeps_working_after_the_migrat
                                           ("sales", "S0000001", cid(1), cid(1), None)]
     assert query(dsn, "select indexdef from pg_indexes where indexname = 'xref_entity_source_id_idx'") == [
         ("CREATE INDEX xref_entity_source_id_idx ON crm.xref USING btree (entity, source_id, source)",)]
+
+
+def test_sinks_side_by_side_a_merge_waits_for_the_other_writers_batches_and_plain_batches_do_not(
+    sink: PostgresSink, query: Query, records: Any
+) -> None:
+    """Several sinks write into one target (``migrate --sink-workers``): a batch that merges golden records waits
+    until every other sink's batch in flight is committed (it re-points and removes rows another one could be
+    attaching children to), while plain batches of several sinks go side by side."""
+    dsn = sink._dsn
+    sink.write_batch(accounts(records, [member(records, 1, 1), member(records, 2, 2)]))
+    results: list[Any] = []
+    with psycopg.connect(dsn) as other:  # another sink, in the middle of a batch: it holds the writers' lock
+        other.execute("select pg_advisory_xact_lock_shared(hashtext('crmflow-sink:crm'))")
+        assert sink.write_batch(children(records, 2, 1)).rejects == [], "a plain batch goes through meanwhile"
+        bridge = member(records, 3, 1, 2, merged=(2,), match_evidence=json.dumps(evidence(2, 2)))
+        merging = threading.Thread(
+            target=lambda: results.append(sink.write_batch(accounts(records, [bridge], first_offset=2))))
+        merging.start()
+        wait_until(lambda: query(dsn, "select count(*) from pg_locks where locktype = 'advisory' and not granted")
+                   == [(1,)], 30, what="the merging batch to wait for the writers' lock")
+        assert not results and query(dsn, "select count(*) from crm.golden_merges") == [(0,)]
+        other.commit()  # the other sink's batch is committed
+        merging.join(30)
+    assert len(results) == 1 and results[0].rejects == []
+    assert golden_rows(query, dsn) == [(cid(1), cid(1), "Gold1 V2", "City2", "customers.csv:4")]
+    assert [row[3] for row in child_accounts(query, dsn)] == [cid(1)] * 3, "the children moved to the survivor"
