@@ -94,6 +94,8 @@ def bench(
     if (b := figures.get("baseline")) is not None:
         err_console.print(f"  the seeds' pandas script on the same files: {b['rows_per_second']:,.0f} rows/s "
                           f"({b['ratio']}x; no cleansing, no Kafka, no database)")
+    else:
+        err_console.print("  the seeds' pandas script was not timed: pandas is not installed (pip install pandas)")
     for proc, rss in figures["peak_rss_bytes"].items():
         err_console.print(f"  peak RSS {proc}: {rss / 2**20:,.0f} MiB")
 
