@@ -295,16 +295,17 @@ def run_migration(
                                            opts.drain_timeout_s, should_stop=control.check, on_lag=on_lag) - started
             if progress:
                 progress.done("process")
-            for s in processors:
-                s.note_rss()
-            stop_all(processors, timeout_s=30.0)
             # The sinks (several, side by side) write the mapped backlog; the final pass then has only the
-            # parked children left to resolve or dead-letter.
+            # parked children left to resolve or dead-letter. The others start before the idle processors are
+            # stopped: their start-up overlaps the processors' shutdown.
             batch = cfg.target.batch_size if cfg.target is not None else SinkParams.batch_size
             more = [sink_service(i) for i in range(1, 1 + extra_sinks(_lag_or_none(ops, sink_group, mapped),
                                                                        batch, opts.sink_workers or opts.workers))]
             sinks += more
             services += more
+            for s in processors:
+                s.note_rss()
+            stop_all(processors, timeout_s=30.0)
             wait_drained(ops, sink_group, mapped, sinks, opts.drain_timeout_s, should_stop=control.check)
             for s in sinks:  # memory only: a sink that just exited (a stalled call) is replaced by the final pass
                 s.note_rss()
