@@ -28,6 +28,7 @@ from crmflow.cli import (
     validate,
 )
 from crmflow.logs import configure_logging
+from crmflow.runtime.heap import tune_gc
 
 app = typer.Typer(
     name="crmflow",
@@ -73,4 +74,5 @@ def main(
 ) -> None:
     """crmflow: legacy CRM → Kafka → cleanse, mask, dedupe, map → target CRM."""
     configure_logging(logging.DEBUG if verbose else logging.INFO, json_lines=log_json)
+    tune_gc()  # the stages hold large long-lived states: see crmflow.runtime.heap
     metrics.dump_on_exit(ctx.invoked_subcommand or "crmflow")
