@@ -20,6 +20,7 @@ from crmflow.pipeline.runs import RunStore
 from crmflow.stack import Endpoints
 from sinks.postgres.migrate import apply_migrations
 from tests.e2e.conftest import Dataset, Migrated, Run, assert_target_matches_truth
+from tests.e2e.test_dedupe import assert_golden_target, golden_of
 from tests.helpers import wait_until
 
 pytestmark = pytest.mark.e2e
@@ -60,12 +61,16 @@ def test_test_migration_of_the_first_100_records(small_dataset: Dataset, run_fac
     assert per_entity["account"]["written"] >= 95
 
 
-def test_sinks_side_by_side_land_the_ground_truth(small_dataset: Dataset, run_factory: Callable[..., Run]) -> None:
+@pytest.mark.parametrize("dedupe", [False, True], ids=["plain", "dedupe"])
+def test_sinks_side_by_side_land_the_ground_truth(
+    small_dataset: Dataset, run_factory: Callable[..., Run], request: pytest.FixtureRequest, dedupe: bool,
+) -> None:
     """``--sink-workers 3``: once the processor is done, two more sinks join the first one's group for the mapped
-    backlog; the target still equals the truth exactly and the run reconciles. The backlog is made certain by
-    holding the sinks' writer lock of the target schema (as a merging batch of another sink would) until the
-    two have started."""
-    run = run_factory(small_dataset)
+    backlog; the target still equals the truth exactly (with dedupe: the same golden records as the session's
+    one-sink run, golden merges included) and the run reconciles. The backlog is made certain by holding the
+    sinks' writer lock of the target schema (as a merging batch of another sink would) until the two have
+    started."""
+    run = run_factory(small_dataset, dedupe=dedupe)
     apply_migrations(run.target_dsn)
     run_id = f"sinks-{uuid.uuid4().hex[:8]}"
     logs = RunStore().dir(run_id)
@@ -85,7 +90,13 @@ def test_sinks_side_by_side_land_the_ground_truth(small_dataset: Dataset, run_fa
     assert proc.returncode == 0, err[-3000:]
     summary: dict[str, Any] = json.loads(out)
     assert summary["reconciled"] is True
+    assert set(summary["peak_rss_bytes"]) >= {"process-0", "sink", "sink-1", "sink-2", "sink-drain"}
+    if dedupe:
+        one_sink = request.getfixturevalue("dedupe_migration")
+        assert golden_of(run.target_dsn) == golden_of(one_sink.target_dsn)
+        assert golden_of(run.target_dsn, "contact") == golden_of(one_sink.target_dsn, "contact")
+        assert_golden_target(run.target_dsn, small_dataset)
+        return
     written = assert_target_matches_truth(run.target_dsn, small_dataset)
     for entity, n in written.items():
         assert summary["entities"][entity]["written"] == n
-    assert set(summary["peak_rss_bytes"]) >= {"process-0", "sink", "sink-1", "sink-2", "sink-drain"}

@@ -452,4 +452,4 @@ def test_a_paused_partition_that_leaves_and_comes_back_is_read_again(
         for t in threads:
             t.join(30)
     seen = [t for s in (first_stage, second_stage) for b in s.batches for t in b]
-    assert seen.count(parent) == 20_000 and seen.count(child) == 2000, "every record once"
+    assert seen.count(parent) == 30_000 and seen.count(child) == 2000, "every record once"
