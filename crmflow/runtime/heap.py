@@ -5,8 +5,8 @@ collections that walk every tracked object. A processor with dedupe holds millio
 block memberships, golden values) that live as long as their partitions; measured on the stage benchmark
 (`crmflow bench --stage process`, dedupe on, one worker, back to back), the default collector cost 50,000
 customers 38.5 CPU-s against 30.8 with the thresholds below, and 100,000 customers 78.5 CPU-s (5,219 rec/s)
-against 68.0 (5,993 rec/s), with the same peak RSS. Reference
-counting still frees everything that is not in a cycle at once; cycles are still collected, only less often.
+against 68.0 (5,993 rec/s), with the same peak RSS. Reference counting still frees everything that is not in
+a cycle at once; cycles are still collected, only less often.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ import gc
 
 __all__ = ["THRESHOLDS", "tune_gc"]
 
-#: Young collections every 100,000 net allocations instead of 700; the older generations as often as before in
-#: young collections' terms (gen 1 every 50, gen 2 every 100 of those, and never before the heap grew by a quarter).
+#: A young collection every 100,000 net allocations instead of 700; generation 1 after 50 of them (default 10),
+#: generation 2 after 100 of those (default 10), and a full collection still never before the heap grew by a quarter.
 THRESHOLDS = (100_000, 50, 100)
 
 
