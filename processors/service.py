@@ -17,7 +17,7 @@ from crmflow.dlq import DeadLetterWriter
 from crmflow.pii import StateCipher
 from crmflow.runtime import RuntimeOptions, TransactionalRuntime
 from crmflow.runtime.stage import Decoder, Encoder
-from crmflow.serialization import AvroCodec, AvroDecoder, load_schema, topic_subject
+from crmflow.serialization import AvroCodec, AvroDecoder, JsonCodec, load_schema, topic_subject
 from crmflow.stack import Endpoints
 from crmflow.topics import cdc_topic
 from processors.cdc import CdcSource
@@ -105,9 +105,10 @@ def build_stage(cfg: ProcessorConfig, registry: SchemaRegistryClient) -> Process
         entities = dedupe_entities(cfg)
         for entity in entities:  # the clean records' topics, sealed like the state when there is a cipher
             topic = k.dedupe_topic(entity)
-            codec = AvroCodec(registry, topic_subject(topic), load_schema(f"target/{entity}"))
-            decoder = AvroDecoder(registry, load_schema(f"target/{entity}"))
-            decoder.know(codec.schema_id, codec.schema)
+            # JSON: only this stage reads the topic, and an Avro round trip costs ten times the CPU. Avro values
+            # (what crmflow wrote here before) still decode, resolved to the entity's schema.
+            schema = load_schema(f"target/{entity}")
+            codec = decoder = JsonCodec(schema, avro=AvroDecoder(registry, schema))
             if cipher is None:
                 encoders[topic], decoders[topic] = codec, decoder
             else:
@@ -129,9 +130,8 @@ def build_stage(cfg: ProcessorConfig, registry: SchemaRegistryClient) -> Process
         contact_changelog=changelog_topic(cfg, "contact"), cdc_topics=cdc, run_id=f"{cfg.run.name}-cdc",
         cipher=cipher,
     )
-    return stage.with_sources({name: src.entity for name, src in cfg.sources.items()}).with_partitions(
-        (cfg.dedupe.partitions if cfg.dedupe is not None else None) or k.partitions
-    )
+    partitions = (cfg.dedupe.partitions if cfg.dedupe is not None else None) or k.partitions
+    return stage.with_sources({name: src.entity for name, src in cfg.sources.items()}).with_partitions(partitions)
 
 
 def build_runtime(

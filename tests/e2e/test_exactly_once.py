@@ -41,7 +41,7 @@ from crmflow.pipeline.migrate import drain_sink, prepare, processor_topics
 from crmflow.pipeline.services import Service, group_lag, wait_drained
 from crmflow.serialization import AvroDecoder
 from crmflow.stack import Endpoints
-from processors.service import dedupe_entities
+from processors.service import build_stage, dedupe_entities
 from producers.snapshot import run_snapshot
 from tests.e2e.conftest import Dataset, Run, assert_target_matches_truth
 from tests.e2e.test_dedupe import assert_golden_target, golden_of
@@ -114,8 +114,9 @@ def audit(ep: Endpoints, registry: SchemaRegistryClient, cfg: MigrationConfig, *
     a = Audit()
     for topic in raw:
         a.raw.update(decode(v)["position"] for v in values[topic])
+    stage = build_stage(cfg, registry)  # the dedupe topics carry the processor's own encoding, as it reads them
     for topic in dedupe:
-        a.dedupe_in.update(decode(v)["source_position"] for v in values[topic])
+        a.dedupe_in.update(stage.decoder(topic).decode(v)["source_position"] for v in values[topic])
     a.first.update(a.dedupe_in)
     # A deduplicated entity's mapped records are the second stage's outputs (golden updates), the others' the
     # first's. Without dedupe there is no dedupe topic.

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import io
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
+from fastavro import schemaless_reader, schemaless_writer
 
 from crmflow.config import MigrationConfig, load_config
 from crmflow.runtime import InRecord, StageOutput
+from crmflow.serialization import JsonCodec, load_schema
 from processors.mapping import build_mappers
 from processors.masking import Masker
 from processors.stage import ProcessStage
@@ -255,3 +258,31 @@ def test_dedupe_contacts_is_on_by_default_and_false_keeps_contacts_out_of_the_st
     assert dedupe_entities(off) == ["account"]
     assert dedupe_entities(demo.model_copy(update={"dedupe": None})) == []
     assert "contacts" not in demo.dedupe.matcher().model_dump(), "the matcher's config has no stream settings"
+
+
+def test_the_dedupe_topics_json_gives_the_matcher_what_an_avro_round_trip_gives(demo: MigrationConfig) -> None:
+    """The clean records cross their dedupe topic as JSON: decoded, each equals its Avro round trip (dates,
+    instants cut to the millisecond, defaults, no stray keys), so the matcher's input did not change."""
+    stage = _stage(demo, dedupe=True, contacts=True)
+    undated = _customer(2, "Bob", "Stone")
+    undated["fields"].update(Birth_Date="", Customer_Since="not a date", Phone="")
+    out = stage.process([_rec(RAW_CUSTOMERS, 0, _customer(1)), _rec(RAW_CUSTOMERS, 1, undated),
+                         _rec(RAW_CONTACTS, 0, _raw_contact(1, 1, email="anne@example.com")),
+                         _rec(RAW_CONTACTS, 1, _raw_contact(2, 2))])
+    hops = [(r.topic, r.value) for r in out.records if r.topic in (DEDUPE, CONTACTS)]
+    assert sorted(t for t, _ in hops) == [DEDUPE, DEDUPE, CONTACTS, CONTACTS]
+    cdc_like = {**hops[0][1], "source_lsn": 2**40 + 7, "unchanged_fields": ["phone"], "stray": object()}
+    hops.append((DEDUPE, cdc_like))
+    for topic, value in hops:
+        schema = load_schema(f"target/{'account' if topic == DEDUPE else 'contact'}")
+        codec = JsonCodec(schema)
+        buf = io.BytesIO()
+        schemaless_writer(buf, schema.parsed, value)
+        buf.seek(0)
+        via_avro = schemaless_reader(buf, schema.parsed, None)
+        assert isinstance(via_avro, dict)
+        via_json = codec.decode(codec.encode_many([value])[0])
+        assert via_json == via_avro
+        assert [type(v) for v in via_json.values()] == [type(v) for v in via_avro.values()]
+    assert hops[0][1]["mapped_at"].microsecond % 1000, "the mapped instant has microseconds the hop must cut"
+
