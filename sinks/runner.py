@@ -82,7 +82,12 @@ def run_sink(
         batch_size=params.batch_size, batch_timeout_s=min(params.max_batch_age_s, params.poll_timeout_s),
         linger_s=params.linger_s,
         session_timeout_ms=10_000, maintenance_interval_s=params.maintenance_interval_s,
-        client_config=dict(params.consumer_config),
+        # Range, not the runtime's cooperative-sticky: a sink that joins another for a backlog gets half of every
+        # topic's partitions. Cooperative-sticky moves the first partitions in topic-name order (here all the
+        # accounts, written already, and all the cases), which left the newcomer a fraction of the work and
+        # the machine half idle. A sink keeps no state, so the eager rebalance costs it only the batch in hand,
+        # which it finishes and commits on revoke as before.
+        client_config={"partition.assignment.strategy": "range", **dict(params.consumer_config)},
     )
     runtime = TransactionalRuntime(stage, opts, DeadLetterWriter(None, registry, params.dlq_topic), stop)
     logger.info("sink reading %s as group %s%s", ", ".join(topics) or "nothing", params.group_id,

@@ -25,7 +25,7 @@ import logging
 import resource
 import threading
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -182,6 +182,34 @@ def extra_sinks(backlog: int | None, batch_size: int, sink_workers: int) -> int:
     return max(0, min(sink_workers - 1, backlog // (2 * batch_size)))
 
 
+#: About how long a sink takes from its spawn to its first batch (a process start, then a cooperative rebalance
+#: while the first sink finishes the batch it writes): the others are started that long before the processors are
+#: done, so their start-up overlaps the processors' last seconds instead of the sinks' tail.
+SINK_START_S = 5.0
+
+
+class DrainForecast:
+    """Whether a group is due to drain within a lead time, from the lags it is fed (one per poll): the lag over
+    its rate of fall in the last few seconds."""
+
+    def __init__(self, lead_s: float = SINK_START_S, window_s: float = 3.0) -> None:
+        self.lead_s = lead_s
+        self.window_s = window_s
+        self._seen: deque[tuple[float, int]] = deque()
+
+    def due(self, lag: int, now: float) -> bool:
+        seen = self._seen
+        seen.append((now, lag))
+        while len(seen) > 2 and now - seen[1][0] >= self.window_s:
+            seen.popleft()
+        if lag == 0:
+            return True
+        (t0, lag0) = seen[0]
+        if now - t0 < self.window_s / 2 or lag0 <= lag:  # not enough readings yet, or the lag is not falling
+            return False
+        return lag / ((lag0 - lag) / (now - t0)) <= self.lead_s
+
+
 def _lag_or_none(kafka: KafkaConnection | str, group: str, topics: list[str]) -> int | None:
     try:
         return group_lag(kafka, group, topics, timeout_s=10.0)
@@ -290,19 +318,33 @@ def run_migration(
             _raise_if_stopped(control)
             done["snapshot"] = time.monotonic() - started
             total = _produced_total(stats)
-            on_lag = (lambda lag: progress.stage("process", max(0, total - lag), total)) if progress else _ignore
+            # The sinks (several, side by side) write the mapped backlog; the final pass then has only the
+            # parked children left to resolve or dead-letter. The others start about a sink's start-up before the
+            # processors are done (their start overlaps the processors' last seconds), for the backlog left then.
+            batch = cfg.target.batch_size if cfg.target is not None else SinkParams.batch_size
+            forecast, asked = DrainForecast(), []
+
+            def start_sinks(why: str) -> None:
+                """Once when the forecast says so, once more when the processors are done if none started then."""
+                if len(sinks) > 1 or why in asked:
+                    return
+                asked.append(why)
+                more = [sink_service(i) for i in range(1, 1 + extra_sinks(_lag_or_none(ops, sink_group, mapped),
+                                                                           batch, opts.sink_workers or opts.workers))]
+                sinks.extend(more)
+                services.extend(more)
+
+            def on_lag(lag: int) -> None:
+                if progress:
+                    progress.stage("process", max(0, total - lag), total)
+                if forecast.due(lag, time.monotonic()):
+                    start_sinks("forecast")
+
             done["process"] = wait_drained(ops, group, processor_topics(cfg), services,
                                            opts.drain_timeout_s, should_stop=control.check, on_lag=on_lag) - started
             if progress:
                 progress.done("process")
-            # The sinks (several, side by side) write the mapped backlog; the final pass then has only the
-            # parked children left to resolve or dead-letter. The others start before the idle processors are
-            # stopped: their start-up overlaps the processors' shutdown.
-            batch = cfg.target.batch_size if cfg.target is not None else SinkParams.batch_size
-            more = [sink_service(i) for i in range(1, 1 + extra_sinks(_lag_or_none(ops, sink_group, mapped),
-                                                                       batch, opts.sink_workers or opts.workers))]
-            sinks += more
-            services += more
+            start_sinks("drained")
             for s in processors:
                 s.note_rss()
             stop_all(processors, timeout_s=30.0)
@@ -345,10 +387,6 @@ def run_migration(
     runs.finish(record, summary.to_json())
     write_run_report(runs, record)
     return summary
-
-
-def _ignore(lag: int) -> None:
-    return None
 
 
 def _produced_total(stats: Any) -> int:

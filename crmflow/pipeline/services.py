@@ -57,6 +57,7 @@ class Service:
         self.max_restarts = max_restarts
         self.restarts = 0
         self._restart_at: float | None = None
+        self._asked: subprocess.Popen[bytes] | None = None  # the process already sent its SIGTERM
         log_file.parent.mkdir(parents=True, exist_ok=True)
         self.proc = self._spawn()
         self.peak_rss = 0
@@ -109,8 +110,11 @@ class Service:
             self.peak_rss = max(self.peak_rss, psutil.Process(self.proc.pid).memory_info().rss)
 
     def terminate(self) -> None:
-        """Ask it to stop (SIGTERM) without waiting."""
-        if self.proc.poll() is None:
+        """Ask it to stop (SIGTERM) without waiting; once per process. A stage takes a second SIGTERM as "stop at
+        once": it would exit without closing its consumer, and the next member of its group (the final drain
+        pass, the next run) would then wait out the dead member's session before it gets any partition."""
+        if self.proc.poll() is None and self._asked is not self.proc:
+            self._asked = self.proc
             with contextlib.suppress(ProcessLookupError):
                 self.proc.send_signal(signal.SIGTERM)
 

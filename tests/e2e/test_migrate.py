@@ -4,6 +4,7 @@ is in the DLQ with the truth's rule, and the counts reconcile."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import uuid
@@ -91,6 +92,8 @@ def test_sinks_side_by_side_land_the_ground_truth(
     summary: dict[str, Any] = json.loads(out)
     assert summary["reconciled"] is True
     assert set(summary["peak_rss_bytes"]) >= {"process-0", "sink", "sink-1", "sink-2", "sink-drain"}
+    for name in ("sink", "sink-1", "sink-2", "process-0"):  # each stopped on one SIGTERM, its consumer closed
+        assert re.search(r" stopped after \d+ batches", (logs / f"{name}.log").read_text()), name
     if dedupe:
         one_sink = request.getfixturevalue("dedupe_migration")
         assert golden_of(run.target_dsn) == golden_of(one_sink.target_dsn)
