@@ -285,5 +285,3 @@ def test_the_dedupe_topics_json_gives_the_matcher_what_an_avro_round_trip_gives(
         assert via_json == via_avro
         assert [type(v) for v in via_json.values()] == [type(v) for v in via_avro.values()]
     assert hops[0][1]["mapped_at"].microsecond % 1000, "the mapped instant has microseconds the hop must cut"
-
-
