@@ -48,6 +48,8 @@ from crmflow.pipeline.services import Service, group_lag, run_to_completion, sto
 from crmflow.pipeline.targets import Target
 from crmflow.stack import Endpoints
 from crmflow.topics import cdc_topic
+from producers.cdc.initial import COMPLETE
+from producers.cdc.snapshot import read_comment
 from producers.runs import new_run_id
 from sinks.postgres.migrate import check_schema
 from sinks.postgres.tables import TABLES
@@ -314,7 +316,7 @@ def wait_caught_up(cfg: MigrationConfig, ep: Endpoints, legacy: PostgresConnecti
             services.supervise()
             _check(control)
             confirmed = _confirmed(conn, cfg.cdc.slot)
-            if confirmed is not None and confirmed >= goal:
+            if confirmed is not None and confirmed >= goal and _loaded(conn, cfg.cdc.publication):
                 try:
                     if group_lag(ops, process_group, processor_topics(cfg), timeout_s=10) == 0 and group_lag(
                         ops, sink_group, mapped, timeout_s=10
@@ -326,6 +328,14 @@ def wait_caught_up(cfg: MigrationConfig, ep: Endpoints, legacy: PostgresConnecti
                 raise StackError(f"the target had not caught up with the legacy database after {timeout_s:.0f}s "
                                  f"(logs: {services.logs})")  # fmt: skip
             time.sleep(0.25)
+
+
+def _loaded(conn: psycopg.Connection[Any], publication: str) -> bool:
+    """Whether the cdc service's initial load is in Kafka (the publication's comment says so). Until it is, the
+    slot stays at the load's consistent point, which may equal the goal when nothing else wrote to the WAL: the
+    groups then show no lag only because the loaded rows are not in their topics yet."""
+    state, _ = read_comment(conn, publication)
+    return state is not None and state.startswith(COMPLETE)
 
 
 def _workload(legacy: PostgresConnection, opts: ParallelRunOptions, log_path: Path, services: _Services,
