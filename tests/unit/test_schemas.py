@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 from datetime import UTC, date, datetime
 from decimal import Decimal
@@ -10,9 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fastavro import parse_schema, schemaless_reader, schemaless_writer
+from fastavro import parse_schema
 
 from crmflow.registry import load_schema, record_subject, schema_files, schemas_dir
+from tests.avro_round_trip import round_trip
 
 pytestmark = pytest.mark.unit
 
@@ -86,17 +86,6 @@ EXPECTED_FILES = {
     "target/case.avsc": "io.crmflow.target.Case",
     "dlq/dead_letter.avsc": "io.crmflow.dlq.DeadLetter",
 }
-
-
-def round_trip(name: str, record: dict[str, Any]) -> dict[str, Any]:
-    """Write ``record`` with fastavro and read it back with the same schema."""
-    schema = load_schema(name)
-    buf = io.BytesIO()
-    schemaless_writer(buf, schema.parsed, record)
-    buf.seek(0)
-    back = schemaless_reader(buf, schema.parsed, None)
-    assert isinstance(back, dict)
-    return back
 
 
 def raw(name: str) -> dict[str, Any]:
