@@ -182,8 +182,8 @@ def extra_sinks(backlog: int | None, batch_size: int, sink_workers: int) -> int:
     return max(0, min(sink_workers - 1, backlog // (2 * batch_size)))
 
 
-#: About how long a sink takes from its spawn to its first batch (a process start, then a cooperative rebalance
-#: while the first sink finishes the batch it writes): the others are started that long before the processors are
+#: About how long a sink takes from its spawn to its first batch (a process start, then a rebalance that waits for
+#: the first sink to finish the batch it writes): the others are started that long before the processors are
 #: done, so their start-up overlaps the processors' last seconds instead of the sinks' tail.
 SINK_START_S = 5.0
 
