@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient
 from confluent_kafka.schema_registry import SchemaRegistryClient
 
 from crmflow.dlq import read_dead_letters
@@ -293,3 +294,32 @@ def _accounts(query: Query, dsn: str) -> int | None:
     if query(dsn, "select to_regclass('crm.accounts') is not null") != [(True,)]:
         return None
     return int(query(dsn, "select count(*) from crm.accounts")[0][0])
+
+
+def test_a_sink_that_joins_another_gets_a_share_of_every_topic(setup: Setup) -> None:
+    """The sinks' group assigns by range: a second sink takes half of each topic's partitions (one of each
+    two-partition topic here). Cooperative-sticky gave the newcomer the first partitions in topic-name order
+    (all the accounts and the cases), leaving it little work and the machine half idle."""
+    stops = [threading.Event(), threading.Event()]
+    threads = [threading.Thread(target=run_sink, args=(setup.params(),), kwargs={"stop_event": s}, daemon=True)
+               for s in stops]
+    admin = AdminClient(setup.ep.kafka.client_config())
+
+    def held(members: int) -> list[Counter[str]] | None:
+        """Partitions per topic of each member, once ``members`` members each hold some and all six are held."""
+        desc = admin.describe_consumer_groups([setup.group])[setup.group].result(timeout=10)
+        out = [Counter(tp.topic for tp in m.assignment.topic_partitions) for m in desc.members]
+        return out if len(out) == members and all(out) and sum(sum(h.values()) for h in out) == 6 else None
+
+    try:
+        threads[0].start()
+        wait_until(lambda: held(1), 60, what="the first sink to hold every partition")
+        threads[1].start()
+        shares = wait_until(lambda: held(2), 60, what="two sinks sharing the partitions")
+    finally:
+        for s in stops:
+            s.set()
+        for t in threads:
+            t.join(60)
+    for entity in ("account", "contact"):  # two partitions each: one per sink
+        assert [h[setup.topics[entity]] for h in shares] == [1, 1], (entity, shares)
