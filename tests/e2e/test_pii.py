@@ -20,12 +20,16 @@ import pytest
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 from confluent_kafka.schema_registry import SchemaRegistryClient
 from cryptography.fernet import Fernet
+from pydantic import SecretStr
 
 from crmflow.config import load_config
+from crmflow.pii import PiiConfig
 from crmflow.pipeline.migrate import drain_sink, prepare, processor_topics
 from crmflow.pipeline.services import Service, wait_drained
 from crmflow.stack import Endpoints
 from crmflow.stack.tools import free_port
+from processors.masking.keyed import KeyedHash
+from processors.masking.policies import format_preserving
 from producers.snapshot import run_snapshot
 from tests.e2e.conftest import Dataset, Run
 
@@ -45,21 +49,47 @@ def _pii(dataset: Dataset) -> set[bytes]:
     return {v.encode() for v in values if len(v) >= 8}
 
 
-def _hits(blobs: Iterable[bytes], pii: set[bytes]) -> list[bytes]:
-    """The PII values found in ``blobs`` (at most 10). Every value is at least 8 bytes long, so each
-    position of a blob is looked up by its next 8 bytes: one pass per blob, not one per value."""
-    heads: dict[bytes, list[bytes]] = defaultdict(list)
-    for p in pii:
-        heads[p[:8]].append(p)
+def _chance_collisions(dataset: Dataset, key: str, config: PiiConfig, pii: set[bytes]) -> set[bytes]:
+    """The values of ``pii`` that the mask of a *different* input phone under ``key`` contains.
+
+    A format-preserving phone keeps the country code, the length and the first national digit: an 11-digit
+    German number leaves 10**7 values, and a 12-digit one can begin with an 11-digit one. With this data set
+    about 1 run in 100 masks some number onto (or around) another customer's real one. That is a chance
+    collision, not a leak, and no byte search can tell the two apart, so those values (and only those) are left
+    out. A mask that let a value through unchanged would contain its own value, not another's: still found."""
+    phone = format_preserving("phone", KeyedHash(SecretStr(key)), config)
+    people = (t["clean"] for t in dataset.truth if t["entity"] in ("account", "contact"))
+    inputs = {c["phone"] for c in people if c.get("phone")}
+    heads = _heads(pii)
+    found: set[bytes] = set()
+    for value in inputs:
+        masked = phone(value)
+        if masked is not None:
+            found.update(hit for hit in _hits([masked.encode()], heads) if hit != value.encode())
+    return found
+
+
+def _hits(blobs: Iterable[bytes], pii: set[bytes] | dict[bytes, list[bytes]], limit: int = 10) -> list[bytes]:
+    """The PII values found in ``blobs`` (at most ``limit``). Every value is at least 8 bytes long, so each
+    position of a blob is looked up by its next 8 bytes: one pass per blob, not one per value. ``pii`` may be
+    given as :func:`_heads` of it, built once for many calls."""
+    heads = pii if isinstance(pii, dict) else _heads(pii)
     found: list[bytes] = []
     for blob in blobs:
         for i in range(len(blob) - 7):
-            candidates = heads.get(blob[i:i + 8])
+            candidates = heads.get(blob[i : i + 8])
             if candidates:
                 found += [p for p in candidates if blob.startswith(p, i)]
-                if len(found) >= 10:
-                    return found[:10]
+                if len(found) >= limit:
+                    return found[:limit]
     return found
+
+
+def _heads(pii: set[bytes]) -> dict[bytes, list[bytes]]:
+    heads: dict[bytes, list[bytes]] = defaultdict(list)
+    for p in pii:
+        heads[p[:8]].append(p)
+    return dict(heads)
 
 
 def _topic_values(ep: Endpoints, topic: str) -> list[bytes]:
@@ -105,7 +135,9 @@ def test_staging_profile_leaves_no_pii_downstream_of_masking(
     run.env["CRMFLOW_PII_KEY"] = Fernet.generate_key().decode()
     monkeypatch.setenv("CRMFLOW_PII_KEY", run.env["CRMFLOW_PII_KEY"])
     cfg = load_config(run.config)
+    assert cfg.pii is not None
     pii = _pii(small_dataset)
+    pii -= _chance_collisions(small_dataset, run.env["CRMFLOW_PII_KEY"], cfg.pii, pii)
     assert len(pii) > 1000
 
     prepare(cfg, endpoints, registry_client, run.target_dsn)
