@@ -45,6 +45,8 @@ log = logging.getLogger(__name__)
 
 _INSUFFICIENT_RESOURCES = "53"
 """SQLSTATE class 53: disk full, out of memory, too many connections. Waiting for it helps; nothing was written."""
+#: Letters written per round trip when the ledger catches up with its topic.
+_LEDGER_BATCH = 1000
 
 VOLATILE_FIELDS = frozenset({"run_id", "captured_at", "mapped_at"})
 """Fields of a dead-lettered Avro record that differ between runs of the same source record."""
@@ -120,13 +122,19 @@ def sync_ledger(
     ledger = Ledger(conn, schema)
     decoder = AvroDecoder(registry)
     read = 0
+    pending: list[LedgerEntry] = []  # letters of no replay, written a batch at a time (one round trip each)
     with ledger.syncing(dlq_topic) as offsets:
         for letter in read_dead_letters(kafka, registry, dlq_topic, start=dict(offsets), complete=True):
             entry = to_entry(letter, dlq_topic, cipher, decoder)
             replayed = retries.match(letter.record) if retries is not None else None
             if replayed is None:
-                ledger.record(entry)
+                pending.append(entry)
+                if len(pending) >= _LEDGER_BATCH:
+                    ledger.record_many(pending)
+                    pending.clear()
             else:
+                ledger.record_many(pending)  # in topic order: an earlier letter of the same record comes first
+                pending.clear()
                 lid = ledger.record(entry, attempt=replayed.attempt + 1, replay_of=replayed.letter_id)
                 assert retries is not None
                 retries.failed.setdefault(replayed.letter_id, []).append((lid, entry.rule))
@@ -134,6 +142,7 @@ def sync_ledger(
                     ledger.supersede(replayed.letter_id, lid)
             offsets[letter.partition] = letter.offset + 1
             read += 1
+        ledger.record_many(pending)
     if read:
         log.info("dead-letter ledger %s.dead_letters: %d letter(s) read from %s", schema, read, dlq_topic)
     return SyncResult(read)

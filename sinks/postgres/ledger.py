@@ -189,19 +189,14 @@ class Ledger:
     def record(self, entry: LedgerEntry, *, attempt: int | None = None, replay_of: str | None = None) -> str:
         """Record one letter of the topic; returns its letter id. ``attempt`` (with ``replay_of`` when the
         replayed row was another one) marks a replayed record that failed again."""
-        lid = entry.letter_id
-        params = {
-            "letter_id": lid, "dlq_topic": entry.dlq_topic, "entity": entry.entity, "origin": entry.origin,
-            "rule": entry.rule, "digest": entry.digest, "stage": entry.stage, "field": entry.field,
-            "error": entry.error, "attempt": attempt if attempt is not None else entry.attempt,
-            "run_id": entry.run_id, "source_topic": entry.source_topic, "source_partition": entry.source_partition,
-            "source_offset": entry.source_offset, "source_position": entry.source_position, "key_id": entry.key_id,
-            "payload": entry.payload, "payload_key": entry.payload_key, "dlq_partition": entry.dlq_partition,
-            "dlq_offset": entry.dlq_offset, "failed_at": entry.failed_at,
-            "replay_of": replay_of if replay_of != lid else None, "retry": attempt is not None,
-        }  # fmt: skip
-        self.conn.execute(self._sql(_UPSERT), params)
-        return lid
+        self.conn.execute(self._sql(_UPSERT), _params(entry, attempt, replay_of))
+        return entry.letter_id
+
+    def record_many(self, entries: Sequence[LedgerEntry]) -> None:
+        """:meth:`record` for each of ``entries``, in order, in one pipelined round trip (``executemany``)."""
+        if entries:
+            with self.conn.cursor() as cur:
+                cur.executemany(self._sql(_UPSERT), [_params(e, None, None) for e in entries])
 
     def resolve(self, lid: str, resolution: str) -> None:
         self.conn.execute(
@@ -283,3 +278,17 @@ def delivery_of(
 
 
 __all__ = ["STATUSES", "Ledger", "LedgerEntry", "LedgerRow", "Status", "delivery_of", "letter_id"]
+
+
+def _params(entry: LedgerEntry, attempt: int | None, replay_of: str | None) -> dict[str, Any]:
+    lid = entry.letter_id
+    return {
+        "letter_id": lid, "dlq_topic": entry.dlq_topic, "entity": entry.entity, "origin": entry.origin,
+        "rule": entry.rule, "digest": entry.digest, "stage": entry.stage, "field": entry.field,
+        "error": entry.error, "attempt": attempt if attempt is not None else entry.attempt,
+        "run_id": entry.run_id, "source_topic": entry.source_topic, "source_partition": entry.source_partition,
+        "source_offset": entry.source_offset, "source_position": entry.source_position, "key_id": entry.key_id,
+        "payload": entry.payload, "payload_key": entry.payload_key, "dlq_partition": entry.dlq_partition,
+        "dlq_offset": entry.dlq_offset, "failed_at": entry.failed_at,
+        "replay_of": replay_of if replay_of != lid else None, "retry": attempt is not None,
+    }  # fmt: skip

@@ -71,7 +71,10 @@ def run_counts(dsn: PostgresConnection | str, schema: str, run_id: str) -> dict[
         # Fresh statistics first: right after a bulk run autovacuum has not analyzed these tables yet, and the
         # planner's guesses for them turned these joins into nested loops (9 minutes at 100k customers; 1 s
         # with statistics).
+        # A sample of 6,000 rows per table (statistics target 20, not 100) is plenty for these joins' plans and
+        # takes a sixth of the time (100k customers: 0.23 s, not 1.3 s).
         names = ", ".join(f"crm.{t.table}" for t in tables.values())
+        conn.execute("set local default_statistics_target = 20")
         conn.execute(q(f"analyze crm.deliveries, crm.xref, {names}"))
         for entity, outcome, n in conn.execute(q(_OUTCOMES), (run_id,)):
             outcomes[str(entity)][str(outcome)] = int(n)
