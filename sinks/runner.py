@@ -26,6 +26,7 @@ import os
 import socket
 import threading
 import uuid
+from pathlib import Path
 
 from confluent_kafka import Consumer, KafkaError
 
@@ -54,12 +55,16 @@ def run_sink(
     stop_event: threading.Event | None = None,
     drain: bool = False,
     sink: Sink | None = None,
+    start_when: Path | None = None,
 ) -> SinkStats:
     """Run the sink until ``stop_event`` is set or, with ``drain``, until everything is written.
 
     ``sink`` defaults to a :class:`~sinks.postgres.sink.PostgresSink` on ``params.target_dsn`` (which
     applies the schema migrations when it starts). A drain raises when the target stays unavailable beyond
     the retry policy; nothing uncommitted is then lost, only re-read.
+
+    ``start_when``: connect to the target and the registry first, then wait until that file exists before
+    joining the group (``crmflow migrate`` starts its final drain pass so while the sinks before it finish).
     """
     if sink is None:
         from sinks.postgres.sink import PostgresSink
@@ -92,22 +97,36 @@ def run_sink(
     runtime = TransactionalRuntime(stage, opts, DeadLetterWriter(None, registry, params.dlq_topic), stop)
     logger.info("sink reading %s as group %s%s", ", ".join(topics) or "nothing", params.group_id,
                 " until drained" if drain else "", extra=_LOG)
+    ran = False  # the runtime closes the stage when it ran
     try:
+        if start_when is not None and not _ready(stage, start_when, stop):
+            return stats  # stopped while waiting: nothing was read
         if not topics:  # nothing to read: drained at once (the target is still set up)
             stage.setup()
             stage.finish()
             return stats
+        ran = True
         if runtime.run(drain=drain):
             stage.finish()
             _log_drain(stats)
     except FlushAbortedError:
         logger.info("stopped while the target was unavailable; the batch in hand stays uncommitted", extra=_LOG)
     finally:
-        if not topics:
+        if not ran:
             stage.close()
     stats.poison = runtime.undecodable
     stats.committed = {f"{t}[{p}]": o for (t, p), o in runtime.committed().items()}
     return stats
+
+
+def _ready(stage: SinkStage, start_when: Path, stop: threading.Event) -> bool:
+    """Set the stage up, then wait for ``start_when`` to exist; False if stopped first."""
+    stage.setup()
+    logger.info("sink ready; waiting for %s before reading", start_when, extra=_LOG)
+    while not start_when.exists():
+        if stop.wait(0.05):
+            return False
+    return True
 
 
 def _existing(params: SinkParams, topics: list[str]) -> list[str]:

@@ -81,6 +81,8 @@ def sink(
         float, typer.Option(min=0, help="Seconds a child waits for its account before it is dead-lettered.")
     ] = 3600.0,
     drain: Annotated[bool, typer.Option("--drain", help="Exit once everything is read and written.")] = False,
+    start_when: Annotated[Path | None, typer.Option(
+        hidden=True, help="Connect, then wait until this file exists before reading (migrate's final pass).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON summary object on stdout.")] = False,
     bootstrap_servers: Annotated[str | None, typer.Option(help="Kafka; default: the stack's.")] = None,
     registry_url: Annotated[str | None, typer.Option(help="Schema registry; default: the stack's.")] = None,
@@ -139,7 +141,7 @@ def sink(
         else:
             params = SinkParams.for_prefix(topic_prefix or "crmflow", **conn, **overrides)
         metrics.serve(metrics_port)
-        stats = run_sink(params, stop_event=stop, drain=drain)
+        stats = run_sink(params, stop_event=stop, drain=drain, start_when=start_when)
     except CrmflowError as exc:
         err_console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(1 if isinstance(exc, TransientError) or _is_unavailable(exc) else 2) from exc

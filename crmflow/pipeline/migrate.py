@@ -345,17 +345,26 @@ def run_migration(
             if progress:
                 progress.done("process")
             start_sinks("drained")
+            # The processors' group is drained: every output they wrote is committed. They close and exit while
+            # the sinks write (one SIGTERM each; stop_all below only waits for them).
             for s in processors:
                 s.note_rss()
-            stop_all(processors, timeout_s=30.0)
+                s.terminate()
+            # The final pass runs as a child too: a stalled Kafka call or an outage that outlasts the drain's
+            # retries ends the child, never this process, and the child is started again. It starts now and
+            # connects, but joins the sinks' group only once `go` exists: after the sinks left it, so it is
+            # alone there and gets every partition.
+            go = logs / "sink-drain.go"
+            go.unlink(missing_ok=True)
+            final = Service("sink-drain", [*sinks[0].args, "--drain", "--start-when", str(go)],
+                            logs / "sink-drain.log", env)
+            services.append(final)
             wait_drained(ops, sink_group, mapped, sinks, opts.drain_timeout_s, should_stop=control.check)
             for s in sinks:  # memory only: a sink that just exited (a stalled call) is replaced by the final pass
                 s.note_rss()
             stop_all(sinks, timeout_s=30.0)  # each finishes the batch it is writing
-            # The final pass runs as a child too: a stalled Kafka call or an outage that outlasts the drain's
-            # retries ends the child, never this process, and the child is started again.
-            final = Service("sink-drain", [*sinks[0].args, "--drain"], logs / "sink-drain.log", env)
-            services.append(final)
+            go.touch()
+            stop_all(processors, timeout_s=30.0)
             run_to_completion(final, opts.drain_timeout_s, should_stop=control.check)
             _raise_if_stopped(control)
             done["sink"] = time.monotonic() - started

@@ -25,6 +25,9 @@ from crmflow.stack.process import tail
 
 log = logging.getLogger(__name__)
 
+#: How often a wait for a group to drain (or a one-shot service to exit) looks again.
+_POLL_S = 0.2
+
 
 _PR_SET_PDEATHSIG = 1
 
@@ -154,20 +157,36 @@ def group_lag(kafka: KafkaConnection | str, group: str, topics: list[str], timeo
 
     Retriable broker answers (the group coordinator moving or still loading, as right after a broker
     starts) are retried until ``timeout_s``."""
-    consumer = Consumer(kafka_config(kafka, {"group.id": group, "enable.auto.commit": False}))
-    deadline = time.monotonic() + timeout_s
-    try:
+    with LagReader(kafka, group) as reader:
+        return reader.lag(topics, timeout_s)
+
+
+class LagReader:
+    """Reads a group's lag (:func:`group_lag`) again and again through one client, for a poll loop."""
+
+    def __init__(self, kafka: KafkaConnection | str, group: str) -> None:
+        self._consumer = Consumer(kafka_config(kafka, {"group.id": group, "enable.auto.commit": False}))
+
+    def __enter__(self) -> LagReader:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._consumer.close()
+
+    def lag(self, topics: list[str], timeout_s: float = 30.0) -> int:
+        deadline = time.monotonic() + timeout_s
         while True:
             try:
-                return _lag(consumer, topics, timeout_s=10.0)
+                return _lag(self._consumer, topics, timeout_s=10.0)
             except KafkaException as exc:
                 err = exc.args[0] if exc.args else None
                 retriable = isinstance(err, KafkaError) and (err.retriable() or err.code() in _COORDINATOR_ERRORS)
                 if not retriable or time.monotonic() > deadline:
                     raise
                 time.sleep(0.2)
-    finally:
-        consumer.close()
 
 
 _COORDINATOR_ERRORS = {
@@ -207,23 +226,29 @@ def wait_drained(
     retried: the caller's Kafka watch decides when an outage is final. A service that exits with a retriable
     code is restarted (:meth:`Service.supervise`)."""
     deadline = time.monotonic() + timeout_s
-    while True:
-        for s in services:
-            s.supervise()
-        stop = should_stop()
-        if stop is not None:
-            raise stop
-        try:
-            lag = group_lag(kafka, group, topics, timeout_s=10.0)
-        except (KafkaException, RuntimeError) as exc:  # RuntimeError: the client could not even be created
-            log.debug("lag of %s not readable yet: %s", group, exc)
-        else:
-            on_lag(lag)
-            if lag == 0:
-                return time.monotonic()
-        if time.monotonic() > deadline:
-            raise StackError(f"consumer group {group} still had lag after {timeout_s:.0f}s")
-        time.sleep(0.5)
+    reader: LagReader | None = None
+    try:
+        while True:
+            for s in services:
+                s.supervise()
+            stop = should_stop()
+            if stop is not None:
+                raise stop
+            try:
+                reader = reader or LagReader(kafka, group)
+                lag = reader.lag(topics, timeout_s=10.0)
+            except (KafkaException, RuntimeError) as exc:  # RuntimeError: the client could not even be created
+                log.debug("lag of %s not readable yet: %s", group, exc)
+            else:
+                on_lag(lag)
+                if lag == 0:
+                    return time.monotonic()
+            if time.monotonic() > deadline:
+                raise StackError(f"consumer group {group} still had lag after {timeout_s:.0f}s")
+            time.sleep(_POLL_S)
+    finally:
+        if reader is not None:
+            reader.close()
 
 
 def run_to_completion(service: Service, timeout_s: float, *,
@@ -245,7 +270,8 @@ def run_to_completion(service: Service, timeout_s: float, *,
             service.stop()
             raise StackError(f"{service.name} had not finished after {timeout_s:.0f}s (log: {service.log_file})")
         service.note_rss()
-        time.sleep(0.5)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            service.proc.wait(_POLL_S)  # returns as soon as it exits
 
 
 def _last_error(log_file: Path) -> str:

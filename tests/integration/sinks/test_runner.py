@@ -303,7 +303,7 @@ def test_a_sink_that_joins_another_gets_a_share_of_every_topic(setup: Setup) -> 
     stops = [threading.Event(), threading.Event()]
     threads = [threading.Thread(target=run_sink, args=(setup.params(),), kwargs={"stop_event": s}, daemon=True)
                for s in stops]
-    admin = AdminClient(setup.ep.kafka.client_config())
+    admin = AdminClient(dict[str, str | int | float | bool](setup.ep.kafka.client_config()))
 
     def held(members: int) -> list[Counter[str]] | None:
         """Partitions per topic of each member, once ``members`` members each hold some and all six are held."""
@@ -323,3 +323,44 @@ def test_a_sink_that_joins_another_gets_a_share_of_every_topic(setup: Setup) -> 
             t.join(60)
     for entity in ("account", "contact"):  # two partitions each: one per sink
         assert [h[setup.topics[entity]] for h in shares] == [1, 1], (entity, shares)
+
+
+def test_a_drain_told_to_start_when_a_file_exists_connects_first_and_reads_only_after(
+        setup: Setup, records: Any, query: Query, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """`crmflow migrate` starts its final pass early: set up, then wait for the go file before joining."""
+    caplog.set_level("INFO", logger="sinks.runner")
+    setup.produce("account", [records.account(i) for i in range(20)])
+    go = tmp_path / "go"
+    stop = threading.Event()
+    out: dict[str, SinkStats] = {}
+    t = threading.Thread(target=lambda: out.setdefault(
+        "stats", run_sink(setup.params(), stop_event=stop, drain=True, start_when=go)), daemon=True)
+    t.start()
+    wait_until(lambda: any("waiting for" in r.getMessage() for r in caplog.records), 60, what="the sink set up")
+    # Set up (the target migrated), but nothing read or committed yet.
+    assert query(setup.dsn, "select count(*) from crm.accounts") == [(0,)]
+    committed, _ = setup.committed_and_ends()
+    assert all(off < 0 for off in committed.values())
+    assert t.is_alive()
+    go.touch()
+    t.join(180)
+    assert not t.is_alive()
+    assert out["stats"].written == 20
+    assert query(setup.dsn, "select count(*) from crm.accounts") == [(20,)]
+
+
+def test_a_drain_stopped_while_it_waits_for_its_start_reads_nothing(setup: Setup, records: Any, query: Query,
+                                                                    tmp_path: Path) -> None:
+    setup.produce("account", [records.account(i) for i in range(5)])
+    stop = threading.Event()
+    out: dict[str, SinkStats] = {}
+    t = threading.Thread(target=lambda: out.setdefault(
+        "stats", run_sink(setup.params(), stop_event=stop, drain=True, start_when=tmp_path / "never")), daemon=True)
+    t.start()
+    wait_until(lambda: query(setup.dsn, "select to_regclass('crm.accounts') is not null") == [(True,)], 60,
+               what="the target migrated")
+    stop.set()
+    t.join(60)
+    assert not t.is_alive()
+    assert out["stats"].consumed == 0
+    assert query(setup.dsn, "select count(*) from crm.accounts") == [(0,)]
