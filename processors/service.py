@@ -152,5 +152,10 @@ def build_runtime(
         transactional_id=f"{group}-{instance or default_instance()}", dlq_topic=cfg.kafka.dlq_topic,
         batch_size=batch_size, batch_timeout_s=batch_timeout_s, linger_s=linger_s,
         replication_factor=cfg.kafka.replication_factor,
+        # Range: every worker gets its share of every topic, the dedupe topics included. Cooperative-sticky gave a
+        # worker that joined a moment later the first half of the partitions in topic-name order (all the dedupe
+        # partitions), and the other one sat idle. Range is eager, but a worker keeps the state of the partitions
+        # that come back to it unchanged (crmflow.runtime.loop), so a rebalance restores only what moved.
+        client_config={"partition.assignment.strategy": "range"},
     )
     return TransactionalRuntime(stage, opts, DeadLetterWriter(None, registry, cfg.kafka.dlq_topic))

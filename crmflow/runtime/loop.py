@@ -117,6 +117,12 @@ class TransactionalRuntime:
         self._committed: dict[TP, int] = {}  # the same, kept after the partitions go (for reports)
         self._eof: dict[TP, int] = {}  # end offsets seen past what was committed
         self._restore: set[TP] = set()  # state topic partitions to restore before their next batch
+        # An eager assignor (range) revokes every partition at each rebalance and most come back: a state
+        # partition's state is kept over it when nobody committed anything on it meanwhile (_on_assign).
+        strategy = str(opts.client_config.get("partition.assignment.strategy", "cooperative-sticky"))
+        self._eager = "cooperative" not in strategy
+        self._kept: dict[TP, int] = {}  # revoked state partitions whose state is kept → our last committed offset
+        self._base: dict[TP, int] = {}  # assigned state partitions → the group's committed offset when assigned
         self._at_end: set[TP] = set()  # assigned partitions read to their end (no record since)
         self._assigned_once = False
         self._next_maintenance = 0.0
@@ -590,21 +596,59 @@ class TransactionalRuntime:
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self._assigned_once = True
+        kept, self._kept = self._kept, {}
+        state = [tp for tp in partitions if tp.topic in self.stage.changelogs]
+        committed = self._committed_offsets(consumer, state) if state else {}
+        reused, stale = 0, []
         for tp in partitions:
-            self._assigned.add((tp.topic, tp.partition))
-            if tp.topic in self.stage.changelogs:
-                self._restore.add((tp.topic, tp.partition))
-        log.info("assigned %d partitions (now %d)", len(partitions), len(self._assigned),
-                 extra={"stage": self.stage.name})
+            key = (tp.topic, tp.partition)
+            self._assigned.add(key)
+            if tp.topic not in self.stage.changelogs:
+                continue
+            offset = committed.get(key)
+            if offset is not None:
+                self._base[key] = offset
+            if key in kept:
+                if kept.pop(key) == offset:
+                    reused += 1  # back with nothing committed on it since we had it: its state is current
+                    continue
+                stale.append(key)  # another member committed on it meanwhile (or unknown): read it again
+            self._restore.add(key)
+        # Kept state that did not come back (what is left in ``kept``), or that is stale, goes.
+        self._release([*kept, *stale])
+        log.info("assigned %d partitions (now %d)%s", len(partitions), len(self._assigned),
+                 f"; kept the state of {reused}" if reused else "", extra={"stage": self.stage.name})
+
+    def _committed_offsets(self, consumer: Consumer, partitions: list[TopicPartition]) -> dict[TP, int]:
+        """The group's committed offset of ``partitions`` (-1001: none); {} when the broker does not answer."""
+        try:
+            found = consumer.committed([TopicPartition(tp.topic, tp.partition) for tp in partitions], timeout=10)
+        except KafkaException as exc:
+            log.debug("committed offsets not readable on assignment: %s", exc)
+            return {}
+        return {(tp.topic, tp.partition): tp.offset for tp in found if tp.error is None}
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         # No transaction is open here: every batch was committed before this consume() call.
         self._unpause(consumer, partitions)
+        if self._eager:
+            self._keep(partitions)
         self._forget(partitions, "revoked")
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self._unpause(consumer, partitions)
         self._forget(partitions, "lost")
+
+    def _keep(self, partitions: list[TopicPartition]) -> None:
+        """Note the revoked state partitions whose state is whole (not waiting for a restore) and whose last
+        committed offset is known, with that offset: their state is kept until the assignment that follows."""
+        for tp in partitions:
+            key = (tp.topic, tp.partition)
+            if tp.topic not in self.stage.changelogs or key in self._restore:
+                continue
+            offset = self._done.get(key, self._base.get(key))
+            if offset is not None:
+                self._kept[key] = offset
 
     def _unpause(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         """Resume the partitions that go and were paused (first topics): librdkafka keeps a partition's pause
@@ -625,8 +669,10 @@ class TransactionalRuntime:
             self._done.pop(key, None)
             self._eof.pop(key, None)
             self._at_end.discard(key)
+            self._base.pop(key, None)
             if tp.topic in self.stage.changelogs:
-                state_partitions.append(key)
+                if key not in self._kept:
+                    state_partitions.append(key)
                 self._restore.discard(key)
             forget_lag(self.stage.name, tp.topic, tp.partition)
         self._release(state_partitions)

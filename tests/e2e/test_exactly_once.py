@@ -318,9 +318,10 @@ def test_sigkills_inside_transactions_commit_every_output_exactly_once(
 ) -> None:
     """KILLS SIGKILLs at seeded random points of the run, each the moment a transaction of the processor is
     seen open on its output topics; each time a worker with the same --instance starts at once (it fences
-    the dead one's transactional id, which aborts its open transaction). The first kills land while raw
-    records are mapped, the last while clean accounts are resolved (the deduper's state is then in the
-    changelog, and the transaction cut holds changelog writes too)."""
+    the dead one's transactional id, which aborts its open transaction). The processor reads accounts first
+    (their raw and dedupe topics), so the first kill lands while clean accounts are resolved (the deduper's
+    state is then in the changelog, and the transaction cut holds changelog writes too), the others while
+    raw records are mapped."""
     p = pipeline
     k = p.cfg.kafka
     rng = random.Random(SEED)
@@ -330,10 +331,11 @@ def test_sigkills_inside_transactions_commit_every_output_exactly_once(
     accounts = len(small_dataset.ok("account"))
     mapping_outputs = [*(k.mapped_topic(e) for e in CHILDREN), *dedupe, k.dedupe_topic("contact"), k.dlq_topic]
     resolving_outputs = [k.mapped_topic("account"), f"{dedupe[0]}.state"]
-    # Where each kill may land: a random point in a stratum of the mapping, then of the resolution.
-    plan = [(raw, int(p.produced * (0.05 + 0.6 * (i + rng.random()) / (KILLS - 1))), mapping_outputs)
-            for i in range(KILLS - 1)]
-    plan.append((dedupe, int(accounts * rng.uniform(0.15, 0.6)), resolving_outputs))
+    # Where each kill may land, in the order the processor gets there: a random point of the accounts'
+    # resolution (accounts go first), then one in each stratum of the mapping.
+    plan = [(dedupe, int(accounts * rng.uniform(0.15, 0.6)), resolving_outputs)]
+    plan += [(raw, int(p.produced * (0.05 + 0.6 * (i + rng.random()) / (KILLS - 1))), mapping_outputs)
+             for i in range(KILLS - 1)]
     processor = p.processor("solo", 1)
     starts = 1
     kills: list[dict[str, Any]] = []

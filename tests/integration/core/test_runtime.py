@@ -120,11 +120,12 @@ def setup(endpoints: Endpoints, registry_client: SchemaRegistryClient, topic_fac
     group = group_factory()
     codec = AvroCodec(registry_client, topic_subject(source), SCHEMA)
 
-    def make(instance: str = "a", batch_size: int = 50) -> tuple[TransactionalRuntime, Counter]:
+    def make(instance: str = "a", batch_size: int = 50,
+             client_config: dict[str, Any] | None = None) -> tuple[TransactionalRuntime, Counter]:
         stage = Counter(source, out, codec)
         opts = RuntimeOptions(kafka=endpoints.kafka, group_id=group,
                               transactional_id=f"{group}-{instance}", dlq_topic=dlq, batch_size=batch_size,
-                              batch_timeout_s=0.1)
+                              batch_timeout_s=0.1, client_config=client_config or {})
         return TransactionalRuntime(stage, opts, DeadLetterWriter(None, registry_client, dlq)), stage
 
     make.source, make.out, make.dlq, make.group, make.codec = source, out, dlq, group, codec  # type: ignore[attr-defined]
@@ -453,3 +454,56 @@ def test_a_paused_partition_that_leaves_and_comes_back_is_read_again(
             t.join(30)
     seen = [t for s in (first_stage, second_stage) for b in s.batches for t in b]
     assert seen.count(parent) == 30_000 and seen.count(child) == 2000, "every record once"
+
+
+def test_an_eager_rebalance_keeps_the_state_of_partitions_that_come_back_and_restores_the_rest(
+    endpoints: Endpoints, setup: Any,
+) -> None:
+    """With the range assignor every rebalance revokes all: a partition that comes back with nothing committed on
+    it meanwhile keeps its state; one another member wrote on is read again from the changelog."""
+    def produce_round() -> None:  # 10 records of each of k0..k4 on each partition
+        producer = Producer({"bootstrap.servers": endpoints.bootstrap_servers})
+        for i in range(100):
+            key = f"k{i % 5}"
+            value = setup.codec.encode({"key": key, "n": 0})
+            producer.produce(setup.source, partition=i % 2, key=key.encode(), value=value)
+        assert producer.flush(30) == 0
+
+    def drained(what: str) -> None:
+        wait_until(lambda: group_lag(endpoints.kafka, setup.group, [setup.source]) == 0, 90, what=what)
+
+    def member(instance: str) -> tuple[TransactionalRuntime, Counter]:
+        runtime, stage = setup(instance, client_config={"partition.assignment.strategy": "range"})
+        return runtime, stage
+
+    produce_round()
+    a, a_stage = member("a")
+    threads = [_run(a)]
+    b, b_stage = member("b")
+    try:
+        drained("the first member alone")
+        assert sorted(a_stage.restored) == [(setup.source, 0), (setup.source, 1)]
+        threads.append(_run(b))
+        wait_until(lambda: len(b._assigned) == 1 and len(a._assigned) == 1, 60, what="one partition each")
+        (mine,) = a._assigned
+        (theirs,) = b._assigned
+        produce_round()
+        drained("both members")
+        assert a_stage.restored == [(setup.source, 0), (setup.source, 1)], "a's partition kept its state"
+        assert b_stage.restored == [theirs]
+        b.stop()
+        threads[1].join(30)
+        wait_until(lambda: len(a._assigned) == 2, 60, what="the first member to take both again")
+        produce_round()
+        drained("the first member alone again")
+    finally:
+        for r in (a, b):
+            r.stop()
+        for t in threads:
+            t.join(30)
+    assert a_stage.restored == [(setup.source, 0), (setup.source, 1), theirs], (
+        f"{mine} kept, {theirs} (b counted on it) read again")
+    counts = [setup.codec.decode(o["raw"])["n"] for o in _read_committed(endpoints.bootstrap_servers, setup.out, 2)]
+    assert len(counts) == 300
+    assert max(counts) == 30, "every key's count went on from the right state on both partitions"
+    assert sorted(counts).count(30) == 10, "each of 5 keys on each of 2 partitions reached 30"
