@@ -83,6 +83,7 @@ class LocalStack(Stack):
     def up(self) -> Endpoints:
         """Start what is not running and wait until every part answers. A variant (the secure stack) adds its
         steps through the hooks below; the order of starting and waiting is the same for both."""
+        self.check_ports()
         self.fetch()
         self._prepare()
         ep = self.endpoints()
@@ -115,6 +116,30 @@ class LocalStack(Stack):
 
     def _starters(self) -> list[tuple[ManagedProcess, Callable[[], None]]]:
         return [(self.kafka, self._start_kafka), (self.registry, self._start_registry)]
+
+    def check_ports(self) -> None:
+        """Before anything starts: a StackError naming the variable of a port another process holds, for every
+        part that is not running yet (instead of that part failing with it in its log), and a warning for a
+        port in the ephemeral range, where a client connection may take it at any moment."""
+        ports = self._ports()
+        for setting, port in ports.items():
+            if hint := tools.port_hint(port):
+                log.warning("%s=%d: %s", setting, port, hint)
+        parts = [p.name for p, _ in self._starters() if not p.running()]
+        for part in parts + ([] if self.pg.running() else ["postgres"]):
+            for setting in self._part_settings(part):
+                tools.ensure_port_free(ports[setting], setting, part)
+
+    def _ports(self) -> dict[str, int]:
+        """The ports the stack's parts listen on, by the variable that sets each."""
+        s = self.s
+        return {"CRMFLOW_KAFKA_PORT": s.kafka_port, "CRMFLOW_KAFKA_CONTROLLER_PORT": s.kafka_controller_port,
+                "CRMFLOW_REGISTRY_PORT": s.registry_port, "CRMFLOW_POSTGRES_PORT": s.postgres_port}
+
+    def _part_settings(self, part: str) -> tuple[str, ...]:
+        """The variables of :meth:`_ports` whose port ``part`` listens on."""
+        return {"kafka": ("CRMFLOW_KAFKA_PORT", "CRMFLOW_KAFKA_CONTROLLER_PORT"),
+                "registry": ("CRMFLOW_REGISTRY_PORT",), "postgres": ("CRMFLOW_POSTGRES_PORT",)}.get(part, ())
 
     def _postgres_ready(self, ep: Endpoints) -> None:
         """Once PostgreSQL accepts connections and the stack's databases exist."""

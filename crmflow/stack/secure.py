@@ -209,6 +209,14 @@ class SecureStack(LocalStack):
     def _starters(self) -> list[tuple[ManagedProcess, Callable[[], None]]]:
         return [*super()._starters(), (self.nginx, self._start_nginx)]
 
+    def _ports(self) -> dict[str, int]:
+        return {**super()._ports(), "CRMFLOW_SECURE_REGISTRY_BACKEND_PORT": self.backend_port}
+
+    def _part_settings(self, part: str) -> tuple[str, ...]:
+        # Apicurio listens on the backend port, nginx (TLS, basic auth) on the registry's.
+        return {"registry": ("CRMFLOW_SECURE_REGISTRY_BACKEND_PORT",),
+                "registry-proxy": ("CRMFLOW_REGISTRY_PORT",)}.get(part) or super()._part_settings(part)
+
     def _postgres_ready(self, ep: Endpoints) -> None:
         self._setup_postgres(ep)
 

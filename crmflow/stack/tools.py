@@ -27,6 +27,38 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def ephemeral_ports() -> tuple[int, int]:
+    """The OS's range of ports for outgoing connections (Linux: ``ip_local_port_range``; else IANA's)."""
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 49152, 65535
+
+
+def port_hint(port: int) -> str:
+    """Why ``port`` is a poor pick for a server, or "": one in the ephemeral range may be taken at any moment as
+    the local end of some client's connection (a test's, the stack's own), and the server then cannot start."""
+    low, high = ephemeral_ports()
+    if low <= port <= high:
+        return f"it lies in this machine's ephemeral port range ({low}-{high}), which client connections take; " \
+            f"pick one below {low}"
+    return ""
+
+
+def ensure_port_free(port: int, setting: str, part: str) -> None:
+    """StackError naming ``setting`` when nothing could listen on 127.0.0.1:``port`` now (what ``part`` is about
+    to do); a port left in TIME_WAIT counts as free, as it does for the servers (SO_REUSEADDR)."""
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError as exc:
+            hint = port_hint(port)
+            raise StackError(f"{part} cannot listen on 127.0.0.1:{port} ({exc.strerror}): another process holds "
+                             f"the port; set {setting} to a free one" + (f" ({hint})" if hint else "")) from None
+
+
 def require(tool: str, debian_package: str) -> str:
     path = shutil.which(tool)
     if not path:
