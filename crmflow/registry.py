@@ -226,7 +226,7 @@ def register_schema(
     what = f"registering {schema.path or schema.full_name} as {subject}"
     try:
         if compatibility is not None:
-            client.set_compatibility(subject, compatibility)
+            _set_compatibility(client, subject, compatibility)
         schema_id = client.register_schema(subject, schema.registry_schema(), normalize_schemas=True)
         # The register answer carries only the id; the lookup adds the version.
         found = client.lookup_schema(subject, schema.registry_schema(), normalize_schemas=True)
@@ -247,6 +247,24 @@ def register_schema(
     )
     logger.info("registered %s id=%d compatibility=%s", subject, result.schema_id, level)
     return result
+
+
+#: How often a subject's compatibility is set again after another client's write got there first.
+_RULE_RACE_TRIES = 3
+
+
+def _set_compatibility(client: SchemaRegistryClient, subject: str, level: Compatibility) -> None:
+    """Set ``subject``'s compatibility level. Services that start together on a fresh registry set it at the same
+    moment, and Apicurio answers all but the first creation of the subject's rule with 409 ("A rule named
+    'COMPATIBILITY' already exists"); the rule exists then, so setting it again updates it."""
+    for attempt in range(_RULE_RACE_TRIES):
+        try:
+            client.set_compatibility(subject, level)
+            return
+        except SchemaRegistryError as exc:
+            if exc.http_status_code != 409 or attempt == _RULE_RACE_TRIES - 1:
+                raise registry_failure(exc, f"setting {subject}'s compatibility to {level}") from exc
+            logger.debug("compatibility rule of %s created meanwhile by another client; setting it again", subject)
 
 
 def register_all(

@@ -27,7 +27,6 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -174,6 +173,7 @@ class Probe:
     """What the processor's group has committed, who owns what, and whether a transaction is open."""
 
     def __init__(self, ep: Endpoints, cfg: MigrationConfig) -> None:
+        self.ep = ep
         self.group = f"crmflow-process-{cfg.kafka.topic_prefix}"
         self._consumer = Consumer({**ep.kafka.client_config(), "group.id": self.group,
                                    "enable.auto.commit": False})
@@ -231,6 +231,22 @@ def _committed_at_least(probe: Probe, topics: list[str], target: int) -> Callabl
     def check() -> int | None:
         n = probe.committed(topics)
         return n if n is not None and n >= target else None
+    return check
+
+
+def _cut_or_done(probe: Probe, inputs: list[str], outputs: list[str], first: bool) -> Callable[[], int | None]:
+    """The partitions of ``outputs`` holding an open transaction, once there are any; after the first kill of a
+    stratum also -1 once the group committed all of ``inputs`` (asked at most once a second)."""
+    asked = [0.0]
+
+    def check() -> int | None:
+        if cut := probe.in_flight(outputs):
+            return cut
+        if not first and time.monotonic() - asked[0] >= 1:
+            asked[0] = time.monotonic()
+            if group_lag(probe.ep.kafka, probe.group, inputs) == 0:
+                return -1
+        return None
     return check
 
 
@@ -347,14 +363,12 @@ def test_sigkills_inside_transactions_commit_every_output_exactly_once(
             # Then the first moment a transaction is open: its records are in the log, not committed yet. The
             # transaction seen open may commit before the signal lands (a loaded machine); the dead worker's
             # transaction stays open until its successor fences it, so a kill that missed is seen at once and
-            # tried again (at most twice more: a kill between transactions is a crash point too).
-            for attempt in range(3):
-                try:
-                    cut = wait_until(_alive(services, partial(probe.in_flight, outputs)), timeout_s=30 if not attempt
-                                     else 10, interval_s=0, what=f"a transaction in flight on {outputs}")
-                except AssertionError:
-                    if not attempt:
-                        raise
+            # tried again on the successor's next transaction (at most four times more: a kill between
+            # transactions is a crash point too), unless the stratum's inputs are done by then.
+            for attempt in range(5):
+                cut = wait_until(_alive(services, _cut_or_done(probe, inputs, outputs, first=not attempt)),
+                                 timeout_s=60, interval_s=0, what=f"a transaction in flight on {outputs}")
+                if cut < 0:
                     break  # this stratum's work is done: no transaction left to cut
                 processor.proc.kill()
                 processor.proc.wait(10)

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import json
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -184,6 +186,33 @@ def test_incompatible_change_is_refused_and_compatible_one_accepted(
     )
     v2 = register_schema(registry_client, optional, subject=scratch_subject)
     assert v2.version == 2 and v2.schema_id != v1.schema_id
+
+
+def test_services_that_start_together_register_a_new_subject_at_once(registry_client: SchemaRegistryClient,
+                                                                    endpoints: Endpoints) -> None:
+    """Workers started together on a fresh registry register the same schema at the same moment: each gets
+    the one id and version (Apicurio answered the losers of the subject's first rule with 409, "A rule named
+    'COMPATIBILITY' already exists", which crmflow took for an incompatible schema and stopped on)."""
+    schema = load_schema("dlq/dead_letter")
+    clients = [endpoints.registry.client() for _ in range(8)]  # one client per service, as in separate processes
+    for _ in range(10):  # the race is lost in about half the rounds without the fix
+        subject = f"it-{uuid.uuid4().hex[:12]}-value"
+        start = threading.Barrier(len(clients))
+
+        def register(client: SchemaRegistryClient, subject: str = subject,
+                     start: threading.Barrier = start) -> tuple[int, int | None, str]:
+            start.wait()
+            done = register_schema(client, schema, subject=subject)
+            return done.schema_id, done.version, done.compatibility
+
+        try:
+            with ThreadPoolExecutor(len(clients)) as pool:
+                results = list(pool.map(register, clients))
+            assert set(results) == {(results[0][0], 1, "BACKWARD")}, results
+            assert registry_client.get_versions(subject) == [1]
+        finally:
+            with contextlib.suppress(SchemaRegistryError):
+                registry_client.delete_subject(subject)
 
 
 def test_reformatted_schema_keeps_its_id(registry_client: SchemaRegistryClient, scratch_subject: str) -> None:
