@@ -59,7 +59,7 @@ def test_the_secure_stack_names_the_registry_backend_and_the_proxy(tmp_path: Pat
     backend = SecureStack(_settings(tmp_path).model_copy(update={"secure_registry_backend_port": held}))
     with pytest.raises(StackError, match=r"registry cannot listen.*CRMFLOW_SECURE_REGISTRY_BACKEND_PORT"):
         backend.check_ports()
-    proxy = SecureStack(_settings(tmp_path, registry_port=held))
+    proxy = SecureStack(_settings(tmp_path, registry_port=held, secure_registry_backend_port=tools.free_port()))
     with pytest.raises(StackError, match=r"registry-proxy cannot listen.*CRMFLOW_REGISTRY_PORT"):
         proxy.check_ports()
 
