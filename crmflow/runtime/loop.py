@@ -38,6 +38,7 @@ returns once every assigned partition was read to its end, after a final ``maint
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
 import signal
 import threading
@@ -46,7 +47,19 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka import (
+    Consumer,
+    IsolationLevel,
+    KafkaError,
+    KafkaException,
+    Message,
+    Producer,
+    TopicPartition,
+)
+from confluent_kafka.admin import (  # type: ignore[attr-defined]  # OffsetSpec: public, not in __all__
+    AdminClient,
+    OffsetSpec,
+)
 
 from crmflow.connections import KafkaConnection, kafka_config
 from crmflow.dlq import DeadLetterWriter, Letter
@@ -132,10 +145,12 @@ class TransactionalRuntime:
         self._watchdog = CallWatchdog(stage.name, grace_s=5.0)  # librdkafka's calls can outlive their timeout
         self._next_lag = 0.0
         self._first = frozenset(stage.first_topics)
+        self._admin: AdminClient | None = None  # asks the broker for the paused partitions' ends (_waiting)
         self._paused: set[TP] = set()  # partitions paused so that the first topics' backlog is read first
         self._held_since: float | None = None
         self._turn_until: float | None = None  # the other topics' turn (the first ones paused) ends then...
         self._served = False  # ...or once they brought a batch
+        self.turns = 0  # the other topics' turns given
         self._failures = 0  # transactions aborted in a row (backoff)
         self.batches = 0
         self.records = 0
@@ -250,9 +265,10 @@ class TransactionalRuntime:
         """Pause the partitions of the topics that are not first while the first topics' assigned partitions hold
         a batch or more of unread messages (high watermark as last fetched, no broker round trip, minus the
         position), and resume them once that backlog is below a batch. After ``first_hold_max_s`` of that, it is
-        the others' turn: the first topics are paused instead until a batch brought some of the others' messages,
-        or for ``_TURN_S`` (a paused partition's watermark is not fetched, so whether the others have something
-        is only known by reading them), so a first topic that never runs dry cannot starve the others."""
+        the others' turn if the broker holds records of theirs past their positions (a paused partition's
+        watermark is not fetched, so it is asked): the first topics are paused instead until a batch brought
+        some of the others' messages, or for ``_TURN_S``, so a first topic that never runs dry cannot starve
+        the others, and a turn with nothing to read costs no pause of the first topics."""
         if not self._first:
             return
         firsts = {tp for tp in self._assigned if tp[0] in self._first}
@@ -268,8 +284,11 @@ class TransactionalRuntime:
         elif self._held_since is None or now - self._held_since <= self.opts.first_hold_max_s:
             self._held_since = self._held_since or now
             want = others
-        else:
+        elif self._waiting(consumer, others):
             self._turn_until, self._served, want = now + _TURN_S, False, firsts
+            self.turns += 1
+        else:  # nothing of theirs to read: hold on
+            self._held_since, want = now, others
         pause, resume = want - self._paused, self._paused - want
         try:
             if resume:
@@ -280,6 +299,32 @@ class TransactionalRuntime:
             log.warning("pausing or resuming partitions failed: %s", exc, extra={"stage": self.stage.name})
             return
         self._paused = want
+
+    def _waiting(self, consumer: Consumer, partitions: set[TP]) -> bool:
+        """Whether the broker holds committed messages of ``partitions`` past their positions: a paused
+        partition's watermark is not fetched, so it is asked, once per ``first_hold_max_s``, of an admin client
+        (the consumer's own connection is busy with a fetch that waits up to fetch.wait.max.ms). True when that
+        is not known: the turn then finds out."""
+        try:
+            positions: dict[TP, int] = {}
+            for tp in consumer.position([TopicPartition(t, p) for t, p in sorted(partitions)]):
+                position = tp.offset if tp.offset >= 0 else self._done.get((tp.topic, tp.partition), -1)
+                if position < 0:
+                    return True
+                positions[(tp.topic, tp.partition)] = position
+            if self._admin is None:
+                self._admin = AdminClient(kafka_config(self.opts.kafka, {
+                    "client.id": f"{self.opts.transactional_id}-admin"}))
+            asked = self._admin.list_offsets(
+                {TopicPartition(t, p): OffsetSpec.latest() for t, p in positions},  # type: ignore[no-untyped-call]
+                isolation_level=IsolationLevel.READ_COMMITTED, request_timeout=_WATERMARK_TIMEOUT_S)
+            for tp, future in asked.items():
+                if future.result(timeout=_WATERMARK_TIMEOUT_S).offset > positions[(tp.topic, tp.partition)]:
+                    return True
+        except (KafkaException, concurrent.futures.TimeoutError) as exc:
+            log.debug("the other topics' backlog is unknown: %s", exc)
+            return True
+        return False
 
     def _backlog(self, consumer: Consumer, partitions: set[TP]) -> int:
         """Unread messages of ``partitions`` (before a first fetch: from the last commit); 0 when unknown."""
@@ -732,6 +777,8 @@ _SEND_OFFSETS_TIMEOUT_S = 10
 # The longest the other topics' turn lasts (after first_hold_max_s of pause) when they bring nothing: a fetch
 # of the resumed partitions may wait behind one in flight (fetch.wait.max.ms, 500 ms).
 _TURN_S = 1.5
+# Asking the broker for a paused partition's high watermark before the others' turn.
+_WATERMARK_TIMEOUT_S = 2.0
 
 _FENCED = {KafkaError._FENCED, KafkaError.PRODUCER_FENCED, KafkaError.INVALID_PRODUCER_EPOCH}
 

@@ -41,8 +41,8 @@ def port_hint(port: int) -> str:
     the local end of some client's connection (a test's, the stack's own), and the server then cannot start."""
     low, high = ephemeral_ports()
     if low <= port <= high:
-        return f"it lies in this machine's ephemeral port range ({low}-{high}), which client connections take; " \
-            f"pick one below {low}"
+        return f"it lies in this machine's ephemeral port range (from {low} to {high}), which client " \
+            f"connections take; pick one below {low}"
     return ""
 
 

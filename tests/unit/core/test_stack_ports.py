@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from crmflow.exceptions import StackError
+from crmflow.pii import scrub_text
 from crmflow.settings import StackSettings
 from crmflow.stack import tools
 from crmflow.stack.local import LocalStack
@@ -44,6 +45,8 @@ def test_a_held_port_is_named_with_its_variable_and_a_free_one_passes(held: int)
 def test_a_port_in_the_ephemeral_range_gets_a_hint(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(tools, "ephemeral_ports", lambda: (32768, 60999))
     assert "pick one below 32768" in tools.port_hint(35532)
+    # The range reads as it is through the log's PII scrubber (a "(32768-60999)" looked like a phone number).
+    assert "32768 to 60999" in scrub_text(tools.port_hint(35532))
     assert tools.port_hint(15432) == "" and tools.port_hint(61000) == ""
 
 
