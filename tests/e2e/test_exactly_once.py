@@ -274,8 +274,8 @@ class Pipeline:
     sink: Service  # the live sink, running from the start
     started: float = field(default_factory=time.monotonic)
 
-    def processor(self, instance: str, n: int) -> Service:
-        args = ["process", "-c", str(self.run.config), "--metrics-port", "0", "--batch-size", BATCH_SIZE,
+    def processor(self, instance: str, n: int, batch_size: str = BATCH_SIZE) -> Service:
+        args = ["process", "-c", str(self.run.config), "--metrics-port", "0", "--batch-size", batch_size,
                 "--instance", instance]
         return Service(f"process-{instance}-{n}", args, self.tmp_path / f"process-{instance}-{n}.log",
                        dict(self.run.env))
@@ -406,14 +406,16 @@ def test_a_worker_added_and_one_removed_mid_run_commit_every_output_exactly_once
 ) -> None:
     """One worker starts; once it committed its first batch a second joins (its own --instance); once both
     work and one of them has resolved accounts on its dedupe partitions, that one is stopped (SIGTERM), and
-    the other finishes the run alone, restoring the leaver's deduper state from the changelog."""
+    the other finishes the run alone, restoring the leaver's deduper state from the changelog. The first
+    worker takes small batches (a transaction each), so that it is still far from the end of the input when the
+    second has started, however long that takes on a busy machine (CI once saw the input done by then)."""
     p = pipeline
     k = p.cfg.kafka
     probe = Probe(p.ep, p.cfg)
     raw = [k.raw_topic(s) for s in p.cfg.sources]
     dedupe = k.dedupe_topic("account")
     accounts = len(small_dataset.ok("account"))
-    workers = {"a": p.processor("a", 1)}
+    workers = {"a": p.processor("a", 1, batch_size="25")}
     try:
         joined_at = wait_until(_alive([*workers.values(), p.sink], _committed_at_least(probe, raw, 1)),
                                timeout_s=120, interval_s=0.05, what="the first worker to commit its first batch")
