@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Mapping
+from functools import lru_cache
 from typing import Any, Final
 
 import jellyfish
@@ -68,18 +69,24 @@ from processors.dedupe.features import (
     street_form,
 )
 
+_NOT_LETTERS: Final = str.maketrans("", "", "0123456789 ")  # what a folded text holds besides letters
+
 
 def _letters(value: Any) -> str:
-    return "".join(c for c in fold(str(value)) if "a" <= c <= "z")
+    return fold(str(value)).translate(_NOT_LETTERS)
 
 
 def _phonetic(code: Callable[[str], str]) -> Callable[[Any], str]:
-    def apply(value: Any) -> str:
+    @lru_cache(maxsize=1 << 15)  # names repeat: the code of each is computed once
+    def coded(text: str) -> str:
         # Each word separately, so a double-barrelled or a middle name keeps its first word's code first.
-        words = [w for w in (_letters(word) for word in fold(str(value)).split()) if len(w) > 1]
-        return code(words[0]) if words else ""
+        for word in fold(text).split():
+            letters = word.translate(_NOT_LETTERS)
+            if len(letters) > 1:
+                return code(letters)
+        return ""
 
-    return apply
+    return lambda value: coded(str(value))
 
 
 TRANSFORMS: Final[dict[KeyTransform, Callable[[Any], str]]] = {
@@ -100,25 +107,40 @@ def identifier_pass(field: str) -> BlockingPass:
     return BlockingPass(name=f"id_{field}"[:16], parts=(BlockPart(field=field, transform="fold"),))
 
 
+class _Pass:
+    """A blocking pass compiled for one entity: its parts' feature keys and reduce functions, looked up once."""
+
+    __slots__ = ("name", "parts", "prefix", "unordered")
+
+    def __init__(self, spec: BlockingPass, entity: DedupeEntity) -> None:
+        self.name = spec.name
+        self.parts = tuple((feature_key(p.field, entity), TRANSFORMS[p.transform]) for p in spec.parts)
+        self.unordered = spec.unordered
+        self.prefix = spec.prefix if spec.kind == "sorted_neighbourhood" else None
+
+    def key(self, feats: Features) -> str | None:
+        values = []
+        for key, reduce in self.parts:
+            value = feats.get(key)
+            if value is None:
+                return None
+            reduced = reduce(value)
+            if not reduced:
+                return None
+            values.append(reduced)
+        if self.unordered:
+            values.sort()
+        if self.prefix is not None:
+            letters = "".join(_letters(v) for v in values)
+            if len(letters) < self.prefix:  # a key shorter than the range: the whole (short) key
+                return f"{self.name}|{letters}|=" if letters else None
+            return f"{self.name}|{letters[: self.prefix]}"
+        return "|".join((self.name, *values))
+
+
 def pass_key(feats: Features, spec: BlockingPass, entity: DedupeEntity) -> str | None:
     """The clear-text key of one pass (``name|part|part``), or None when a part is missing or empty."""
-    values = []
-    for part in spec.parts:
-        value = feats.get(feature_key(part.field, entity))
-        if value is None:
-            return None
-        reduced = TRANSFORMS[part.transform](value)
-        if not reduced:
-            return None
-        values.append(reduced)
-    if spec.unordered:
-        values.sort()
-    if spec.kind == "sorted_neighbourhood":
-        letters = "".join(_letters(v) for v in values)
-        if len(letters) < spec.prefix:  # a key shorter than the range: the whole (short) key
-            return f"{spec.name}|{letters}|=" if letters else None
-        return f"{spec.name}|{letters[: spec.prefix]}"
-    return "|".join((spec.name, *values))
+    return _Pass(spec, entity).key(feats)
 
 
 def raw_block_keys(feats: Features, entity: DedupeEntity) -> list[str]:
@@ -162,22 +184,25 @@ class BlockKeyer:
         self.hashed = config.hash_block_keys
         self.builtin = config.builtin_blocking
         self.passes = block_passes(config)
+        self._passes = tuple(_Pass(spec, config.entity) for spec in self.passes)
         secret = config.block_key_secret
         self._secret = secret.get_secret_value().encode() if secret is not None else b""
 
     def raw_keys(self, feats: Features) -> list[str]:
         """The clear-text keys of all passes (sorted, unique)."""
+        return sorted(self._raw(feats))
+
+    def _raw(self, feats: Features) -> set[str]:
         keys = set(raw_block_keys(feats, self.entity)) if self.builtin else set()
-        for spec in self.passes:
-            if (key := pass_key(feats, spec, self.entity)) is not None:
+        for spec in self._passes:
+            if (key := spec.key(feats)) is not None:
                 keys.add(key)
-        return sorted(keys)
+        return keys
 
     def keys(self, feats: Features) -> list[str]:
-        raw = self.raw_keys(feats)
         if not self.hashed:
-            return raw
-        return sorted({f"{key.partition('|')[0]}:{self._digest(key)}" for key in raw})
+            return self.raw_keys(feats)
+        return sorted({f"{key.partition('|')[0]}:{self._digest(key)}" for key in self._raw(feats)})
 
     def _digest(self, key: str) -> str:
         return hashlib.blake2b(key.encode(), digest_size=12, key=self._secret).hexdigest()

@@ -25,6 +25,7 @@ comparator         levels between exact and disagreement                       d
 from __future__ import annotations
 
 from collections.abc import Callable
+from operator import ne
 from typing import Any, Final
 
 from rapidfuzz.distance import OSA, JaroWinkler, Levenshtein
@@ -75,7 +76,7 @@ def date_level(a: str, b: str) -> int:
     if len(a) == len(b) == 10:
         if a[:4] == b[:4] and a[5:7] == b[8:10] and a[8:10] == b[5:7]:
             return 1
-        if sum(1 for x, y in zip(a, b, strict=True) if x != y) == 1:
+        if sum(map(ne, a, b)) == 1:
             return 1
     return 2
 

@@ -34,7 +34,7 @@ FIELDS: Final[dict[DedupeEntity, dict[str, str]]] = {
 }  # fmt: skip
 ID_FIELDS: Final[dict[DedupeEntity, str]] = {"account": "customer_id", "contact": "contact_id"}
 
-_NON_ALNUM: Final = re.compile(r"[^0-9a-z]+")
+_ALNUM_RUNS: Final = re.compile(r"[0-9a-z]+")
 _STREET_WORDS: Final = {
     "st": "street", "ave": "avenue", "rd": "road", "blvd": "boulevard", "dr": "drive", "ln": "lane",
     "str": "strasse",
@@ -71,9 +71,11 @@ def feature_key(field: str, entity: DedupeEntity) -> str:
 @lru_cache(maxsize=1 << 16)
 def fold(text: str) -> str:
     """Lower-case ASCII letters and digits, words separated by one space (accents and punctuation gone)."""
+    if text.isascii():  # most values: no decomposition to do (casefold is lower on ASCII)
+        return " ".join(_ALNUM_RUNS.findall(text.lower()))
     decomposed = unicodedata.normalize("NFKD", text.casefold())
     ascii_only = "".join(c for c in decomposed if not unicodedata.combining(c))
-    return " ".join(_NON_ALNUM.sub(" ", ascii_only.replace("ß", "ss")).split())
+    return " ".join(_ALNUM_RUNS.findall(ascii_only.replace("ß", "ss")))
 
 
 @lru_cache(maxsize=1 << 16)

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from rapidfuzz.distance import OSA, JaroWinkler
@@ -55,11 +55,18 @@ class NameSimilarity:
     last: float | None
     swapped: bool = False
     penalty: float = 0.0
+    #: The mean of the parts present, less ``penalty`` (0 without parts); computed once.
+    combined: float = field(init=False, compare=False)
 
-    @property
-    def combined(self) -> float:
-        parts = [p for p in (self.first, self.last) if p is not None]
-        return max(sum(parts) / len(parts) - self.penalty, 0.0) if parts else 0.0
+    def __post_init__(self) -> None:
+        first, last = self.first, self.last
+        if first is None:
+            mean = last
+        elif last is None:
+            mean = first
+        else:
+            mean = (first + last) / 2
+        object.__setattr__(self, "combined", 0.0 if mean is None else max(mean - self.penalty, 0.0))
 
 
 @dataclass(frozen=True, slots=True)
