@@ -26,7 +26,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+import dataclasses
+from dataclasses import dataclass
 from typing import Any
 
 from rapidfuzz.distance import OSA, JaroWinkler
@@ -56,7 +57,7 @@ class NameSimilarity:
     swapped: bool = False
     penalty: float = 0.0
     #: The mean of the parts present, less ``penalty`` (0 without parts); computed once.
-    combined: float = field(init=False, compare=False)
+    combined: float = dataclasses.field(init=False, compare=False)
 
     def __post_init__(self) -> None:
         first, last = self.first, self.last
