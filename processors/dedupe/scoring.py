@@ -24,9 +24,9 @@ Records of the same external id never get here: the deduper treats them as an up
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Iterable
-import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
