@@ -24,11 +24,10 @@ Records of the same external id never get here: the deduper treats them as an up
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from rapidfuzz.distance import OSA, JaroWinkler
 
@@ -43,35 +42,35 @@ _jaro_winkler = JaroWinkler.normalized_similarity
 _osa = OSA.distance
 
 
-@dataclass(frozen=True, slots=True)
-class NameSimilarity:
+class NameSimilarity(NamedTuple):
     """Best orientation of two names; parts are None when a side lacks that part.
 
     ``first`` compares the first record's first name, ``last`` its last name, with the other record's
     first/last name (``swapped`` False) or last/first name (True); a swap costs ``penalty`` on the
     combined similarity only, so an initial in a swapped name still passes the per-part floors.
+    ``combined``: the mean of the parts present, less ``penalty`` (0 without parts); :meth:`of` computes it.
+    (Tuples: a pair's comparison builds two or three of these, and a tuple is built fastest.)
     """
 
     first: float | None
     last: float | None
-    swapped: bool = False
-    penalty: float = 0.0
-    #: The mean of the parts present, less ``penalty`` (0 without parts); computed once.
-    combined: float = dataclasses.field(init=False, compare=False)
+    swapped: bool
+    penalty: float
+    combined: float
 
-    def __post_init__(self) -> None:
-        first, last = self.first, self.last
+    @classmethod
+    def of(cls, first: float | None, last: float | None, swapped: bool = False,
+           penalty: float = 0.0) -> NameSimilarity:
         if first is None:
             mean = last
         elif last is None:
             mean = first
         else:
             mean = (first + last) / 2
-        object.__setattr__(self, "combined", 0.0 if mean is None else max(mean - self.penalty, 0.0))
+        return cls(first, last, swapped, penalty, 0.0 if mean is None else max(mean - penalty, 0.0))
 
 
-@dataclass(frozen=True, slots=True)
-class Comparison:
+class Comparison(NamedTuple):
     """The outcome of comparing a record with one candidate.
 
     ``rule`` is the deterministic rule that fired, or ``"fuzzy"``; ``veto`` names the conflicting evidence
@@ -129,7 +128,7 @@ def name_similarity(a: Features, b: Features, config: DedupeConfig) -> NameSimil
     af, al, bf, bl = a.get("fn"), a.get("ln"), b.get("fn"), b.get("ln")
     first = _part(first_name_form(af), first_name_form(bf), ini, edit, head) if af and bf else None
     last = _part(fold(al), fold(bl), ini, edit, head) if al and bl else None
-    straight = NameSimilarity(first, last)
+    straight = NameSimilarity.of(first, last)
     if straight.combined >= 1.0 - penalty:  # swapped cannot do better
         return straight
     # Swapped: the first record's given name against the other's surname and the other way round. With a part
@@ -139,7 +138,7 @@ def name_similarity(a: Features, b: Features, config: DedupeConfig) -> NameSimil
     sl = _part(fold(al), fold(bf), ini, edit, head) if al and bf else None
     if sf is None and sl is None:
         return straight
-    swapped = NameSimilarity(sf, sl, swapped=True, penalty=penalty)
+    swapped = NameSimilarity.of(sf, sl, swapped=True, penalty=penalty)
     return swapped if swapped.combined > straight.combined else straight
 
 
