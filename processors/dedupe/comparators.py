@@ -155,7 +155,14 @@ def build(spec: ComparisonSpec, name_part: Callable[[str, str], float]) -> Compa
             return 0
         if OSA.distance(x, y, score_cutoff=1) <= 1:
             return 1
-        shared = next((i for i, (p, q) in enumerate(zip(x, y, strict=False)) if p != q), min(len(x), len(y)))
-        return next((i for i, n in enumerate(floors, start=2) if shared >= n), last)
+        shared = 0  # the common prefix's length
+        for p, q in zip(x, y, strict=False):
+            if p != q:
+                break
+            shared += 1
+        for i, n in enumerate(floors, start=2):
+            if shared >= n:
+                return i
+        return last
 
     return postcode

@@ -66,6 +66,8 @@ class Survivor:
         }
         prio = config.source_priority
         self.priority = {source: len(prio) - i for i, source in enumerate(prio)}
+        self._rankings = tuple((group, frozenset(keys), group == "name", self.criteria[group])
+                               for group, keys in self.groups.items())  # fmt: skip
 
     def ranks(self, record_id: str, feats: Features) -> dict[str, list[Any]]:
         """The rank of one member for every group (higher wins)."""
@@ -78,14 +80,12 @@ class Survivor:
         first = feats.get("fn")
         full_first = 1 if first and len(first_name_form(first)) > 1 else 0
         out: dict[str, list[Any]] = {}
-        for group, keys in self.groups.items():
-            present = 0
-            for key in keys:  # features hold non-null values only
-                if key in feats:
-                    present += 1
-            complete = present + full_first if group == "name" else present
+        held = feats.keys()  # features hold non-null values only
+        for group, keys, is_name, criteria in self._rankings:
+            present = len(held & keys)
+            complete = present + full_first if is_name else present
             rank: list[Any] = [present]
-            for criterion in self.criteria[group]:
+            for criterion in criteria:
                 rank.append(complete if criterion == "most_complete" else values[criterion])
             rank.append(record_id)
             out[group] = rank
