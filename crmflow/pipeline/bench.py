@@ -62,6 +62,8 @@ class BenchResult:
             "reconciled": s.reconciled,
             "stages": stages,
             "peak_rss_bytes": s.peak_rss_bytes,
+            "cpu_s": {k: round(v, 1) for k, v in s.cpu_s.items()},
+            "machine_busy_cpu_s": None if s.machine_busy_cpu_s is None else round(s.machine_busy_cpu_s, 1),
             "generate_s": round(self.generate_s, 2),
             **({"sink_parked": self.parked} if self.parked is not None else {}),
             **({"dedupe": self.dedupe} if self.dedupe is not None else {}),

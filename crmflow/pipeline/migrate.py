@@ -41,7 +41,14 @@ from crmflow.pipeline.health import KafkaWatch, require_reachable
 from crmflow.pipeline.letters import update_ledger
 from crmflow.pipeline.run_report import write_run_report
 from crmflow.pipeline.runs import RunStore
-from crmflow.pipeline.services import Service, group_lag, run_to_completion, stop_all, wait_drained
+from crmflow.pipeline.services import (
+    Service,
+    busy_cpu_s,
+    group_lag,
+    run_to_completion,
+    stop_all,
+    wait_drained,
+)
 from crmflow.pipeline.targets import Target
 from crmflow.pipeline.timeline import ThroughputSampler
 from crmflow.registry import register_all
@@ -111,6 +118,10 @@ class MigrationSummary:
     elapsed_s: float
     stage_done_s: dict[str, float] = field(default_factory=dict)
     peak_rss_bytes: dict[str, int] = field(default_factory=dict)
+    #: CPU seconds per stage process (and the snapshot's own), and the whole machine's busy CPU seconds over
+    #: the run (every process: the stack's too), to read a throughput figure against what it cost.
+    cpu_s: dict[str, float] = field(default_factory=dict)
+    machine_busy_cpu_s: float | None = None
     rejected_by_rule: dict[str, int] = field(default_factory=dict)
     target: str = ""
     resumed: bool = False
@@ -142,6 +153,8 @@ class MigrationSummary:
             "records_per_second": self.records_per_second,
             "stage_done_s": {k: round(v, 1) for k, v in self.stage_done_s.items()},
             "peak_rss_bytes": dict(self.peak_rss_bytes),
+            "cpu_s": {k: round(v, 1) for k, v in self.cpu_s.items()},
+            "machine_busy_cpu_s": None if self.machine_busy_cpu_s is None else round(self.machine_busy_cpu_s, 1),
             "outages": list(self.outages),
         }
 
@@ -273,7 +286,7 @@ def run_migration(
     """Run (or resume, with ``opts.run_id``) a migration; see the module docs. Raises
     :class:`InfrastructureError` or :class:`RunInterruptedError` when it stopped early; the run can then be
     resumed with the same run id."""
-    started = time.monotonic()
+    started, busy_at_start = time.monotonic(), busy_cpu_s()
     control = control or RunControl()
     runs = runs or RunStore()
     run_id = opts.run_id or new_run_id(cfg.run.name)
@@ -392,6 +405,9 @@ def run_migration(
     summary.peak_rss_bytes = {s.name: s.peak_rss for s in services}
     own_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
     summary.peak_rss_bytes["migrate (snapshot)"] = own_peak
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    summary.cpu_s = {**{s.name: s.cpu_s for s in services}, "migrate (snapshot)": own.ru_utime + own.ru_stime}
+    summary.machine_busy_cpu_s = busy_cpu_s() - busy_at_start
     record.timeline = sampler.timeline()
     runs.finish(record, summary.to_json())
     write_run_report(runs, record)

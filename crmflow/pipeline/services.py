@@ -64,6 +64,8 @@ class Service:
         log_file.parent.mkdir(parents=True, exist_ok=True)
         self.proc = self._spawn()
         self.peak_rss = 0
+        self._cpu_ended = 0.0  # CPU seconds of the processes before a restart
+        self._cpu_last = 0.0  # of the current process, as last sampled
 
     def _spawn(self) -> subprocess.Popen[bytes]:
         with self.log_file.open("ab") as out:
@@ -92,6 +94,7 @@ class Service:
         if now >= self._restart_at:
             self.restarts += 1
             self._restart_at = None
+            self._cpu_ended, self._cpu_last = self._cpu_ended + self._cpu_last, 0.0
             self.proc = self._spawn()
 
     @property
@@ -108,15 +111,25 @@ class Service:
         self.note_rss()
 
     def note_rss(self) -> None:
-        """Record the process's memory if it still runs."""
+        """Record the process's memory and CPU time if it still runs."""
         with contextlib.suppress(psutil.NoSuchProcess):
-            self.peak_rss = max(self.peak_rss, psutil.Process(self.proc.pid).memory_info().rss)
+            proc = psutil.Process(self.proc.pid)
+            self.peak_rss = max(self.peak_rss, proc.memory_info().rss)
+            times = proc.cpu_times()
+            self._cpu_last = max(self._cpu_last, times.user + times.system)
+
+    @property
+    def cpu_s(self) -> float:
+        """CPU seconds (user + system) of the process and those it restarted, as of the last sample."""
+        return self._cpu_ended + self._cpu_last
 
     def terminate(self) -> None:
-        """Ask it to stop (SIGTERM) without waiting; once per process. A stage takes a second SIGTERM as "stop at
-        once": it would exit without closing its consumer, and the next member of its group (the final drain
-        pass, the next run) would then wait out the dead member's session before it gets any partition."""
+        """Ask it to stop (SIGTERM) without waiting; once per process (its memory and CPU noted first). A stage
+        takes a second SIGTERM as "stop at once": it would exit without closing its consumer, and the next
+        member of its group (the final drain pass, the next run) would then wait out the dead member's session
+        before it gets any partition."""
         if self.proc.poll() is None and self._asked is not self.proc:
+            self.note_rss()
             self._asked = self.proc
             with contextlib.suppress(ProcessLookupError):
                 self.proc.send_signal(signal.SIGTERM)
@@ -286,3 +299,9 @@ def _last_error(log_file: Path) -> str:
             break
         block.append(line.strip())
     return " ".join(block).removeprefix("error: ")
+
+
+def busy_cpu_s() -> float:
+    """The machine's busy CPU seconds since boot, all CPUs (user, nice, system, interrupts, steal)."""
+    t = psutil.cpu_times()
+    return sum(getattr(t, f, 0.0) for f in ("user", "nice", "system", "irq", "softirq", "steal"))

@@ -92,6 +92,10 @@ def test_sinks_side_by_side_land_the_ground_truth(
     summary: dict[str, Any] = json.loads(out)
     assert summary["reconciled"] is True
     assert set(summary["peak_rss_bytes"]) >= {"process-0", "sink", "sink-1", "sink-2", "sink-drain"}
+    # What each stage cost: every process that worked used CPU, and the machine was busy at least as long.
+    cpu = summary["cpu_s"]
+    assert all(cpu[name] > 0 for name in ("process-0", "sink", "migrate (snapshot)")), cpu
+    assert summary["machine_busy_cpu_s"] >= sum(cpu.values()) * 0.9, (summary["machine_busy_cpu_s"], cpu)
     for name in ("sink", "sink-1", "sink-2", "process-0"):  # each stopped on one SIGTERM, its consumer closed
         assert re.search(r" stopped after \d+ batches", (logs / f"{name}.log").read_text()), name
     if dedupe:
