@@ -113,10 +113,20 @@ class RunConfig(FrozenModel):
     base_currency: CurrencyCode = "USD"
 
 
+Assignor = Literal["range", "cooperative-sticky"]
+
+
 class KafkaConfig(FrozenModel):
     topic_prefix: Identifier = "crmflow"
     partitions: int = Field(default=6, ge=1)
     replication_factor: int = Field(default=1, ge=1)
+    assignor: Assignor = Field(
+        default="range",
+        description="how the processors' and the sinks' groups share partitions. range: each worker gets its "
+        "share of every topic; a rebalance revokes every partition, and a processor keeps the state of those "
+        "that come back to it. cooperative-sticky: a rebalance revokes only the partitions that move, but a "
+        "worker that joins gets the first partitions in topic-name order (with dedupe: every dedupe partition)",
+    )
 
     def raw_topic(self, source: str) -> str:
         return topics.raw_topic(self.topic_prefix, source)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import socket
-from typing import Literal
+from typing import Any, Literal
 
 from confluent_kafka.schema_registry import SchemaRegistryClient
 
@@ -134,6 +134,11 @@ def build_stage(cfg: ProcessorConfig, registry: SchemaRegistryClient) -> Process
     return stage.with_sources({name: src.entity for name, src in cfg.sources.items()}).with_partitions(partitions)
 
 
+def consumer_overrides(cfg: ProcessorConfig) -> dict[str, Any]:
+    """The processors' consumer settings from the config: their group's assignor (``kafka.assignor``)."""
+    return {"partition.assignment.strategy": cfg.kafka.assignor}
+
+
 def build_runtime(
     cfg: ProcessorConfig,
     endpoints: Endpoints,
@@ -152,10 +157,11 @@ def build_runtime(
         transactional_id=f"{group}-{instance or default_instance()}", dlq_topic=cfg.kafka.dlq_topic,
         batch_size=batch_size, batch_timeout_s=batch_timeout_s, linger_s=linger_s,
         replication_factor=cfg.kafka.replication_factor,
-        # Range: every worker gets its share of every topic, the dedupe topics included. Cooperative-sticky gave a
-        # worker that joined a moment later the first half of the partitions in topic-name order (all the dedupe
-        # partitions), and the other one sat idle. Range is eager, but a worker keeps the state of the partitions
-        # that come back to it unchanged (crmflow.runtime.loop), so a rebalance restores only what moved.
-        client_config={"partition.assignment.strategy": "range"},
+        # Range by default (kafka.assignor): every worker gets its share of every topic, the dedupe topics
+        # included. Cooperative-sticky gave a worker that joined a moment later the first half of the partitions
+        # in topic-name order (all the dedupe partitions), and the other one sat idle. Range is eager, but a
+        # worker keeps the state of the partitions that come back to it unchanged (crmflow.runtime.loop), so a
+        # rebalance restores only what moved.
+        client_config=consumer_overrides(cfg),
     )
     return TransactionalRuntime(stage, opts, DeadLetterWriter(None, registry, cfg.kafka.dlq_topic))

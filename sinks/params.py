@@ -83,6 +83,7 @@ class SinkParams:
             "topics": {cfg.kafka.mapped_topic(e): e for e in ENTITIES if e in cfg.entities},
             "dlq_topic": cfg.kafka.dlq_topic,
             "system": cfg.run.name,
+            "consumer_config": {"partition.assignment.strategy": cfg.kafka.assignor},
         }
         if cfg.target is not None:
             defaults.update(batch_size=cfg.target.batch_size, max_batch_age_s=cfg.target.flush_interval_s,
