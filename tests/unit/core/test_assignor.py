@@ -6,26 +6,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import yaml
 
 from crmflow.config import load_config
 from crmflow.exceptions import ConfigError
 from processors.service import consumer_overrides
 from sinks.params import SinkParams
+from tests.demo_config import demo_config
 
 pytestmark = pytest.mark.unit
-
-DEMO = Path(__file__).resolve().parents[3] / "deploy" / "demo" / "crmflow.yaml"
-
-
-def _config(tmp_path: Path, **kafka: object) -> Path:
-    raw = yaml.safe_load(DEMO.read_text())
-    for src in raw["sources"].values():
-        src["path"] = str(DEMO.parent / Path(src["path"]).name)
-    raw["kafka"].update(kafka)
-    path = tmp_path / "crmflow.yaml"
-    path.write_text(yaml.safe_dump(raw, sort_keys=False))
-    return path
 
 
 def _strategies(path: Path) -> tuple[str, str]:
@@ -36,13 +24,13 @@ def _strategies(path: Path) -> tuple[str, str]:
 
 
 def test_the_groups_use_range_by_default(tmp_path: Path) -> None:
-    assert _strategies(_config(tmp_path)) == ("range", "range")
+    assert _strategies(demo_config(tmp_path)) == ("range", "range")
 
 
 def test_cooperative_sticky_is_taken_by_the_processors_and_the_sinks(tmp_path: Path) -> None:
-    assert _strategies(_config(tmp_path, assignor="cooperative-sticky")) == ("cooperative-sticky",) * 2
+    assert _strategies(demo_config(tmp_path, kafka={"assignor": "cooperative-sticky"})) == ("cooperative-sticky",) * 2
 
 
 def test_an_assignor_librdkafka_would_not_take_names_the_key(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"kafka\.assignor"):
-        load_config(_config(tmp_path, assignor="roundrobin-ish"))
+        load_config(demo_config(tmp_path, kafka={"assignor": "roundrobin-ish"}))

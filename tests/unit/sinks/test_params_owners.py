@@ -6,7 +6,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import yaml
 
 from crmflow.config import load_config
 from crmflow.exceptions import ConfigError
@@ -15,20 +14,15 @@ from sinks.params import SinkParams
 from sinks.postgres.migrate import in_schema, load_migrations
 from sinks.postgres.refusals import ownership_refusal
 from sinks.postgres.tables import TABLES, tables_for
+from tests import demo_config
 
 pytestmark = pytest.mark.unit
 
-DEMO = Path(__file__).resolve().parents[3] / "deploy" / "demo" / "crmflow.yaml"
+DEMO = demo_config.DEMO
 
 
 def _config(tmp_path: Path, **target: object) -> Path:
-    raw = yaml.safe_load(DEMO.read_text())
-    for src in raw["sources"].values():
-        src["path"] = str(DEMO.parent / Path(src["path"]).name)
-    raw["target"].update(target)
-    path = tmp_path / "crmflow.yaml"
-    path.write_text(yaml.safe_dump(raw, sort_keys=False))
-    return path
+    return demo_config.demo_config(tmp_path, target=target)
 
 
 def test_params_carry_the_schema_and_the_writing_system(tmp_path: Path) -> None:
