@@ -219,13 +219,10 @@ class Probe:
         return {m.client_id: [tp.partition for tp in m.assignment.topic_partitions if tp.topic == topic]
                 for m in description.members}
 
-    def committed_of(self, topic: str, partitions: list[int]) -> int:
-        """Offsets the group committed on these partitions of ``topic`` (0 while it cannot say)."""
-        try:
-            done = self._consumer.committed([TopicPartition(topic, p) for p in partitions], timeout=2)
-        except KafkaException:
-            return 0
-        return sum(max(tp.offset, 0) for tp in done)
+    def stable_of(self, topic: str, partitions: list[int]) -> int:
+        """Committed records on these partitions of ``topic`` (see :meth:`stable`)."""
+        ends = self._ends([topic], IsolationLevel.READ_COMMITTED)
+        return sum(ends.get((topic, p), 0) for p in partitions)
 
     def close(self) -> None:
         self._consumer.close()
@@ -441,11 +438,13 @@ def test_a_worker_added_and_one_removed_mid_run_commit_every_output_exactly_once
         services = [*workers.values(), p.sink]
 
         def resolving_worker() -> str | None:
-            """A worker whose dedupe partitions have committed resolutions (it holds deduper state)."""
+            """A worker whose dedupe partitions hold committed deduper state (changelog entries on its partitions
+            of the state topic: the group's offsets on the dedupe topic are withheld while transactions hold
+            pending ones, see ``Probe.stable``)."""
             owned = probe.owned(dedupe)
             for w in workers:
                 mine = owned.get(f"{probe.group}-{w}-consumer", [])
-                if len(owned) == 2 and mine and probe.committed_of(dedupe, mine) >= accounts // 20:
+                if len(owned) == 2 and mine and probe.stable_of(f"{dedupe}.state", mine) >= accounts // 20:
                     return w
             return None
 
