@@ -183,8 +183,7 @@ class BlockKeyer:
         self.entity = config.entity
         self.hashed = config.hash_block_keys
         self.builtin = config.builtin_blocking
-        self.passes = block_passes(config)
-        self._passes = tuple(_Pass(spec, config.entity) for spec in self.passes)
+        self._passes = tuple(_Pass(spec, config.entity) for spec in block_passes(config))
         secret = config.block_key_secret
         # Keyed once: each key's digest starts from a copy (keying costs a compression per new hash object).
         key = secret.get_secret_value().encode() if secret is not None else b""
