@@ -33,6 +33,7 @@ from fastavro.read import SchemaResolutionError
 from fastavro.schema import to_parsing_canonical_form
 from fastavro.validation import validate
 
+from crmflow.avro_compiled import TRUNCATED, compile_schema
 from crmflow.exceptions import TerminalError
 from crmflow.registry import (
     TRANSPORT_ERRORS,
@@ -173,8 +174,8 @@ class AvroDecoder:
     def __init__(self, registry_client: SchemaRegistryClient, reader: ParsedSchema | None = None) -> None:
         self._client = registry_client
         self._reader = reader
-        # schema id -> (writer, reader or None when they are the same schema)
-        self._plans: dict[int, tuple[Any, Any]] = {}
+        # schema id -> (writer, reader or None when they are the same schema, the compiled decoder or None)
+        self._plans: dict[int, tuple[Any, Any, Any]] = {}
 
     @property
     def reader(self) -> ParsedSchema | None:
@@ -186,9 +187,12 @@ class AvroDecoder:
         # Compare canonical forms: the registry may hand back the same schema formatted differently, and
         # decoding without resolution is about twice as fast.
         same = reader is None or _canonical(schema) == _canonical(reader)
-        self._plans[schema_id] = (schema.parsed, None if same or reader is None else reader.parsed)
+        # Without resolution, the schema's compiled decoder reads it (crmflow.avro_compiled); with
+        # resolution, or a schema it does not compile, fastavro does.
+        fast = compile_schema(schema.parsed).decode if same else None
+        self._plans[schema_id] = (schema.parsed, None if same or reader is None else reader.parsed, fast)
 
-    def _plan(self, schema_id: int, origin: str | None) -> tuple[Any, Any]:
+    def _plan(self, schema_id: int, origin: str | None) -> tuple[Any, Any, Any]:
         plan = self._plans.get(schema_id)
         if plan is not None:
             return plan
@@ -222,7 +226,9 @@ class AvroDecoder:
     def decode(self, data: bytes, *, origin: str | None = None) -> dict[str, Any]:
         """Decode one message value. ``origin`` (``topic[partition]@offset``) only labels errors."""
         schema_id = split_header(data, origin=origin)
-        writer, reader = self._plan(schema_id, origin)
+        writer, reader, fast = self._plan(schema_id, origin)
+        if fast is not None:
+            return self._decode_fast(fast, data, schema_id, origin)
         buf = io.BytesIO(data)
         buf.seek(HEADER_SIZE)
         try:
@@ -243,6 +249,38 @@ class AvroDecoder:
         if buf.tell() != len(data):
             raise SchemaMismatchError(
                 f"{len(data) - buf.tell()} bytes left after the record at offset {buf.tell()}: the body "
+                f"was not written with schema id {schema_id}",
+                origin=origin,
+                schema_id=schema_id,
+            )
+        if not isinstance(record, dict):
+            raise SchemaMismatchError(
+                f"schema id {schema_id} does not describe a record", origin=origin, schema_id=schema_id
+            )
+        return record
+
+    @staticmethod
+    def _decode_fast(fast: Any, data: bytes, schema_id: int, origin: str | None) -> dict[str, Any]:
+        try:
+            record, end = fast(data, HEADER_SIZE)
+        except TRUNCATED:
+            record, end = None, len(data) + 1
+        except _READ_ERRORS as exc:
+            # Decoding garbage may raise anything, and its text could echo bytes of the payload.
+            raise SchemaMismatchError(
+                f"cannot decode body with schema id {schema_id}: {type(exc).__name__}",
+                origin=origin,
+                schema_id=schema_id,
+            ) from None
+        if end > len(data):
+            raise TruncatedMessageError(
+                f"Avro body ends early: {len(data)} bytes do not hold a record of schema id {schema_id}",
+                origin=origin,
+                schema_id=schema_id,
+            )
+        if end != len(data):
+            raise SchemaMismatchError(
+                f"{len(data) - end} bytes left after the record at offset {end}: the body "
                 f"was not written with schema id {schema_id}",
                 origin=origin,
                 schema_id=schema_id,
@@ -287,6 +325,7 @@ class AvroCodec:
         self.schema_id = self._register(registry_client, auto_register)
         self._header = _HEADER.pack(MAGIC_BYTE, self.schema_id)
         self._parsed = self.schema.parsed
+        self._fast = compile_schema(self._parsed).encode
         self._decoder = AvroDecoder(registry_client, self.schema)
         self._decoder.know(self.schema_id, self.schema)
 
@@ -331,6 +370,13 @@ class AvroCodec:
 
     def encode(self, obj: Mapping[str, Any]) -> bytes:
         """One record to Confluent-framed Avro bytes."""
+        if self._fast is not None:
+            out = bytearray(self._header)
+            try:
+                self._fast(obj, out)
+            except _WRITE_ERRORS:
+                raise self._encode_error(obj) from None
+            return bytes(out)
         buf = io.BytesIO()
         buf.write(self._header)
         try:
@@ -341,6 +387,8 @@ class AvroCodec:
 
     def encode_many(self, objs: Iterable[Mapping[str, Any]]) -> list[bytes]:
         """Many records, reusing one buffer; fails on the first record that does not fit."""
+        if self._fast is not None:
+            return self._encode_fast(objs)
         out: list[bytes] = []
         buf = io.BytesIO()
         buf.write(self._header)
@@ -353,6 +401,20 @@ class AvroCodec:
             except _WRITE_ERRORS:
                 raise self._encode_error(obj, index=len(out)) from None
             out.append(buf.getvalue())
+        return out
+
+    def _encode_fast(self, objs: Iterable[Mapping[str, Any]]) -> list[bytes]:
+        out: list[bytes] = []
+        buf = bytearray(self._header)
+        encode = self._fast
+        assert encode is not None
+        for obj in objs:
+            try:
+                encode(obj, buf)
+            except _WRITE_ERRORS:
+                raise self._encode_error(obj, index=len(out)) from None
+            out.append(bytes(buf))
+            del buf[HEADER_SIZE:]
         return out
 
     def _encode_error(self, obj: Mapping[str, Any], index: int | None = None) -> RecordEncodeError:
