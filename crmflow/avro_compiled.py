@@ -28,7 +28,7 @@ from fastavro.read import LOGICAL_READERS
 from fastavro.validation import validate
 from fastavro.write import LOGICAL_WRITERS
 
-__all__ = ["TRUNCATED", "CompiledSchema", "compile_schema"]
+__all__ = ["LENGTHS", "TRUNCATED", "CompiledSchema", "compile_schema", "varint"]
 
 # What a compiled decoder raises when its input ends early. It may also return a position past the end
 # instead (a string cut short), which the caller reports as the same truncation.
@@ -38,10 +38,10 @@ Decode = Callable[[bytes, int], tuple[Any, int]]
 Encode = Callable[[Any, bytearray], None]
 
 _MAX_LONG = 1 << 63
-_SMALL = 2048  # longs in [-_SMALL, _SMALL) and lengths below 2 * _SMALL come from tables
+_SMALL = 2048  # longs in [-_SMALL, _SMALL) come from a table
 
 
-def _varint(n: int) -> bytes:
+def varint(n: int) -> bytes:
     """Avro's long: zig-zag, then 7 bits a byte, least significant first."""
     if not -_MAX_LONG <= n < _MAX_LONG:
         raise OverflowError("long out of range")
@@ -54,8 +54,8 @@ def _varint(n: int) -> bytes:
     return bytes(out)
 
 
-_LONGS = [_varint(n) for n in range(-_SMALL, _SMALL)]
-_LENGTHS = _LONGS[_SMALL:]
+_LONGS = [varint(n) for n in range(-_SMALL, _SMALL)]
+LENGTHS = _LONGS[_SMALL:]  # LENGTHS[n] == varint(n): the length prefix of a string or bytes under 2,048 bytes
 
 
 def _long(n: Any) -> bytes:
@@ -63,7 +63,7 @@ def _long(n: Any) -> bytes:
         return _LONGS[n + _SMALL]
     if isinstance(n, str | bytes | bytearray):
         raise TypeError("a long must be a number")
-    return _varint(int(n))  # as fastavro does: a float or a Decimal is truncated
+    return varint(int(n))  # as fastavro does: a float or a Decimal is truncated
 
 
 def _read_long(data: bytes, pos: int) -> tuple[int, int]:
@@ -282,7 +282,7 @@ def _read_blocks(g: _Gen, d: int, into: str, empty: str, item: Callable[[int, st
 
 
 def _write_length(g: _Gen, d: int, n: str) -> None:
-    g.emit(d, f"out += _LENGTHS[{n}] if {n} < {2 * _SMALL} else _varint({n})")
+    g.emit(d, f"out += LENGTHS[{n}] if {n} < {len(LENGTHS)} else varint({n})")
 
 
 # The class a union branch's value has on the fast path; any other value is checked by fastavro's own
@@ -344,7 +344,7 @@ def _write(g: _Gen, d: int, schema: Any, value: str, *, branch: bool = False) ->
         g.emit(d + 1, "raise ValueError('fixed size')")
         g.emit(d, f"out += {value}")
     elif kind == "enum":
-        table = g.const({s: _varint(i) for i, s in enumerate(schema["symbols"])}, "E")
+        table = g.const({s: varint(i) for i, s in enumerate(schema["symbols"])}, "E")
         g.emit(d, f"out += {table}[{value}]")
     elif kind == "array":
         item = g.var("x")
@@ -373,9 +373,9 @@ def _write(g: _Gen, d: int, schema: Any, value: str, *, branch: bool = False) ->
             raise _UnsupportedError("a union other than null and one type")
         null = kinds.index("null")
         g.emit(d, f"if {value} is None:")
-        g.emit(d + 1, f"out += {_varint(null)!r}")
+        g.emit(d + 1, f"out += {varint(null)!r}")
         g.emit(d, "else:")
-        g.emit(d + 1, f"out += {_varint(1 - null)!r}")
+        g.emit(d + 1, f"out += {varint(1 - null)!r}")
         _write(g, d + 1, branches[1 - null], value, branch=True)
     elif kind in ("record", "error"):
 
@@ -415,9 +415,9 @@ def _build(kind: str, schema: Any, named: Mapping[str, Any]) -> tuple[Any, str]:
         "_read_long": _read_long,
         "_span": _span,
         "_long": _long,
-        "_varint": _varint,
+        "varint": varint,
         "_valid": _valid,
-        "_LENGTHS": _LENGTHS,
+        "LENGTHS": LENGTHS,
         **consts,
     }
     label = schema.get("name", "?") if isinstance(schema, dict) else schema

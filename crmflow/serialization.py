@@ -228,27 +228,12 @@ class AvroDecoder:
         schema_id = split_header(data, origin=origin)
         writer, reader, fast = self._plan(schema_id, origin)
         if fast is not None:
-            return self._decode_fast(fast, data, schema_id, origin)
-        buf = io.BytesIO(data)
-        buf.seek(HEADER_SIZE)
-        try:
-            record = schemaless_reader(buf, writer, reader)
-        except EOFError:
-            raise TruncatedMessageError(
-                f"Avro body ends early at offset {buf.tell()} of {len(data)} (schema id {schema_id})",
-                origin=origin,
-                schema_id=schema_id,
-            ) from None
-        except _READ_ERRORS as exc:
-            # Resolution errors name schemas, never values; decoding garbage may raise anything, and its
-            # text could echo bytes of the payload, so only the type name is kept.
-            detail = str(exc) if isinstance(exc, SchemaResolutionError) else type(exc).__name__
+            record, end = self._read_compiled(fast, data, schema_id, origin)
+        else:
+            record, end = self._read_fastavro(writer, reader, data, schema_id, origin)
+        if end != len(data):
             raise SchemaMismatchError(
-                f"cannot decode body with schema id {schema_id}: {detail}", origin=origin, schema_id=schema_id
-            ) from None
-        if buf.tell() != len(data):
-            raise SchemaMismatchError(
-                f"{len(data) - buf.tell()} bytes left after the record at offset {buf.tell()}: the body "
+                f"{len(data) - end} bytes left after the record at offset {end}: the body "
                 f"was not written with schema id {schema_id}",
                 origin=origin,
                 schema_id=schema_id,
@@ -260,11 +245,11 @@ class AvroDecoder:
         return record
 
     @staticmethod
-    def _decode_fast(fast: Any, data: bytes, schema_id: int, origin: str | None) -> dict[str, Any]:
+    def _read_compiled(fast: Any, data: bytes, schema_id: int, origin: str | None) -> tuple[Any, int]:
         try:
             record, end = fast(data, HEADER_SIZE)
         except TRUNCATED:
-            record, end = None, len(data) + 1
+            end = len(data) + 1
         except _READ_ERRORS as exc:
             # Decoding garbage may raise anything, and its text could echo bytes of the payload.
             raise SchemaMismatchError(
@@ -278,18 +263,27 @@ class AvroDecoder:
                 origin=origin,
                 schema_id=schema_id,
             )
-        if end != len(data):
-            raise SchemaMismatchError(
-                f"{len(data) - end} bytes left after the record at offset {end}: the body "
-                f"was not written with schema id {schema_id}",
+        return record, end
+
+    @staticmethod
+    def _read_fastavro(writer: Any, reader: Any, data: bytes, schema_id: int, origin: str | None) -> tuple[Any, int]:
+        buf = io.BytesIO(data)
+        buf.seek(HEADER_SIZE)
+        try:
+            return schemaless_reader(buf, writer, reader), buf.tell()
+        except EOFError:
+            raise TruncatedMessageError(
+                f"Avro body ends early at offset {buf.tell()} of {len(data)} (schema id {schema_id})",
                 origin=origin,
                 schema_id=schema_id,
-            )
-        if not isinstance(record, dict):
+            ) from None
+        except _READ_ERRORS as exc:
+            # Resolution errors name schemas, never values; decoding garbage may raise anything, and its
+            # text could echo bytes of the payload, so only the type name is kept.
+            detail = str(exc) if isinstance(exc, SchemaResolutionError) else type(exc).__name__
             raise SchemaMismatchError(
-                f"schema id {schema_id} does not describe a record", origin=origin, schema_id=schema_id
-            )
-        return record
+                f"cannot decode body with schema id {schema_id}: {detail}", origin=origin, schema_id=schema_id
+            ) from None
 
     def deserialize(self, data: bytes | None, ctx: SerializationContext | None = None) -> dict[str, Any] | None:
         """confluent-kafka's deserializer shape ``(data, ctx) -> obj``; ``None`` passes through."""

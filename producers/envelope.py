@@ -17,6 +17,8 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
+from crmflow.avro_compiled import LENGTHS as _LENGTHS
+from crmflow.avro_compiled import varint as _varint
 from crmflow.serialization import AvroCodec
 from producers.readers.base import Record
 
@@ -25,24 +27,10 @@ log = logging.getLogger(__name__)
 _LAYOUT = ["source", "entity", "source_key", "position", "run_id", "op", "captured_at", "fields"]
 
 
-def _varint(n: int) -> bytes:
-    """Avro's long: zig-zag, then 7 bits a byte, least significant first."""
-    z = (n << 1) ^ (n >> 63)
-    out = bytearray()
-    while z > 0x7F:
-        out.append((z & 0x7F) | 0x80)
-        z >>= 7
-    out.append(z)
-    return bytes(out)
-
-
-_LENGTHS = [_varint(n) for n in range(4096)]
-
-
 def _string(value: str) -> bytes:
     data = value.encode("utf-8")
     n = len(data)
-    return (_LENGTHS[n] if n < 4096 else _varint(n)) + data
+    return (_LENGTHS[n] if n < len(_LENGTHS) else _varint(n)) + data
 
 
 def _shape_ok(parsed: Any) -> bool:
@@ -109,7 +97,7 @@ class EnvelopeEncoder:
                     else:
                         data = value.encode("utf-8")
                         n = len(data)
-                        parts += (pair[0], lengths[n] if n < 4096 else _varint(n), data)
+                        parts += (pair[0], lengths[n] if n < len(lengths) else _varint(n), data)
             parts.append(b"\x00")
             out.append(b"".join(parts))
         return out

@@ -73,8 +73,8 @@ def parse_schema(schema: dict[str, Any]) -> dict[str, Any]:
 
 
 def _text(rng: random.Random) -> str:
-    size = rng.choice([0, 1, 5, 30, 200, 5000])
-    alphabet = "abcXYZ 09-@.éüßø漢字🙂"
+    size = rng.choice([0, 1, 5, 30, 63, 64, 200, 2047, 2048, 2049, 4095, 4096, 5000])
+    alphabet = "abcXYZ 09-@.éüßø漢字🙂" if rng.random() < 0.5 else "abcXYZ 09-@."  # lengths in bytes exact, or not
     return "".join(rng.choice(alphabet) for _ in range(size))
 
 
@@ -116,7 +116,7 @@ def value_of(schema: Any, named: dict[str, Any], rng: random.Random, depth: int 
     if kind == "double":
         return rng.uniform(-1e12, 1e12)
     if kind == "bytes":
-        return rng.randbytes(rng.choice([0, 3, 300]))
+        return rng.randbytes(rng.choice([0, 3, 300, 2047, 2048, 4096]))
     if kind == "string":
         return _text(rng)
     if kind == "fixed":
