@@ -21,7 +21,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from crmflow.exceptions import TransientError
 from sinks.exceptions import FlushAbortedError, RetriesExhaustedError, SinkTerminalError, SinkTransientError
@@ -32,9 +32,9 @@ TopicPartitionKey = tuple[str, int]
 T = TypeVar("T")
 
 
-@dataclass(frozen=True, slots=True)
-class SinkRecord:
-    """One decoded mapped record and where it came from.
+class SinkRecord(NamedTuple):
+    """One decoded mapped record and where it came from (a named tuple: built once per message, and a frozen
+    dataclass's ``object.__setattr__`` per field costs more than the sink's bookkeeping of it).
 
     ``value`` is the target entity as decoded from Avro (dates as ``date``, decimals as ``Decimal``).
     ``key`` and ``raw_value`` are the original message bytes: a target that holds a record back

@@ -52,7 +52,7 @@ import logging
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import psycopg
@@ -569,7 +569,7 @@ def _changes(
                 earlier = out[prev].value
                 still = [f for f in fill if f in (earlier.get("unchanged_fields") or ())]
                 value = {**value, **{f: earlier.get(f) for f in fill}, "unchanged_fields": still}
-                out[i] = replace(out[i], value=value)
+                out[i] = out[i]._replace(value=value)
             last[key] = i
             kept.append(i)
         gone = {k: i for k, i in last.items() if out[i].value.get("deleted")}
