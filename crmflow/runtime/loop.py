@@ -420,9 +420,9 @@ class TransactionalRuntime:
                 undecodable.append((msg, f"{topic}[{partition}]@{offset}: a tombstone (no value) is not a record"))
                 continue
             try:
-                value = self._decoders[topic].decode(raw, origin=f"{topic}[{partition}]@{offset}")
-            except SerializationError as exc:
-                undecodable.append((msg, str(exc)))
+                value = self._decoders[topic].decode(raw)
+            except SerializationError as exc:  # its origin is formatted here, not for every message
+                undecodable.append((msg, f"{topic}[{partition}]@{offset}: {exc}"))
                 continue
             headers = msg.headers()
             records.append(InRecord(topic, partition, offset, msg.key(), value, raw,
