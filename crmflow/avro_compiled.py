@@ -58,9 +58,25 @@ _LONGS = [varint(n) for n in range(-_SMALL, _SMALL)]
 LENGTHS = _LONGS[_SMALL:]  # LENGTHS[n] == varint(n): the length prefix of a string or bytes under 2,048 bytes
 
 
+_last_long: tuple[int | None, bytes] = (None, b"")
+
+
 def _long(n: Any) -> bytes:
-    if n.__class__ is int and -_SMALL <= n < _SMALL:
-        return _LONGS[n + _SMALL]
+    global _last_long  # a one-entry memo, swapped as one tuple (atomic)
+    if n.__class__ is int:
+        if -_SMALL <= n < _SMALL:
+            return _LONGS[n + _SMALL]
+        z = (n << 1) ^ (n >> 63)
+        if z < 0x200000:  # two or three bytes: a date's days, a count, an amount in cents
+            if z < 0x4000:
+                return bytes((z & 0x7F | 0x80, z >> 7))
+            return bytes((z & 0x7F | 0x80, z >> 7 & 0x7F | 0x80, z >> 14))
+        last = _last_long
+        if last[0] == n:  # an instant repeats record after record (a batch is mapped within milliseconds)
+            return last[1]
+        out = varint(n)
+        _last_long = (n, out)
+        return out
     if isinstance(n, str | bytes | bytearray):
         raise TypeError("a long must be a number")
     return varint(int(n))  # as fastavro does: a float or a Decimal is truncated

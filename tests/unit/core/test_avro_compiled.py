@@ -312,3 +312,18 @@ def test_what_is_not_compiled_stays_on_fastavro() -> None:
     assert compiled.decode is not None
     body = fastavro_bytes(either, {"x": 42})
     assert compiled.decode(body, 0) == ({"x": 42}, len(body))
+
+
+def test_every_path_of_a_long_writes_the_varint() -> None:
+    """The table, the two- and three-byte paths, the memo of the last instant (hit, then missed), the loop."""
+    from crmflow.avro_compiled import _long, varint
+
+    edges = [0, 1, -1, 2047, -2048, 2048, -2049, 8191, 8192, 0x1FFF, -0x2000, 0xFFFFF, -0x100000, 0x100000, -0x100001]
+    instants = [1_764_900_000_000, 1_764_900_000_000, 1_764_900_000_001, 1_764_900_000_000, (1 << 63) - 1, -(1 << 63)]
+    rng = random.Random(11)
+    spread = [rng.randint(-(1 << 63), (1 << 63) - 1) >> rng.randint(0, 62) for _ in range(3000)]
+    long_schema = parse_schema({"type": "long"})
+    for n in edges + instants + spread:
+        assert _long(n) == varint(n) == fastavro_bytes(long_schema, n), n
+    with pytest.raises(OverflowError):
+        _long(1 << 63)
