@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
+import orjson
+
 from producers.sources import normalize_ws
 
 log = logging.getLogger(__name__)
@@ -101,7 +103,7 @@ class KeyLog:
         self.path = path
         self.source, self.entity, self.reader_name = source, entity, reader_name
         self._pending: list[tuple[str, int]] = []
-        self._fh: IO[str] | None = None
+        self._fh: IO[bytes] | None = None
 
     @classmethod
     def disabled(cls) -> KeyLog:
@@ -118,12 +120,13 @@ class KeyLog:
         if self._fh is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             new = not self.path.exists() or self.path.stat().st_size == 0
-            self._fh = self.path.open("a", encoding="utf-8")
+            self._fh = self.path.open("ab")
             if new:
                 head = {"source": self.source, "entity": self.entity, "name": self.reader_name}
-                self._fh.write(json.dumps(head) + "\n")
-        dumps = json.dumps
-        self._fh.write("".join(dumps([k, n], ensure_ascii=False) + "\n" for k, n in self._pending))
+                self._fh.write(orjson.dumps(head) + b"\n")
+        # orjson: json.dumps with ensure_ascii=False builds an encoder per call, most of a snapshot's key logging
+        dumps = orjson.dumps
+        self._fh.write(b"".join(dumps([k, n]) + b"\n" for k, n in self._pending))
         self._fh.flush()
         os.fsync(self._fh.fileno())
         self._pending.clear()
