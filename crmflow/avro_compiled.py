@@ -83,23 +83,34 @@ def _long(n: Any) -> bytes:
 
 
 def _read_long(data: bytes, pos: int) -> tuple[int, int]:
-    """A varint at ``pos``; the generated code inlines the one-byte case and calls this for longer ones."""
-    b = data[pos]
-    pos += 1
-    n = b & 0x7F
-    shift = 7
-    while b & 0x80:
+    """A varint of two bytes or more at ``pos`` (the generated code reads one-byte ones itself). The second and
+    third bytes are unrolled: a date's days take three."""
+    n = data[pos] & 0x7F
+    b = data[pos + 1]
+    n |= (b & 0x7F) << 7
+    if b < 0x80:
+        return (n >> 1) ^ -(n & 1), pos + 2
+    b = data[pos + 2]
+    n |= (b & 0x7F) << 14
+    if b < 0x80:
+        return (n >> 1) ^ -(n & 1), pos + 3
+    pos += 3
+    shift = 21
+    while True:
         b = data[pos]
         pos += 1
         n |= (b & 0x7F) << shift
+        if b < 0x80:
+            return (n >> 1) ^ -(n & 1), pos
         shift += 7
-        if shift > 70:
+        if shift > 63:
             raise ValueError("varint longer than 10 bytes")
-    return (n >> 1) ^ -(n & 1), pos
 
 
 def _span(data: bytes, pos: int) -> tuple[bytes, int]:
     """Length-prefixed bytes at ``pos``, for a length of 64 or more (the generated code reads shorter ones)."""
+    if data[pos] < 0x80:  # one byte, and not a length the generated code reads: a negative one
+        raise ValueError("negative length")
     n, pos = _read_long(data, pos)
     if n < 0:
         raise ValueError("negative length")

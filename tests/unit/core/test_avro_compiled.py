@@ -314,7 +314,7 @@ def test_what_is_not_compiled_stays_on_fastavro() -> None:
     assert compiled.decode(body, 0) == ({"x": 42}, len(body))
 
 
-def test_every_path_of_a_long_writes_the_varint() -> None:
+def test_every_path_of_a_long_writes_and_reads_the_varint() -> None:
     """The table, the two- and three-byte paths, the memo of the last instant (hit, then missed), the loop."""
     from crmflow.avro_compiled import _long, varint
 
@@ -323,7 +323,11 @@ def test_every_path_of_a_long_writes_the_varint() -> None:
     rng = random.Random(11)
     spread = [rng.randint(-(1 << 63), (1 << 63) - 1) >> rng.randint(0, 62) for _ in range(3000)]
     long_schema = parse_schema({"type": "long"})
+    decode = compile_schema(long_schema).decode
+    assert decode is not None
     for n in edges + instants + spread:
-        assert _long(n) == varint(n) == fastavro_bytes(long_schema, n), n
+        body = fastavro_bytes(long_schema, n)
+        assert _long(n) == varint(n) == body, n
+        assert decode(body + b"more", 0) == (n, len(body)), n  # the one-byte, unrolled and looped reads
     with pytest.raises(OverflowError):
         _long(1 << 63)
