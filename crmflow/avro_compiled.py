@@ -320,6 +320,13 @@ _BRANCH_CLASS = {
 }  # fmt: skip
 
 
+def _with_names(schema: Any, named: Mapping[str, Any]) -> Any:
+    """``schema`` as fastavro's validation takes a parsed one: carrying the named types it may refer to."""
+    if isinstance(schema, dict):
+        return {**schema, "__fastavro_parsed": True, "__named_schemas": dict(named)}
+    return schema
+
+
 def _valid(value: Any, schema: Any) -> bool:
     try:
         return bool(validate(value, schema, raise_errors=False))
@@ -344,7 +351,8 @@ def _write(g: _Gen, d: int, schema: Any, value: str, *, branch: bool = False) ->
             if kind == "int"
             else f"{value}.__class__ is {_BRANCH_CLASS[kind]}"
         )
-        g.emit(d, f"if not ({fast}) and not _valid({value}, {g.const(schema, 'T')}):")
+        checked = g.const(_with_names(schema, g.named), "T")
+        g.emit(d, f"if not ({fast}) and not _valid({value}, {checked}):")
         g.emit(d + 1, "raise ValueError('no branch of the union takes the value')")
     if kind == "null":
         pass  # written as nothing, whatever the value (as fastavro does)
