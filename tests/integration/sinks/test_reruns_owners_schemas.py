@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -47,7 +46,7 @@ def snapshot(query: Query, dsn: str, schema: str = "crm") -> dict[str, list[tupl
 
 def in_run(batch: Sequence[SinkRecord], run_id: str) -> list[SinkRecord]:
     """``batch`` as a later run delivers it: same values, another run id (what `crmflow migrate` does)."""
-    return [replace(r, value={**r.value, "run_id": run_id}) for r in batch]
+    return [r._replace(value={**r.value, "run_id": run_id}) for r in batch]
 
 
 def demo_batch(records: Any, golden: bool = False) -> list[SinkRecord]:
@@ -91,7 +90,7 @@ def test_a_rerun_of_unchanged_data_touches_nothing_and_counts_as_unchanged(
 
     # The second run: the deduper's state already knows every record, so it sends no evidence; members of
     # the cluster arrive one by one (each with its own quality flags), in another order.
-    second = [replace(r, value={**r.value, "match_evidence": None}) if r.entity == "account" else r for r in batch]
+    second = [r._replace(value={**r.value, "match_evidence": None}) if r.entity == "account" else r for r in batch]
     with sink(dsn, system="demo") as s:
         for record in reversed(in_run(second, "run-2")):
             result = no_rejects(s.write_batch([record]))
@@ -118,8 +117,8 @@ def test_run_counts_count_updates_golden_accounts_and_flags(
     batch = demo_batch(records, golden=True)
     with sink(dsn, system="demo") as s:
         no_rejects(s.write_batch(in_run(batch, "run-1")))
-        changed = [replace(r, value={**r.value, "run_id": "run-2", "product": "Gadget"}) if r.entity == "sale"
-                   else replace(r, value={**r.value, "run_id": "run-2"}) for r in batch]
+        changed = [r._replace(value={**r.value, "run_id": "run-2", "product": "Gadget"}) if r.entity == "sale"
+                   else r._replace(value={**r.value, "run_id": "run-2"}) for r in batch]
         no_rejects(s.write_batch(changed))
         no_rejects(s.write_batch(changed))  # re-delivered within the run (a crash): counted once
     counts = run_counts(dsn, "crm", "run-2")
@@ -231,7 +230,7 @@ def test_a_second_schema_is_a_separate_target(pg_dsn_factory: Callable[[], str],
     with sink(dsn, system="demo") as s:
         no_rejects(s.write_batch(in_run(demo_batch(records), "demo-1")))
     before = snapshot(query, dsn)
-    other = [replace(r, value={**r.value, "run_id": "other-1", "full_name": "Other Name"})
+    other = [r._replace(value={**r.value, "run_id": "other-1", "full_name": "Other Name"})
              if r.entity == "account" else in_run([r], "other-1")[0] for r in demo_batch(records)]
     with sink(dsn, schema="crm_other", system="other") as s:
         no_rejects(s.write_batch(other))
