@@ -33,7 +33,7 @@ from fastavro.read import SchemaResolutionError
 from fastavro.schema import to_parsing_canonical_form
 from fastavro.validation import validate
 
-from crmflow.avro_compiled import TRUNCATED, compile_schema
+from crmflow.avro_compiled import TRUNCATED, CompiledSchema, compile_schema
 from crmflow.exceptions import TerminalError
 from crmflow.registry import (
     TRANSPORT_ERRORS,
@@ -164,6 +164,18 @@ def _canonical(schema: ParsedSchema) -> str:
     return _canonical_str(schema.schema_str)
 
 
+_COMPILED: dict[str, CompiledSchema] = {}
+
+
+def _compiled(schema: ParsedSchema) -> CompiledSchema:
+    """The schema's compiled code, once per schema text (a codec and its decoder share it; defaults and all, so
+    the full text is the key, not the canonical form)."""
+    found = _COMPILED.get(schema.schema_str)
+    if found is None:
+        found = _COMPILED[schema.schema_str] = compile_schema(schema.parsed)
+    return found
+
+
 class AvroDecoder:
     """Decodes Confluent-framed Avro into dicts shaped by a reader schema; never writes to the registry.
 
@@ -189,7 +201,7 @@ class AvroDecoder:
         same = reader is None or _canonical(schema) == _canonical(reader)
         # Without resolution, the schema's compiled decoder reads it (crmflow.avro_compiled); with
         # resolution, or a schema it does not compile, fastavro does.
-        fast = compile_schema(schema.parsed).decode if same else None
+        fast = _compiled(schema).decode if same else None
         self._plans[schema_id] = (schema.parsed, None if same or reader is None else reader.parsed, fast)
 
     def _plan(self, schema_id: int, origin: str | None) -> tuple[Any, Any, Any]:
@@ -319,7 +331,7 @@ class AvroCodec:
         self.schema_id = self._register(registry_client, auto_register)
         self._header = _HEADER.pack(MAGIC_BYTE, self.schema_id)
         self._parsed = self.schema.parsed
-        self._fast = compile_schema(self._parsed).encode
+        self._fast = _compiled(self.schema).encode
         self._decoder = AvroDecoder(registry_client, self.schema)
         self._decoder.know(self.schema_id, self.schema)
 
