@@ -108,8 +108,8 @@ class RuntimeOptions:
     retry_backoff_max_s: float = 10.0
     lag_interval_s: float = 2.0
     maintenance_interval_s: float = 5.0
-    #: With the stage's ``first_topics``: the longest the other topics stay paused in one go; then one consume is
-    #: theirs, so a first topic that never runs dry cannot starve them.
+    #: With the stage's ``first_topics``: the longest the other topics stay paused in one go; then it is their
+    #: turn (until read to their ends, at most ``_TURN_S``), so a first topic that never runs dry cannot starve them.
     first_hold_max_s: float = 30.0
     client_config: dict[str, Any] = field(default_factory=dict)  # librdkafka tuning (TLS/SASL live in ``kafka``)
 
@@ -145,11 +145,11 @@ class TransactionalRuntime:
         self._watchdog = CallWatchdog(stage.name, grace_s=5.0)  # librdkafka's calls can outlive their timeout
         self._next_lag = 0.0
         self._first = frozenset(stage.first_topics)
-        self._admin: AdminClient | None = None  # asks the broker for the paused partitions' ends (_waiting)
+        self._admin: AdminClient | None = None  # asks the broker for the paused partitions' ends (_behind)
         self._paused: set[TP] = set()  # partitions paused so that the first topics' backlog is read first
         self._held_since: float | None = None
         self._turn_until: float | None = None  # the other topics' turn (the first ones paused) ends then...
-        self._served = False  # ...or once they brought a batch
+        self._turn_wait: set[TP] = set()  # ...or once these partitions (found behind) were read to their end
         self.turns = 0  # the other topics' turns given
         self._failures = 0  # transactions aborted in a row (backoff)
         self.batches = 0
@@ -266,17 +266,18 @@ class TransactionalRuntime:
         a batch or more of unread messages (high watermark as last fetched, no broker round trip, minus the
         position), and resume them once that backlog is below a batch. After ``first_hold_max_s`` of that, it is
         the others' turn if the broker holds records of theirs past their positions (a paused partition's
-        watermark is not fetched, so it is asked): the first topics are paused instead until a batch brought
-        some of the others' messages, or for ``_TURN_S``, so a first topic that never runs dry cannot starve
-        the others, and a turn with nothing to read costs no pause of the first topics."""
+        watermark is not fetched, so it is asked): the first topics are paused instead until every partition
+        found behind was read to its end (its end-of-partition event, which librdkafka raises past transaction
+        markers too), or for ``_TURN_S``, so a first topic that never runs dry cannot starve the others, and a
+        turn with nothing to read costs no pause of the first topics."""
         if not self._first:
             return
         firsts = {tp for tp in self._assigned if tp[0] in self._first}
         others = self._assigned - firsts
         now = time.monotonic()
         want: set[TP] = set()
-        if self._turn_until is not None:  # the others' turn, until they brought a batch or it is up
-            if not self._served and now < self._turn_until:
+        if self._turn_until is not None:  # the others' turn, until they are read to their ends or it is up
+            if now < self._turn_until and not self._turn_wait <= self._at_end:
                 return
             self._turn_until, self._held_since = None, now
         if self._backlog(consumer, firsts) < self.opts.batch_size:
@@ -284,8 +285,9 @@ class TransactionalRuntime:
         elif self._held_since is None or now - self._held_since <= self.opts.first_hold_max_s:
             self._held_since = self._held_since or now
             want = others
-        elif self._waiting(consumer, others):
-            self._turn_until, self._served, want = now + _TURN_S, False, firsts
+        elif behind := self._behind(consumer, others):
+            self._turn_until, self._turn_wait, want = now + _TURN_S, behind, firsts
+            self._at_end -= behind  # seen at their end before they were paused: their next end counts
             self.turns += 1
         else:  # nothing of theirs to read: hold on
             self._held_since, want = now, others
@@ -300,17 +302,18 @@ class TransactionalRuntime:
             return
         self._paused = want
 
-    def _waiting(self, consumer: Consumer, partitions: set[TP]) -> bool:
-        """Whether the broker holds committed messages of ``partitions`` past their positions: a paused
+    def _behind(self, consumer: Consumer, partitions: set[TP]) -> set[TP]:
+        """Those of ``partitions`` of which the broker holds committed messages past their positions: a paused
         partition's watermark is not fetched, so it is asked, once per ``first_hold_max_s``, of an admin client
-        (the consumer's own connection is busy with a fetch that waits up to fetch.wait.max.ms). True when that
-        is not known: the turn then finds out."""
+        (the consumer's own connection is busy with a fetch that waits up to fetch.wait.max.ms). All of them
+        when that is not known: the turn then finds out. (A position moves past a transaction's commit marker:
+        measured on librdkafka 2.16, a partition read to its end has its position at the broker's end.)"""
         try:
             positions: dict[TP, int] = {}
             for tp in consumer.position([TopicPartition(t, p) for t, p in sorted(partitions)]):
                 position = tp.offset if tp.offset >= 0 else self._done.get((tp.topic, tp.partition), -1)
                 if position < 0:
-                    return True
+                    return set(partitions)
                 positions[(tp.topic, tp.partition)] = position
             if self._admin is None:
                 self._admin = AdminClient(kafka_config(self.opts.kafka, {
@@ -318,13 +321,12 @@ class TransactionalRuntime:
             asked = self._admin.list_offsets(
                 {TopicPartition(t, p): OffsetSpec.latest() for t, p in positions},  # type: ignore[no-untyped-call]
                 isolation_level=IsolationLevel.READ_COMMITTED, request_timeout=_WATERMARK_TIMEOUT_S)
-            for tp, future in asked.items():
-                if future.result(timeout=_WATERMARK_TIMEOUT_S).offset > positions[(tp.topic, tp.partition)]:
-                    return True
+            behind = {(tp.topic, tp.partition) for tp, future in asked.items()
+                      if future.result(timeout=_WATERMARK_TIMEOUT_S).offset > positions[(tp.topic, tp.partition)]}
         except (KafkaException, concurrent.futures.TimeoutError) as exc:
             log.debug("the other topics' backlog is unknown: %s", exc)
-            return True
-        return False
+            return set(partitions)
+        return behind
 
     def _backlog(self, consumer: Consumer, partitions: set[TP]) -> int:
         """Unread messages of ``partitions`` (before a first fetch: from the last commit); 0 when unknown."""
@@ -355,7 +357,6 @@ class TransactionalRuntime:
             if tp in self._assigned:
                 self._at_end.discard(tp)
                 batch.append(msg)
-                self._served = self._served or tp[0] not in self._first
         return batch
 
     def _process(self, messages: list[Message]) -> None:
