@@ -146,6 +146,12 @@ def pass_key(feats: Features, spec: BlockingPass, entity: DedupeEntity) -> str |
 def raw_block_keys(feats: Features, entity: DedupeEntity) -> list[str]:
     """The clear-text block keys of a feature dict (sorted, unique): ``kind|value|...``."""
     keys: set[str] = set()
+    _builtin_keys(feats, entity, keys)
+    return sorted(keys)
+
+
+def _builtin_keys(feats: Features, entity: DedupeEntity, keys: set[str]) -> None:
+    """Add the built-in block keys of a feature dict to ``keys``."""
     if email := feats.get("em"):
         keys.add(f"e|{email}")
     if phone := feats.get("ph"):
@@ -168,7 +174,6 @@ def raw_block_keys(feats: Features, entity: DedupeEntity) -> list[str]:
                 keys.add(f"s|{numbers}|{soundex(name)}|{pair}")
     elif pair and (parent := feats.get("pa")):
         keys.add(f"a|{parent}|{pair}")
-    return sorted(keys)
 
 
 def block_passes(config: DedupeConfig) -> tuple[BlockingPass, ...]:
@@ -194,21 +199,25 @@ class BlockKeyer:
         return sorted(self._raw(feats))
 
     def _raw(self, feats: Features) -> set[str]:
-        keys = set(raw_block_keys(feats, self.entity)) if self.builtin else set()
+        keys: set[str] = set()
+        if self.builtin:
+            _builtin_keys(feats, self.entity, keys)
         for spec in self._passes:
             if (key := spec.key(feats)) is not None:
                 keys.add(key)
         return keys
 
     def keys(self, feats: Features) -> list[str]:
+        """The record's block keys, sorted: ``kind:<digest>`` (or clear text with ``hash_block_keys`` off)."""
         if not self.hashed:
             return self.raw_keys(feats)
-        return sorted({f"{key.partition('|')[0]}:{self._digest(key)}" for key in self._raw(feats)})
-
-    def _digest(self, key: str) -> str:
-        h = self._keyed.copy()
-        h.update(key.encode())
-        return h.hexdigest()
+        keyed, out = self._keyed, []
+        for key in self._raw(feats):
+            h = keyed.copy()
+            h.update(key.encode())
+            out.append(f"{key[: key.index('|')]}:{h.hexdigest()}")
+        out.sort()
+        return out
 
 
 def shard_key(record: Mapping[str, Any], entity: DedupeEntity = "account") -> str:

@@ -282,8 +282,8 @@ class Deduper:
                 continue
             # In id order, whichever of the two arrived first: the decision is a function of the pair.
             first, second = (feats, cand_feats) if rid < cand else (cand_feats, feats)
-            comparison = self.scorer.compare(first, second)
-            if not comparison.matched and comparison.veto is None:
+            comparison = self.scorer.match(first, second)
+            if comparison is None:
                 continue
             if comparison.veto is not None:
                 evidence.append({**comparison.evidence(cand, gid), "decision": "vetoed"})

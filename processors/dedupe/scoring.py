@@ -27,7 +27,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, Final, NamedTuple
 
 from rapidfuzz.distance import OSA, JaroWinkler
 
@@ -152,6 +152,19 @@ class _Compiled:
     weights: tuple[float, ...]
     veto: bool
     cap: float | None
+    comparator: str
+
+
+#: Comparators whose level costs about a dict lookup: match() scores them first.
+_CHEAP: Final = frozenset({"exact", "date", "numeric", "postcode"})
+#: A bound below the threshold by less than this is not trusted (the bound sums weights in another order).
+_BOUND_MARGIN: Final = 1e-9
+
+
+def _top(comp: _Compiled) -> float:
+    """The most bits one comparison can add."""
+    top = max(comp.weights)
+    return top if comp.cap is None else max(top, comp.cap)
 
 
 class Scorer:
@@ -176,11 +189,20 @@ class Scorer:
                 cap = config.identifier_disagreement_bits if spec.identifier else None
                 floors = tuple(spec.levels or comparators.DEFAULT_LEVELS["name"])
                 self._fs.append(_Compiled(spec.field, feature_key(spec.field, entity), part, fn, floors, cm.weights,
-                                          spec.field in self.vetoes, cap))  # fmt: skip
+                                          spec.field in self.vetoes, cap, spec.comparator))  # fmt: skip
             p = config.match_probability
             self.threshold_bits = math.log2(p / (1 - p)) - self.model.prior_bits
         else:
             self.threshold_bits = math.inf
+        # The bound check of match(): the names' best weights, the costly comparisons' best weights (taken
+        # when both values are present), and the cheap ones, each with its level function.
+        self._names_top = sum(_top(comp) for comp in self._fs if comp.part is not None)
+        self._dear = [(comp.key, _top(comp)) for comp in self._fs
+                      if comp.part is None and comp.comparator not in _CHEAP]  # fmt: skip
+        self._cheap = [(comp.key, comp.level, comp.weights, _top(comp), comp.cap) for comp in self._fs
+                       if comp.part is None and comp.comparator in _CHEAP]  # fmt: skip
+        rules = config.deterministic_rules
+        self._rule_keys = [key for rule, key in (("email", "em"), ("phone", "ph")) if rule in rules]
         # Veto fields without a comparison (points mode, or not compared): disagreement = not equal after folding.
         compared = {comp.key for comp in self._fs} if self.fellegi_sunter else set()
         self._plain_vetoes = [
@@ -208,6 +230,47 @@ class Scorer:
             if x is not None and y is not None and fold(str(x)) != fold(str(y)):
                 return field
         return None
+
+    def match(self, a: Features, b: Features) -> Comparison | None:
+        """:meth:`compare`, or None for a pair that can neither match nor be vetoed (the deduper's question).
+
+        Most blocked pairs are two different people whose cheap fields (e-mail, phone, birth date, postcode)
+        already disagree: when the bits of those fields plus the most the names and the costly comparisons
+        could add stay below the threshold, the pair cannot match, and the names are never compared. A pair
+        that a deterministic rule may decide (equal e-mail or phone) is always compared in full."""
+        if self.fellegi_sunter and self._hopeless(a, b):
+            return None
+        comparison = self.compare(a, b)
+        return comparison if comparison.matched or comparison.veto is not None else None
+
+    def _hopeless(self, a: Features, b: Features) -> bool:
+        """Whether the pair's bits cannot reach the threshold, from its cheap fields and an upper bound."""
+        for key in self._rule_keys:
+            x = a.get(key)
+            if x is not None and x == b.get(key):
+                return False
+        bound = self._names_top
+        for key, top in self._dear:
+            if a.get(key) is not None and b.get(key) is not None:
+                bound += top
+        present = []
+        for entry in self._cheap:
+            key = entry[0]
+            x, y = a.get(key), b.get(key)
+            if x is not None and y is not None:
+                bound += entry[3]
+                present.append((entry, x, y))
+        threshold = self.threshold_bits - _BOUND_MARGIN
+        if bound < threshold:
+            return True
+        for (_, level, weights, top, cap), x, y in present:
+            w = weights[level(x, y)]
+            if cap is not None and w < cap:
+                w = cap
+            bound += w - top
+            if bound < threshold:
+                return True
+        return False
 
     def compare(self, a: Features, b: Features) -> Comparison:
         c = self.config
