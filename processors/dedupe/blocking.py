@@ -60,7 +60,6 @@ import jellyfish
 from processors.dedupe.config import BlockingPass, BlockPart, DedupeConfig, DedupeEntity, KeyTransform
 from processors.dedupe.features import (
     Features,
-    extract,
     feature_key,
     fold,
     initial,
@@ -227,4 +226,8 @@ def shard_key(record: Mapping[str, Any], entity: DedupeEntity = "account") -> st
     and does not depend on e-mail, phone or address. Records without both name parts get ``"_"``.
     See the module docs of :mod:`processors.dedupe` for what partitioning by it loses.
     """
-    return initials_pair(extract(record, entity)) or "_"
+    # initials_pair of the record's features, read from the record itself (both entities name them alike)
+    a, b = initial(record.get("first_name")), initial(record.get("last_name"))
+    if not a or not b:
+        return "_"
+    return a + b if a <= b else b + a

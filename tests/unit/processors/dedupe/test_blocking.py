@@ -8,7 +8,7 @@ import pytest
 from pydantic import SecretStr
 
 from processors.dedupe import BlockKeyer, DedupeConfig, Deduper, raw_block_keys, shard_key
-from processors.dedupe.features import extract
+from processors.dedupe.features import extract, initials_pair
 
 pytestmark = pytest.mark.unit
 
@@ -98,3 +98,13 @@ def test_shard_key_keeps_variations_of_a_person_together(account: Any) -> None:
                 account(first_name="John K.", email=None), account(last_name="Deo")]  # fmt: skip
     assert {shard_key(v) for v in variants} == {"dj"}
     assert shard_key(account(first_name=None)) == "_"
+
+
+@pytest.mark.parametrize("names", [("John", "Doe"), ("", "Doe"), ("John", ""), (None, None), ("Émile", "Ölz"),
+                                   ("  j.", "d"), ("..", "Doe"), ("Doe", "John")])  # fmt: skip
+def test_shard_key_is_the_sorted_initials_of_the_features(account: Any, contact: Any, names: tuple[Any, Any]) -> None:
+    """Read from the record itself: the same key as the features' initials pair, for both entities."""
+    first, last = names
+    for record, entity in ((account(first_name=first, last_name=last), "account"),
+                           (contact(first_name=first, last_name=last), "contact")):  # fmt: skip
+        assert shard_key(record, entity) == (initials_pair(extract(record, entity)) or "_")  # type: ignore[arg-type]
