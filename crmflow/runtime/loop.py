@@ -149,7 +149,8 @@ class TransactionalRuntime:
         self._paused: set[TP] = set()  # partitions paused so that the first topics' backlog is read first
         self._held_since: float | None = None
         self._turn_until: float | None = None  # the other topics' turn (the first ones paused) ends then...
-        self._turn_wait: set[TP] = set()  # ...or once these partitions (found behind) were read to their end
+        self._turn_wait: dict[TP, int] = {}  # ...or once these partitions were read to these ends (-1: unknown)
+        self._reached: dict[TP, int] = {}  # the offset of each assigned partition's last end-of-partition event
         self.turns = 0  # the other topics' turns given
         self._failures = 0  # transactions aborted in a row (backoff)
         self.batches = 0
@@ -277,7 +278,7 @@ class TransactionalRuntime:
         now = time.monotonic()
         want: set[TP] = set()
         if self._turn_until is not None:  # the others' turn, until they are read to their ends or it is up
-            if now < self._turn_until and not self._turn_wait <= self._at_end:
+            if now < self._turn_until and not self._turn_done():
                 return
             self._turn_until, self._held_since = None, now
         if self._backlog(consumer, firsts) < self.opts.batch_size:
@@ -290,7 +291,7 @@ class TransactionalRuntime:
             # Seen at their end before they were paused: their next end counts. A resumed partition raises its
             # end-of-partition event again even with nothing new (librdkafka 2.16, measured), so one taken for
             # behind (the broker could not be asked) is back at its end at once, and a drain still completes.
-            self._at_end -= behind
+            self._at_end -= behind.keys()
             self.turns += 1
         else:  # nothing of theirs to read: hold on
             self._held_since, want = now, others
@@ -305,8 +306,14 @@ class TransactionalRuntime:
             return
         self._paused = want
 
-    def _behind(self, consumer: Consumer, partitions: set[TP]) -> set[TP]:
-        """Those of ``partitions`` of which the broker holds committed messages past their positions: a paused
+    def _turn_done(self) -> bool:
+        """Whether every partition of the others' turn raised its end-of-partition event since the turn began, at
+        the end the broker gave for it or later (an event raised before the turn, still queued, does not end it)."""
+        return all(tp in self._at_end and self._reached.get(tp, -1) >= end for tp, end in self._turn_wait.items())
+
+    def _behind(self, consumer: Consumer, partitions: set[TP]) -> dict[TP, int]:
+        """Those of ``partitions`` of which the broker holds committed messages past their positions, with the
+        broker's end of each (-1 when unknown): a paused
         partition's watermark is not fetched, so it is asked, once per ``first_hold_max_s``, of an admin client
         (the consumer's own connection is busy with a fetch that waits up to fetch.wait.max.ms). All of them
         when that is not known: the turn then finds out. (A position moves past a transaction's commit marker:
@@ -316,7 +323,7 @@ class TransactionalRuntime:
             for tp in consumer.position([TopicPartition(t, p) for t, p in sorted(partitions)]):
                 position = tp.offset if tp.offset >= 0 else self._done.get((tp.topic, tp.partition), -1)
                 if position < 0:
-                    return set(partitions)
+                    return dict.fromkeys(partitions, -1)
                 positions[(tp.topic, tp.partition)] = position
             if self._admin is None:
                 self._admin = AdminClient(kafka_config(self.opts.kafka, {
@@ -324,11 +331,14 @@ class TransactionalRuntime:
             asked = self._admin.list_offsets(
                 {TopicPartition(t, p): OffsetSpec.latest() for t, p in positions},  # type: ignore[no-untyped-call]
                 isolation_level=IsolationLevel.READ_COMMITTED, request_timeout=_WATERMARK_TIMEOUT_S)
-            behind = {(tp.topic, tp.partition) for tp, future in asked.items()
-                      if future.result(timeout=_WATERMARK_TIMEOUT_S).offset > positions[(tp.topic, tp.partition)]}
+            behind: dict[TP, int] = {}
+            for tp, future in asked.items():
+                end = future.result(timeout=_WATERMARK_TIMEOUT_S).offset
+                if end > positions[(tp.topic, tp.partition)]:
+                    behind[(tp.topic, tp.partition)] = end
         except (KafkaException, concurrent.futures.TimeoutError) as exc:
             log.debug("the other topics' backlog is unknown: %s", exc)
-            return set(partitions)
+            return dict.fromkeys(partitions, -1)
         return behind
 
     def _backlog(self, consumer: Consumer, partitions: set[TP]) -> int:
@@ -350,6 +360,7 @@ class TransactionalRuntime:
                     end = msg.offset() or 0
                     if tp in self._assigned:
                         self._at_end.add(tp)
+                        self._reached[tp] = end
                         if end > self._done.get(tp, -1):
                             self._eof[tp] = end
                 elif err.fatal():
@@ -718,6 +729,7 @@ class TransactionalRuntime:
             self._done.pop(key, None)
             self._eof.pop(key, None)
             self._at_end.discard(key)
+            self._reached.pop(key, None)
             self._base.pop(key, None)
             if tp.topic in self.stage.changelogs:
                 if key not in self._kept:
