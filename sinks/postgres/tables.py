@@ -278,13 +278,6 @@ class EntityTable:
         return (f"existing as materialized (select * from {self.schema}.{self.table} "
                 f"where external_id = any(array({targets})))")
 
-    def _existing_xref(self, ids: str) -> str:
-        """The CTE of the entity's xref entries of the source ids ``ids`` (a query over the staged records),
-        found through the (entity, source_id, source) index: the ownership check reads them from it, never
-        every entry of the entity (which the planner chose, hashing them all, once the table was large)."""
-        return (f"existing_xref as materialized (select * from {self.schema}.xref "
-                f"where entity = '{self.entity}' and source_id = any(array({ids})))")
-
     def _upsert(self, insert_cols: str, select_cols: str, source: str, sets: str, changed: str) -> str:
         # Only a row this system owns (or nobody yet) is updated, only when its values change (a
         # re-delivery leaves it untouched: run_id, updated_at, source_position included), and never by a
@@ -324,6 +317,7 @@ class EntityTable:
         # The latest staged record per target row writes the row; every staged source record (the latest
         # per source and id) writes its xref entry, pointing to the row of its target. Records whose
         # target row or xref entry another system owns are refused first and take no part.
+        s = self.schema
         insert_cols, sets, changed = self._upsert_parts(golden=golden)
         select_cols = ", ".join(
             "l._target" if c.name == "external_id" else self._filled("l", c.name) for c in self.columns if c.stored
@@ -332,12 +326,11 @@ class EntityTable:
         ctes = [
             f"staged as (select s.*, {target} as _target from {self.stage} s)",
             self._existing("select _target from staged"),
-            self._existing_xref("select external_id from staged"),
             "refused as (select distinct on (s.seq) s.seq, s.external_id as id, null::text as parent, "
             "case when t.id is not null then 'row' else 'xref' end as kind, "
             "coalesce(t.system, x.system) as owner, coalesce(t.source, x.source) as owner_source from staged s "
             "left join existing t on t.external_id = s._target and t.system <> %(system)s::text "
-            "left join existing_xref x on x.source = s.source "
+            f"left join {s}.xref x on x.entity = '{self.entity}' and x.source = s.source "
             "and x.source_id = s.external_id and x.system <> %(system)s::text "
             "where t.id is not null or x.source_id is not null order by s.seq)",
             "ok as (select * from staged s where not exists (select 1 from refused r where r.seq = s.seq))",
@@ -404,15 +397,12 @@ class EntityTable:
             f"and x.source_id = l.{pf} and (x.system is null or x.system = %(system)s::text) "
             "order by x.source limit 1)"
         )
-        # Lateral, so each is an index lookup per staged record (an EXISTS here was planned as a hash of every
-        # account's xref entry, once per batch).
-        any_parent = (f"(select true as found from {s}.xref x where x.entity = 'account' "
-                      f"and x.source_id = l.{pf} limit 1)")
+        any_parent = f"select 1 from {s}.xref x where x.entity = 'account' and x.source_id = l.{pf}"
         cand = (
             f"cand as (select l.seq, l.external_id, {'l._target' if golden else 'l.external_id'} as _target, "
             f"l.source, l.{pf} as _parent, p.target_id as _account_id, "
-            f"p.golden_id as _parent_golden, a.found is not null as _has_parent "
-            f"from latest l left join lateral {own_parent} p on true left join lateral {any_parent} a on true)"
+            f"p.golden_id as _parent_golden, exists ({any_parent}) as _has_parent "
+            f"from latest l left join lateral {own_parent} p on true)"
         )
         # Refused: the row or its xref entry is another system's, its parent account is only another
         # system's, or (parent not there yet) another system's record with the same id is parked.
@@ -422,7 +412,7 @@ class EntityTable:
             "t.source as owner_source from cand c join existing t on t.external_id = c._target "
             "where t.system <> %(system)s::text "
             "union all select c.seq, c.external_id, c._parent, 'xref', x.system, x.source from cand c "
-            "join existing_xref x on x.source = c.source "
+            f"join {s}.xref x on x.entity = '{self.entity}' and x.source = c.source "
             "and x.source_id = c.external_id where x.system <> %(system)s::text "
             "union all select c.seq, c.external_id, c._parent, 'parent', o.system, o.source from cand c "
             f"cross join lateral (select x.system, x.source from {s}.xref x where x.entity = 'account' "
@@ -479,7 +469,6 @@ class EntityTable:
         ctes = [
             latest,
             self._existing(f"select {'_target' if golden else 'external_id'} from latest"),
-            self._existing_xref("select external_id from latest"),
             cand,
             refused,
             joined,
