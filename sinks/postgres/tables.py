@@ -263,20 +263,10 @@ class EntityTable:
         LSN is of the same transaction (a change's LSN is its transaction's commit), after it: it stays."""
         s = self.schema
         return (
-            f"{relation} {alias} left join existing cur on cur.external_id = {alias}.{target} "
+            f"{relation} {alias} left join {s}.{self.table} cur on cur.external_id = {alias}.{target} "
             f"where not exists (select 1 from {s}.deletions d where d.entity = '{self.entity}' "
             f"and d.external_id = {alias}.{target} and d.source_lsn > {alias}.source_lsn)"
         )
-
-    def _existing(self, targets: str) -> str:
-        """The CTE of the stored rows a batch may touch: those whose ``external_id`` is one of ``targets`` (a
-        query over the staged records), found through the table's unique index. Every other part of the
-        statement reads the stored rows from it, so a batch costs index lookups for its own rows, never a scan
-        of the whole table, whatever the table's size or its statistics (a planner that took a large table for
-        a small one hashed all of it, several times per batch). It sees the table as every part of one statement
-        does: as it was before the statement."""
-        return (f"existing as materialized (select * from {self.schema}.{self.table} "
-                f"where external_id = any(array({targets})))")
 
     def _upsert(self, insert_cols: str, select_cols: str, source: str, sets: str, changed: str) -> str:
         # Only a row this system owns (or nobody yet) is updated, only when its values change (a
@@ -325,11 +315,10 @@ class EntityTable:
         target = "coalesce(s.golden_id, s.external_id)" if golden else "s.external_id"
         ctes = [
             f"staged as (select s.*, {target} as _target from {self.stage} s)",
-            self._existing("select _target from staged"),
             "refused as (select distinct on (s.seq) s.seq, s.external_id as id, null::text as parent, "
             "case when t.id is not null then 'row' else 'xref' end as kind, "
             "coalesce(t.system, x.system) as owner, coalesce(t.source, x.source) as owner_source from staged s "
-            "left join existing t on t.external_id = s._target and t.system <> %(system)s::text "
+            f"left join {s}.{self.table} t on t.external_id = s._target and t.system <> %(system)s::text "
             f"left join {s}.xref x on x.entity = '{self.entity}' and x.source = s.source "
             "and x.source_id = s.external_id and x.system <> %(system)s::text "
             "where t.id is not null or x.source_id is not null order by s.seq)",
@@ -355,14 +344,14 @@ class EntityTable:
         xref = self._xref(
             f"select '{self.entity}', m.source, m.external_id, coalesce(up.id, t.id), m.golden_id, m.run_id, "
             "m.match_evidence::jsonb, %(system)s::text from members m left join up on up.external_id = m._target "
-            "left join existing t on t.external_id = m._target "
+            f"left join {s}.{self.table} t on t.external_id = m._target "
             "where coalesce(up.id, t.id) is not null",
             evidence=True,
         )
         deliveries = self._deliveries_sql(
             "members m left join xr on xr.source = m.source and xr.source_id = m.external_id "
             "left join up on up.external_id = m._target "
-            "where exists (select 1 from existing t where t.external_id = m._target) "
+            f"where exists (select 1 from {s}.{self.table} t where t.external_id = m._target) "
             "or up.id is not null",
         )
         return (
@@ -409,7 +398,7 @@ class EntityTable:
         refused = (
             "refused as (select distinct on (seq) * from ("
             "select c.seq, c.external_id as id, c._parent as parent, 'row' as kind, t.system as owner, "
-            "t.source as owner_source from cand c join existing t on t.external_id = c._target "
+            f"t.source as owner_source from cand c join {s}.{self.table} t on t.external_id = c._target "
             "where t.system <> %(system)s::text "
             "union all select c.seq, c.external_id, c._parent, 'xref', x.system, x.source from cand c "
             f"join {s}.xref x on x.entity = '{self.entity}' and x.source = c.source "
@@ -437,14 +426,14 @@ class EntityTable:
             # whose golden id was absorbed (``_stale``) writes it only while the survivor has no row at all (its
             # own records parked, waiting for their account): the cluster then has its row, and theirs update it.
             rows = ["rows as (select distinct on (_target) * from joined j where _stale is not true "
-                    "or not exists (select 1 from existing t where t.external_id = j._target) "
+                    f"or not exists (select 1 from {s}.{self.table} t where t.external_id = j._target) "
                     "order by _target, (_stale is not true) desc, seq desc)"]
             upsert = self._upsert(insert_cols, select_cols, self._source("rows", "j", "_target"), sets, changed)
             versions = self._versions_sql("rows l on l._target = up.external_id")
             xref = self._xref(
                 f"select '{self.entity}', j.source, j.external_id, coalesce(up.id, t.id), "
                 f"coalesce(j.{gf}, j.golden_id), j.run_id, j.match_evidence::jsonb, %(system)s::text from joined j "
-                "left join up on up.external_id = j._target left join existing t on t.external_id = j._target "
+                f"left join up on up.external_id = j._target left join {s}.{self.table} t on t.external_id = j._target "
                 "where coalesce(up.id, t.id) is not null",
                 evidence=True,
             )
@@ -456,7 +445,7 @@ class EntityTable:
             xref = self._xref(
                 f"select '{self.entity}', j.source, j.external_id, coalesce(up.id, t.id), j.golden_id, j.run_id, "
                 "%(system)s::text from joined j left join up using (external_id) "
-                "left join existing t on t.external_id = j.external_id "
+                f"left join {s}.{self.table} t on t.external_id = j.external_id "
                 "where coalesce(up.id, t.id) is not null",
                 evidence=False,
             )
@@ -468,7 +457,6 @@ class EntityTable:
         record = "to_jsonb(l) - array['seq', " + ", ".join(f"'{n}'" for n in stripped) + "]"
         ctes = [
             latest,
-            self._existing(f"select {'_target' if golden else 'external_id'} from latest"),
             cand,
             refused,
             joined,
@@ -587,7 +575,7 @@ class EntityTable:
         return (
             f"ver as (insert into {self.schema}.row_versions (run_id, entity, external_id, previous) "
             f"select distinct on (up.external_id) coalesce(l.run_id, ''), '{self.entity}', up.external_id, "
-            f"to_jsonb(t) from up join {joined} left join existing t on t.id = up.id "
+            f"to_jsonb(t) from up join {joined} left join {self.schema}.{self.table} t on t.id = up.id "
             "on conflict do nothing)"
         )
 
