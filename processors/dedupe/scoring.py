@@ -155,6 +155,8 @@ class _Compiled:
     comparator: str
 
 
+#: The deterministic rules and the feature each compares.
+_RULE_KEYS: Final = (("email", "em"), ("phone", "ph"))
 #: Comparators whose level costs about a dict lookup: match() scores them first.
 _CHEAP: Final = frozenset({"exact", "date", "numeric", "postcode"})
 #: A bound below the threshold by less than this is not trusted (the bound sums weights in another order).
@@ -202,7 +204,7 @@ class Scorer:
         self._cheap = [(comp.key, comp.level, comp.weights, _top(comp), comp.cap) for comp in self._fs
                        if comp.part is None and comp.comparator in _CHEAP]  # fmt: skip
         rules = config.deterministic_rules
-        self._rule_keys = [key for rule, key in (("email", "em"), ("phone", "ph")) if rule in rules]
+        self._rule_keys = [key for rule, key in _RULE_KEYS if rule in rules]
         # Veto fields without a comparison (points mode, or not compared): disagreement = not equal after folding.
         compared = {comp.key for comp in self._fs} if self.fellegi_sunter else set()
         self._plain_vetoes = [
@@ -254,16 +256,15 @@ class Scorer:
             if a.get(key) is not None and b.get(key) is not None:
                 bound += top
         present = []
-        for entry in self._cheap:
-            key = entry[0]
+        for key, level, weights, top, cap in self._cheap:
             x, y = a.get(key), b.get(key)
             if x is not None and y is not None:
-                bound += entry[3]
-                present.append((entry, x, y))
+                bound += top
+                present.append((level, weights, top, cap, x, y))
         threshold = self.threshold_bits - _BOUND_MARGIN
         if bound < threshold:
             return True
-        for (_, level, weights, top, cap), x, y in present:
+        for level, weights, top, cap, x, y in present:
             w = weights[level(x, y)]
             if cap is not None and w < cap:
                 w = cap
@@ -280,7 +281,7 @@ class Scorer:
         else:
             score, veto = self.points(a, b, name), None
         veto = veto or self._veto(a, b)
-        for rule, key in (("email", "em"), ("phone", "ph")):
+        for rule, key in _RULE_KEYS:
             if rule in c.deterministic_rules and a.get(key) is not None and a.get(key) == b.get(key):
                 if veto is not None and not (
                     veto in _NAME_FIELDS and rule in self.name_veto_overrides and self._only_names_disagree(a, b)
