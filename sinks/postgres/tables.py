@@ -251,19 +251,29 @@ class EntityTable:
         return ", ".join(cols), sets, changed
 
     def _filled(self, alias: str, name: str) -> str:
-        """The value to write of column ``name`` of the staged row ``alias``: the stored one (of the row
-        ``cur``) when the change left the field unchanged (``unchanged_fields``)."""
+        """The value to write of column ``name`` of the staged row ``alias``: the stored one (of its stored
+        row ``_cur``) when the change left the field unchanged (``unchanged_fields``)."""
         if name in _LINEAGE_NAMES or name in ("external_id", "account_id"):
             return f"{alias}.{name}"
-        return f"case when '{name}' = any({alias}.unchanged_fields) then cur.{name} else {alias}.{name} end"
+        return f"case when '{name}' = any({alias}.unchanged_fields) then ({alias}._cur).{name} else {alias}.{name} end"
+
+    def _stored(self, target: str) -> tuple[str, str]:
+        """The join that reads, once per staged record, the stored row of its ``target`` (an expression of
+        the staged row ``s``), for every part of the statement to use: ``_cur`` (the whole row, null when
+        there is none), its ``_cur_id``, and ``_foreign`` (true when another system owns it). Every part of one
+        statement sees the table as it was before the statement, so they all see this row."""
+        return (
+            f"left join {self.schema}.{self.table} cur on cur.external_id = {target}",
+            "cur as _cur, cur.id as _cur_id, coalesce(cur.system <> %(system)s::text, false) as _foreign",
+        )
 
     def _source(self, relation: str, alias: str, target: str) -> str:
-        """The upsert's rows: ``relation`` as ``alias`` with the stored row ``cur`` of its target, less the
-        changes older than a hard delete of their id (``deletions``, migration 0008). A change at the delete's
-        LSN is of the same transaction (a change's LSN is its transaction's commit), after it: it stays."""
+        """The upsert's rows: ``relation`` as ``alias`` (each with its stored row ``_cur``), less the changes
+        older than a hard delete of their id (``deletions``, migration 0008). A change at the delete's LSN is
+        of the same transaction (a change's LSN is its transaction's commit), after it: it stays."""
         s = self.schema
         return (
-            f"{relation} {alias} left join {s}.{self.table} cur on cur.external_id = {alias}.{target} "
+            f"{relation} {alias} "
             f"where not exists (select 1 from {s}.deletions d where d.entity = '{self.entity}' "
             f"and d.external_id = {alias}.{target} and d.source_lsn > {alias}.source_lsn)"
         )
@@ -313,15 +323,16 @@ class EntityTable:
             "l._target" if c.name == "external_id" else self._filled("l", c.name) for c in self.columns if c.stored
         )
         target = "coalesce(s.golden_id, s.external_id)" if golden else "s.external_id"
+        stored, stored_cols = self._stored(target)
         ctes = [
-            f"staged as (select s.*, {target} as _target from {self.stage} s)",
+            f"staged as (select s.*, {target} as _target, {stored_cols} from {self.stage} s {stored})",
             "refused as (select distinct on (s.seq) s.seq, s.external_id as id, null::text as parent, "
-            "case when t.id is not null then 'row' else 'xref' end as kind, "
-            "coalesce(t.system, x.system) as owner, coalesce(t.source, x.source) as owner_source from staged s "
-            f"left join {s}.{self.table} t on t.external_id = s._target and t.system <> %(system)s::text "
-            f"left join {s}.xref x on x.entity = '{self.entity}' and x.source = s.source "
-            "and x.source_id = s.external_id and x.system <> %(system)s::text "
-            "where t.id is not null or x.source_id is not null order by s.seq)",
+            "case when s._foreign then 'row' else 'xref' end as kind, "
+            "case when s._foreign then (s._cur).system else x.system end as owner, "
+            "case when s._foreign then (s._cur).source else x.source end as owner_source from staged s "
+            f"left join {s}.xref x on x.source_id = s.external_id and x.entity = '{self.entity}' "
+            "and x.source = s.source and x.system <> %(system)s::text "
+            "where s._foreign or x.source_id is not null order by s.seq)",
             "ok as (select * from staged s where not exists (select 1 from refused r where r.seq = s.seq))",
         ]
         if golden:
@@ -339,20 +350,17 @@ class EntityTable:
             ctes.append("latest as (select distinct on (_target) * from ok order by _target, seq desc)")
             members = "members as (select * from latest)"
         upsert = self._upsert(insert_cols, select_cols, self._source("latest", "l", "_target"), sets, changed)
-        # Rows inserted by ``up`` are not visible to the table scan of this same statement, hence both joins.
+        # A row inserted by ``up`` is not the stored row of its record (``_cur``, read before), hence both.
         versions = self._versions_sql("latest l on l._target = up.external_id")
         xref = self._xref(
-            f"select '{self.entity}', m.source, m.external_id, coalesce(up.id, t.id), m.golden_id, m.run_id, "
+            f"select '{self.entity}', m.source, m.external_id, coalesce(up.id, m._cur_id), m.golden_id, m.run_id, "
             "m.match_evidence::jsonb, %(system)s::text from members m left join up on up.external_id = m._target "
-            f"left join {s}.{self.table} t on t.external_id = m._target "
-            "where coalesce(up.id, t.id) is not null",
+            "where coalesce(up.id, m._cur_id) is not null",
             evidence=True,
         )
         deliveries = self._deliveries_sql(
             "members m left join xr on xr.source = m.source and xr.source_id = m.external_id "
-            "left join up on up.external_id = m._target "
-            f"where exists (select 1 from {s}.{self.table} t where t.external_id = m._target) "
-            "or up.id is not null",
+            "left join up on up.external_id = m._target where m._cur_id is not null or up.id is not null",
         )
         return (
             f"with {', '.join(ctes)}, {upsert}, {versions}, {members}, {xref}, {deliveries} "
@@ -379,34 +387,39 @@ class EntityTable:
         # golden record (dedupe on) or the account's own id (dedupe off). Only an account of this system
         # (or of nobody yet) is a parent: a child is never attached to another system's account. Of two
         # account sources with the same id, the first source by name wins. A child without a golden id
-        # of its own takes the parent's.
+        # of its own takes the parent's. One index read finds the first entry by source (``p``); only when
+        # another system owns it is the first of this system's looked for (``q``).
         pf = self.parent_field
-        own_parent = (
-            f"(select x.target_id, x.golden_id from {s}.xref x where x.entity = 'account' "
-            f"and x.source_id = l.{pf} and (x.system is null or x.system = %(system)s::text) "
-            "order by x.source limit 1)"
+        ours = "(x.system is null or x.system = %(system)s::text)"
+        first = (
+            f"(select x.target_id, x.golden_id, x.system, x.source, {ours} as ours from {s}.xref x "
+            f"where x.source_id = l.{pf} and x.entity = 'account' order by x.source limit 1)"
         )
-        any_parent = f"select 1 from {s}.xref x where x.entity = 'account' and x.source_id = l.{pf}"
+        own = (
+            f"(select x.target_id, x.golden_id from {s}.xref x where not p.ours and x.source_id = l.{pf} "
+            f"and x.entity = 'account' and {ours} order by x.source limit 1)"
+        )
+        target = "l._target" if golden else "l.external_id"
+        stored, stored_cols = self._stored(target)
         cand = (
-            f"cand as (select l.seq, l.external_id, {'l._target' if golden else 'l.external_id'} as _target, "
-            f"l.source, l.{pf} as _parent, p.target_id as _account_id, "
-            f"p.golden_id as _parent_golden, exists ({any_parent}) as _has_parent "
-            f"from latest l left join lateral {own_parent} p on true)"
+            f"cand as (select l.seq, l.external_id, {target} as _target, "
+            f"l.source, l.{pf} as _parent, case when p.ours then p.target_id else q.target_id end as _account_id, "
+            "case when p.ours then p.golden_id else q.golden_id end as _parent_golden, "
+            "p.source is not null as _has_parent, p.system as _parent_system, p.source as _parent_source, "
+            f"{stored_cols} from latest l left join lateral {first} p on true left join lateral {own} q on true "
+            f"{stored})"
         )
         # Refused: the row or its xref entry is another system's, its parent account is only another
         # system's, or (parent not there yet) another system's record with the same id is parked.
         refused = (
             "refused as (select distinct on (seq) * from ("
-            "select c.seq, c.external_id as id, c._parent as parent, 'row' as kind, t.system as owner, "
-            f"t.source as owner_source from cand c join {s}.{self.table} t on t.external_id = c._target "
-            "where t.system <> %(system)s::text "
+            "select c.seq, c.external_id as id, c._parent as parent, 'row' as kind, (c._cur).system as owner, "
+            "(c._cur).source as owner_source from cand c where c._foreign "
             "union all select c.seq, c.external_id, c._parent, 'xref', x.system, x.source from cand c "
-            f"join {s}.xref x on x.entity = '{self.entity}' and x.source = c.source "
-            "and x.source_id = c.external_id where x.system <> %(system)s::text "
-            "union all select c.seq, c.external_id, c._parent, 'parent', o.system, o.source from cand c "
-            f"cross join lateral (select x.system, x.source from {s}.xref x where x.entity = 'account' "
-            "and x.source_id = c._parent order by x.source limit 1) o "
-            "where c._account_id is null and c._has_parent "
+            f"join {s}.xref x on x.source_id = c.external_id and x.entity = '{self.entity}' "
+            "and x.source = c.source where x.system <> %(system)s::text "
+            "union all select c.seq, c.external_id, c._parent, 'parent', c._parent_system, c._parent_source "
+            "from cand c where c._account_id is null and c._has_parent "
             "union all select c.seq, c.external_id, c._parent, 'parked', p.system, null from cand c "
             f"join {s}.parked p on p.entity = '{self.entity}' and p.external_id = c.external_id "
             "where not c._has_parent and p.system <> %(system)s::text"
@@ -417,7 +430,8 @@ class EntityTable:
             for c in self.columns
         )
         joined = (
-            f"joined as (select l.seq, {cols}, c._target, c._account_id as account_id from latest l "
+            f"joined as (select l.seq, {cols}, c._target, c._account_id as account_id, c._cur, c._cur_id "
+            "from latest l "
             "join cand c on c.seq = l.seq "
             "where c._account_id is not null and not exists (select 1 from refused r where r.seq = l.seq))"
         )
@@ -426,15 +440,13 @@ class EntityTable:
             # whose golden id was absorbed (``_stale``) writes it only while the survivor has no row at all (its
             # own records parked, waiting for their account): the cluster then has its row, and theirs update it.
             rows = ["rows as (select distinct on (_target) * from joined j where _stale is not true "
-                    f"or not exists (select 1 from {s}.{self.table} t where t.external_id = j._target) "
-                    "order by _target, (_stale is not true) desc, seq desc)"]
+                    "or j._cur_id is null order by _target, (_stale is not true) desc, seq desc)"]
             upsert = self._upsert(insert_cols, select_cols, self._source("rows", "j", "_target"), sets, changed)
             versions = self._versions_sql("rows l on l._target = up.external_id")
             xref = self._xref(
-                f"select '{self.entity}', j.source, j.external_id, coalesce(up.id, t.id), "
+                f"select '{self.entity}', j.source, j.external_id, coalesce(up.id, j._cur_id), "
                 f"coalesce(j.{gf}, j.golden_id), j.run_id, j.match_evidence::jsonb, %(system)s::text from joined j "
-                f"left join up on up.external_id = j._target left join {s}.{self.table} t on t.external_id = j._target "
-                "where coalesce(up.id, t.id) is not null",
+                "left join up on up.external_id = j._target where coalesce(up.id, j._cur_id) is not null",
                 evidence=True,
             )
         else:
@@ -443,10 +455,9 @@ class EntityTable:
                                   changed)
             versions = self._versions_sql("joined l on l.external_id = up.external_id")
             xref = self._xref(
-                f"select '{self.entity}', j.source, j.external_id, coalesce(up.id, t.id), j.golden_id, j.run_id, "
-                "%(system)s::text from joined j left join up using (external_id) "
-                f"left join {s}.{self.table} t on t.external_id = j.external_id "
-                "where coalesce(up.id, t.id) is not null",
+                f"select '{self.entity}', j.source, j.external_id, coalesce(up.id, j._cur_id), j.golden_id, "
+                "j.run_id, %(system)s::text from joined j left join up using (external_id) "
+                "where coalesce(up.id, j._cur_id) is not null",
                 evidence=False,
             )
         deliveries = self._deliveries_sql(
@@ -571,12 +582,11 @@ class EntityTable:
     def _versions_sql(self, joined: str) -> str:
         """The CTE keeping, per row the upsert ``up`` changed, the row as it was before the run's first change
         of it (``crm.row_versions``, migration 0007; null when inserted): what ``crmflow rollback`` restores.
-        Every part of one statement sees the table as it was before the statement, so ``t`` is that row."""
+        Every part of one statement sees the table as it was before the statement, so ``l._cur`` is that row."""
         return (
             f"ver as (insert into {self.schema}.row_versions (run_id, entity, external_id, previous) "
             f"select distinct on (up.external_id) coalesce(l.run_id, ''), '{self.entity}', up.external_id, "
-            f"to_jsonb(t) from up join {joined} left join {self.schema}.{self.table} t on t.id = up.id "
-            "on conflict do nothing)"
+            f"to_jsonb(l._cur) from up join {joined} on conflict do nothing)"
         )
 
     def _deliveries_sql(self, source: str) -> str:
