@@ -23,9 +23,11 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from confluent_kafka import KafkaException
+from confluent_kafka.admin import AdminClient
 
 from crmflow.config import load_config
-from crmflow.connections import PostgresConnection, as_postgres
+from crmflow.connections import PostgresConnection, as_postgres, kafka_config
 from crmflow.demo_data.run import generate
 from crmflow.pipeline.migrate import MigrateOptions, MigrationSummary, run_migration
 from crmflow.pipeline.targets import resolve_target
@@ -123,7 +125,33 @@ def run_bench(ep: Endpoints, customers: int, *, seed: int = 1, workers: int = 1,
             with ep.postgres.connect(autocommit=True) as conn:
                 conn.execute(f'drop database if exists "{database}" with (force)')
             shutil.rmtree(data, ignore_errors=True)
+            forget_run(ep, f"bench-{tag}", tag)
     return BenchResult(customers, generate_s, summary, quality, measured, parked)
+
+
+def forget_run(ep: Endpoints, prefix: str, tag: str) -> None:
+    """Delete what a benchmark run left in Kafka and the registry: its topics (named ``prefix.…``), the consumer
+    groups whose id holds its ``tag``, and the subjects named after its topics. Without it every run of
+    ``crmflow bench`` would leave a dozen topics and their data on the cluster. Best effort: by then the figures
+    are measured, so a cluster or registry that refuses only gets a warning naming what was left."""
+    admin = AdminClient(kafka_config(ep.kafka.for_stage("ops")))
+    try:
+        topics = [t for t in admin.list_topics(timeout=10).topics if t.startswith(f"{prefix}.")]
+        for future in (admin.delete_topics(topics, operation_timeout=30).values() if topics else ()):
+            future.result()
+        groups = [g.group_id for g in admin.list_consumer_groups().result().valid if tag in g.group_id]
+        for future in (admin.delete_consumer_groups(groups).values() if groups else ()):
+            future.result()
+    except KafkaException as exc:
+        log.warning("could not delete the benchmark's topics or groups (%s.*): %s", prefix, exc.args[0])
+    try:
+        registry = ep.registry.client()
+        for subject in registry.get_subjects():
+            if subject.startswith(f"{prefix}."):
+                registry.delete_subject(subject)
+                registry.delete_subject(subject, permanent=True)
+    except Exception as exc:  # noqa: BLE001 - best effort, see above
+        log.warning("could not delete the benchmark's subjects (%s.*): %s", prefix, type(exc).__name__)
 
 
 def dedupe_quality(target_dsn: PostgresConnection | str, truth_file: Path) -> dict[str, Any]:
@@ -230,6 +258,7 @@ def run_stage_bench(ep: Endpoints, customers: int, *, seed: int = 1, partitions:
                 finally:
                     with ep.postgres.connect(autocommit=True) as conn:
                         conn.execute(f'drop database if exists "{database}" with (force)')
+                    forget_run(ep, f"bench-{tag}", tag)
     finally:
         shutil.rmtree(data, ignore_errors=True)
     return results

@@ -41,7 +41,7 @@ from crmflow.demo_data.legacy_db import load_legacy_db
 from crmflow.demo_data.rates import QualityRates
 from crmflow.demo_data.run import generate
 from crmflow.exceptions import CrmflowError, StackError
-from crmflow.pipeline.bench import DEMO_CONFIG
+from crmflow.pipeline.bench import DEMO_CONFIG, forget_run
 from crmflow.pipeline.bench_stats import Landing, Stamp, lag_growth, landings, percentiles, stage_split
 from crmflow.pipeline.cpu import CpuMeter
 from crmflow.pipeline.services import Service, stop_all, wait_drained
@@ -376,6 +376,7 @@ class CdcBench:
             with self.ep.postgres.connect(autocommit=True) as conn:
                 for db in (self.legacy_db, self.target_db):
                     conn.execute(f'drop database if exists "{db}" with (force)')
+            forget_run(self.ep, f"bench-cdc-{self.tag}", self.tag)
 
 
 def run_cdc_bench(ep: Endpoints, rate: float, seconds: float, *, max_rate: bool = False, customers: int = 2000,

@@ -21,7 +21,7 @@ from typing import Any
 
 from crmflow.config import load_config
 from crmflow.demo_data.run import generate
-from crmflow.pipeline.bench import _bench_config, _cpu_seconds
+from crmflow.pipeline.bench import _bench_config, _cpu_seconds, forget_run
 from crmflow.settings import stack_settings
 from crmflow.stack import Endpoints
 
@@ -112,6 +112,7 @@ def run_sink_bench(ep: Endpoints, customers: int, *, seed: int = 1, partitions: 
             for database in databases:
                 conn.execute(f'drop database if exists "{database}" with (force)')
         shutil.rmtree(data, ignore_errors=True)
+        forget_run(ep, f"bench-{tag}", tag)
     return results
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 
 import pytest
+from confluent_kafka.admin import AdminClient
+from confluent_kafka.schema_registry import SchemaRegistryClient
 
 from crmflow.pipeline.bench_sink import run_sink_bench
 from crmflow.stack import Endpoints
@@ -12,9 +14,21 @@ from crmflow.stack import Endpoints
 pytestmark = pytest.mark.e2e
 
 
-def test_each_run_is_a_fresh_sink_that_writes_every_mapped_record_into_its_own_database(endpoints: Endpoints) -> None:
+def _left(admin: AdminClient, registry: SchemaRegistryClient) -> tuple[set[str], set[str], set[str]]:
+    """The sink benches' topics, consumer groups and registry subjects now on the stack."""
+    topics = {t for t in admin.list_topics(timeout=10).topics if re.match(r"bench-[0-9a-f]{8}\.", t)}
+    groups = {g.group_id for g in admin.list_consumer_groups().result().valid
+              if re.match(r"crmflow-(sink\.bench-|process-bench-)[0-9a-f]{8}", g.group_id)}
+    subjects = {s for s in registry.get_subjects() if re.match(r"bench-[0-9a-f]{8}\.", s)}
+    return topics, groups, subjects
+
+
+def test_each_run_is_a_fresh_sink_that_writes_every_mapped_record_into_its_own_database(
+    endpoints: Endpoints, admin: AdminClient, registry_client: SchemaRegistryClient
+) -> None:
     with endpoints.postgres.connect(autocommit=True) as conn:
         before = {r[0] for r in conn.execute("select datname from pg_database where datname like 'bench\\_%'")}
+    kafka_before = _left(admin, registry_client)
 
     rows = run_sink_bench(endpoints, 30, runs=2, batch_size=200)
 
@@ -30,3 +44,6 @@ def test_each_run_is_a_fresh_sink_that_writes_every_mapped_record_into_its_own_d
     # bench_<tag>_<run> are this bench's (other tests' benches run alongside, e.g. bench_legacy_<tag> of --cdc)
     ours = {d for d in after - before if re.fullmatch(r"bench_[0-9a-f]+_\d+", d)}
     assert not ours, "the bench's target databases were dropped"
+    # Nor does it leave its topics, groups or subjects on the cluster (a dozen topics and their data per run).
+    left = [after_ - before_ for after_, before_ in zip(_left(admin, registry_client), kafka_before, strict=True)]
+    assert left == [set(), set(), set()], "the bench deleted its topics, consumer groups and subjects"
