@@ -243,10 +243,12 @@ class PostgresSink(Sink):
         golden, stale = plan.golden, plan.stale
         golden_at = table.row_index(table.golden_field) if golden and table.golden_field else 0
         stale_at = table.row_index("_stale") if stale else 0  # only deduplicated entities have it
+        child = table.is_child
 
         def load(cur: Cursor, indexes: list[int]) -> None:
             with cur.copy(copy_sql) as copy:
                 copy.set_types(types)
+                write = copy.write_row
                 for i in indexes:
                     rec = batch[i]
                     row = table.row(i, rec.value)
@@ -254,9 +256,9 @@ class PostgresSink(Sink):
                         row[golden_at] = golden[i]
                     if stale and i in stale:
                         row[stale_at] = True
-                    if table.is_child:
+                    if child:
                         row += [rec.topic, rec.partition, rec.offset, rec.key, rec.raw_value or b""]
-                    copy.write_row(row)
+                    write(row)
 
         return load
 
@@ -342,11 +344,17 @@ class PostgresSink(Sink):
             )
 
     def _audit(self, cur: Cursor, table: EntityTable, records: list[SinkRecord], merged: _Merged, started: Any) -> None:
-        spans: dict[str, dict[str, int]] = {}
+        first: dict[tuple[str, int], int] = {}
+        last: dict[tuple[str, int], int] = {}
         for r in records:
-            span = spans.setdefault(f"{r.topic}[{r.partition}]", {"first": r.offset, "last": r.offset})
-            span["first"] = min(span["first"], r.offset)
-            span["last"] = max(span["last"], r.offset)
+            at, offset = (r.topic, r.partition), r.offset
+            if at not in first:
+                first[at] = last[at] = offset
+            elif offset < first[at]:
+                first[at] = offset
+            elif offset > last[at]:
+                last[at] = offset
+        spans = {f"{t}[{p}]": {"first": o, "last": last[t, p]} for (t, p), o in first.items()}
         run_id = next((str(r.value["run_id"]) for r in records if r.value.get("run_id")), None)
         cur.execute(
             self._q(
