@@ -258,10 +258,10 @@ class EntityTable:
         return f"case when '{name}' = any({alias}.unchanged_fields) then ({alias}._cur).{name} else {alias}.{name} end"
 
     def _stored(self, target: str) -> tuple[str, str]:
-        """The join that reads, once per staged record, the stored row of its ``target`` (an expression of
-        the staged row ``s``), for every part of the statement to use: ``_cur`` (the whole row, null when
-        there is none), its ``_cur_id``, and ``_foreign`` (true when another system owns it). Every part of one
-        statement sees the table as it was before the statement, so they all see this row."""
+        """The join that reads, once per staged record, the stored row its ``target`` (an expression over the
+        staged record) names, and the columns that carry it to every part of the statement: ``_cur`` (the whole
+        row, null when there is none), its ``_cur_id``, and ``_foreign`` (true when another system owns it). Every
+        part of one statement sees the table as it was before the statement, so they all see this row."""
         return (
             f"left join {self.schema}.{self.table} cur on cur.external_id = {target}",
             "cur as _cur, cur.id as _cur_id, coalesce(cur.system <> %(system)s::text, false) as _foreign",
