@@ -30,6 +30,7 @@ from crmflow.config import load_config
 from crmflow.connections import PostgresConnection, as_postgres, kafka_config
 from crmflow.demo_data.run import generate
 from crmflow.pipeline.migrate import MigrateOptions, MigrationSummary, run_migration
+from crmflow.pipeline.services import consumer_groups
 from crmflow.pipeline.targets import resolve_target
 from crmflow.settings import stack_settings
 from crmflow.stack import Endpoints
@@ -139,7 +140,7 @@ def forget_run(ep: Endpoints, prefix: str, tag: str) -> None:
         topics = [t for t in admin.list_topics(timeout=10).topics if t.startswith(f"{prefix}.")]
         for future in (admin.delete_topics(topics, operation_timeout=30).values() if topics else ()):
             future.result()
-        groups = [g.group_id for g in admin.list_consumer_groups().result().valid if tag in g.group_id]
+        groups = [g for g in consumer_groups(admin) if tag in g]
         for future in (admin.delete_consumer_groups(groups).values() if groups else ()):
             future.result()
     except KafkaException as exc:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import psutil
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka.admin import AdminClient
 
 from crmflow.connections import KafkaConnection, kafka_config
 from crmflow.exceptions import ConfigError, StackError
@@ -200,6 +201,22 @@ class LagReader:
                 if not retriable or time.monotonic() > deadline:
                     raise
                 time.sleep(0.2)
+
+
+def consumer_groups(admin: AdminClient, timeout_s: float = 30.0) -> list[str]:
+    """The ids of every consumer group on the cluster. Right after a broker starts, its group coordinator answers
+    COORDINATOR_LOAD_IN_PROGRESS (and lists nothing) while it loads ``__consumer_offsets``, for seconds on a
+    broker that holds many groups: that is retried until ``timeout_s``, then raised, so a listing is never
+    taken for complete when it is not."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        listed = admin.list_consumer_groups(request_timeout=10).result()
+        errors = [e for e in listed.errors if isinstance(e, KafkaError)]
+        if not errors:
+            return [g.group_id for g in listed.valid]
+        if time.monotonic() > deadline or any(e.code() not in _COORDINATOR_ERRORS for e in errors):
+            raise KafkaException(errors[0])
+        time.sleep(0.2)
 
 
 _COORDINATOR_ERRORS = {

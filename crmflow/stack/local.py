@@ -20,6 +20,7 @@ import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
 import psycopg
@@ -106,6 +107,9 @@ class LocalStack(Stack):
         wait_until("registry", lambda: _registry_ready(ep.registry), timeout_s=timeout,
                    log_tail=lambda: "".join(tail(p.log_file) for p in registry_parts),
                    alive=lambda: all(p.alive_or_starting(started) for p in registry_parts))
+        # Last, as the registry took seconds: by then a broker that kept groups from earlier runs is loading them.
+        wait_until("kafka's group coordinator", self._groups_loaded, timeout_s=timeout,
+                   log_tail=lambda: tail(self.kafka.log_file), alive=lambda: self.kafka.alive_or_starting(started))
         self._ready()
         log.info("%s stack ready in %.1fs", self.mode, time.monotonic() - started)
         return ep
@@ -149,6 +153,9 @@ class LocalStack(Stack):
 
     def _kafka_ready_hook(self) -> None:
         """Once Kafka answers."""
+
+    def _groups_loaded(self) -> bool:
+        return _groups_loaded(self.endpoints().kafka.for_stage("ops").client_config())
 
     def _registry_parts(self) -> list[ManagedProcess]:
         """The processes the registry's URL depends on (their logs are shown if it never answers)."""
@@ -250,6 +257,49 @@ def _kafka_ready(kafka: KafkaConnection) -> bool:
         return bool(md.brokers)
     except Exception:  # noqa: BLE001 - any failure means "not yet"
         return False
+
+
+def _groups_loaded(client_config: dict[str, Any]) -> bool:
+    """Whether the group coordinator has loaded every partition of ``__consumer_offsets``. Until it has, it
+    lists no group (first with no error at all, then COORDINATOR_LOAD_IN_PROGRESS: seconds on a broker that
+    kept many groups from earlier runs), so a group listing taken then misses every group. Listing groups
+    cannot tell, so one group id that lives on each partition is described: a partition not loaded yet answers
+    NOT_COORDINATOR or COORDINATOR_LOAD_IN_PROGRESS, a loaded one the (dead) group."""
+    try:
+        admin = AdminClient({**client_config, "log_level": 0})
+        md = admin.list_topics(timeout=2)
+        if not md.brokers:
+            return False
+        offsets = md.topics.get("__consumer_offsets")
+        if offsets is None:  # a new cluster: nothing to load
+            return True
+        probes = _group_per_partition(len(offsets.partitions))
+        for future in admin.describe_consumer_groups(probes, request_timeout=2).values():
+            future.result()
+        return True
+    except Exception:  # noqa: BLE001 - any failure means "not yet"
+        return False
+
+
+def _group_per_partition(partitions: int) -> list[str]:
+    """A group id for each partition of ``__consumer_offsets``, placed as the broker places them: Java's
+    ``String.hashCode`` of the id, its absolute value (0 for the smallest int), modulo the partitions."""
+    found: dict[int, str] = {}
+    n = 0
+    while len(found) < partitions:
+        group = f"crmflow-stack-probe-{n}"
+        h = java_hash(group)
+        found.setdefault(0 if h == -(1 << 31) else abs(h) % partitions, group)
+        n += 1
+    return [found[p] for p in range(partitions)]
+
+
+def java_hash(text: str) -> int:
+    """Java's ``String.hashCode`` of an ASCII string (one UTF-16 unit a character), a signed 32-bit int."""
+    h = 0
+    for ch in text:
+        h = (31 * h + ord(ch)) & 0xFFFFFFFF
+    return h - (1 << 32) if h >= 1 << 31 else h
 
 
 def _registry_ready(registry: RegistryConnection) -> bool:

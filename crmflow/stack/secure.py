@@ -45,7 +45,7 @@ from crmflow.settings import StackSettings
 from crmflow.stack import acls, roles, tools
 from crmflow.stack.base import Endpoints, PartStatus
 from crmflow.stack.certs import Certs, ensure_certs
-from crmflow.stack.local import SINGLE_BROKER, LocalStack, _Postgres, new_cluster_id
+from crmflow.stack.local import SINGLE_BROKER, LocalStack, _groups_loaded, _Postgres, new_cluster_id
 from crmflow.stack.process import ManagedProcess, tail
 
 log = logging.getLogger(__name__)
@@ -223,6 +223,9 @@ class SecureStack(LocalStack):
     def _kafka_answers(self, ep: Endpoints) -> bool:
         # As the admin: the stage principals exist only once _setup_kafka made them.
         return self._kafka_ready()
+
+    def _groups_loaded(self) -> bool:  # as the admin: the stages' principals may describe their own groups only
+        return _groups_loaded(self.kafka_config())
 
     def _kafka_ready_hook(self) -> None:
         self._setup_kafka()

@@ -9,6 +9,7 @@ from confluent_kafka.admin import AdminClient
 from confluent_kafka.schema_registry import SchemaRegistryClient
 
 from crmflow.pipeline.bench_sink import run_sink_bench
+from crmflow.pipeline.services import consumer_groups
 from crmflow.stack import Endpoints
 
 pytestmark = pytest.mark.e2e
@@ -17,8 +18,7 @@ pytestmark = pytest.mark.e2e
 def _left(admin: AdminClient, registry: SchemaRegistryClient) -> tuple[set[str], set[str], set[str]]:
     """The sink benches' topics, consumer groups and registry subjects now on the stack."""
     topics = {t for t in admin.list_topics(timeout=10).topics if re.match(r"bench-[0-9a-f]{8}\.", t)}
-    groups = {g.group_id for g in admin.list_consumer_groups().result().valid
-              if re.match(r"crmflow-(sink\.bench-|process-bench-)[0-9a-f]{8}", g.group_id)}
+    groups = {g for g in consumer_groups(admin) if re.match(r"crmflow-(sink\.bench-|process-bench-)[0-9a-f]{8}", g)}
     subjects = {s for s in registry.get_subjects() if re.match(r"bench-[0-9a-f]{8}\.", s)}
     return topics, groups, subjects
 

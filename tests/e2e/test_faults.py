@@ -21,6 +21,7 @@ from pathlib import Path
 import psycopg
 import pytest
 from confluent_kafka import KafkaException, Producer
+from confluent_kafka.admin import AdminClient
 from confluent_kafka.schema_registry import SchemaRegistryClient
 
 from crmflow.config import load_config
@@ -123,6 +124,11 @@ def test_kafka_killed_mid_migration_and_restarted_the_run_waits_and_finishes(
     before = _landed(run.target_dsn)
     local_stack.up()
     back = time.monotonic()
+    # Ready means the group coordinator loaded the groups it kept: a listing taken now misses none of them.
+    admin = AdminClient({"bootstrap.servers": local_stack.endpoints().bootstrap_servers})
+    groups = admin.list_consumer_groups().result()
+    assert not groups.errors, groups.errors
+    assert any(run.prefix in g.group_id for g in groups.valid), "the run's groups are listed"
     took = _recovery(run.target_dsn, back, before, "the broker's restart")
     summary = _finish(proc, small_dataset, run)
     assert "Kafka" in str(summary["stderr"]) and "reachable again" in str(summary["stderr"])

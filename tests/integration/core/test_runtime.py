@@ -9,6 +9,7 @@ instance with the same transactional id fencing the first.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -323,8 +324,11 @@ class _Order(_OneCodec):
 
     name = "sink"
 
-    def __init__(self, topics: Sequence[str], first: Sequence[str], codec: AvroCodec) -> None:
+    def __init__(self, topics: Sequence[str], first: Sequence[str], codec: AvroCodec, work_s: float = 0.0) -> None:
         self.sources, self.first_topics, self.codec = list(topics), list(first), codec
+        #: What a batch takes, as a sink's write of it does: with none, a batch of this stage costs only its
+        #: transaction (1-2 ms), and a backlog the tests time their steps against is read before they act.
+        self.work_s = work_s
         self.batches: list[list[str]] = []
         self._pending: list[str] = []
         self.processed = 0
@@ -339,6 +343,7 @@ class _Order(_OneCodec):
             self.go.wait(120)
         self.processed += len(batch)
         self._pending = [r.topic for r in batch]
+        time.sleep(self.work_s)
         return StageOutput()
 
     def committed(self, output: StageOutput) -> None:
@@ -354,7 +359,9 @@ def _first_topic_runtime(endpoints: Endpoints, registry_client: SchemaRegistryCl
     codec = AvroCodec(registry_client, topic_subject(parent), SCHEMA)
     _produce(endpoints.bootstrap_servers, child, codec, [f"c{i}" for i in range(children)])
     _produce(endpoints.bootstrap_servers, parent, codec, [f"p{i}" for i in range(parents)])
-    stage = _Order([child, parent], [parent], codec)
+    # 20 ms a batch: the backlogs below last at least 2.5 s (50,000 children in batches of 400) and 4 s (20,000
+    # parents in batches of 100) however fast the machine is, several times first_hold_max_s (0.5 s) and a turn.
+    stage = _Order([child, parent], [parent], codec, work_s=0.02)
     # Small fetches (a few dozen records per partition), so that the topics' records would interleave from the
     # first batches on, as a large backlog's do.
     runtime = TransactionalRuntime(stage, RuntimeOptions(
@@ -406,9 +413,10 @@ def test_a_first_topic_that_never_runs_dry_does_not_starve_the_others(
     """After ``first_hold_max_s`` of pause, it is the other topics' turn although the first topic still holds
     a backlog: records that come to the other topic while a long backlog of the first is read are read before
     that backlog is. The stage holds its batch after 400 parents until the children are in Kafka (CI once
-    produced them only after the whole backlog was read); small batches make the rest of the backlog long to
-    read (a transaction each), so that it outlasts several holds and turns. The children have two partitions:
-    a turn lasts until each of them is read to its end, not only until a first batch brought some children."""
+    produced them only after the whole backlog was read); small batches that take 20 ms each make the rest of
+    the backlog outlast several holds and turns (without the 20 ms, CI read it in less than one hold). The
+    children have two partitions: a turn lasts until each of them is read to its end, not only until a first
+    batch brought some children."""
     runtime, stage, parent, child, group = _first_topic_runtime(
         endpoints, registry_client, topic_factory, group_factory, parents=20_000, children=0, batch_size=100,
         fetch_bytes=4 * 1024 * 1024, first_hold_max_s=0.5)
