@@ -38,8 +38,9 @@ arrival order then compares the same pairs, and the range is exactly a block key
 so it lives in the ``blocks`` mapping with the same cap and nothing new to persist. It catches typos
 past the prefix (``smithjonathan`` / ``smithjonahtan``) that change a phonetic code.
 
-Keys are stored as ``<kind>:<BLAKE2b digest>`` (see ``DedupeConfig.hash_block_keys``): the blocks table
-then holds no e-mail, phone or birth date in clear text, and keys have a fixed, small size.
+Stored keys are ``<kind>:<BLAKE2b digest>`` (see ``DedupeConfig.hash_block_keys``): a stored blocks table
+then holds no e-mail, phone or birth date in clear text, and keys have a fixed, small size. The stream stores
+no blocks (it derives them in memory from the records it persists), so its keys stay clear text there.
 
 Oversized blocks: a block holding ``max_block_size`` ids is *closed*. Later records neither join it nor
 are compared with its members; the ids it holds stay (so a restart behaves the same). A key that common
@@ -183,9 +184,11 @@ def block_passes(config: DedupeConfig) -> tuple[BlockingPass, ...]:
 class BlockKeyer:
     """Turns feature dicts into the (optionally hashed) block keys of the ``blocks`` table."""
 
-    def __init__(self, config: DedupeConfig) -> None:
+    def __init__(self, config: DedupeConfig, *, hashed: bool | None = None) -> None:
+        """``hashed``: digest the keys (default: ``config.hash_block_keys``); False for blocks that live in
+        memory only, as the stream's do (derived from the records at each start, never stored anywhere)."""
         self.entity = config.entity
-        self.hashed = config.hash_block_keys
+        self.hashed = config.hash_block_keys if hashed is None else hashed
         self.builtin = config.builtin_blocking
         self._passes = tuple(_Pass(spec, config.entity) for spec in block_passes(config))
         secret = config.block_key_secret

@@ -98,7 +98,7 @@ def build(spec: ComparisonSpec, name_part: Callable[[str, str], float]) -> Compa
     kind = spec.comparator
 
     if kind == "exact":
-        return lambda a, b: 0 if _text(a) == _text(b) else 1
+        return lambda a, b: 0 if a == b or _text(a) == _text(b) else 1
     if kind == "date":
         return lambda a, b: date_level(str(a), str(b))
     if kind == "name":

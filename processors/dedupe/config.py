@@ -333,7 +333,9 @@ class DedupeConfig(BaseModel):
     source_priority: tuple[str, ...] = Field(default=(), description="record `source` values, most trusted first")
     survivorship: Survivorship = Survivorship()
     hash_block_keys: bool = Field(
-        default=True, description="store block keys as BLAKE2b digests, so no e-mail or phone is a table key"
+        default=True, description="store block keys as BLAKE2b digests, so no e-mail or phone is a table key "
+        "(where blocks are stored: a state kept whole in one store, its JSON dump; the stream derives its blocks "
+        "in memory and stores none)",
     )
     block_key_secret: SecretStr | None = Field(
         default=None, description="key of the BLAKE2b digest (a pepper): digests cannot be tested by guessing"

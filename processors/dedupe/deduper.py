@@ -109,6 +109,9 @@ class Deduper:
         """A deduper whose records and golden values persist in ``store`` (one faust Table's shard) and whose
         blocks and clusters are derived from them (:meth:`DedupeState.persisted`)."""
         deduper = cls(config, DedupeState(), next_seq=0)
+        # Its blocks are derived in memory and never stored: a digest of their keys would hide nothing (the
+        # features they are made of are in the same memory) and cost a BLAKE2b hash per key per record.
+        deduper.keyer = BlockKeyer(config, hashed=False)
         deduper.state, deduper.next_seq = DedupeState.persisted(store, deduper.keyer.keys, config.max_block_size)
         return deduper
 
@@ -159,18 +162,21 @@ class Deduper:
             ev["veto"] = ev["veto"] or refusal
             evidence.append(ev)
 
-        involved = sorted({*joined, *([own_gid] if own_gid else [])})
-        # The smallest member id of the union: each involved golden id is its cluster's smallest member.
-        survivor = min(involved[0], rid) if involved else rid
-        merges = [(gid, survivor) for gid in involved if gid != survivor]
-        absorbed = [self._golden(gid)["members"] for gid, _ in merges]
-        # Every golden id the cluster ever absorbed stays in its golden value, so an update of the cluster
-        # (a record replayed after a crash cut between the state and the output, for one) still tells the
-        # sink which accounts to fold into it; the sink's merge is idempotent.
-        history = sorted({g for gid in involved for g in self._golden(gid).get("absorbed", ())}
-                         | {gid for gid, _ in merges})  # fmt: skip
-        if history:
-            golden["absorbed"] = history
+        if joined or own_gid:
+            involved = sorted({*joined, *([own_gid] if own_gid else [])})
+            # The smallest member id of the union: each involved golden id is its cluster's smallest member.
+            survivor = min(involved[0], rid)
+            merges = [(gid, survivor) for gid in involved if gid != survivor]
+            absorbed = [self._golden(gid)["members"] for gid, _ in merges]
+            # Every golden id the cluster ever absorbed stays in its golden value, so an update of the cluster
+            # (a record replayed after a crash cut between the state and the output, for one) still tells the
+            # sink which accounts to fold into it; the sink's merge is idempotent.
+            history = sorted({g for gid in involved for g in self._golden(gid).get("absorbed", ())}
+                             | {gid for gid, _ in merges})  # fmt: skip
+            if history:
+                golden["absorbed"] = history
+        else:  # most records: a cluster of their own, nothing absorbed
+            survivor, merges, absorbed = rid, [], []
         # Write order matters when the state is a changelog a crash may cut anywhere (see state.py): the
         # new golden value first, then the members pointing at it, the absorbed golden values last. Any
         # prefix of these writes leaves every cluster reference resolvable.
@@ -241,6 +247,7 @@ class Deduper:
         keys = self.keyer.keys(feats)
         candidates: set[str] = set()
         closed = 0
+        in_memory = type(st.blocks) is dict
         for key in keys:
             ids = st.blocks.get(key)
             if ids is None:
@@ -249,7 +256,11 @@ class Deduper:
                 closed += 1
             else:
                 candidates.update(ids)
-                if rid not in ids:
+                if old is not None and rid in ids:  # (a new record is in no block yet)
+                    continue
+                if in_memory:
+                    ids.append(rid)
+                else:  # a stored mapping persists what is assigned to it, not a change of a value read
                     st.blocks[key] = [*ids, rid]
         if old is not None:
             self._leave_blocks(rid, set(self.keyer.keys(old)).difference(keys))

@@ -138,6 +138,10 @@ class WriteBehind(MutableMapping[str, Any]):
     def __len__(self) -> int:
         return sum(1 for _ in self)
 
+    def view(self, prefix: str) -> MutableMapping[str, Any]:
+        """:class:`PrefixedView` of this buffer, in one call a lookup instead of two (the deduper's hot path)."""
+        return _BufferView(self, prefix)
+
     @property
     def pending(self) -> int:
         """Buffered writes (one per key)."""
@@ -158,6 +162,36 @@ class WriteBehind(MutableMapping[str, Any]):
             groups.setdefault(key[:2], []).append((full, value))
         self._dirty.clear()
         return [w for prefix in groups for w in groups[prefix]] + deletes
+
+
+class _BufferView(PrefixedView[Any]):
+    """A :class:`PrefixedView` of a :class:`WriteBehind` whose reads and writes go to the buffer's dicts."""
+
+    __slots__ = ("_dirty", "_full", "_reads")
+
+    def __init__(self, buffer: WriteBehind, prefix: str) -> None:
+        super().__init__(buffer, prefix)
+        self._dirty = buffer._dirty
+        self._reads = buffer._reads
+        self._full = buffer._namespace + prefix  # the key in ``reads``
+
+    def get(self, key: str, default: Any = None) -> Any:
+        value = self._dirty.get(self._prefix + key, _MISSING)
+        if value is _MISSING:
+            return self._reads.get(self._full + key, default)
+        return default if value is _DELETED else value
+
+    def __getitem__(self, key: str) -> Any:
+        value = self.get(key, _MISSING)
+        if value is _MISSING:
+            raise KeyError(key)
+        return value
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, str) and self.get(key, _MISSING) is not _MISSING
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        self._dirty[self._prefix + key] = value
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,8 +226,9 @@ class DedupeState:
         cut a merge before the absorbed golden value was deleted, two list it, and the smaller golden id
         is the survivor (a cluster is only ever absorbed into a smaller one): the stale value is deleted.
         """
-        records: PrefixedView[dict[str, Any]] = PrefixedView(store, "r:")
-        goldens: PrefixedView[dict[str, Any]] = PrefixedView(store, "g:")
+        views = store.view if isinstance(store, WriteBehind) else lambda p: PrefixedView(store, p)
+        records: MutableMapping[str, dict[str, Any]] = views("r:")
+        goldens: MutableMapping[str, dict[str, Any]] = views("g:")
         blocks: dict[str, list[str]] = {}
         clusters: dict[str, str] = {}
         arrivals = sorted((feats.get(SEQ, 0), rid, feats) for rid, feats in records.items())

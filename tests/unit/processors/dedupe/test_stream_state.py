@@ -19,7 +19,7 @@ import pytest
 from crmflow.demo_data import generate
 from crmflow.evaluation.dedupe_eval import load_demo_records
 from processors.dedupe import DedupeConfig, Deduper, DedupeState
-from processors.dedupe.state import WriteBehind
+from processors.dedupe.state import PrefixedView, WriteBehind
 from processors.dedupe.stream import golden_account
 
 pytestmark = pytest.mark.unit
@@ -164,6 +164,33 @@ def test_write_behind_reads_its_own_writes_and_flushes_once_per_key_in_safe_orde
     assert backing == {"n|g:A": {"members": ["A", "B"]}, "n|c:B": "A", "n|b:k": ["A", "B"], "n|r:B": {"fn": "x"},
                        "other|c:Z": "Z"}
     assert wb.flush() == []
+
+
+def test_a_buffers_view_reads_and_writes_as_a_prefixed_view_of_it_does() -> None:
+    backing: dict[str, Any] = {"n|r:A": {"fn": "a"}, "n|r:B": {"fn": "b"}, "n|g:A": {"members": ["A"]}}
+    fast, slow = WriteBehind(dict(backing), "n|"), WriteBehind(dict(backing), "n|")
+    views = [(fast.view("r:"), PrefixedView(slow, "r:")), (fast.view("g:"), PrefixedView(slow, "g:"))]
+    for view in (v for pair in views for v in pair):
+        view["C"] = {"fn": "c"}
+        del view["A"]
+    for a, b in views:
+        for key in ("A", "B", "C", "D"):
+            assert (a.get(key), key in a) == (b.get(key), key in b), key
+        assert sorted(a) == sorted(b) and len(a) == len(b)
+        with pytest.raises(KeyError):
+            a["A"]  # noqa: B018 - the lookup is the test
+    assert fast.flush() == slow.flush()
+
+
+def test_a_stream_deduper_keeps_its_blocks_in_memory_under_clear_keys(accounts: list[dict[str, Any]]) -> None:
+    """Its blocks are derived from the records at each start and stored nowhere: no digest to compute."""
+    store: dict[str, Any] = {}
+    deduper = Deduper.over_store(DedupeConfig(), WriteBehind(store))
+    for account in accounts[:40]:
+        deduper.process(account)
+    assert deduper.state.blocks and all("|" in key and ":" not in key[:3] for key in deduper.state.blocks)
+    assert not any(k.startswith("b:") for k in store) and type(deduper.state.blocks) is dict
+    assert Deduper(DedupeConfig()).keyer.hashed, "a state kept whole in one store digests its keys"
 
 
 def test_the_views_of_one_store_hold_prefixed_keys(accounts: list[dict[str, Any]]) -> None:
