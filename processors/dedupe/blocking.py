@@ -40,7 +40,8 @@ past the prefix (``smithjonathan`` / ``smithjonahtan``) that change a phonetic c
 
 Stored keys are ``<kind>:<BLAKE2b digest>`` (see ``DedupeConfig.hash_block_keys``): a stored blocks table
 then holds no e-mail, phone or birth date in clear text, and keys have a fixed, small size. The stream stores
-no blocks (it derives them in memory from the records it persists), so its keys stay clear text there.
+no blocks (it derives them in memory from the records it persists), so its keys stay clear text there, unless
+``block_key_secret`` is set (sealed state): then they are keyed digests in memory too.
 
 Oversized blocks: a block holding ``max_block_size`` ids is *closed*. Later records neither join it nor
 are compared with its members; the ids it holds stay (so a restart behaves the same). A key that common

@@ -335,7 +335,7 @@ class DedupeConfig(BaseModel):
     hash_block_keys: bool = Field(
         default=True, description="store block keys as BLAKE2b digests, so no e-mail or phone is a table key "
         "(where blocks are stored: a state kept whole in one store, its JSON dump; the stream derives its blocks "
-        "in memory and stores none)",
+        "in memory and stores none, and digests their keys only under block_key_secret)",
     )
     block_key_secret: SecretStr | None = Field(
         default=None, description="key of the BLAKE2b digest (a pepper): digests cannot be tested by guessing"

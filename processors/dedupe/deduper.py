@@ -109,9 +109,10 @@ class Deduper:
         """A deduper whose records and golden values persist in ``store`` (one faust Table's shard) and whose
         blocks and clusters are derived from them (:meth:`DedupeState.persisted`)."""
         deduper = cls(config, DedupeState(), next_seq=0)
-        # Its blocks are derived in memory and never stored: a digest of their keys would hide nothing (the
-        # features they are made of are in the same memory) and cost a BLAKE2b hash per key per record.
-        deduper.keyer = BlockKeyer(config, hashed=False)
+        # Its blocks are derived in memory and never stored: an unkeyed digest of their keys would hide nothing
+        # (the features they are made of are in the same memory) and cost a BLAKE2b hash per key per record.
+        # Under a pepper (sealed state, or dedupe.block_key_env) they stay keyed hashes, as documented.
+        deduper.keyer = BlockKeyer(config, hashed=config.block_key_secret is not None)
         deduper.state, deduper.next_seq = DedupeState.persisted(store, deduper.keyer.keys, config.max_block_size)
         return deduper
 

@@ -10,8 +10,9 @@ mapping        key                         value
 =============  ==========================  =================================================================
 
 Keys are strings and values JSON types (lists, dicts, strings, numbers, null), so any store that
-serialises JSON can hold them. The deduper never mutates a value it read: it builds a new value and
-assigns it (``table[key] = value``), which is what a changelog-backed table needs to persist a change.
+serialises JSON can hold them. The deduper never mutates a value it read from a stored mapping: it builds a new
+value and assigns it (``table[key] = value``), which is what a changelog-backed table needs to persist a change.
+(Blocks held in a plain dict, as the stream's derived ones are, grow in place.)
 
 In the stream processor only ``records`` and ``goldens`` are persisted (:meth:`DedupeState.persisted`):
 they are views of ONE faust Table, keys prefixed ``r:`` and ``g:`` (and by partition: each partition is
