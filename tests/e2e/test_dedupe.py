@@ -19,12 +19,10 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from confluent_kafka import Consumer, IsolationLevel, KafkaError, TopicPartition
-from confluent_kafka.admin import AdminClient, OffsetSpec
+from confluent_kafka import Consumer, KafkaError, TopicPartition
 from confluent_kafka.schema_registry import SchemaRegistryClient
 
 from crmflow.config import MigrationConfig, load_config
-from crmflow.connections import kafka_config
 from crmflow.pipeline.migrate import drain_sink, prepare
 from crmflow.pipeline.services import Service, wait_drained
 from crmflow.stack import Endpoints
@@ -33,6 +31,7 @@ from processors.dedupe.quality import pairwise_scores
 from processors.service import build_stage
 from producers.snapshot import run_snapshot
 from tests.e2e.conftest import HARD_CONFIG, Dataset, Run, assert_target_matches_truth
+from tests.e2e.probe import Probe
 from tests.helpers import wait_until
 
 pytestmark = pytest.mark.e2e
@@ -170,8 +169,8 @@ def _migrate_killing_the_processor(run: Run, dataset: Dataset, endpoints: Endpoi
 
     processor, sink = start("process", 1), start("sink", 1)
     services = [processor, sink]
-    admin = AdminClient(kafka_config(endpoints.kafka))
-    golden = cfg.kafka.mapped_topic(entity)
+    probe = Probe(endpoints, cfg)
+    golden = [cfg.kafka.mapped_topic(entity)]
     try:
         def part_done() -> bool:
             for s in services:
@@ -182,34 +181,24 @@ def _migrate_killing_the_processor(run: Run, dataset: Dataset, endpoints: Endpoi
             # while the group's transactions keep coming, and a poll took up to 1.4 s, longer than the
             # processor needed for every contact of this data set. (Waiting for golden records in the target
             # came too late too: the sink lags.)
-            return _stable_end(admin, golden) > 0
+            return probe.stable(golden) > 0
 
         wait_until(part_done, 300, interval_s=0.02, what=f"the deduper to commit part of the {entity} records")
         processor.proc.kill()
         processor.proc.wait(10)
-        killed_at = _stable_end(admin, golden)  # what the killed worker committed (its open transaction is not)
+        killed_at = probe.stable(golden)  # what the killed worker committed (its open transaction is not)
         # Restart at once: the dead member still holds its partitions until its session times out, so the
         # new worker runs through two rebalances (join, then the dead member's eviction) with events in
         # flight, the case where faust skips and re-reads events (processors/acks.py guards it).
         processor = start("process", 2)
         services = [processor, sink]
         wait_drained(endpoints.kafka, group, topics, services, 600)
-        assert _stable_end(admin, golden) > killed_at, "the kill came too late: the restarted worker resolved nothing"
+        assert probe.stable(golden) > killed_at, "the kill came too late: the restarted worker resolved nothing"
     finally:
+        probe.close()
         for s in services:
             s.stop()
     drain_sink(cfg, endpoints, run.target_dsn)
-
-
-def _stable_end(admin: AdminClient, topic: str) -> int:
-    """The committed end of ``topic`` (last stable offsets, summed over its partitions; 0 before it exists)."""
-    meta = admin.list_topics(topic, timeout=10).topics.get(topic)
-    if meta is None or meta.error is not None:
-        return 0
-    asked = admin.list_offsets({TopicPartition(topic, p): OffsetSpec.latest()  # type: ignore[no-untyped-call]
-                                for p in meta.partitions},
-                               isolation_level=IsolationLevel.READ_COMMITTED, request_timeout=10)
-    return sum(max(future.result().offset, 0) for future in asked.values())
 
 
 def test_demo_migration_keeps_one_golden_account_per_true_cluster(
