@@ -65,7 +65,6 @@ from processors.dedupe.features import (
     feature_key,
     fold,
     initial,
-    initials_pair,
     soundex,
     street_form,
 )
@@ -98,7 +97,7 @@ TRANSFORMS: Final[dict[KeyTransform, Callable[[Any], str]]] = {
     "soundex": lambda v: soundex(str(v)),
     "initial": lambda v: initial(str(v)),
     "tail": lambda v: _letters(v)[1:],
-    "year": lambda v: str(v)[:4] if str(v)[:4].isdigit() else "",
+    "year": lambda v: year if (year := str(v)[:4]).isdigit() else "",
     "digits": lambda v: "".join(c for c in str(v) if c.isdigit()),
 }
 
@@ -111,15 +110,19 @@ def identifier_pass(field: str) -> BlockingPass:
 class _Pass:
     """A blocking pass compiled for one entity: its parts' feature keys and reduce functions, looked up once."""
 
-    __slots__ = ("name", "parts", "prefix", "unordered")
+    __slots__ = ("key", "name", "parts", "prefix", "unordered")
 
     def __init__(self, spec: BlockingPass, entity: DedupeEntity) -> None:
         self.name = spec.name
         self.parts = tuple((feature_key(p.field, entity), TRANSFORMS[p.transform]) for p in spec.parts)
         self.unordered = spec.unordered
         self.prefix = spec.prefix if spec.kind == "sorted_neighbourhood" else None
+        #: ``key(feats)``: the pass's key of a feature dict, or None (runs for every pass of every record).
+        self.key: Callable[[Features], str | None] = self._any
+        if self.prefix is None and not self.unordered and len(self.parts) == 2:
+            self.key = _two_parts(self.name, *self.parts[0], *self.parts[1])
 
-    def key(self, feats: Features) -> str | None:
+    def _any(self, feats: Features) -> str | None:
         values = []
         for key, reduce in self.parts:
             value = feats.get(key)
@@ -139,6 +142,28 @@ class _Pass:
         return "|".join((self.name, *values))
 
 
+def _two_parts(name: str, first: str, reduce_first: Callable[[Any], str], second: str,
+               reduce_second: Callable[[Any], str]) -> Callable[[Features], str | None]:
+    """:meth:`_Pass._any` of a plain two-part pass, unrolled (most passes are)."""
+
+    def key(feats: Features) -> str | None:
+        value = feats.get(first)
+        if value is None:
+            return None
+        a = reduce_first(value)
+        if not a:
+            return None
+        value = feats.get(second)
+        if value is None:
+            return None
+        b = reduce_second(value)
+        if not b:
+            return None
+        return f"{name}|{a}|{b}"
+
+    return key
+
+
 def pass_key(feats: Features, spec: BlockingPass, entity: DedupeEntity) -> str | None:
     """The clear-text key of one pass (``name|part|part``), or None when a part is missing or empty."""
     return _Pass(spec, entity).key(feats)
@@ -152,28 +177,35 @@ def raw_block_keys(feats: Features, entity: DedupeEntity) -> list[str]:
 
 
 def _builtin_keys(feats: Features, entity: DedupeEntity, keys: set[str]) -> None:
-    """Add the built-in block keys of a feature dict to ``keys``."""
-    if email := feats.get("em"):
+    """Add the built-in block keys of a feature dict to ``keys``. (Runs for every record: calls inlined.)"""
+    get = feats.get
+    if email := get("em"):
         keys.add(f"e|{email}")
-    if phone := feats.get("ph"):
+    if phone := get("ph"):
         keys.add(f"p|{phone}")
-    pair = initials_pair(feats)
+    first, last = get("fn"), get("ln")
+    a, b = (fold(first)[:1] if first else ""), (fold(last)[:1] if last else "")  # initials_pair, inline
+    pair = "" if not a or not b else a + b if a <= b else b + a
     if entity == "account":
-        country = feats.get("co", "")
-        if pair and (birth := feats.get("bd")):
+        if pair and (birth := get("bd")):
             keys.add(f"b|{birth}|{pair}")
-        if pair and (postal := feats.get("pc")):
-            keys.add(f"z|{country}|{postal}|{pair}")
-        city, first, last = feats.get("ci"), feats.get("fn"), feats.get("ln")
+        if pair and (postal := get("pc")):
+            keys.add(f"z|{get('co', '')}|{postal}|{pair}")
+        city = get("ci")
         if city and first and last:  # no country: it is the field most often lost ("Untied States")
-            keys.add(f"c|{fold(city)}|{soundex(last)}{initial(first)}")
-        if pair and (street := feats.get("st")):
-            words = street_form(street).split()
-            numbers = "".join(sorted(w for w in words if w.isdigit()))
-            name = max((w for w in words if not w.isdigit()), key=len, default="")
+            keys.add(f"c|{fold(city)}|{soundex(last)}{a}")
+        if pair and (street := get("st")):
+            numbers: list[str] = []
+            name = ""  # the longest word that is no number (the first of equals)
+            for word in street_form(street).split():
+                if word.isdigit():
+                    numbers.append(word)
+                elif len(word) > len(name):
+                    name = word
             if numbers and name:
-                keys.add(f"s|{numbers}|{soundex(name)}|{pair}")
-    elif pair and (parent := feats.get("pa")):
+                numbers.sort()
+                keys.add(f"s|{''.join(numbers)}|{soundex(name)}|{pair}")
+    elif pair and (parent := get("pa")):
         keys.add(f"a|{parent}|{pair}")
 
 

@@ -157,7 +157,7 @@ class Deduper:
             ev = comparison.evidence(cand, gid)
             refusal = self._refusal(golden, other)
             if refusal is None:
-                golden = self.survivor.merge(golden, other)
+                golden = self.survivor.merge(golden, other, self._features)
                 joined.append(gid)
             ev["decision"] = "merged" if refusal is None else "refused"
             ev["veto"] = ev["veto"] or refusal

@@ -12,13 +12,16 @@ A golden value (what the ``goldens`` table holds per golden id) is a plain dict:
     {"members": [record ids, sorted], "record": {target field: value}, "picks": {group: rank},
      "births": [distinct birth dates of the members]}
 
+A one-member cluster (most of them) stores no ``picks``: they are its member's ranks, computed from its
+features when it first merges (:meth:`Survivor.merge`), not for every record that arrives.
+
 ``births`` enforces the cluster invariant "at most one birth date": a record or cluster that would add
 a second one is never merged in.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import date
 from functools import lru_cache
 from typing import Any, Final
@@ -66,7 +69,7 @@ class Survivor:
         }
         prio = config.source_priority
         self.priority = {source: len(prio) - i for i, source in enumerate(prio)}
-        self._rankings = tuple((group, frozenset(keys), group == "name", self.criteria[group])
+        self._rankings = tuple((group, keys, group == "name", self.criteria[group])
                                for group, keys in self.groups.items())  # fmt: skip
 
     def ranks(self, record_id: str, feats: Features) -> dict[str, list[Any]]:
@@ -80,9 +83,9 @@ class Survivor:
         first = feats.get("fn")
         full_first = 1 if first and len(first_name_form(first)) > 1 else 0
         out: dict[str, list[Any]] = {}
-        held = feats.keys()  # features hold non-null values only
+        held = feats.__contains__  # features hold non-null values only
         for group, keys, is_name, criteria in self._rankings:
-            present = len(held & keys)
+            present = sum(map(held, keys))
             complete = present + full_first if is_name else present
             rank: list[Any] = [present]
             for criterion in criteria:
@@ -92,24 +95,38 @@ class Survivor:
         return out
 
     def single(self, record_id: str, feats: Features) -> Golden:
-        """The golden value of a one-member cluster."""
-        record = {field: feats.get(key) for key, field in self.group_fields}
-        self._full_name(record)
-        birth = feats.get("bd")
+        """The golden value of a one-member cluster (without ``picks``: see the module docs)."""
+        get = feats.get
+        record = {field: get(key) for key, field in self.group_fields}
+        first, last = record.get("first_name"), record.get("last_name")  # _full_name, inline: every record
+        record["full_name"] = f"{first} {last}" if first and last else first or last or None
+        birth = get("bd")
         return {
             "members": [record_id],
             "record": record,
-            "picks": self.ranks(record_id, feats),
             "births": [birth] if birth else [],
         }
 
-    def merge(self, a: Golden, b: Golden) -> Golden:
-        """The golden value of the union of two clusters (new dicts; ``a`` and ``b`` are not changed)."""
+    def picks(self, golden: Golden, features: Callable[[str], Features]) -> dict[str, list[Any]]:
+        """The ``picks`` of a golden value; a one-member cluster's are its member's ranks (``features``: the
+        features of a record id)."""
+        picks = golden.get("picks")
+        if picks is not None:
+            return picks  # type: ignore[no-any-return]
+        members = golden["members"]
+        if len(members) != 1:
+            raise ValueError(f"the golden value of a cluster of {len(members)} members has no picks")
+        return self.ranks(members[0], features(members[0]))
+
+    def merge(self, a: Golden, b: Golden, features: Callable[[str], Features]) -> Golden:
+        """The golden value of the union of two clusters (new dicts; ``a`` and ``b`` are not changed).
+        ``features``: a member's features, for the picks of a one-member cluster."""
         record = dict(a["record"])
-        picks = dict(a["picks"])
+        a_picks, b_picks = self.picks(a, features), self.picks(b, features)
+        picks = dict(a_picks)
         for group, keys in self.groups.items():
-            if b["picks"][group] > a["picks"][group]:
-                picks[group] = b["picks"][group]
+            if b_picks[group] > a_picks[group]:
+                picks[group] = b_picks[group]
                 for key in keys:
                     field = self.names[key]
                     record[field] = b["record"].get(field)
@@ -124,9 +141,10 @@ class Survivor:
     def rebuild(self, members: Iterable[tuple[str, Features]]) -> Golden:
         """The golden value of a cluster from its members' features (after a member was updated)."""
         golden: Golden | None = None
-        for record_id, feats in members:
+        held = dict(members)
+        for record_id, feats in held.items():
             one = self.single(record_id, feats)
-            golden = one if golden is None else self.merge(golden, one)
+            golden = one if golden is None else self.merge(golden, one, held.__getitem__)
         if golden is None:
             raise ValueError("a cluster has at least one member")
         return golden

@@ -189,7 +189,12 @@ class _BufferView(PrefixedView[Any]):
         return value
 
     def __contains__(self, key: object) -> bool:
-        return isinstance(key, str) and self.get(key, _MISSING) is not _MISSING
+        if not isinstance(key, str):
+            return False
+        value = self._dirty.get(self._prefix + key, _MISSING)
+        if value is _MISSING:
+            return self._full + key in self._reads
+        return value is not _DELETED
 
     def __setitem__(self, key: str, value: Any) -> None:
         self._dirty[self._prefix + key] = value

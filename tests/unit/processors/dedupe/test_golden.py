@@ -85,5 +85,23 @@ def test_merging_two_goldens_equals_building_from_all_members(account: Any) -> N
     def build(rs: list[dict[str, Any]]) -> dict[str, Any]:
         return survivor.rebuild((r["customer_id"], extract(r, "account")) for r in rs)
 
-    assert survivor.merge(build(a), build(b)) == build(a + b)
-    assert survivor.merge(build(b), build(a)) == build(a + b)
+    feats = {r["customer_id"]: extract(r, "account") for r in a + b}
+    assert "picks" not in build(b)  # a one-member cluster's picks are derived when it merges
+    assert survivor.merge(build(a), build(b), feats.__getitem__) == build(a + b)
+    assert survivor.merge(build(b), build(a), feats.__getitem__) == build(a + b)
+
+
+def test_a_one_member_cluster_merges_on_its_members_ranks(account: Any) -> None:
+    # Stored without picks, it merges as if they were stored: the member's ranks decide each group.
+    survivor = Survivor(DedupeConfig())
+    old = account(customer_id="C1", email="old@example.com", customer_since=date(2012, 1, 1))
+    new = account(customer_id="C2", email="new@example.com", customer_since=date(2020, 1, 1))
+    feats = {r["customer_id"]: extract(r, "account") for r in (old, new)}
+    one, other = survivor.single("C1", feats["C1"]), survivor.single("C2", feats["C2"])
+    stored = {**one, "picks": survivor.ranks("C1", feats["C1"])}
+    merged = survivor.merge(one, other, feats.__getitem__)
+    assert merged == survivor.merge(stored, other, feats.__getitem__)
+    assert merged["picks"] == {g: max(survivor.ranks("C1", feats["C1"])[g], survivor.ranks("C2", feats["C2"])[g])
+                               for g in merged["picks"]}
+    with pytest.raises(ValueError, match="2 members has no picks"):
+        survivor.picks({**merged, "picks": None}, feats.__getitem__)
