@@ -53,7 +53,7 @@ record (``DedupeResult.closed_blocks``) so they can be counted.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from functools import lru_cache
 from typing import Any, Final
 
@@ -110,19 +110,15 @@ def identifier_pass(field: str) -> BlockingPass:
 class _Pass:
     """A blocking pass compiled for one entity: its parts' feature keys and reduce functions, looked up once."""
 
-    __slots__ = ("key", "name", "parts", "prefix", "unordered")
+    __slots__ = ("name", "parts", "prefix", "unordered")
 
     def __init__(self, spec: BlockingPass, entity: DedupeEntity) -> None:
         self.name = spec.name
         self.parts = tuple((feature_key(p.field, entity), TRANSFORMS[p.transform]) for p in spec.parts)
         self.unordered = spec.unordered
         self.prefix = spec.prefix if spec.kind == "sorted_neighbourhood" else None
-        #: ``key(feats)``: the pass's key of a feature dict, or None (runs for every pass of every record).
-        self.key: Callable[[Features], str | None] = self._any
-        if self.prefix is None and not self.unordered and len(self.parts) == 2:
-            self.key = _two_parts(self.name, *self.parts[0], *self.parts[1])
 
-    def _any(self, feats: Features) -> str | None:
+    def key(self, feats: Features) -> str | None:
         values = []
         for key, reduce in self.parts:
             value = feats.get(key)
@@ -132,6 +128,10 @@ class _Pass:
             if not reduced:
                 return None
             values.append(reduced)
+        return self.join(values)
+
+    def join(self, values: list[str]) -> str | None:
+        """The key of the pass's reduced parts (all non-empty); None when a key range has no letter."""
         if self.unordered:
             values.sort()
         if self.prefix is not None:
@@ -140,28 +140,6 @@ class _Pass:
                 return f"{self.name}|{letters}|=" if letters else None
             return f"{self.name}|{letters[: self.prefix]}"
         return "|".join((self.name, *values))
-
-
-def _two_parts(name: str, first: str, reduce_first: Callable[[Any], str], second: str,
-               reduce_second: Callable[[Any], str]) -> Callable[[Features], str | None]:
-    """:meth:`_Pass._any` of a plain two-part pass, unrolled (most passes are)."""
-
-    def key(feats: Features) -> str | None:
-        value = feats.get(first)
-        if value is None:
-            return None
-        a = reduce_first(value)
-        if not a:
-            return None
-        value = feats.get(second)
-        if value is None:
-            return None
-        b = reduce_second(value)
-        if not b:
-            return None
-        return f"{name}|{a}|{b}"
-
-    return key
 
 
 def pass_key(feats: Features, spec: BlockingPass, entity: DedupeEntity) -> str | None:
@@ -224,6 +202,21 @@ class BlockKeyer:
         self.hashed = config.hash_block_keys if hashed is None else hashed
         self.builtin = config.builtin_blocking
         self._passes = tuple(_Pass(spec, config.entity) for spec in block_passes(config))
+        # Compiled for _raw, which runs for every record: each distinct (field, transform) part is reduced once
+        # (the default passes share most of theirs), then the plain two-part passes are joined inline.
+        parts: dict[tuple[str, KeyTransform], int] = {}
+        for spec in block_passes(config):
+            for p in spec.parts:
+                parts.setdefault((feature_key(p.field, config.entity), p.transform), len(parts))
+        self._parts = tuple((key, TRANSFORMS[transform]) for key, transform in parts)
+        self._two: list[tuple[str, int, int]] = []
+        self._other: list[tuple[_Pass, tuple[int, ...]]] = []
+        for spec, compiled in zip(block_passes(config), self._passes, strict=True):
+            at = tuple(parts[feature_key(p.field, config.entity), p.transform] for p in spec.parts)
+            if compiled.prefix is None and not compiled.unordered and len(at) == 2:
+                self._two.append((spec.name, *at))
+            else:
+                self._other.append((compiled, at))
         secret = config.block_key_secret
         # Keyed once: each key's digest starts from a copy (keying costs a compression per new hash object).
         key = secret.get_secret_value().encode() if secret is not None else b""
@@ -237,10 +230,21 @@ class BlockKeyer:
         keys: set[str] = set()
         if self.builtin:
             _builtin_keys(feats, self.entity, keys)
-        for spec in self._passes:
-            if (key := spec.key(feats)) is not None:
+        get = feats.get
+        # A missing value reduces to "" as an empty reduction does: either way the passes using it have no key.
+        reduced = [reduce(value) if (value := get(key)) is not None else "" for key, reduce in self._parts]
+        for name, i, j in self._two:
+            if (a := reduced[i]) and (b := reduced[j]):
+                keys.add(f"{name}|{a}|{b}")
+        for spec, at in self._other:
+            values = [reduced[i] for i in at]
+            if all(values) and (key := spec.join(values)) is not None:
                 keys.add(key)
         return keys
+
+    def key_set(self, feats: Features) -> Collection[str]:
+        """The record's block keys in no order: :meth:`keys` without its sort, for blocks kept in memory."""
+        return self._raw(feats) if not self.hashed else self.keys(feats)
 
     def keys(self, feats: Features) -> list[str]:
         """The record's block keys, sorted: ``kind:<digest>`` (or clear text with ``hash_block_keys`` off)."""

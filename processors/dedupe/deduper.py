@@ -103,6 +103,8 @@ class Deduper:
         if next_seq is None:
             next_seq = 1 + max((f.get(SEQ, -1) for f in self.state.records.values()), default=-1)
         self.next_seq = next_seq
+        #: Whether the blocks are derived in memory (:meth:`over_store`): their keys' order then matters nowhere.
+        self.derived_blocks = False
 
     @classmethod
     def over_store(cls, config: DedupeConfig, store: MutableMapping[str, Any]) -> Deduper:
@@ -113,6 +115,7 @@ class Deduper:
         # (the features they are made of are in the same memory) and cost a BLAKE2b hash per key per record.
         # Under a pepper (sealed state, or dedupe.block_key_env) they stay keyed hashes, as documented.
         deduper.keyer = BlockKeyer(config, hashed=config.block_key_secret is not None)
+        deduper.derived_blocks = True
         deduper.state, deduper.next_seq = DedupeState.persisted(store, deduper.keyer.keys, config.max_block_size)
         return deduper
 
@@ -245,7 +248,7 @@ class Deduper:
     def _block(self, rid: str, feats: Features, old: Features | None) -> tuple[set[str], int]:
         """Candidates from the record's open blocks; joins the open blocks, leaves blocks of old keys."""
         st, cap = self.state, self.config.max_block_size
-        keys = self.keyer.keys(feats)
+        keys = self.keyer.key_set(feats) if self.derived_blocks else self.keyer.keys(feats)
         candidates: set[str] = set()
         closed = 0
         in_memory = type(st.blocks) is dict

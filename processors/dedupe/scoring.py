@@ -201,8 +201,9 @@ class Scorer:
         self._names_top = sum(_top(comp) for comp in self._fs if comp.part is not None)
         self._dear = [(comp.key, _top(comp)) for comp in self._fs
                       if comp.part is None and comp.comparator not in _CHEAP]  # fmt: skip
-        self._cheap = [(comp.key, comp.level, comp.weights, _top(comp), comp.cap) for comp in self._fs
-                       if comp.part is None and comp.comparator in _CHEAP]  # fmt: skip
+        # (an exact comparison's level is inlined there: level None)
+        self._cheap = [(comp.key, None if comp.comparator == "exact" else comp.level, comp.weights, _top(comp),
+                        comp.cap) for comp in self._fs if comp.part is None and comp.comparator in _CHEAP]  # fmt: skip
         rules = config.deterministic_rules
         self._rule_keys = [key for rule, key in _RULE_KEYS if rule in rules]
         # Veto fields without a comparison (points mode, or not compared): disagreement = not equal after folding.
@@ -265,7 +266,10 @@ class Scorer:
         if bound < threshold:
             return True
         for level, weights, top, cap, x, y in present:
-            w = weights[level(x, y)]
+            if level is None:  # comparators.build's exact level, inline: most cheap comparisons are exact
+                w = weights[0] if x == y or fold(str(x)) == fold(str(y)) else weights[1]
+            else:
+                w = weights[level(x, y)]
             if cap is not None and w < cap:
                 w = cap
             bound += w - top

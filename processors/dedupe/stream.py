@@ -31,12 +31,6 @@ _DATES: Final = frozenset({"birth_date", "customer_since"})
 CONTACT_GOLDEN_FIELDS: Final = ("full_name", "first_name", "last_name", "email", "phone", "job_title", "customer_id")
 
 
-def _value(name: str, value: Any) -> Any:
-    if name in _DATES and isinstance(value, str):
-        return date.fromisoformat(value)
-    return value
-
-
 def golden_account(record: Mapping[str, Any], result: DedupeResult) -> dict[str, Any]:
     """The account to send for ``record`` once the deduper resolved it into ``result``."""
     out = _survivors(record, result, GOLDEN_FIELDS)
@@ -62,8 +56,9 @@ def golden_contact(record: Mapping[str, Any], result: DedupeResult) -> dict[str,
 def _survivors(record: Mapping[str, Any], result: DedupeResult, fields: tuple[str, ...]) -> dict[str, Any]:
     out = dict(record)
     golden = result.golden_record
-    for name in fields:
-        out[name] = _value(name, golden.get(name))
+    for name in fields:  # dates back from the state's ISO strings
+        value = golden.get(name)
+        out[name] = date.fromisoformat(value) if name in _DATES and isinstance(value, str) else value
     if not out.get("full_name"):  # a golden record always has a name part; keep the record's as a guard
         out["full_name"] = record.get("full_name")
     return out
@@ -72,6 +67,8 @@ def _survivors(record: Mapping[str, Any], result: DedupeResult, fields: tuple[st
 def _merged(result: DedupeResult) -> list[str]:
     # The cluster's whole absorption history, not only this arrival's: replayed after a crash, the
     # record that bridged two clusters finds them merged already and reports no merge of its own.
+    if not result.absorbed and not result.cluster_merges:  # most records
+        return []
     return sorted({*result.absorbed, *(absorbed for absorbed, _ in result.cluster_merges)})
 
 

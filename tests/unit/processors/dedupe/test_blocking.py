@@ -8,6 +8,7 @@ import pytest
 from pydantic import SecretStr
 
 from processors.dedupe import BlockKeyer, DedupeConfig, Deduper, raw_block_keys, shard_key
+from processors.dedupe.blocking import block_passes, pass_key
 from processors.dedupe.features import extract, initials_pair
 
 pytestmark = pytest.mark.unit
@@ -108,3 +109,24 @@ def test_shard_key_is_the_sorted_initials_of_the_features(account: Any, contact:
     for record, entity in ((account(first_name=first, last_name=last), "account"),
                            (contact(first_name=first, last_name=last), "contact")):  # fmt: skip
         assert shard_key(record, entity) == (initials_pair(extract(record, entity)) or "_")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("entity", ["account", "contact"])
+def test_the_compiled_keyer_gives_each_pass_its_own_key(account: Any, contact: Any, entity: str) -> None:
+    # The keyer reduces each distinct part once for all passes; every pass must still get the key it gets alone,
+    # whatever is missing or reduces to nothing (a name of punctuation, a birth date without a year).
+    config = DedupeConfig() if entity == "account" else DedupeConfig().for_contacts()
+    make = account if entity == "account" else contact
+    variants: list[dict[str, Any]] = [
+        {}, {"first_name": None}, {"last_name": "--"}, {"first_name": "Jo", "last_name": "Do"},
+        {"birth_date": None}, {"postal_code": None, "street": None}, {"first_name": "Smith", "last_name": "John"},
+        {"first_name": "A", "last_name": "B"}, {"job_title": None}, {"customer_id": None},
+    ]  # fmt: skip
+    keyer = BlockKeyer(config, hashed=False)
+    for variant in variants:
+        record = make(**{k: v for k, v in variant.items() if k in make()})
+        feats = extract(record, entity)  # type: ignore[arg-type]
+        alone = {key for spec in block_passes(config) if (key := pass_key(feats, spec, entity)) is not None}  # type: ignore[arg-type]
+        expected = sorted(alone | set(raw_block_keys(feats, entity)))  # type: ignore[arg-type]
+        assert keyer.raw_keys(feats) == expected, variant
+        assert sorted(keyer.key_set(feats)) == expected
