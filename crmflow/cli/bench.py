@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -22,6 +22,9 @@ def bench(
     partitions: Annotated[int, typer.Option(min=1, help="Partitions per topic.")] = 4,
     keep: Annotated[bool, typer.Option(help="Keep the generated data and the target database.")] = False,
     dedupe: Annotated[bool, typer.Option(help="Deduplicate accounts; score the clusters against the truth.")] = False,
+    dedupe_cost: Annotated[int | None, typer.Option(
+        min=1, help="Instead: N pairs of runs, plain then --dedupe, one right after the other; the dedupe's cost "
+                    "per pair and mean rate against mean rate.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the figures as one JSON object on stdout.")] = False,
     engine: Annotated[str, typer.Option(help="Processor engine: batch (default) or faust.")] = "batch",
     stage: Annotated[str | None, typer.Option(
@@ -73,6 +76,10 @@ def bench(
         return
     from crmflow.evaluation.pandas_baseline import measure
 
+    if dedupe_cost is not None:
+        _dedupe_cost(dedupe_cost, customers, as_json=as_json, seed=seed, workers=workers, partitions=partitions,
+                     engine=engine, baseline=measure, sink_workers=sink_workers)
+        return
     try:
         result = run_bench(get_stack().endpoints(), customers, seed=seed, workers=workers, partitions=partitions,
                            keep=keep, dedupe=dedupe, engine=engine, baseline=measure, sink_workers=sink_workers)
@@ -98,6 +105,31 @@ def bench(
         err_console.print("  the seeds' pandas script was not timed: pandas is not installed (pip install pandas)")
     for proc, rss in figures["peak_rss_bytes"].items():
         err_console.print(f"  peak RSS {proc}: {rss / 2**20:,.0f} MiB")
+
+
+def _dedupe_cost(pairs: int, customers: int, *, as_json: bool, **options: Any) -> None:
+    """``--dedupe-cost N``: :func:`~crmflow.pipeline.bench.run_dedupe_cost`."""
+    from crmflow.pipeline.bench import run_dedupe_cost
+    from crmflow.stack import get_stack
+
+    try:
+        figures = run_dedupe_cost(get_stack().endpoints(), customers, pairs, **options).to_json()
+    except CrmflowError as exc:
+        err_console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    if as_json:
+        print(json.dumps(figures))
+        return
+    cost = figures["cost_percent"]
+    for i, (plain, dedupe) in enumerate(zip(figures["plain_records_per_second"], figures["dedupe_records_per_second"],
+                                            strict=True)):
+        err_console.print(f"  pair {i + 1}: plain {plain:>9,.0f} rec/s, dedupe {dedupe:>9,.0f} rec/s: "
+                          f"cost {cost['per_pair'][i]:.1f}%")
+    err_console.print(f"[bold]the dedupe costs {cost['mean_of_rates']:.1f}% of the plain rate[/bold] (mean against "
+                      f"mean of {pairs} pair(s); median pair {cost['median_pair']:.1f}%)")
+    for i, q in enumerate(figures["dedupe"]):
+        if q is not None:
+            err_console.print(f"  pair {i + 1} dedupe: precision {q['precision']:.4f}, recall {q['recall']:.4f}")
 
 
 def _bench_cdc(rate: float, seconds: float, *, max_rate: bool, customers: int, seed: int, partitions: int, keep: bool,

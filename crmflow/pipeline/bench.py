@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import shutil
+import statistics
 import time
 import uuid
 from collections.abc import Callable
@@ -186,6 +187,51 @@ def dedupe_quality(target_dsn: PostgresConnection | str, truth_file: Path) -> di
         out["contacts"] = {"precision": round(c.precision, 4), "recall": round(c.recall, 4), "f1": round(c.f1, 4),
                            "clusters": len(set(contacts.values())), "true_clusters": c.true_clusters}
     return out
+
+
+@dataclass(frozen=True)
+class DedupeCost:
+    """``crmflow bench --dedupe-cost N``: N pairs of whole runs, plain then with dedupe, one right after the other.
+
+    A machine's speed drifts (on a small VM by a quarter within minutes), so a dedupe figure is only read against
+    a plain run measured beside it: per pair, and mean rate against mean rate over all pairs."""
+
+    pairs: list[tuple[BenchResult, BenchResult]]
+
+    def to_json(self) -> dict[str, Any]:
+        plain = [p.summary.records_per_second for p, _ in self.pairs]
+        dedupe = [d.summary.records_per_second for _, d in self.pairs]
+        per_pair = [_cost(d, p) for p, d in zip(plain, dedupe, strict=True)]
+        return {
+            "customers": self.pairs[0][0].customers if self.pairs else 0,
+            "plain_records_per_second": plain,
+            "dedupe_records_per_second": dedupe,
+            "cost_percent": {
+                "mean_of_rates": _cost(statistics.fmean(dedupe), statistics.fmean(plain)) if self.pairs else None,
+                "per_pair": per_pair,
+                "median_pair": statistics.median(per_pair) if per_pair else None,
+            },
+            "dedupe": [d.dedupe for _, d in self.pairs],
+            "pairs": [{"plain": p.to_json(), "dedupe": d.to_json()} for p, d in self.pairs],
+        }
+
+
+def _cost(dedupe_rate: float, plain_rate: float) -> float:
+    """The share of the plain rate that dedupe costs, in percent."""
+    return round(100 * (1 - dedupe_rate / plain_rate), 1) if plain_rate else 0.0
+
+
+def run_dedupe_cost(ep: Endpoints, customers: int, pairs: int, **options: Any) -> DedupeCost:
+    """``pairs`` times :func:`run_bench` plain, then with dedupe, each on its own data and stack objects."""
+    done: list[tuple[BenchResult, BenchResult]] = []
+    for i in range(pairs):
+        plain = run_bench(ep, customers, dedupe=False, **options)
+        with_dedupe = run_bench(ep, customers, dedupe=True, **options)
+        done.append((plain, with_dedupe))
+        log.info("dedupe cost, pair %d of %d: plain %.0f rec/s, dedupe %.0f rec/s, cost %.1f%%", i + 1, pairs,
+                 plain.summary.records_per_second, with_dedupe.summary.records_per_second,
+                 _cost(with_dedupe.summary.records_per_second, plain.summary.records_per_second))
+    return DedupeCost(done)
 
 
 @dataclass(frozen=True)

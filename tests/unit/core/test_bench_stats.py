@@ -142,3 +142,21 @@ def test_stage_split_cuts_each_latency_at_its_event_and_its_mapped_record() -> N
     assert split["mapped_to_target"]["p50_s"] == pytest.approx(0.5) and split["mapped_to_target"]["max_s"] == 0.5
     # the three legs add up to each change's latency
     assert a.latency_s == pytest.approx(0.1 + 0.3 + 0.5) and b.latency_s == pytest.approx(0.2 + 0.8 + 0.5)
+
+
+def test_the_dedupe_cost_is_read_per_pair_and_mean_rate_against_mean_rate() -> None:
+    from crmflow.pipeline.bench import BenchResult, DedupeCost
+    from crmflow.pipeline.migrate import EntityCounts, MigrationSummary
+
+    def run(records: int, seconds: float, dedupe: bool) -> BenchResult:
+        summary = MigrationSummary("r", {"account": EntityCounts(read=records, inserted=records)}, seconds)
+        return BenchResult(10, 0.1, summary, {"precision": 1.0} if dedupe else None)
+
+    # 10,000 and 12,000 rec/s plain; 8,000 and 7,800 with dedupe: 20% and 35% per pair, 1 - 7,900/11,000 overall.
+    cost = DedupeCost([(run(10_000, 1.0, False), run(8_000, 1.0, True)),
+                       (run(12_000, 1.0, False), run(7_800, 1.0, True))]).to_json()
+    assert cost["plain_records_per_second"] == [10_000.0, 12_000.0]
+    assert cost["dedupe_records_per_second"] == [8_000.0, 7_800.0]
+    assert cost["cost_percent"] == {"mean_of_rates": 28.2, "per_pair": [20.0, 35.0], "median_pair": 27.5}
+    assert cost["dedupe"] == [{"precision": 1.0}, {"precision": 1.0}]
+    assert [p["plain"]["records_per_second"] for p in cost["pairs"]] == [10_000.0, 12_000.0]
